@@ -1,0 +1,236 @@
+"""Generative models = a network + the math core, behind one small interface.
+
+The training loop (gen_jax.train) sees every experiment through this
+interface and nothing else:
+
+  init(key) -> params
+  loss(params, batch, key, train) -> (scalar loss, metrics dict of scalars)
+  sample(params, key, num_samples, **sampler) -> samples in data space
+  evaluate(params, batch, key) -> dict of per-example arrays (B,)
+
+Batches are dicts {'x': (B, *example_shape) float32} (images in [-1, 1],
+NHWC) with an optional boolean 'mask' in evaluation. The classes are frozen
+dataclasses, so jitted functions can close over them.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gen_jax import diffusion, distributions, nets, vae
+
+Array = jax.Array
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _mean(values, mask=None):
+  if mask is None:
+    return jnp.mean(values)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionModel:
+  """A DDPM: an epsilon-network trained with L_simple.
+
+  Attributes:
+    net: Flax module called as net.apply(params, x_t, t, train=..., rngs=...).
+    schedule: the noise schedule (gen_jax.diffusion.Schedule).
+    example_shape: shape of one data example, e.g. (32, 32, 3) or (2,).
+    variance: the reverse process' variance for sampling and the bound.
+    clip: clip predicted x_0 to [-1, 1] while sampling (images).
+  """
+  net: nn.Module
+  schedule: diffusion.Schedule
+  example_shape: tuple[int, ...]
+  variance: str = "small"
+  clip: bool = True
+
+  def __hash__(self):  # The schedule holds arrays: hash by identity.
+    return id(self)
+
+  def __eq__(self, other):
+    return self is other
+
+  def init(self, key) -> Any:
+    x = jnp.zeros((1,) + tuple(self.example_shape), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    return self.net.init(key, x, t, train=False)
+
+  def eps_fn(self, params, train: bool = False, dropout_key=None):
+    """The network as a plain eps_fn(x_t, t) for the math core."""
+    rngs = {"dropout": dropout_key} if dropout_key is not None else None
+    return lambda x_t, t: self.net.apply(params, x_t, t, train=train, rngs=rngs)
+
+  def loss(self, params, batch, key, train: bool = True):
+    loss_key, dropout_key = jax.random.split(key)
+    eps_fn = self.eps_fn(params, train, dropout_key if train else None)
+    losses = diffusion.simple_loss(loss_key, eps_fn, self.schedule, batch["x"])
+    loss = _mean(losses, batch.get("mask"))
+    return loss, {"loss": loss}
+
+  def sample(self, params, key, num_samples: int, sampler: str = "ddpm",
+             num_steps: int | None = None, eta: float = 0.0) -> Array:
+    """Draws num_samples examples with the 'ddpm' (all T steps) or 'ddim' sampler."""
+    shape = (num_samples,) + tuple(self.example_shape)
+    eps_fn = self.eps_fn(params)
+    if sampler == "ddpm":
+      return diffusion.ddpm_sample(key, eps_fn, self.schedule, shape,
+                                   self.variance, self.clip)
+    if sampler == "ddim":
+      steps = num_steps or self.schedule.num_timesteps
+      return diffusion.ddim_sample(key, eps_fn, self.schedule, shape, steps,
+                                   eta, self.clip)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+  def evaluate(self, params, batch, key) -> dict[str, Array]:
+    """Per-example L_simple and, for 8-bit images, the bound in bits/dim."""
+    x = batch["x"]
+    simple_key, vlb_key = jax.random.split(key)
+    eps_fn = self.eps_fn(params)
+    out = {"loss": diffusion.simple_loss(simple_key, eps_fn, self.schedule, x)}
+    if len(self.example_shape) == 3:
+      out["bits_per_dim"] = diffusion.vlb_bits_per_dim(
+          vlb_key, eps_fn, self.schedule, x, self.variance, clip=False)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEModel:
+  """A VAE trained by maximising the ELBO.
+
+  Attributes:
+    encoder: Flax module x -> (mean, logvar), each (B, latent_dim).
+    decoder: Flax module z -> decoder outputs: logits (likelihood
+      'bernoulli') or (mean, log_scale) (likelihood 'discretized_gaussian').
+    example_shape: shape of one data example.
+    latent_dim: size of z.
+    likelihood: 'bernoulli' (data in [-1, 1] mapped to probabilities
+      (x + 1) / 2 and, when `binarize`, sampled to {0, 1} anew for every
+      batch: dynamic binarization) or 'discretized_gaussian' (8-bit images).
+    iwae_samples: K for the importance-weighted bound in `evaluate`.
+  """
+  encoder: nn.Module
+  decoder: nn.Module
+  example_shape: tuple[int, ...]
+  latent_dim: int
+  likelihood: str = "bernoulli"
+  binarize: bool = True
+  iwae_samples: int = 100
+  iwae_chunk: int | None = None
+
+  def init(self, key) -> Any:
+    enc_key, dec_key = jax.random.split(key)
+    x = jnp.zeros((1,) + tuple(self.example_shape), jnp.float32)
+    z = jnp.zeros((1, self.latent_dim), jnp.float32)
+    return {"encoder": self.encoder.init(enc_key, x),
+            "decoder": self.decoder.init(dec_key, z)}
+
+  def _targets(self, x, key):
+    if self.likelihood == "bernoulli":
+      probs = (x + 1.0) / 2.0
+      if self.binarize:
+        return jax.random.bernoulli(key, probs).astype(x.dtype)
+      return probs
+    return x
+
+  def _log_likelihood_fn(self, params):
+    def log_likelihood(x, z):
+      out = self.decoder.apply(params["decoder"], z)
+      if self.likelihood == "bernoulli":
+        logp = distributions.bernoulli_log_prob(x, out)
+      else:
+        mean, log_scale = out
+        logp = distributions.discretized_gaussian_log_prob(x, mean, log_scale)
+      return jnp.sum(logp.reshape(logp.shape[0], -1), axis=-1)
+    return log_likelihood
+
+  def _encode_fn(self, params):
+    return lambda x: self.encoder.apply(params["encoder"], x)
+
+  def loss(self, params, batch, key, train: bool = True):
+    del train
+    binarize_key, elbo_key = jax.random.split(key)
+    x = self._targets(batch["x"], binarize_key)
+    terms = vae.elbo(elbo_key, x, self._encode_fn(params),
+                     self._log_likelihood_fn(params))
+    mask = batch.get("mask")
+    loss = -_mean(terms.elbo, mask)
+    metrics = {"loss": loss, "elbo": -loss,
+               "log_likelihood": _mean(terms.log_likelihood, mask),
+               "kl": _mean(terms.kl, mask)}
+    if self.likelihood == "discretized_gaussian":
+      metrics["bits_per_dim"] = loss / (math.prod(self.example_shape) * math.log(2))
+    return loss, metrics
+
+  def sample(self, params, key, num_samples: int, **unused) -> Array:
+    """z ~ N(0, I), then the decoder's mean (probabilities mapped to [-1, 1])."""
+    del unused
+    z = jax.random.normal(key, (num_samples, self.latent_dim))
+    out = self.decoder.apply(params["decoder"], z)
+    if self.likelihood == "bernoulli":
+      return 2.0 * jax.nn.sigmoid(out) - 1.0
+    return out[0]
+
+  def evaluate(self, params, batch, key) -> dict[str, Array]:
+    """Per-example ELBO terms and the IWAE bound (nats; bits/dim for images)."""
+    binarize_key, elbo_key, iwae_key = jax.random.split(key, 3)
+    x = self._targets(batch["x"], binarize_key)
+    encode, log_likelihood = self._encode_fn(params), self._log_likelihood_fn(params)
+    terms = vae.elbo(elbo_key, x, encode, log_likelihood)
+    iwae = vae.iwae_bound(iwae_key, x, encode, log_likelihood,
+                          self.iwae_samples, self.iwae_chunk)
+    out = {"elbo": terms.elbo, "log_likelihood": terms.log_likelihood,
+           "kl": terms.kl, "nll_iwae": -iwae}
+    if self.likelihood == "discretized_gaussian":
+      out["bits_per_dim"] = -iwae / (math.prod(self.example_shape) * math.log(2))
+    return out
+
+
+def diffusion_config(num_timesteps: int = 1000, beta_schedule: str = "linear",
+                     beta_start: float = 1e-4, beta_end: float = 0.02,
+                     variance: str = "small", clip: bool = True):
+  """The `config.diffusion` section of a diffusion experiment (DDPM defaults)."""
+  return ml_collections.ConfigDict(dict(
+      num_timesteps=num_timesteps, beta_schedule=beta_schedule,
+      beta_start=beta_start, beta_end=beta_end, variance=variance, clip=clip))
+
+
+def make_diffusion_model(diffusion_cfg, net: nn.Module,
+                         example_shape) -> DiffusionModel:
+  """A DiffusionModel from a `config.diffusion` section and an eps-network."""
+  if diffusion_cfg.beta_schedule == "linear":
+    betas = diffusion.linear_betas(diffusion_cfg.num_timesteps,
+                                   diffusion_cfg.beta_start, diffusion_cfg.beta_end)
+  elif diffusion_cfg.beta_schedule == "cosine":
+    betas = diffusion.cosine_betas(diffusion_cfg.num_timesteps)
+  else:
+    raise ValueError("--config.diffusion.beta_schedule must be 'linear' or "
+                     f"'cosine', got {diffusion_cfg.beta_schedule!r}")
+  if diffusion_cfg.variance not in diffusion.VARIANCES:
+    raise ValueError(f"--config.diffusion.variance must be one of "
+                     f"{diffusion.VARIANCES}, got {diffusion_cfg.variance!r}")
+  return DiffusionModel(net=net, schedule=diffusion.make_schedule(betas),
+                        example_shape=tuple(example_shape),
+                        variance=diffusion_cfg.variance, clip=diffusion_cfg.clip)
+
+
+def make_mlp_vae(model_config, example_shape) -> VAEModel:
+  """The MLP VAE with a Bernoulli decoder on dynamically binarized images.
+
+  model_config: hidden (encoder widths; the decoder mirrors them),
+  latent_dim, iwae_samples, iwae_chunk.
+  """
+  m = model_config
+  return VAEModel(
+      encoder=nets.MLPEncoder(hidden=tuple(m.hidden), latent_dim=m.latent_dim),
+      decoder=nets.MLPDecoder(out_shape=tuple(example_shape),
+                              hidden=tuple(m.hidden)[::-1]),
+      example_shape=tuple(example_shape), latent_dim=m.latent_dim,
+      likelihood="bernoulli", binarize=True,
+      iwae_samples=m.iwae_samples, iwae_chunk=m.iwae_chunk)

@@ -1,0 +1,237 @@
+"""Flax (Linen) networks shared by the experiments.
+
+  UNet            the DDPM U-Net (Ho et al. 2020, appendix B); ddpm_cifar uses
+                  the paper's size, ddpm_digits and ddpm_mnist smaller ones.
+  MLPDenoiser     a residual MLP epsilon-model for low-dimensional data.
+  MLPEncoder / MLPDecoder, ConvEncoder / ConvDecoder   VAE networks.
+
+Networks take arrays and return arrays; the math (losses, samplers) lives in
+gen_jax.diffusion and gen_jax.vae. Images are NHWC.
+"""
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# DDPM's output layers start at zero so the initial model predicts eps = 0.
+zeros_init = nn.initializers.zeros
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0) -> Array:
+  """Sinusoidal embedding of (integer or real) timesteps (Vaswani et al. 2017).
+
+  emb[..., i] = sin(t * f_i) for i < dim/2 and cos(t * f_i) after, with
+  f_i = max_period^(-i / (dim/2 - 1)), as in the DDPM code.
+
+  Args:
+    t: (B,) timesteps.
+    dim: even embedding size.
+
+  Returns:
+    (B, dim) float32.
+  """
+  if dim % 2:
+    raise ValueError(f"timestep_embedding: dim must be even, got {dim}")
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+                  / max(half - 1, 1))
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class ResBlock(nn.Module):
+  """GroupNorm-swish-conv twice, with the time embedding added in between."""
+  out_channels: int
+  dropout: float
+  num_groups: int
+
+  @nn.compact
+  def __call__(self, x, temb, train: bool):
+    h = nn.swish(nn.GroupNorm(self.num_groups)(x))
+    h = nn.Conv(self.out_channels, (3, 3))(h)
+    h = h + nn.Dense(self.out_channels)(nn.swish(temb))[:, None, None, :]
+    h = nn.swish(nn.GroupNorm(self.num_groups)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = nn.Conv(self.out_channels, (3, 3), kernel_init=zeros_init)(h)
+    if x.shape[-1] != self.out_channels:
+      x = nn.Dense(self.out_channels)(x)  # the "nin" 1x1 shortcut
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all pixels, with a residual connection."""
+  num_groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    batch, height, width, channels = x.shape
+    h = nn.GroupNorm(self.num_groups)(x).reshape(batch, height * width, channels)
+    q, k, v = (nn.Dense(channels, name=n)(h) for n in ("q", "k", "v"))
+    logits = jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(channels)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    h = jnp.einsum("bqk,bkc->bqc", weights, v)
+    h = nn.Dense(channels, kernel_init=zeros_init, name="proj_out")(h)
+    return x + h.reshape(x.shape)
+
+
+class UNet(nn.Module):
+  """The DDPM U-Net epsilon-model: eps = UNet(x_t, t).
+
+  Attributes mirror the DDPM code's: base channels `ch`, a multiplier per
+  resolution `ch_mult`, `num_res_blocks` residual blocks per resolution,
+  self-attention at the resolutions in `attn_resolutions`, dropout, and
+  GroupNorm with `num_groups` groups. ddpm_cifar: ch=128, ch_mult=(1, 2, 2, 2),
+  num_res_blocks=2, attn_resolutions=(16,), dropout=0.1 (35.7M parameters).
+  """
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  num_groups: int = 32
+  out_channels: int | None = None
+
+  @nn.compact
+  def __call__(self, x, t, train: bool = False):
+    """x: (B, H, W, C) with H == W; t: (B,) int. Returns eps of x's shape."""
+    groups = self.num_groups
+    temb = timestep_embedding(t, self.ch)
+    temb = nn.Dense(4 * self.ch)(temb)
+    temb = nn.Dense(4 * self.ch)(nn.swish(temb))
+
+    block = lambda c: ResBlock(c, self.dropout, groups)
+    resolution = x.shape[1]
+    hs = [nn.Conv(self.ch, (3, 3))(x)]
+    for level, mult in enumerate(self.ch_mult):
+      for _ in range(self.num_res_blocks):
+        h = block(self.ch * mult)(hs[-1], temb, train)
+        if resolution in self.attn_resolutions:
+          h = AttnBlock(groups)(h)
+        hs.append(h)
+      if level != len(self.ch_mult) - 1:
+        h = hs[-1]
+        hs.append(nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h))
+        resolution //= 2
+
+    h = block(hs[-1].shape[-1])(hs[-1], temb, train)
+    h = AttnBlock(groups)(h)
+    h = block(h.shape[-1])(h, temb, train)
+
+    for level, mult in reversed(list(enumerate(self.ch_mult))):
+      for _ in range(self.num_res_blocks + 1):
+        h = block(self.ch * mult)(
+            jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+        if resolution in self.attn_resolutions:
+          h = AttnBlock(groups)(h)
+      if level != 0:
+        b, height, width, c = h.shape
+        h = jax.image.resize(h, (b, 2 * height, 2 * width, c), "nearest")
+        h = nn.Conv(c, (3, 3))(h)
+        resolution *= 2
+    assert not hs, "skip connections left over"
+
+    h = nn.swish(nn.GroupNorm(groups)(h))
+    return nn.Conv(self.out_channels or x.shape[-1], (3, 3),
+                   kernel_init=zeros_init)(h)
+
+
+class MLPDenoiser(nn.Module):
+  """Residual MLP epsilon-model for vectors: eps = MLP(x_t, t).
+
+  Each block: LayerNorm, Dense(width), swish, plus a projection of the time
+  embedding, Dense back; the input is flattened and the output reshaped, so
+  it serves 2-D toy data and flattened images alike.
+  """
+  width: int = 256
+  num_blocks: int = 3
+  time_embedding_dim: int = 64
+
+  @nn.compact
+  def __call__(self, x, t, train: bool = False):
+    del train
+    shape = x.shape
+    h = nn.Dense(self.width)(x.reshape(shape[0], -1))
+    temb = timestep_embedding(t, self.time_embedding_dim)
+    temb = nn.swish(nn.Dense(self.width)(temb))
+    for _ in range(self.num_blocks):
+      r = nn.LayerNorm()(h)
+      r = nn.swish(nn.Dense(self.width)(r) + nn.Dense(self.width)(temb))
+      h = h + nn.Dense(self.width)(r)
+    out = nn.Dense(math.prod(shape[1:]), kernel_init=zeros_init)(
+        nn.swish(nn.LayerNorm()(h)))
+    return out.reshape(shape)
+
+
+class MLPEncoder(nn.Module):
+  """q(z|x): flattened x -> hidden layers -> (mean, logvar), each (B, latent_dim)."""
+  hidden: Sequence[int] = (512, 512)
+  latent_dim: int = 50
+
+  @nn.compact
+  def __call__(self, x):
+    h = x.reshape(x.shape[0], -1)
+    for width in self.hidden:
+      h = nn.relu(nn.Dense(width)(h))
+    return nn.Dense(self.latent_dim)(h), nn.Dense(self.latent_dim)(h)
+
+
+class MLPDecoder(nn.Module):
+  """p(x|z): z -> hidden layers -> per-pixel outputs of `out_shape` (e.g. logits)."""
+  out_shape: Sequence[int]
+  hidden: Sequence[int] = (512, 512)
+
+  @nn.compact
+  def __call__(self, z):
+    h = z
+    for width in self.hidden:
+      h = nn.relu(nn.Dense(width)(h))
+    out = nn.Dense(math.prod(self.out_shape))(h)
+    return out.reshape((z.shape[0],) + tuple(self.out_shape))
+
+
+class ConvEncoder(nn.Module):
+  """q(z|x) for images: strided convolutions, then (mean, logvar) (B, latent_dim)."""
+  channels: Sequence[int] = (64, 128, 256)
+  latent_dim: int = 128
+
+  @nn.compact
+  def __call__(self, x):
+    h = x
+    for c in self.channels:
+      h = nn.swish(nn.GroupNorm(min(32, c))(nn.Conv(c, (4, 4), strides=(2, 2))(h)))
+    h = h.reshape(h.shape[0], -1)
+    return nn.Dense(self.latent_dim)(h), nn.Dense(self.latent_dim)(h)
+
+
+class ConvDecoder(nn.Module):
+  """p(x|z) for images: z -> transposed convolutions -> per-pixel means in
+  [-1, 1] (tanh) and a learned per-channel log-scale, each (B, H, W, C)."""
+  image_shape: Sequence[int]
+  channels: Sequence[int] = (256, 128, 64)
+
+  @nn.compact
+  def __call__(self, z):
+    height, width, out_c = self.image_shape
+    factor = 2 ** len(self.channels)
+    h = nn.Dense(self.channels[0] * (height // factor) * (width // factor))(z)
+    h = h.reshape(z.shape[0], height // factor, width // factor, self.channels[0])
+    for c in self.channels:
+      h = nn.ConvTranspose(c, (4, 4), strides=(2, 2))(h)
+      h = nn.swish(nn.GroupNorm(min(32, c))(h))
+    mean = jnp.tanh(nn.Conv(out_c, (3, 3))(h))
+    log_scale = self.param("log_scale", nn.initializers.constant(-2.0), (out_c,))
+    return mean, jnp.broadcast_to(log_scale, mean.shape)
+
+
+def unet_from_config(model_config) -> UNet:
+  """A UNet from a config section with fields ch, ch_mult, num_res_blocks,
+  attn_resolutions, dropout and num_groups."""
+  m = model_config
+  return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+              num_groups=m.num_groups)

@@ -1,0 +1,405 @@
+"""The training system shared by every experiment: train, sample, evaluate.
+
+An experiment supplies a config (ml_collections) and
+`build(config, example_shape) -> model` (a gen_jax.models model); everything
+else happens here once:
+
+  train(config, workdir, build)     train with periodic logs, sample grids and
+                                    checkpoints; resumes from workdir
+  sample(config, workdir, build, …) samples.npz + PNG from the EMA parameters
+  evaluate(config, workdir, build)  per-example metrics on the test split
+
+The step is one jitted pure function `train_step(state, batch, key)`; the key
+of step s is fold_in(key, s), and batch s is a pure function of (seed, s), so
+a resumed run continues exactly as an uninterrupted one.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+from gen_jax import checkpoint, data, images, sharding
+
+BuildFn = Callable[[ml_collections.ConfigDict, tuple], Any]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds. A pytree; the optimizer itself is static."""
+  step: jax.Array      # int32 scalar: number of updates applied
+  params: Any
+  opt_state: Any
+  ema_params: Any      # exponential moving average of params, used to sample
+
+
+# ----------------------------------------------------------------------------
+# Config checks
+# ----------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the flag."""
+
+
+def validate_config(config) -> None:
+  """Checks the fields every experiment shares; raises ConfigError."""
+  def positive_int(path):
+    value = _get(config, path)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ConfigError(f"--config.{path} must be a positive integer, got {value!r}")
+  for path in ("train.num_steps", "train.checkpoint_every", "train.log_every",
+               "train.sample_every", "data.batch_size", "train.num_sample_images"):
+    positive_int(path)
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ConfigError(f"--config.train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+  if config.optim.learning_rate <= 0:
+    raise ConfigError(f"--config.optim.learning_rate must be > 0, got {config.optim.learning_rate}")
+  if config.optim.name not in ("adam", "adamw"):
+    raise ConfigError(f"--config.optim.name must be 'adam' or 'adamw', got {config.optim.name!r}")
+  if config.optim.schedule not in ("constant", "cosine"):
+    raise ConfigError(f"--config.optim.schedule must be 'constant' or 'cosine', "
+                      f"got {config.optim.schedule!r}")
+  if config.optim.warmup_steps < 0:
+    raise ConfigError(f"--config.optim.warmup_steps must be >= 0, got {config.optim.warmup_steps}")
+
+
+def _get(config, path):
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+# ----------------------------------------------------------------------------
+# Optimizer and step
+# ----------------------------------------------------------------------------
+
+def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 over optim.warmup_steps, then constant or cosine to 0."""
+  warmup = optim.warmup_steps
+  if optim.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, optim.learning_rate, max(warmup, 1) if warmup else 0,
+        max(num_steps, warmup + 1), end_value=0.0)
+  if warmup == 0:
+    return optax.constant_schedule(optim.learning_rate)
+  return optax.linear_schedule(0.0, optim.learning_rate, warmup)
+
+
+def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
+  """Gradient clipping by global norm (if grad_clip_norm > 0), then Adam/AdamW."""
+  lr = learning_rate_schedule(optim, num_steps)
+  if optim.name == "adamw":
+    opt = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                      weight_decay=optim.weight_decay)
+  else:
+    opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  if optim.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), opt)
+  return opt
+
+
+def init_state(model, tx, key) -> TrainState:
+  params = model.init(key)
+  # The EMA starts as a copy: donating the state must not donate a buffer twice.
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params),
+                    ema_params=jax.tree.map(jnp.copy, params))
+
+
+def make_train_step(model, tx, ema_decay: float, ema_warmup: bool,
+                    lr_schedule: optax.Schedule | None = None):
+  """Returns the pure step train_step(state, batch, key) -> (state, metrics).
+
+  The step's randomness is fold_in(key, state.step). EMA:
+  ema <- d ema + (1 - d) params with d = ema_decay, or, with ema_warmup,
+  d = min(ema_decay, (1 + step) / (10 + step)) so early averages are not
+  dominated by the initialisation.
+  """
+  def train_step(state: TrainState, batch, key):
+    step_key = jax.random.fold_in(key, state.step)
+    grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, step_key, True)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = jnp.asarray(ema_decay, jnp.float32)
+    if ema_warmup:
+      n = state.step.astype(jnp.float32)
+      decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                              state.ema_params, params)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    if lr_schedule is not None:
+      metrics["learning_rate"] = lr_schedule(state.step)
+    new_state = TrainState(step=state.step + 1, params=params,
+                           opt_state=opt_state, ema_params=ema_params)
+    return new_state, metrics
+  return train_step
+
+
+# ----------------------------------------------------------------------------
+# Shared set-up
+# ----------------------------------------------------------------------------
+
+def _keys(seed: int):
+  """(init, train, sample) keys, all derived from the seed."""
+  base = jax.random.key(seed)
+  return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+
+
+class _Setup:
+  """What train, sample and evaluate all need: mesh, data, model, optimizer,
+  the abstract train state and the checkpoint manager."""
+
+  def __init__(self, config, workdir, build: BuildFn, split="train",
+               create_workdir=True):
+    validate_config(config)
+    self.config = config
+    self.workdir = workdir
+    self.mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.data.batch_size, self.mesh)
+    self.dataset = data.load_dataset(config.data, split)
+    self.model = build(config, tuple(self.dataset.example_shape))
+    self.lr_schedule = learning_rate_schedule(config.optim, config.train.num_steps)
+    self.tx = make_optimizer(config.optim, config.train.num_steps)
+    self.init_key, self.train_key, self.sample_key = _keys(config.seed)
+    self.replicated = sharding.replicated(self.mesh)
+    abstract = jax.eval_shape(functools.partial(init_state, self.model, self.tx),
+                              self.init_key)
+    self.abstract_state = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+        abstract)
+    self.is_writer = jax.process_index() == 0
+    if create_workdir:
+      _prepare_workdir(workdir)
+    self.checkpoints = checkpoint.manager(
+        workdir, config.train.keep_checkpoints, create=create_workdir)
+
+  def restore(self) -> TrainState:
+    return checkpoint.restore(self.checkpoints, self.abstract_state)
+
+  def make_sampler(self, num_samples: int, sampler: str, num_steps: int | None,
+                   eta: float = 0.0):
+    """A jitted (params, key) -> samples for a fixed batch of num_samples."""
+    fn = functools.partial(self.model.sample, num_samples=num_samples,
+                           sampler=sampler, num_steps=num_steps, eta=eta)
+    return jax.jit(lambda params, key: fn(params, key))
+
+
+def _prepare_workdir(workdir):
+  os.makedirs(workdir, exist_ok=True)
+  probe = os.path.join(workdir, ".write_test")
+  try:
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir} is not writable: {e}") from e
+
+
+def _save_samples_picture(path, samples, kind, reference=None):
+  if kind == "points":
+    images.save_scatter(path, samples, reference)
+  else:
+    images.save_image_grid(path, samples)
+
+
+# ----------------------------------------------------------------------------
+# Train
+# ----------------------------------------------------------------------------
+
+def train(config, workdir: str, build: BuildFn) -> TrainState:
+  """Trains (or resumes) the experiment in `workdir`; returns the final state."""
+  setup = _Setup(config, workdir, build)
+  mesh, tc = setup.mesh, config.train
+  logging.info("Devices: %d (%s) on %d process(es); global batch %d",
+               jax.device_count(), jax.devices()[0].platform,
+               jax.process_count(), config.data.batch_size)
+
+  if setup.is_writer:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  start_step = setup.checkpoints.latest_step()
+  if start_step is None:
+    init = jax.jit(functools.partial(init_state, setup.model, setup.tx),
+                   out_shardings=setup.replicated)
+    state = init(setup.init_key)
+    start_step = 0
+  else:
+    state = setup.restore()
+    logging.info("Resuming from checkpoint at step %d", start_step)
+    print(f"Resuming {workdir} from step {start_step}")
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Parameters: %s", f"{num_params:,}")
+
+  batch_sharding = sharding.data_sharded(mesh)
+  train_step = jax.jit(
+      make_train_step(setup.model, setup.tx, tc.ema_decay, tc.ema_warmup,
+                      setup.lr_schedule),
+      in_shardings=(setup.replicated, batch_sharding, setup.replicated),
+      out_shardings=(setup.replicated, setup.replicated),
+      donate_argnums=0)
+  sampler = setup.make_sampler(tc.num_sample_images, config.sample.sampler,
+                               config.sample.num_steps, config.sample.eta)
+  writer = None
+  if setup.is_writer:
+    from gen_jax import summary  # tensorboardX only where logs are written.
+    writer = summary.MetricWriter(workdir)
+  samples_dir = os.path.join(workdir, "samples")
+  os.makedirs(samples_dir, exist_ok=True)
+  reference = None
+  if setup.dataset.kind == "points":
+    reference = setup.dataset.get_batch(0, config.seed + 1, 2000)["x"]
+
+  batches = data.prefetch(data.train_iterator(
+      setup.dataset, config.seed, config.data.batch_size, start_step,
+      jax.process_index(), jax.process_count()))
+  pending = []
+  progress = tqdm(total=tc.num_steps, initial=start_step, desc="train",
+                  disable=not setup.is_writer, dynamic_ncols=True, mininterval=1.0)
+  last_time, last_step = time.time(), start_step
+  step = start_step
+  for step in range(start_step + 1, tc.num_steps + 1):
+    batch = sharding.shard_batch(next(batches), mesh)
+    state, metrics = train_step(state, batch, setup.train_key)
+    pending.append(metrics)
+    progress.update(1)
+    is_last = step == tc.num_steps
+
+    if step % tc.log_every == 0 or is_last:
+      summary_values = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+                        for k in pending[0]}
+      pending = []
+      now = time.time()
+      summary_values["steps_per_sec"] = (step - last_step) / max(now - last_time, 1e-9)
+      last_time, last_step = now, step
+      if not np.isfinite(summary_values["loss"]):
+        raise FloatingPointError(f"non-finite loss {summary_values['loss']} at step {step}")
+      progress.set_postfix(loss=f"{summary_values['loss']:.4f}")
+      if writer:
+        writer.write_scalars(step, summary_values)
+
+    if step % tc.sample_every == 0 or is_last:
+      samples = jax.device_get(sampler(state.ema_params,
+                                       jax.random.fold_in(setup.sample_key, step)))
+      if setup.is_writer:
+        path = os.path.join(samples_dir, f"step_{step:07d}.png")
+        _save_samples_picture(path, samples, setup.dataset.kind, reference)
+        if setup.dataset.kind == "image":
+          writer.write_image(step, "samples", images.grid(images.to_uint8(samples)))
+
+    if step % tc.checkpoint_every == 0 or is_last:
+      checkpoint.save(setup.checkpoints, step, state)
+  progress.close()
+  if writer:
+    writer.close()
+  setup.checkpoints.close()
+  if setup.is_writer and step == tc.num_steps:
+    final = os.path.join(samples_dir, f"step_{tc.num_steps:07d}.png")
+    print(f"Done: {tc.num_steps} steps in {workdir}; samples: {final}")
+  return state
+
+
+# ----------------------------------------------------------------------------
+# Sample
+# ----------------------------------------------------------------------------
+
+def sample(config, workdir: str, build: BuildFn, num_samples: int,
+           sampler: str | None = None, num_steps: int | None = None,
+           out_dir: str | None = None) -> str:
+  """Draws num_samples from the latest checkpoint's EMA parameters.
+
+  Writes out_dir/samples.npz ('images': uint8 NHWC in 0..255, or 'points':
+  float32 (N, 2)) and a PNG picture beside it; returns the npz path.
+  """
+  if num_samples <= 0:
+    raise ConfigError(f"--num_samples must be positive, got {num_samples}")
+  setup = _Setup(config, workdir, build, create_workdir=False)
+  if setup.checkpoints.latest_step() is None:
+    raise checkpoint.NoCheckpointError(
+        f"--mode=sample: no checkpoint in {checkpoint.checkpoint_dir(workdir)}; "
+        f"train first with the same --workdir")
+  state = setup.restore()
+  sampler = sampler or config.sample.sampler
+  num_steps = num_steps or config.sample.num_steps
+  batch = min(num_samples, config.sample.batch_size)
+  batch = -(-batch // jax.device_count()) * jax.device_count()
+  draw = setup.make_sampler(batch, sampler, num_steps, config.sample.eta)
+  key = jax.random.fold_in(setup.sample_key, 10**9 + int(state.step))
+  chunks = []
+  for i in tqdm(range(-(-num_samples // batch)), desc=f"sample ({sampler})",
+                disable=not setup.is_writer):
+    chunks.append(np.asarray(jax.device_get(draw(state.ema_params,
+                                                 jax.random.fold_in(key, i)))))
+  samples = np.concatenate(chunks)[:num_samples]
+  out_dir = out_dir or workdir
+  os.makedirs(out_dir, exist_ok=True)
+  npz_path = os.path.join(out_dir, "samples.npz")
+  if setup.dataset.kind == "points":
+    arrays = {"points": samples.astype(np.float32)}
+  else:
+    arrays = {"images": images.to_uint8(samples)}
+  tmp = npz_path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, npz_path)
+  picture = os.path.join(out_dir, "samples.png")
+  reference = None
+  if setup.dataset.kind == "points":
+    reference = setup.dataset.get_batch(0, config.seed + 1, 2000)["x"]
+  _save_samples_picture(picture, samples[:256], setup.dataset.kind, reference)
+  print(f"Wrote {num_samples} samples (checkpoint step {int(state.step)}, "
+        f"sampler {sampler}) to {npz_path} and {picture}")
+  return npz_path
+
+
+# ----------------------------------------------------------------------------
+# Evaluate
+# ----------------------------------------------------------------------------
+
+def evaluate(config, workdir: str, build: BuildFn) -> dict:
+  """Averages model.evaluate over the test split (EMA parameters); writes eval.json."""
+  setup = _Setup(config, workdir, build, split="test", create_workdir=False)
+  if setup.checkpoints.latest_step() is None:
+    raise checkpoint.NoCheckpointError(
+        f"--mode=eval: no checkpoint in {checkpoint.checkpoint_dir(workdir)}; "
+        f"train first with the same --workdir")
+  state = setup.restore()
+  batch_size = config.eval.batch_size
+  sharding.check_batch_size(batch_size, setup.mesh, "eval.batch_size")
+  batch_sharding = sharding.data_sharded(setup.mesh)
+  evaluate_fn = jax.jit(setup.model.evaluate,
+                        in_shardings=(setup.replicated, batch_sharding, setup.replicated))
+  key = jax.random.fold_in(setup.sample_key, 2 * 10**9)
+  totals, count = {}, 0
+  limit = config.eval.get("num_examples") or None
+  batches = setup.dataset.eval_batches(batch_size, jax.process_index(),
+                                       jax.process_count())
+  with jax.default_matmul_precision("highest"):
+    for i, batch in enumerate(tqdm(batches, desc="eval", disable=not setup.is_writer)):
+      mask = np.asarray(batch.pop("mask", np.ones(len(batch["x"]), bool)))
+      values = jax.device_get(evaluate_fn(state.ema_params,
+                                          sharding.shard_batch(batch, setup.mesh),
+                                          jax.random.fold_in(key, i)))
+      for name, v in values.items():
+        totals[name] = totals.get(name, 0.0) + float(np.sum(np.asarray(v)[mask]))
+      count += int(mask.sum())
+      if limit and count >= limit:
+        break
+  results = {name: total / max(count, 1) for name, total in totals.items()}
+  results.update(checkpoint_step=int(state.step), num_examples=count, split="test")
+  if setup.is_writer:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+  print(json.dumps(results, indent=2, sort_keys=True))
+  return results

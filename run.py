@@ -1,0 +1,128 @@
+"""gen_jax: train, sample from and evaluate generative models.
+
+  python run.py                                   # ddpm_digits, offline, minutes on a CPU
+  python run.py --mode=sample --num_samples=1000  # from the latest run of that experiment
+  python run.py --experiment=ddpm_cifar --workdir=runs/cifar
+  python run.py --experiment=ddpm_toy2d --config.train.num_steps=2000
+
+--experiment picks a module of experiments/; every field of its config can be
+overridden as --config.<path>=<value>. Running again with the same --workdir
+resumes from its latest checkpoint.
+"""
+
+import datetime
+import glob
+import importlib
+import os
+import pkgutil
+import sys
+
+from absl import app, flags, logging
+
+# Runs from a checkout without installation, too.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+DEFAULT_EXPERIMENT = "ddpm_digits"
+
+
+def list_experiments() -> dict[str, str]:
+  """Experiment name -> the first line of its module docstring."""
+  names = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__)
+                 if not m.name.startswith("_"))
+  out = {}
+  for name in names:
+    spec = importlib.util.find_spec(f"experiments.{name}")
+    with open(spec.origin) as f:
+      source = f.read()
+    doc = source.split('"""')[1] if source.startswith('"""') else ""
+    out[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+  return out
+
+
+def experiments_help() -> str:
+  width = max(len(n) for n in list_experiments())
+  return "\n".join(f"  {n:<{width}}  {d}" for n, d in list_experiments().items())
+
+
+def _experiment_from_argv(argv) -> str:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--experiment="):
+      return arg.split("=", 1)[1]
+    if arg == "--experiment" and i + 1 < len(argv):
+      return argv[i + 1]
+  return DEFAULT_EXPERIMENT
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def define_flags(argv):
+  """Defines the flags; --config comes from the chosen experiment's get_config()."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  name = _experiment_from_argv(argv)
+  known = list_experiments()
+  if name not in known:
+    _fail(f"unknown --experiment={name!r}; the experiments are:\n{experiments_help()}")
+  module = importlib.import_module(f"experiments.{name}")
+  flags.DEFINE_string("experiment", DEFAULT_EXPERIMENT,
+                      "Experiment to run, one of:\n" + experiments_help())
+  flags.DEFINE_string("workdir", None,
+                      "Directory for checkpoints, logs and samples; default: a new "
+                      "runs/<experiment>-<time> for training, the newest one for "
+                      "sample and eval. The same workdir again resumes.")
+  flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
+  flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
+  flags.DEFINE_string("sampler", None, "--mode=sample: ddpm | ddim "
+                      "(default: the config's sample.sampler).")
+  flags.DEFINE_integer("sampling_steps", None,
+                       "--mode=sample: number of steps for ddim (default: config).")
+  flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
+  config_flags.DEFINE_config_dict("config", module.get_config(),
+                                  "The experiment's config; override fields "
+                                  "as --config.<path>=<value>.", lock_config=True)
+  return module
+
+
+def _default_workdir(experiment: str, mode: str) -> str:
+  if mode == "train":
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{experiment}-{stamp}")
+  found = sorted(glob.glob(os.path.join("runs", f"{experiment}-*")), key=os.path.getmtime)
+  if not found:
+    _fail(f"--mode={mode}: no runs/{experiment}-* workdir; train first or pass --workdir")
+  print(f"Using the newest workdir: {found[-1]}")
+  return found[-1]
+
+
+def main(argv, module):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  from gen_jax import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  FLAGS = flags.FLAGS
+  config = FLAGS.config
+  workdir = FLAGS.workdir or _default_workdir(FLAGS.experiment, FLAGS.mode)
+  if FLAGS.mode != "train" and not os.path.isdir(workdir):
+    _fail(f"--workdir={workdir} does not exist; train first")
+  try:
+    if FLAGS.mode == "train":
+      train.train(config, workdir, module.build)
+    elif FLAGS.mode == "sample":
+      train.sample(config, workdir, module.build, FLAGS.num_samples,
+                   FLAGS.sampler, FLAGS.sampling_steps)
+    else:
+      train.evaluate(config, workdir, module.build)
+  except (train.ConfigError, data.DataError, checkpoint.NoCheckpointError,
+          ValueError) as e:
+    if FLAGS.debug:
+      raise
+    _fail(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.WARNING)
+  experiment_module = define_flags(sys.argv)
+  app.run(lambda argv: main(argv, experiment_module))
