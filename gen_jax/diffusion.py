@@ -373,8 +373,8 @@ def ddpm_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
   """Ancestral sampling, x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t).
 
   Algorithm 2 of Ho et al. (2020), T network calls in one compiled
-  `lax.scan`; the last step returns the mean (no noise). The noise of step t
-  comes from fold_in(key, t).
+  `lax.scan`; the last step returns the mean (no noise). x_T comes from
+  split(key)[0] and the noise of step t from fold_in(split(key)[1], t).
 
   Args:
     shape: (B, ...), the shape of the samples.
@@ -407,7 +407,7 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
   if not 1 <= num_steps <= num_timesteps:
     raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
   if num_steps == 1:
-    return np.array([num_timesteps - 1])
+    return np.array([num_timesteps - 1], dtype=np.int32)
   return np.round(np.linspace(num_timesteps - 1, 0, num_steps)).astype(np.int32)
 
 
