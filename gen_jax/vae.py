@@ -92,7 +92,8 @@ def iwae_bound(key, x, encode: Encoder, log_likelihood: LogLikelihood,
     num_samples: K >= 1.
     chunk_size: if given (a divisor of K), the K samples are processed
       `chunk_size` at a time with a running logsumexp, so memory stays bounded
-      for K in the thousands; the result is the same up to rounding.
+      for K in the thousands. The chunks draw from split keys, so the value
+      differs from the unchunked one's draw but has the same distribution.
 
   Returns:
     L_K(x), per example, (...,), in nats.

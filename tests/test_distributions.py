@@ -1,0 +1,575 @@
+"""Tests of gen_jax.distributions against independent float64 references.
+
+The references are written here from the formulas, in numpy/scipy float64
+(never by calling the code under test), and the float32 results are compared
+with the reference evaluated at the float32-rounded inputs, so that the
+tolerance measures the computation, not the rounding of the inputs.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import special, stats
+
+from gen_jax import distributions as D
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@pytest.fixture
+def x64():
+  """Runs the test with jax_enable_x64 on, restoring the setting afterwards."""
+  with jax.enable_x64(True):
+    yield
+
+
+# Jitted once at module level (eager dispatch of the many small ops is slow).
+disc = jax.jit(D.discretized_gaussian_log_prob, static_argnames="num_bins")
+disc_grad = jax.jit(jax.vmap(jax.grad(D.discretized_gaussian_log_prob,
+                                      argnums=(1, 2))))
+
+
+def f64(a):
+  return np.asarray(a, np.float64)
+
+
+def f32(a):
+  return np.asarray(a, np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Independent float64 references.
+# ---------------------------------------------------------------------------
+
+def ref_expm1_minus(d):
+  """exp(d) - 1 - d in float64: a 30-term Taylor series near 0, else expm1."""
+  d = f64(d)
+  k = np.arange(2, 32, dtype=np.float64)
+  series = np.sum(d[..., None] ** k / special.factorial(k), axis=-1)
+  return np.where(np.abs(d) < 0.5, series, np.expm1(d) - d)
+
+
+def ref_normal_kl(m1, lv1, m2, lv2):
+  """The textbook closed form, with exp(d) - 1 - d kept accurate near d = 0."""
+  m1, lv1, m2, lv2 = np.broadcast_arrays(f64(m1), f64(lv1), f64(m2), f64(lv2))
+  return 0.5 * (ref_expm1_minus(lv1 - lv2) + (m1 - m2) ** 2 / np.exp(lv2))
+
+
+def ref_normal_kl_textbook(m1, lv1, m2, lv2):
+  s1, s2 = np.exp(0.5 * f64(lv1)), np.exp(0.5 * f64(lv2))
+  return np.log(s2 / s1) + (s1**2 + (f64(m1) - f64(m2)) ** 2) / (2 * s2**2) - 0.5
+
+
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(64)
+
+
+def ref_log_normal_interval(a, b):
+  """log(Phi(b) - Phi(a)) in float64 for a < b, elementwise.
+
+  Intervals up to one standard deviation wide: 64-point Gauss-Legendre
+  quadrature of the density, summed in log space (no cancellation, no
+  underflow). Wider ones: mirrored into the lower tail and computed from
+  scipy's log_ndtr, where log(1 - Phi(a)/Phi(b)) loses nothing for wide b - a.
+  """
+  a, b = np.broadcast_arrays(f64(a), f64(b))
+  h, c = 0.5 * (b - a), 0.5 * (a + b)
+  t = c[..., None] + h[..., None] * _GL_X
+  quad = special.logsumexp(stats.norm.logpdf(t), b=_GL_W * h[..., None],
+                           axis=-1)
+  flip = a > 0
+  aa, bb = np.where(flip, -b, a), np.where(flip, -a, b)
+  la, lb = special.log_ndtr(aa), special.log_ndtr(bb)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    wide = lb + np.log(-np.expm1(la - lb))
+  return np.where(b - a <= 1.0, quad, wide)
+
+
+def ref_discretized(x, mean, log_scale, num_bins=256):
+  x, mean, log_scale = np.broadcast_arrays(f64(x), f64(mean), f64(log_scale))
+  hb = 1.0 / (num_bins - 1)
+  s = np.exp(log_scale)
+  up, lo = (x - mean + hb) / s, (x - mean - hb) / s
+  first, last = x < -1 + hb, x > 1 - hb
+  interior = ref_log_normal_interval(np.where(first | last, -1.0, lo),
+                                     np.where(first | last, 1.0, up))
+  return np.where(first, stats.norm.logcdf(up),
+                  np.where(last, stats.norm.logsf(lo), interior))
+
+
+def ref_discretized_grad(x, mean, log_scale, num_bins=256):
+  """Analytic (d/dmean, d/dlog_scale) of log P, from the float64 reference."""
+  x, mean, log_scale = np.broadcast_arrays(f64(x), f64(mean), f64(log_scale))
+  lp = ref_discretized(x, mean, log_scale, num_bins)
+  hb = 1.0 / (num_bins - 1)
+  s = np.exp(log_scale)
+  up, lo = (x - mean + hb) / s, (x - mean - hb) / s
+  first, last = x < -1 + hb, x > 1 - hb
+  # phi(bound) / P, with the missing bound of an end bin contributing 0.
+  r_up = np.where(last, 0.0, np.exp(stats.norm.logpdf(up) - lp))
+  r_lo = np.where(first, 0.0, np.exp(stats.norm.logpdf(lo) - lp))
+  d_mean = -(r_up - r_lo) / s
+  d_log_scale = -(np.where(last, 0.0, up * r_up) - np.where(first, 0.0, lo * r_lo))
+  return d_mean, d_log_scale
+
+
+def grid(num_bins=256):
+  return np.arange(num_bins) / ((num_bins - 1) / 2) - 1.0
+
+
+# Sanity of the reference itself (so that a broken reference cannot pass).
+def test_reference_discretized_is_a_distribution():
+  x = grid()
+  for mean, log_scale in [(0.1, -3.0), (0.0, 3.0), (-0.999, -6.0), (0.7, -9.0)]:
+    lp = ref_discretized(x, mean, log_scale)
+    assert abs(special.logsumexp(lp)) < 1e-13
+  # quadrature and log_ndtr branches agree where both are valid
+  a = np.array([-30.0, -3.0, -0.2, 2.0])
+  np.testing.assert_allclose(ref_log_normal_interval(a, a + 0.9),
+                             _ref_wide(a, a + 0.9), rtol=1e-13)
+  np.testing.assert_allclose(
+      ref_log_normal_interval(-0.2, 0.7),
+      math.log(stats.norm.cdf(0.7) - stats.norm.cdf(-0.2)), rtol=1e-14)
+
+
+def _ref_wide(a, b):
+  flip = a > 0
+  aa, bb = np.where(flip, -b, a), np.where(flip, -a, b)
+  la, lb = special.log_ndtr(aa), special.log_ndtr(bb)
+  return lb + np.log(-np.expm1(la - lb))
+
+
+# ---------------------------------------------------------------------------
+# normal / bernoulli / categorical log-probabilities.
+# ---------------------------------------------------------------------------
+
+def test_normal_log_prob_vs_scipy():
+  rng = np.random.default_rng(0)
+  x, m = f32(rng.normal(size=(50,)) * 3), f32(rng.normal(size=(50,)))
+  lv = f32(rng.uniform(-6, 4, size=(50,)))
+  out = D.normal_log_prob(x, m, lv)
+  assert out.dtype == jnp.float32 and out.shape == (50,)
+  ref = stats.norm.logpdf(f64(x), f64(m), np.exp(0.5 * f64(lv)))
+  np.testing.assert_allclose(f64(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bernoulli_log_prob_vs_float64_formula():
+  rng = np.random.default_rng(1)
+  logits = f32(rng.normal(size=(200,)) * 6)
+  x = f32(np.concatenate([rng.integers(0, 2, 100), rng.uniform(0, 1, 100)]))
+  p = 1 / (1 + np.exp(-f64(logits)))
+  ref = f64(x) * np.log(p) + (1 - f64(x)) * np.log1p(-p)
+  np.testing.assert_allclose(f64(D.bernoulli_log_prob(x, logits)), ref,
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("logit", [1000.0, -1000.0, 90.0, -90.0])
+@pytest.mark.parametrize("x", [0.0, 1.0, 0.3])
+def test_bernoulli_extreme_logits_finite(logit, x):
+  val = D.bernoulli_log_prob(jnp.float32(x), jnp.float32(logit))
+  # exact: x*l - softplus(l) = x*l - max(l, 0) - log1p(exp(-|l|))
+  exact = x * logit - max(logit, 0.0) - math.log1p(math.exp(-abs(logit)))
+  assert val.dtype == jnp.float32
+  np.testing.assert_allclose(float(val), exact, rtol=1e-6, atol=1e-30)
+  g_logit, g_x = jax.grad(D.bernoulli_log_prob, argnums=(1, 0))(
+      jnp.float32(x), jnp.float32(logit))
+  # d/dl = x - sigmoid(l); d/dx = l
+  np.testing.assert_allclose(float(g_logit), x - special.expit(logit),
+                             atol=1e-6)
+  np.testing.assert_allclose(float(g_x), logit, rtol=1e-6)
+
+
+def _ref_log_softmax(logits, axis=-1):
+  logits = f64(logits)
+  return logits - special.logsumexp(logits, axis=axis, keepdims=True)
+
+
+def test_categorical_integer_and_one_hot():
+  rng = np.random.default_rng(2)
+  logits = f32(rng.normal(size=(4, 6, 10)) * 3)
+  labels = rng.integers(0, 10, size=(4, 6))
+  ls = _ref_log_softmax(logits)
+  ref = np.take_along_axis(ls, labels[..., None], axis=-1)[..., 0]
+  out_int = D.categorical_log_prob(jnp.asarray(labels, jnp.int32), logits)
+  assert out_int.shape == (4, 6)
+  np.testing.assert_allclose(f64(out_int), ref, rtol=1e-5, atol=1e-5)
+  one_hot = np.eye(10, dtype=np.float32)[labels]
+  np.testing.assert_allclose(f64(D.categorical_log_prob(one_hot, logits)), ref,
+                             rtol=1e-5, atol=1e-5)
+  # soft targets: the cross-entropy sum_k p_k log softmax_k
+  soft = f32(special.softmax(rng.normal(size=(4, 6, 10)), axis=-1))
+  np.testing.assert_allclose(f64(D.categorical_log_prob(soft, logits)),
+                             np.sum(f64(soft) * ls, axis=-1), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_categorical_other_axis():
+  rng = np.random.default_rng(3)
+  logits = f32(rng.normal(size=(7, 3, 5)))  # class axis 0
+  labels = rng.integers(0, 7, size=(3, 5))
+  ls = _ref_log_softmax(logits, axis=0)
+  ref = np.take_along_axis(ls, labels[None], axis=0)[0]
+  np.testing.assert_allclose(
+      f64(D.categorical_log_prob(jnp.asarray(labels), logits, axis=0)), ref,
+      rtol=1e-5, atol=1e-5)
+  one_hot = np.moveaxis(np.eye(7, dtype=np.float32)[labels], -1, 0)
+  np.testing.assert_allclose(
+      f64(D.categorical_log_prob(one_hot, logits, axis=0)), ref, rtol=1e-5,
+      atol=1e-5)
+
+
+def test_categorical_extreme_logits_finite():
+  logits = jnp.array([[1000.0, -1000.0, 0.0]], jnp.float32)
+  out = D.categorical_log_prob(jnp.array([1]), logits)
+  np.testing.assert_allclose(f64(out), [-2000.0], rtol=1e-6)
+  g = jax.grad(lambda l: D.categorical_log_prob(jnp.array([1]), l).sum())(logits)
+  assert np.all(np.isfinite(g))
+  np.testing.assert_allclose(f64(g), [[-1.0, 1.0, 0.0]], atol=1e-6)
+
+
+# Correspondences documented at the top of distributions.py.
+
+def test_mse_is_scaled_gaussian_nll():
+  rng = np.random.default_rng(4)
+  x, m = f32(rng.normal(size=(8, 20))), f32(rng.normal(size=(8, 20)))
+  nll = -D.normal_log_prob(x, m, 0.0)
+  np.testing.assert_allclose(f64(2 * nll - LOG_2PI),
+                             f64(optax.squared_error(m, x)), atol=2e-5)
+  np.testing.assert_allclose(float(jnp.mean(2 * nll) - LOG_2PI),
+                             np.mean((f64(x) - f64(m)) ** 2), rtol=1e-5)
+
+
+def test_bce_matches_optax():
+  rng = np.random.default_rng(5)
+  logits = f32(rng.normal(size=(300,)) * 20)
+  labels = f32(rng.uniform(size=(300,)))
+  labels[:100] = np.round(labels[:100])
+  np.testing.assert_allclose(
+      f64(-D.bernoulli_log_prob(labels, logits)),
+      f64(optax.sigmoid_binary_cross_entropy(logits, labels)), rtol=1e-5,
+      atol=1e-5)
+
+
+def test_categorical_ce_matches_optax():
+  rng = np.random.default_rng(6)
+  logits = f32(rng.normal(size=(16, 12)) * 4)
+  labels = rng.integers(0, 12, size=(16,))
+  np.testing.assert_allclose(
+      f64(-D.categorical_log_prob(jnp.asarray(labels), logits)),
+      f64(optax.softmax_cross_entropy_with_integer_labels(logits, labels)),
+      rtol=1e-5, atol=1e-5)
+  one_hot = jax.nn.one_hot(labels, 12)
+  np.testing.assert_allclose(
+      f64(-D.categorical_log_prob(one_hot, logits)),
+      f64(optax.softmax_cross_entropy(logits, one_hot)), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# KL divergences.
+# ---------------------------------------------------------------------------
+
+def test_normal_kl_vs_closed_form():
+  rng = np.random.default_rng(7)
+  m1, m2 = f32(rng.normal(size=(2, 500)) * 2)
+  lv1, lv2 = f32(rng.uniform(-5, 5, size=(2, 500)))
+  out = D.normal_kl(m1, lv1, m2, lv2)
+  ref = ref_normal_kl(m1, lv1, m2, lv2)
+  # the two float64 references agree (away from near-equal pairs)
+  np.testing.assert_allclose(ref, ref_normal_kl_textbook(m1, lv1, m2, lv2),
+                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(f64(out), ref, rtol=2e-5, atol=1e-6)
+  assert np.all(f64(out) >= 0)
+
+
+def test_normal_kl_monte_carlo():
+  rng = np.random.default_rng(8)
+  params = [(0.3, 0.5, -0.4, -0.3), (-1.0, -1.0, 0.5, 1.0), (2.0, 0.0, 0.0, 0.0)]
+  for m1, lv1, m2, lv2 in params:
+    s1, s2 = math.exp(lv1 / 2), math.exp(lv2 / 2)
+    z = rng.normal(m1, s1, size=200_000)
+    terms = stats.norm.logpdf(z, m1, s1) - stats.norm.logpdf(z, m2, s2)
+    se = terms.std() / math.sqrt(z.size)
+    kl = float(D.normal_kl(m1, lv1, m2, lv2))
+    assert abs(kl - terms.mean()) < 5 * se + 1e-4, (kl, terms.mean(), se)
+
+
+def test_normal_kl_nonnegative_and_zero_on_equal():
+  rng = np.random.default_rng(9)
+  m1, m2 = f32(rng.normal(size=(2, 2000)) * 10)
+  lv1, lv2 = f32(rng.uniform(-20, 20, size=(2, 2000)))
+  # include near-equal pairs, where a cancelling formula goes negative
+  lv2[:500] = lv1[:500] * f32(1 + 1e-6)
+  m2[:500] = m1[:500]
+  assert np.all(f64(D.normal_kl(m1, lv1, m2, lv2)) >= 0)
+  np.testing.assert_array_equal(f64(D.normal_kl(m1, lv1, m1, lv1)), 0.0)
+
+
+@pytest.mark.parametrize("ratio", [1.0001, 1.00001])
+@pytest.mark.parametrize("base_lv", [-3.0, 0.0, 2.5])
+def test_normal_kl_near_equal(base_lv, ratio):
+  # std ratio 1.0001: KL ~ (2 log 1.0001)^2 / 4 ~ 1e-8 (1e-10 for 1.00001).
+  # lv1 - lv2 is exact in float32 (Sterbenz), so the reference at the
+  # float32 inputs is the exact answer; a cancelling expm1(d) - d is off by
+  # ~6e-4 (1.0001) and ~6e-3 (1.00001) relative.
+  lv1 = np.float32(base_lv)
+  lv2 = np.float32(base_lv - 2 * math.log(ratio))
+  ref = ref_normal_kl(0.0, lv1, 0.0, lv2)
+  assert 0.2 < ref / math.log(ratio) ** 2 < 5
+  kl = float(D.normal_kl(jnp.float32(0.0), lv1, jnp.float32(0.0), lv2))
+  np.testing.assert_allclose(kl, ref, rtol=1e-4)
+  # nearly equal means too: KL = dm^2 / (2 var2)
+  dm = np.float32(1e-4)
+  ref_m = ref_normal_kl(dm, lv1, 0.0, lv1)
+  np.testing.assert_allclose(float(D.normal_kl(dm, lv1, 0.0, lv1)), ref_m,
+                             rtol=1e-5)
+
+
+def test_standard_normal_kl():
+  rng = np.random.default_rng(10)
+  m = f32(rng.normal(size=(300,)) * 2)
+  lv = f32(np.concatenate([rng.uniform(-8, 5, 290), [1e-5, -1e-5, 0.0] * 3,
+                           [2e-4]]))
+  out = D.standard_normal_kl(m, lv)
+  np.testing.assert_allclose(f64(out), f64(D.normal_kl(m, lv, 0.0, 0.0)),
+                             rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(
+      f64(out), 0.5 * (f64(m) ** 2 + ref_expm1_minus(f64(lv))), rtol=2e-5,
+      atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Discretized Gaussian.
+# ---------------------------------------------------------------------------
+
+def test_discretized_random_realistic():
+  rng = np.random.default_rng(11)
+  n = 4000
+  k = rng.integers(0, 256, size=n)
+  k[:20] = 0
+  k[20:40] = 255
+  x = f32(k / 127.5 - 1)
+  mean = f32(np.clip(x + rng.normal(size=n) * 0.3, -1.3, 1.3))
+  log_scale = f32(rng.uniform(-7.0, 0.5, size=n))
+  out = disc(x, mean, log_scale)
+  ref = ref_discretized(x, mean, log_scale)
+  assert out.dtype == jnp.float32
+  assert np.all(np.isfinite(f64(out))) and np.all(f64(out) <= 0)
+  np.testing.assert_allclose(f64(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_discretized_end_bins():
+  x = f32([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+  mean = f32([-1.0, 0.0, -3.0, 1.0, 0.0, 3.0])
+  log_scale = f32([-3.0, -1.0, 0.0, -3.0, -1.0, 0.0])
+  out = f64(disc(x, mean, log_scale))
+  hb = 1 / 255
+  s = np.exp(f64(log_scale))
+  ref = np.where(x < 0, stats.norm.logcdf((f64(x) - mean + hb) / s),
+                 stats.norm.logsf((f64(x) - mean - hb) / s))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+  # an end bin at the mean holds more than half the mass (half-open bin)
+  assert out[0] > math.log(0.5) and out[3] > math.log(0.5)
+  # the end bin is strictly more likely than the interior bin next to it
+  # when the mean is far outside
+  nxt = float(disc(f32(-1 + 2 / 255), -3.0, 0.0))
+  assert out[2] > nxt
+
+
+@pytest.mark.parametrize("mean,log_scale", [
+    (0.0, -8.0), (0.3, -6.0), (-1.0, -5.0), (0.999, -4.6), (0.2, -3.0),
+    (-0.5, -1.0), (0.0, 0.0), (0.7, 2.0), (0.0, 2.1), (-0.4, 4.0), (0.1, 6.0),
+    (-0.3, 8.0), (0.2, 14.0), (1.5, -2.0), (-4.0, 0.5),
+])
+def test_discretized_sums_to_one(mean, log_scale):
+  # bins much narrower and much wider than the scale (bin width 2/255 ~ 7.8e-3)
+  x = f32(grid())
+  lp = disc(x, f32(mean), f32(log_scale))
+  assert np.all(np.isfinite(f64(lp)))
+  assert abs(special.logsumexp(f64(lp))) < 1e-5
+  # float32: ~1e-4 nats near scale 7 (the wide-interval branch just above
+  # its 1e-3-scale switch), else less; relative ~1e-6 for the huge values
+  np.testing.assert_allclose(f64(lp), ref_discretized(x, f32(mean),
+                                                       f32(log_scale)),
+                             rtol=2e-6, atol=3e-4)
+  # gradients: finite (no NaN leaking from the branch not taken) and right.
+  # Known float32 limits, hence the masks/atol: jax's log_ndtr gradient loses
+  # accuracy beyond ~300 scales (0.4% at 3000); and when the bin is much
+  # narrower than the scale, d/dmean is formed as d/dhi + d/dlo = +-1/width
+  # cancelling, leaving an absolute error ~ eps / bin_width ~ 1e-5.
+  n = x.size
+  g_mean, g_ls = (f64(g) for g in disc_grad(x, np.full(n, mean, np.float32),
+                                            np.full(n, log_scale, np.float32)))
+  assert np.all(np.isfinite(g_mean)) and np.all(np.isfinite(g_ls))
+  r_mean, r_ls = ref_discretized_grad(x, f32(mean), f32(log_scale))
+  ok = (np.abs(x - mean) + 1 / 255) / math.exp(log_scale) < 300
+  np.testing.assert_allclose(g_mean[ok], r_mean[ok], rtol=2e-3, atol=3e-5)
+  np.testing.assert_allclose(g_ls[ok], r_ls[ok], rtol=2e-3, atol=1e-4)
+
+
+def test_discretized_tails_float32():
+  """x - mean = +-k scales for every bin (end bins included), many k, scales."""
+  xs, means, lss = [], [], []
+  for log_scale in [-7.0, -4.6, -2.0, 0.0, 1.0]:
+    for k in [3.0, 10.0, 25.0, 40.0, 100.0]:
+      x = f32(np.tile(grid(), 2))
+      sign = np.repeat([1.0, -1.0], 256)
+      xs.append(x)
+      means.append(f32(x - sign * k * np.exp(np.float32(log_scale))))
+      lss.append(np.full_like(x, log_scale))
+  x, mean, ls = (np.concatenate(a) for a in (xs, means, lss))
+  out = f64(disc(x, mean, ls))
+  ref = ref_discretized(x, mean, ls)
+  assert np.all(np.isfinite(out)), np.flatnonzero(~np.isfinite(out))
+  assert ref.min() < -4000  # the tails are really reached
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+  g_mean, g_ls = (f64(g) for g in disc_grad(x, mean, ls))
+  assert np.all(np.isfinite(g_mean)) and np.all(np.isfinite(g_ls))
+  r_mean, r_ls = ref_discretized_grad(x, mean, ls)
+  s = np.exp(f64(ls))
+  np.testing.assert_allclose(g_mean * s, r_mean * s, rtol=2e-3, atol=1e-3)
+  np.testing.assert_allclose(g_ls, r_ls, rtol=2e-3, atol=1e-3)
+
+
+def test_discretized_gradient_vs_reference_realistic():
+  rng = np.random.default_rng(12)
+  n = 1000
+  x = f32(rng.integers(0, 256, size=n) / 127.5 - 1)
+  mean = f32(x + rng.normal(size=n) * 0.05)
+  ls = f32(rng.uniform(-6, 0, size=n))
+  g_mean, g_ls = (f64(g) for g in disc_grad(x, mean, ls))
+  r_mean, r_ls = ref_discretized_grad(x, mean, ls)
+  s = np.exp(f64(ls))
+  np.testing.assert_allclose(g_mean * s, r_mean * s, rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(g_ls, r_ls, rtol=1e-3, atol=1e-4)
+
+
+def test_discretized_other_num_bins():
+  # 5 levels: {-1, -0.5, 0, 0.5, 1}
+  x = f32(grid(5))
+  lp = f64(disc(x, 0.2, -1.0, num_bins=5))
+  np.testing.assert_allclose(lp, ref_discretized(x, f32(0.2), -1.0, 5),
+                             rtol=1e-5, atol=1e-6)
+  assert abs(special.logsumexp(lp)) < 1e-6
+
+
+# ---------------------------------------------------------------------------
+# jit, broadcasting, float64.
+# ---------------------------------------------------------------------------
+
+def _all_calls(rng, dtype):
+  x = rng.normal(size=(3, 4)).astype(dtype)
+  m = rng.normal(size=(3, 4)).astype(dtype)
+  lv = rng.normal(size=(3, 4)).astype(dtype)
+  xb = (rng.integers(0, 256, size=(3, 4)) / 127.5 - 1).astype(dtype)
+  labels = rng.integers(0, 4, size=(3,))
+  return [
+      (D.normal_log_prob, (x, m, lv)),
+      (D.bernoulli_log_prob, ((x > 0).astype(dtype), m)),
+      (D.categorical_log_prob, (labels, m)),
+      (D.normal_kl, (x, m, lv, x * 0.5)),
+      (D.standard_normal_kl, (m, lv)),
+      (D.discretized_gaussian_log_prob, (xb, m * 0.5, lv - 3)),
+  ]
+
+
+def test_jit_equals_eager():
+  for fn, args in _all_calls(np.random.default_rng(13), np.float32):
+    eager, jitted = fn(*args), jax.jit(fn)(*args)
+    assert eager.shape == jitted.shape and jitted.dtype == jnp.float32
+    np.testing.assert_allclose(f64(jitted), f64(eager), rtol=1e-6, atol=1e-6,
+                               err_msg=fn.__name__)
+
+
+def test_broadcasting():
+  rng = np.random.default_rng(14)
+  m = f32(rng.normal(size=(3, 1)) * 0.3)
+  x = f32(rng.integers(0, 256, size=(1, 4)) / 127.5 - 1)
+  lv = f32(rng.uniform(-4, 0, size=(3, 1)))
+  scalar_lv = np.float32(-1.0)
+  mb, xb, lvb = np.broadcast_arrays(m, x, lv)
+  cases = [
+      (D.normal_log_prob(x, m, lv), stats.norm.logpdf(xb, mb, np.exp(lvb / 2))),
+      (D.normal_log_prob(x, m, scalar_lv),
+       stats.norm.logpdf(xb, mb, math.exp(scalar_lv / 2))),
+      (D.bernoulli_log_prob(x > 0, m),
+       np.where(xb > 0, special.log_expit(mb), special.log_expit(-mb))),
+      (D.normal_kl(m, lv, x, 0.0), ref_normal_kl(mb, lvb, xb, 0.0)),
+      (D.standard_normal_kl(m, x), ref_normal_kl(mb, xb, 0.0, 0.0)),
+      (D.discretized_gaussian_log_prob(x, m, lv), ref_discretized(xb, mb, lvb)),
+  ]
+  for out, ref in cases:
+    assert out.shape == (3, 4)
+    np.testing.assert_allclose(f64(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_matches_reference(x64):
+  rng = np.random.default_rng(15)
+  n = 2000
+  x = rng.normal(size=n) * 2
+  m = rng.normal(size=n)
+  lv = rng.uniform(-6, 4, size=n)
+  lv2 = np.concatenate([rng.uniform(-6, 4, n - 400),
+                        lv[:400] + rng.normal(size=400) * 1e-3])
+  jfn = {f: jax.jit(getattr(D, f)) for f in
+         ["normal_log_prob", "bernoulli_log_prob", "categorical_log_prob",
+          "normal_kl", "standard_normal_kl", "discretized_gaussian_log_prob"]}
+  checks = [
+      (jfn["normal_log_prob"](x, m, lv),
+       stats.norm.logpdf(x, m, np.exp(lv / 2))),
+      (jfn["bernoulli_log_prob"](x > 0, m * 5),
+       np.where(x > 0, special.log_expit(m * 5), special.log_expit(-m * 5))),
+      (jfn["normal_kl"](m, lv, x, lv2), ref_normal_kl(m, lv, x, lv2)),
+      (jfn["standard_normal_kl"](m, lv), ref_normal_kl(m, lv, 0.0, 0.0)),
+  ]
+  # nearly equal Gaussians: KL ~ 1e-15 .. 1e-9, relative accuracy required
+  lv_near = lv + np.geomspace(1e-7, 1e-4, n) * np.sign(rng.normal(size=n))
+  kl_near = jfn["normal_kl"](m, lv, m, lv_near)
+  assert kl_near.dtype == jnp.float64
+  np.testing.assert_allclose(f64(kl_near), ref_normal_kl(m, lv, m, lv_near),
+                             rtol=1e-12, atol=0)
+  kl_near = jfn["standard_normal_kl"](0.0, lv_near - lv)
+  np.testing.assert_allclose(f64(kl_near),
+                             ref_normal_kl(0.0, lv_near - lv, 0.0, 0.0),
+                             rtol=1e-12, atol=0)
+  logits = rng.normal(size=(50, 7))
+  labels = rng.integers(0, 7, size=50)
+  checks.append((jfn["categorical_log_prob"](labels, logits),
+                 np.take_along_axis(_ref_log_softmax(logits),
+                                    labels[:, None], -1)[:, 0]))
+  # discretized, realistic range (bins narrower and wider than the scale)
+  xb = rng.integers(0, 256, size=n) / 127.5 - 1
+  mb = np.clip(xb + rng.normal(size=n) * 0.3, -1.3, 1.3)
+  lsb = rng.uniform(-7, 3, size=n)
+  # jax's float64 log_ndtr is only ~2e-11 accurate (relative) just past its
+  # asymptotic-series switch at -20, so bins beyond 19 scales are checked
+  # separately in test_float64_discretized_tails.
+  z = (np.abs(xb - mb) + 1 / 255) / np.exp(lsb)
+  near = z < 19
+  assert near.sum() > 1500
+  checks.append((jfn["discretized_gaussian_log_prob"](xb[near], mb[near],
+                                                      lsb[near]),
+                 ref_discretized(xb[near], mb[near], lsb[near])))
+  for i, (out, ref) in enumerate(checks):
+    assert out.dtype == jnp.float64, i
+    np.testing.assert_allclose(f64(out), ref, rtol=1e-12, atol=1e-13,
+                               err_msg=str(i))
+
+
+def test_float64_discretized_tails(x64):
+  # jax's float64 log_ndtr is only ~2e-11 accurate (relative) just past its
+  # asymptotic-series switch at -20; hence the looser rtol here.
+  x = np.tile(grid(), 18)
+  sign = np.tile(np.repeat([1.0, -1.0], 256), 9)
+  ls = np.repeat([-6.0, -2.0, 0.0], 512 * 3)
+  k = np.tile(np.repeat([5.0, 22.0, 40.0], 512), 3)
+  mean = x - sign * k * np.exp(ls)
+  out = disc(x, mean, ls)
+  assert out.dtype == jnp.float64
+  np.testing.assert_allclose(f64(out), ref_discretized(x, mean, ls),
+                             rtol=5e-11, atol=1e-12)
+  lp = disc(grid(), 0.1, -3.0)
+  assert abs(special.logsumexp(f64(lp))) < 1e-13
