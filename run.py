@@ -60,6 +60,30 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
+def _check_config_keys(argv, config) -> None:
+  """Fails with the valid keys when a --config.<path> override names no field.
+
+  (config_flags would raise a KeyError with a traceback while defining the flag.)
+  """
+  import difflib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  for arg in argv[1:]:
+    match = re.match(r"^--?(?:no)?config\.([^=]*)", arg)
+    if not match:
+      continue
+    node, walked = config, "config"
+    for part in match.group(1).split("."):
+      if not hasattr(node, "keys"):
+        _fail(f"unknown config key --{walked}.{part}: --{walked} is a value, not a section")
+      if part not in node:
+        valid = sorted(node.keys())
+        close = difflib.get_close_matches(part, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(f"unknown config key --{walked}.{part}{hint}; valid keys of "
+              f"--{walked}: {', '.join(valid)}")
+      node, walked = node[part], f"{walked}.{part}"
+
+
 def define_flags(argv):
   """Defines the flags; --config comes from the chosen experiment's get_config()."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
@@ -81,7 +105,9 @@ def define_flags(argv):
   flags.DEFINE_integer("sampling_steps", None,
                        "--mode=sample: number of steps for ddim (default: config).")
   flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
-  config_flags.DEFINE_config_dict("config", module.get_config(),
+  config = module.get_config()
+  _check_config_keys(argv, config)
+  config_flags.DEFINE_config_dict("config", config,
                                   "The experiment's config; override fields "
                                   "as --config.<path>=<value>.", lock_config=True)
   return module
@@ -90,7 +116,12 @@ def define_flags(argv):
 def _default_workdir(experiment: str, mode: str) -> str:
   if mode == "train":
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{experiment}-{stamp}")
+    path = os.path.join("runs", f"{experiment}-{stamp}")
+    suffix = 1
+    while os.path.exists(path):  # Never resume someone else's run by accident.
+      suffix += 1
+      path = os.path.join("runs", f"{experiment}-{stamp}-{suffix}")
+    return path
   found = sorted(glob.glob(os.path.join("runs", f"{experiment}-*")), key=os.path.getmtime)
   if not found:
     _fail(f"--mode={mode}: no runs/{experiment}-* workdir; train first or pass --workdir")
@@ -124,5 +155,7 @@ def main(argv, module):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
+  # absl shows the main module's docstring for --help/--helpfull.
+  __doc__ += "\nExperiments:\n" + experiments_help() + "\n"
   experiment_module = define_flags(sys.argv)
   app.run(lambda argv: main(argv, experiment_module))

@@ -138,7 +138,7 @@ def make_train_step(model, tx, ema_decay: float, ema_warmup: bool,
       decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                               state.ema_params, params)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     if lr_schedule is not None:
       metrics["learning_rate"] = lr_schedule(state.step)
     new_state = TrainState(step=state.step + 1, params=params,
@@ -168,8 +168,14 @@ class _Setup:
     self.workdir = workdir
     self.mesh = sharding.make_mesh()
     sharding.check_batch_size(config.data.batch_size, self.mesh)
-    self.dataset = data.load_dataset(config.data, split)
-    self.model = build(config, tuple(self.dataset.example_shape))
+    if split is None:  # Sampling: the data's kind and shape, not the data.
+      self.dataset = None
+      self.kind, self.example_shape = _read_data_spec(workdir)
+    else:
+      self.dataset = data.load_dataset(config.data, split)
+      self.kind = self.dataset.kind
+      self.example_shape = tuple(self.dataset.example_shape)
+    self.model = build(config, self.example_shape)
     self.lr_schedule = learning_rate_schedule(config.optim, config.train.num_steps)
     self.tx = make_optimizer(config.optim, config.train.num_steps)
     self.init_key, self.train_key, self.sample_key = _keys(config.seed)
@@ -190,10 +196,56 @@ class _Setup:
 
   def make_sampler(self, num_samples: int, sampler: str, num_steps: int | None,
                    eta: float = 0.0):
-    """A jitted (params, key) -> samples for a fixed batch of num_samples."""
-    fn = functools.partial(self.model.sample, num_samples=num_samples,
+    """A jitted (params, key) -> samples (numpy) for a fixed num_samples.
+
+    The samples are sharded over the devices along the batch axis (the count
+    is rounded up to a multiple of the device count, the surplus dropped);
+    the noise is drawn for the whole batch from one key, so the samples do
+    not depend on the number of devices.
+    """
+    devices = self.mesh.devices.size
+    padded = -(-num_samples // devices) * devices
+    fn = functools.partial(self.model.sample, num_samples=padded,
                            sampler=sampler, num_steps=num_steps, eta=eta)
-    return jax.jit(lambda params, key: fn(params, key))
+    draw = jax.jit(lambda params, key: fn(params, key),
+                   out_shardings=sharding.data_sharded(self.mesh))
+    return lambda params, key: np.asarray(
+        jax.device_get(draw(params, key)))[:num_samples]
+
+
+def _require_checkpoint(workdir, what) -> None:
+  directory = checkpoint.checkpoint_dir(workdir)
+  if not os.path.isdir(directory) or not any(
+      name.isdigit() for name in os.listdir(directory)):
+    raise checkpoint.NoCheckpointError(
+        f"{what}: no checkpoint in {directory}; train first with the same --workdir")
+
+
+DATA_SPEC = "data_spec.json"
+
+
+def _write_data_spec(workdir, dataset) -> None:
+  """Records the data's kind and example shape, so sampling needs no data."""
+  with open(os.path.join(workdir, DATA_SPEC), "w") as f:
+    json.dump({"kind": dataset.kind,
+               "example_shape": list(dataset.example_shape)}, f)
+
+
+def _read_data_spec(workdir):
+  path = os.path.join(workdir, DATA_SPEC)
+  if not os.path.exists(path):
+    raise checkpoint.NoCheckpointError(
+        f"no {DATA_SPEC} in --workdir={workdir}; train first with the same --workdir")
+  with open(path) as f:
+    spec = json.load(f)
+  return spec["kind"], tuple(spec["example_shape"])
+
+
+def _reference_points(config):
+  """Data points drawn under the samples of 2-D toy data, in scatter plots."""
+  if config.data.source != "toy2d":
+    return None
+  return data.sample_toy2d(config.data.name, 2000, np.random.default_rng(config.seed + 1))
 
 
 def _prepare_workdir(workdir):
@@ -229,6 +281,7 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
   if setup.is_writer:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    _write_data_spec(workdir, setup.dataset)
 
   start_step = setup.checkpoints.latest_step()
   if start_step is None:
@@ -258,9 +311,7 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
     writer = summary.MetricWriter(workdir)
   samples_dir = os.path.join(workdir, "samples")
   os.makedirs(samples_dir, exist_ok=True)
-  reference = None
-  if setup.dataset.kind == "points":
-    reference = setup.dataset.get_batch(0, config.seed + 1, 2000)["x"]
+  reference = _reference_points(config)
 
   batches = data.prefetch(data.train_iterator(
       setup.dataset, config.seed, config.data.batch_size, start_step,
@@ -291,12 +342,11 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
         writer.write_scalars(step, summary_values)
 
     if step % tc.sample_every == 0 or is_last:
-      samples = jax.device_get(sampler(state.ema_params,
-                                       jax.random.fold_in(setup.sample_key, step)))
+      samples = sampler(state.ema_params, jax.random.fold_in(setup.sample_key, step))
       if setup.is_writer:
         path = os.path.join(samples_dir, f"step_{step:07d}.png")
-        _save_samples_picture(path, samples, setup.dataset.kind, reference)
-        if setup.dataset.kind == "image":
+        _save_samples_picture(path, samples, setup.kind, reference)
+        if setup.kind == "image":
           writer.write_image(step, "samples", images.grid(images.to_uint8(samples)))
 
     if step % tc.checkpoint_every == 0 or is_last:
@@ -325,28 +375,23 @@ def sample(config, workdir: str, build: BuildFn, num_samples: int,
   """
   if num_samples <= 0:
     raise ConfigError(f"--num_samples must be positive, got {num_samples}")
-  setup = _Setup(config, workdir, build, create_workdir=False)
-  if setup.checkpoints.latest_step() is None:
-    raise checkpoint.NoCheckpointError(
-        f"--mode=sample: no checkpoint in {checkpoint.checkpoint_dir(workdir)}; "
-        f"train first with the same --workdir")
+  _require_checkpoint(workdir, "--mode=sample")
+  setup = _Setup(config, workdir, build, split=None, create_workdir=False)
   state = setup.restore()
   sampler = sampler or config.sample.sampler
   num_steps = num_steps or config.sample.num_steps
   batch = min(num_samples, config.sample.batch_size)
-  batch = -(-batch // jax.device_count()) * jax.device_count()
   draw = setup.make_sampler(batch, sampler, num_steps, config.sample.eta)
   key = jax.random.fold_in(setup.sample_key, 10**9 + int(state.step))
   chunks = []
   for i in tqdm(range(-(-num_samples // batch)), desc=f"sample ({sampler})",
                 disable=not setup.is_writer):
-    chunks.append(np.asarray(jax.device_get(draw(state.ema_params,
-                                                 jax.random.fold_in(key, i)))))
+    chunks.append(draw(state.ema_params, jax.random.fold_in(key, i)))
   samples = np.concatenate(chunks)[:num_samples]
   out_dir = out_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
   npz_path = os.path.join(out_dir, "samples.npz")
-  if setup.dataset.kind == "points":
+  if setup.kind == "points":
     arrays = {"points": samples.astype(np.float32)}
   else:
     arrays = {"images": images.to_uint8(samples)}
@@ -354,10 +399,8 @@ def sample(config, workdir: str, build: BuildFn, num_samples: int,
   np.savez(tmp, **arrays)
   os.replace(tmp, npz_path)
   picture = os.path.join(out_dir, "samples.png")
-  reference = None
-  if setup.dataset.kind == "points":
-    reference = setup.dataset.get_batch(0, config.seed + 1, 2000)["x"]
-  _save_samples_picture(picture, samples[:256], setup.dataset.kind, reference)
+  shown = samples if setup.kind == "points" else samples[:256]
+  _save_samples_picture(picture, shown, setup.kind, _reference_points(config))
   print(f"Wrote {num_samples} samples (checkpoint step {int(state.step)}, "
         f"sampler {sampler}) to {npz_path} and {picture}")
   return npz_path
@@ -369,11 +412,8 @@ def sample(config, workdir: str, build: BuildFn, num_samples: int,
 
 def evaluate(config, workdir: str, build: BuildFn) -> dict:
   """Averages model.evaluate over the test split (EMA parameters); writes eval.json."""
+  _require_checkpoint(workdir, "--mode=eval")
   setup = _Setup(config, workdir, build, split="test", create_workdir=False)
-  if setup.checkpoints.latest_step() is None:
-    raise checkpoint.NoCheckpointError(
-        f"--mode=eval: no checkpoint in {checkpoint.checkpoint_dir(workdir)}; "
-        f"train first with the same --workdir")
   state = setup.restore()
   batch_size = config.eval.batch_size
   sharding.check_batch_size(batch_size, setup.mesh, "eval.batch_size")

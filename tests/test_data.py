@@ -39,13 +39,14 @@ def digits_test():
 def test_digits_shapes_and_range(digits_train, digits_test):
     assert (digits_train.num_examples, digits_test.num_examples) == (1437, 360)
     assert digits_train.kind == 'image' and digits_train.example_shape == (8, 8, 1)
-    assert digits_train.num_classes == 10 and digits_train.pixel_levels == 17
+    assert digits_train.num_classes == 10 and digits_train.pixel_levels == 256
     batch = digits_train.get_batch(step=0, seed=0, batch_size=64)
     assert batch['x'].shape == (64, 8, 8, 1) and batch['x'].dtype == np.float32
     assert batch['label'].shape == (64,) and batch['label'].dtype == np.int32
     assert batch['x'].min() == -1.0 and batch['x'].max() == 1.0  # 0 -> -1 and 16 -> 1 occur in any 64 digits
-    # 17 levels: every value is on the grid k / 8 - 1
-    np.testing.assert_array_equal((batch['x'] + 1) * 8, np.round((batch['x'] + 1) * 8))
+    # The 17 levels v = 0..16 sit on the 8-bit grid: x = round(v * 255 / 16) / 127.5 - 1.
+    levels = np.round(np.arange(17) * 255 / 16) / 127.5 - 1
+    assert np.all(np.min(np.abs(batch['x'][..., None] - levels.astype(np.float32)), axis=-1) < 1e-6)
 
 
 def test_digits_split_is_disjoint_and_fixed(digits_train, digits_test):
