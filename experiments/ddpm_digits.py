@@ -14,17 +14,20 @@ from gen_jax import configs, models, nets
 def get_config() -> ml_collections.ConfigDict:
   config = configs.base_config()
   config.data.source = "digits"
-  config.data.batch_size = 128
+  config.data.batch_size = 64
 
+  # Sized for the five-minute budget of a 2-core CPU: 8x8 -> 4x4 at 32
+  # channels (0.28M parameters, 2.6 GFLOP per step at batch 64, about 15
+  # steps/s); twice the channels cost 4x and look about the same at this budget.
   config.model = ml_collections.ConfigDict(dict(
-      ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+      ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(4,),
       dropout=0.0, num_groups=8))
   config.diffusion = models.diffusion_config(num_timesteps=1000)
 
-  config.train.num_steps = 3000
+  config.train.num_steps = 2500
   config.train.log_every = 100
-  config.train.sample_every = 1000
-  config.train.checkpoint_every = 1000
+  config.train.sample_every = 1250
+  config.train.checkpoint_every = 1250
   config.train.ema_decay = 0.999
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 100

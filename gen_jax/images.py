@@ -49,7 +49,8 @@ def save_image_grid(path: str, images, scale: int | None = None) -> None:
   images = to_uint8(images)
   if scale is None:  # Aim for cells of at least 64 pixels.
     scale = max(1, 64 // images.shape[1])
-  save_png(path, grid(images, scale=scale))
+  # A margin of a quarter cell keeps small digits apart.
+  save_png(path, grid(images, scale=scale, pad=max(2, images.shape[1] * scale // 4)))
 
 
 def save_scatter(path: str, points, reference=None, size: int = 512,
