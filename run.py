@@ -105,6 +105,9 @@ def define_flags(argv):
   flags.DEFINE_integer("sampling_steps", None,
                        "--mode=sample: number of steps for ddim (default: config).")
   flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
+  flags.DEFINE_bool("distributed", False,
+                    "Multi-host: call jax.distributed.initialize() first (on a TPU "
+                    "pod slice or a SLURM/Open MPI GPU cluster it finds its peers).")
   config = module.get_config()
   _check_config_keys(argv, config)
   config_flags.DEFINE_config_dict("config", config,
@@ -129,15 +132,55 @@ def _default_workdir(experiment: str, mode: str) -> str:
   return found[-1]
 
 
+def _overridden_paths(argv) -> set[str]:
+  paths = set()
+  for arg in argv[1:]:
+    if arg.startswith(("--config.", "--noconfig.")):
+      paths.add(arg.split("config.", 1)[1].split("=", 1)[0])
+  return paths
+
+
+def _with_saved_config(config, workdir, argv):
+  """The config a run was trained with (workdir/config.json), so sampling and
+  evaluation need no repeated overrides; --config.* flags still win."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return config
+  with open(path) as f:
+    saved = json.load(f)
+  overridden = _overridden_paths(argv)
+  config = config.copy_and_resolve_references()
+
+  def merge(node, values, prefix):
+    for key, value in values.items():
+      name = f"{prefix}{key}"
+      if key not in node or name in overridden:
+        continue
+      if isinstance(value, dict) and hasattr(node[key], "keys"):
+        merge(node[key], value, name + ".")
+      elif isinstance(node[key], tuple) and isinstance(value, list):
+        node[key] = tuple(value)
+      else:
+        node[key] = value
+  merge(config, saved, "")
+  return config
+
+
 def main(argv, module):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   from gen_jax import checkpoint, data, train  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
+  if FLAGS.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
   config = FLAGS.config
   workdir = FLAGS.workdir or _default_workdir(FLAGS.experiment, FLAGS.mode)
   if FLAGS.mode != "train" and not os.path.isdir(workdir):
     _fail(f"--workdir={workdir} does not exist; train first")
+  if FLAGS.mode != "train":
+    config = _with_saved_config(config, workdir, sys.argv)
   try:
     if FLAGS.mode == "train":
       train.train(config, workdir, module.build)

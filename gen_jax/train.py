@@ -274,9 +274,9 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
   """Trains (or resumes) the experiment in `workdir`; returns the final state."""
   setup = _Setup(config, workdir, build)
   mesh, tc = setup.mesh, config.train
-  logging.info("Devices: %d (%s) on %d process(es); global batch %d",
-               jax.device_count(), jax.devices()[0].platform,
-               jax.process_count(), config.data.batch_size)
+  if setup.is_writer:
+    print(f"Training on {jax.device_count()} devices ({jax.devices()[0].platform}) "
+          f"in {jax.process_count()} process(es); global batch {config.data.batch_size}")
 
   if setup.is_writer:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -310,7 +310,8 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
     from gen_jax import summary  # tensorboardX only where logs are written.
     writer = summary.MetricWriter(workdir)
   samples_dir = os.path.join(workdir, "samples")
-  os.makedirs(samples_dir, exist_ok=True)
+  if setup.is_writer:
+    os.makedirs(samples_dir, exist_ok=True)
   reference = _reference_points(config)
 
   batches = data.prefetch(data.train_iterator(

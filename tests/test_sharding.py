@@ -1,0 +1,141 @@
+"""Data parallelism: 8 simulated CPU devices give what 1 device gives.
+
+Each run is a subprocess of run.py with XLA_FLAGS=--xla_force_host_platform_device_count=N,
+so the rest of the suite keeps its single device.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gen_jax import checkpoint, sharding, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_PY = os.path.join(REPO, "run.py")
+
+TOY2D = ["--experiment=ddpm_toy2d", "--config.model.width=32", "--config.model.num_blocks=2",
+         "--config.diffusion.num_timesteps=20", "--config.data.batch_size=16",
+         "--config.train.num_sample_images=8", "--config.train.sample_every=1000",
+         "--config.train.checkpoint_every=3", "--config.train.log_every=1",
+         "--config.optim.learning_rate=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def env():
+  out = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+  out.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  return out
+
+
+def run(env, cwd, devices, *args):
+  result = subprocess.run(
+      [sys.executable, RUN_PY, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+      env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
+  return result
+
+
+def ok(result):
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return np.array([json.loads(line)["loss"] for line in f])
+
+
+def restored_params(workdir):
+  """Restores a checkpoint written on any number of devices onto this process' one device."""
+  from experiments import ddpm_toy2d  # pylint: disable=import-outside-toplevel
+  config = ddpm_toy2d.get_config()
+  config.model.width, config.model.num_blocks = 32, 2
+  config.diffusion.num_timesteps = 20
+  model = ddpm_toy2d.build(config, (2,))
+  tx = train.make_optimizer(config.optim, 6)
+  abstract = jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0))
+  replicated = sharding.replicated(sharding.make_mesh())
+  abstract = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
+  mngr = checkpoint.manager(workdir, create=False)
+  state = checkpoint.restore(mngr, abstract)
+  mngr.close()
+  return state
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, env):
+  """Six steps on 1 and on 8 devices, and the two runs that switch device count at step 3."""
+  root = tmp_path_factory.mktemp("sharding")
+  out = {}
+  for name, first, second in (("one", 1, None), ("eight", 8, None),
+                              ("eight_then_one", 8, 1), ("one_then_eight", 1, 8)):
+    workdir = str(root / name)
+    if second is None:
+      ok(run(env, root, first, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=6"))
+    else:
+      ok(run(env, root, first, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=3"))
+      resumed = ok(run(env, root, second, *TOY2D, f"--workdir={workdir}",
+                       "--config.train.num_steps=6"))
+      assert "Resuming" in resumed.stdout
+    out[name] = workdir
+  out["root"] = root
+  return out
+
+
+def test_eight_devices_match_one_device(runs):
+  np.testing.assert_allclose(losses(runs["eight"]), losses(runs["one"]), rtol=1e-5)
+  one = restored_params(runs["one"])
+  assert int(one.step) == 6
+  assert_trees_close(restored_params(runs["eight"]).params, one.params)
+  assert_trees_close(restored_params(runs["eight"]).ema_params, one.ema_params)
+
+
+def test_log_reports_devices(runs, env):
+  result = ok(run(env, runs["root"], 8, *TOY2D, f"--workdir={runs['eight']}",
+                  "--config.train.num_steps=6"))
+  assert "8 devices" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["eight_then_one", "one_then_eight"])
+def test_restore_across_device_counts(runs, name):
+  one = restored_params(runs["one"])
+  switched = restored_params(runs[name])
+  assert int(switched.step) == 6
+  assert_trees_close(switched.params, one.params)
+  assert_trees_close(switched.opt_state, one.opt_state)
+
+
+def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
+  samples = {}
+  for devices in (1, 8):  # Each run rewrites the workdir's samples.npz.
+    ok(run(env, tmp_path, devices, *TOY2D, f"--workdir={runs['one']}", "--mode=sample",
+           "--num_samples=24"))
+    with np.load(os.path.join(runs["one"], "samples.npz")) as f:
+      samples[devices] = f["points"]
+  assert samples[1].shape == (24, 2)
+  np.testing.assert_allclose(samples[8], samples[1], rtol=1e-5, atol=1e-5)
+
+
+def test_batch_not_divisible_by_devices_fails_clearly(env, tmp_path):
+  result = run(env, tmp_path, 8, *TOY2D, "--config.data.batch_size=12",
+               f"--workdir={tmp_path / 'wd'}", "--config.train.num_steps=2")
+  assert result.returncode != 0
+  assert "--config.data.batch_size=12" in result.stderr and "(8)" in result.stderr
+  assert not (tmp_path / "wd").exists()
+
+
+def test_check_batch_size_names_the_flag():
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(jax.device_count() * 3, mesh)
+  with pytest.raises(ValueError, match="eval.batch_size"):
+    sharding.check_batch_size(0, mesh, "eval.batch_size")
