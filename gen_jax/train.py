@@ -275,8 +275,10 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
   setup = _Setup(config, workdir, build)
   mesh, tc = setup.mesh, config.train
   if setup.is_writer:
-    print(f"Training on {jax.device_count()} devices ({jax.devices()[0].platform}) "
-          f"in {jax.process_count()} process(es); global batch {config.data.batch_size}")
+    devices, processes = jax.device_count(), jax.process_count()
+    print(f"Training on {devices} device{'s' * (devices > 1)} "
+          f"({jax.devices()[0].platform}) in {processes} "
+          f"process{'es' * (processes > 1)}; global batch {config.data.batch_size}")
 
   if setup.is_writer:
     with open(os.path.join(workdir, "config.json"), "w") as f:

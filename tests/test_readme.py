@@ -28,8 +28,9 @@ def test_commands_use_known_experiments_and_flags():
                  "sampling_steps", "debug", "helpfull", "config", "distributed"}
   for block in _blocks("bash"):
     for line in block.splitlines():
-      if not line.startswith("python run.py"):
+      if "python run.py" not in line:
         continue
+      line = line[line.index("python run.py"):]  # e.g. after `srun ...` or `--command="`
       for name in re.findall(r"--experiment=([a-z0-9_]+)", line):
         assert name in experiments, line
       for flag in re.findall(r"--([a-z_]+)", line):
