@@ -104,6 +104,10 @@ class UNet(nn.Module):
   GroupNorm with `num_groups` groups. ddpm_cifar: ch=128, ch_mult=(1, 2, 2, 2),
   num_res_blocks=2, attn_resolutions=(16,), dropout=0.1 (35.7M parameters).
 
+  With `num_classes` = K > 0 the network is class-conditional: a learned
+  embedding of the label in {0, ..., K-1}, or K for "no class" (the null
+  label of classifier-free guidance), is added to the time embedding.
+
   `dtype` is the compute dtype (see the module docstring); `remat` recomputes
   each residual and attention block's activations in the backward pass
   (jax.checkpoint) instead of storing them: less memory, about one more
@@ -116,12 +120,17 @@ class UNet(nn.Module):
   dropout: float = 0.1
   num_groups: int = 32
   out_channels: int | None = None
+  num_classes: int = 0
   dtype: Any = jnp.float32
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x, t, train: bool = False):
-    """x: (B, H, W, C) with H == W; t: (B,) int. Returns eps of x's shape, float32."""
+  def __call__(self, x, t, label=None, train: bool = False):
+    """x: (B, H, W, C) with H == W; t: (B,) int; label: (B,) int in [0, K]
+    (K, or None, means no class), used when num_classes = K > 0.
+
+    Returns eps of x's shape, float32.
+    """
     groups, dtype = self.num_groups, self.dtype
     # `train` (argument 3 counting self) decides dropout: static under remat.
     res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
@@ -144,6 +153,13 @@ class UNet(nn.Module):
     temb = timestep_embedding(t, self.ch)
     temb = nn.Dense(4 * self.ch, dtype=dtype)(temb)
     temb = nn.Dense(4 * self.ch, dtype=dtype)(nn.swish(temb))
+    if self.num_classes:
+      if label is None:
+        label = jnp.full(t.shape, self.num_classes, jnp.int32)
+      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=dtype,
+                             name="class_embedding")(label)
+    elif label is not None:
+      raise ValueError("UNet: got class labels but num_classes = 0")
 
     resolution = x.shape[1]
     hs = [conv(self.ch)(x)]
@@ -274,12 +290,13 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 def unet_from_config(model_config, compute_dtype: str = "float32",
                      remat: bool = False) -> UNet:
   """A UNet from a config section with fields ch, ch_mult, num_res_blocks,
-  attn_resolutions, dropout and num_groups; compute_dtype and remat as in
-  the config's `train` section (see UNet)."""
+  attn_resolutions, dropout, num_groups and (optionally) num_classes;
+  compute_dtype and remat as in the config's `train` section (see UNet)."""
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f"--config.train.compute_dtype must be one of "
                      f"{COMPUTE_DTYPES}, got {compute_dtype!r}")
   m = model_config
   return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-              num_groups=m.num_groups, dtype=jnp.dtype(compute_dtype), remat=remat)
+              num_groups=m.num_groups, num_classes=m.get("num_classes", 0),
+              dtype=jnp.dtype(compute_dtype), remat=remat)

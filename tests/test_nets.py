@@ -78,3 +78,20 @@ def test_remat_changes_nothing_but_memory():
 def test_unknown_compute_dtype_names_the_flag():
   with pytest.raises(ValueError, match="compute_dtype"):
     nets.unet_from_config(MODEL, "float16")
+
+
+def test_class_conditional_unet_uses_its_label_and_a_null_class():
+  config = MODEL.copy_and_resolve_references()
+  config.num_classes = 3
+  net = nets.unet_from_config(config)
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  t = jnp.full((4,), 5, jnp.int32)
+  params = net.init(jax.random.key(1), x, t, jnp.zeros((4,), jnp.int32))
+  table = params["params"]["class_embedding"]["embedding"]
+  assert table.shape == (3 + 1, 4 * MODEL.ch)  # K classes and the null class
+  params = jax.tree.map(lambda p: p + 0.05, params)  # wake the zero-initialised output
+  out = {c: net.apply(params, x, t, jnp.full((4,), c, jnp.int32)) for c in range(4)}
+  assert not np.allclose(out[0], out[1])
+  np.testing.assert_array_equal(net.apply(params, x, t), out[3])  # no label = null label
+  with pytest.raises(ValueError, match="num_classes"):
+    nets.unet_from_config(MODEL).init(jax.random.key(1), x, t, jnp.zeros((4,), jnp.int32))
