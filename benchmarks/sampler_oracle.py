@@ -32,7 +32,7 @@ from tests import oracles  # pylint: disable=wrong-import-position
 MIXTURE = dict(weights=[0.5, 0.3, 0.2],
                means=np.array([[-0.6, -0.4], [0.5, 0.5], [0.4, -0.6]]),
                stds=[0.08, 0.12, 0.10])
-CALLS = (10, 20, 50, 100, 1000)
+CALLS = (10, 20, 35, 50, 100, 1000)   # 35: Heun with 18 sigmas
 
 
 def samplers(eps_fn, schedule, n):
