@@ -89,6 +89,7 @@ def _check_config_keys(argv, config) -> None:
 def define_flags(argv):
   """Defines the flags; --config comes from the chosen experiment's get_config()."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from gen_jax import models  # pylint: disable=g-import-not-at-top
   name = _experiment_from_argv(argv)
   known = list_experiments()
   if name not in known:
@@ -102,10 +103,14 @@ def define_flags(argv):
                       "sample and eval. The same workdir again resumes.")
   flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
   flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
-  flags.DEFINE_string("sampler", None, "--mode=sample: ddpm | ddim "
-                      "(default: the config's sample.sampler).")
+  flags.DEFINE_enum("sampler", None, list(models.SAMPLERS),
+                    "--mode=sample, diffusion models: ddpm (all T steps, ancestral) "
+                    "| ddim | respaced (ancestral on fewer steps) | dpm++2m "
+                    "(DPM-Solver++, 20 steps) | heun (EDM, 18 steps = 35 network "
+                    "calls); default: the config's sample.sampler.")
   flags.DEFINE_integer("sampling_steps", None,
-                       "--mode=sample: number of steps for ddim (default: config).")
+                       "--mode=sample: number of steps for ddim, respaced, dpm++2m "
+                       "and heun (default: config, else T, 20 and 18).")
   flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
   flags.DEFINE_bool("distributed", False,
                     "Multi-host: call jax.distributed.initialize() first (on a TPU "

@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.grad_clip_norm = 1.0   # 0 disables clipping
 
   config.sample = ml_collections.ConfigDict()
-  config.sample.sampler = "ddpm"      # ddpm | ddim (diffusion models)
+  config.sample.sampler = "ddpm"      # ddpm | ddim | respaced | dpm++2m | heun
   config.sample.num_steps = ml_collections.FieldReference(None, field_type=int)
   config.sample.eta = 0.0
   config.sample.batch_size = 256

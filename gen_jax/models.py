@@ -25,7 +25,11 @@ import ml_collections
 from gen_jax import diffusion, distributions, nets, vae
 
 Array = jax.Array
-SAMPLERS = ("ddpm", "ddim")
+# Sampler names for DiffusionModel.sample / --sampler, and the step count
+# each uses when num_steps is None (None: all T steps).
+SAMPLERS = ("ddpm", "ddim", "respaced", "dpm++2m", "heun")
+DEFAULT_SAMPLER_STEPS = {"ddpm": None, "ddim": None, "respaced": None,
+                         "dpm++2m": 20, "heun": 18}
 
 
 def _mean(values, mask=None):
@@ -36,7 +40,8 @@ def _mean(values, mask=None):
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionModel:
-  """A DDPM: an epsilon-network trained with L_simple.
+  """A DDPM: a network predicting eps, x0 or v, trained with the matching
+  denoising loss (`diffusion.simple_loss`).
 
   Attributes:
     net: Flax module called as net.apply(params, x_t, t, train=..., rngs=...).
@@ -44,12 +49,15 @@ class DiffusionModel:
     example_shape: shape of one data example, e.g. (32, 32, 3) or (2,).
     variance: the reverse process' variance for sampling and the bound.
     clip: clip predicted x_0 to [-1, 1] while sampling (images).
+    prediction: what the network predicts, "eps" | "x0" | "v"; samplers and
+      the bound see it as an eps-predictor through `diffusion.as_eps_fn`.
   """
   net: nn.Module
   schedule: diffusion.Schedule
   example_shape: tuple[int, ...]
   variance: str = "small"
   clip: bool = True
+  prediction: str = "eps"
 
   def __hash__(self):  # The schedule holds arrays: hash by identity.
     return id(self)
@@ -62,38 +70,67 @@ class DiffusionModel:
     t = jnp.zeros((1,), jnp.int32)
     return self.net.init(key, x, t, train=False)
 
-  def eps_fn(self, params, train: bool = False, dropout_key=None):
-    """The network as a plain eps_fn(x_t, t) for the math core."""
+  def model_fn(self, params, train: bool = False, dropout_key=None):
+    """The network as a plain (x_t, t) -> prediction of `self.prediction`."""
     rngs = {"dropout": dropout_key} if dropout_key is not None else None
     return lambda x_t, t: self.net.apply(params, x_t, t, train=train, rngs=rngs)
 
+  def eps_fn(self, params, train: bool = False, dropout_key=None):
+    """The network as an eps_fn(x_t, t) for the math core, whatever it predicts."""
+    return diffusion.as_eps_fn(self.model_fn(params, train, dropout_key),
+                               self.schedule, self.prediction)
+
   def loss(self, params, batch, key, train: bool = True):
     loss_key, dropout_key = jax.random.split(key)
-    eps_fn = self.eps_fn(params, train, dropout_key if train else None)
-    losses = diffusion.simple_loss(loss_key, eps_fn, self.schedule, batch["x"])
+    model_fn = self.model_fn(params, train, dropout_key if train else None)
+    losses = diffusion.simple_loss(loss_key, model_fn, self.schedule,
+                                   batch["x"], self.prediction)
     loss = _mean(losses, batch.get("mask"))
     return loss, {"loss": loss}
 
   def sample(self, params, key, num_samples: int, sampler: str = "ddpm",
-             num_steps: int | None = None, eta: float = 0.0) -> Array:
-    """Draws num_samples examples with the 'ddpm' (all T steps) or 'ddim' sampler."""
+             num_steps: int | None = None, eta: float = 0.0,
+             s_churn: float = 0.0) -> Array:
+    """Draws num_samples examples with one of SAMPLERS.
+
+    ddpm: ancestral, all T steps (num_steps is ignored); ddim: num_steps
+    (default T) DDIM steps with `eta`; respaced: ancestral on num_steps
+    (default T) respaced timesteps; dpm++2m: DPM-Solver++(2M), num_steps
+    (default 20) network calls; heun: EDM's Heun sampler, num_steps
+    (default 18) sigmas, 2 num_steps - 1 calls, stochastic with s_churn > 0.
+    """
+    if sampler not in SAMPLERS:
+      raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    schedule = self.schedule
+    num_timesteps = schedule.num_timesteps
+    steps = num_steps or DEFAULT_SAMPLER_STEPS[sampler] or num_timesteps
+    if sampler != "ddpm" and not 1 <= steps <= num_timesteps:
+      raise ValueError(f"num_steps (--sampling_steps) for sampler {sampler!r} "
+                       f"must be in [1, {num_timesteps}], got {steps}")
     shape = (num_samples,) + tuple(self.example_shape)
     eps_fn = self.eps_fn(params)
     if sampler == "ddpm":
-      return diffusion.ddpm_sample(key, eps_fn, self.schedule, shape,
+      return diffusion.ddpm_sample(key, eps_fn, schedule, shape,
                                    self.variance, self.clip)
     if sampler == "ddim":
-      steps = num_steps or self.schedule.num_timesteps
-      return diffusion.ddim_sample(key, eps_fn, self.schedule, shape, steps,
-                                   eta, self.clip)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+      return diffusion.ddim_sample(key, eps_fn, schedule, shape, steps, eta,
+                                   self.clip)
+    if sampler == "respaced":
+      return diffusion.respaced_ddpm_sample(key, eps_fn, schedule, shape, steps,
+                                            self.variance, self.clip)
+    if sampler == "dpm++2m":
+      return diffusion.dpmpp_2m_sample(key, eps_fn, schedule, shape, steps,
+                                       self.clip)
+    return diffusion.heun_sample(key, eps_fn, schedule, shape, steps,
+                                 s_churn=s_churn, clip=self.clip)
 
   def evaluate(self, params, batch, key) -> dict[str, Array]:
-    """Per-example L_simple and, for 8-bit images, the bound in bits/dim."""
+    """Per-example denoising loss and, for 8-bit images, the bound in bits/dim."""
     x = batch["x"]
     simple_key, vlb_key = jax.random.split(key)
     eps_fn = self.eps_fn(params)
-    out = {"loss": diffusion.simple_loss(simple_key, eps_fn, self.schedule, x)}
+    out = {"loss": diffusion.simple_loss(simple_key, self.model_fn(params),
+                                         self.schedule, x, self.prediction)}
     if len(self.example_shape) == 3:
       out["bits_per_dim"] = diffusion.vlb_bits_per_dim(
           vlb_key, eps_fn, self.schedule, x, self.variance, clip=False)
@@ -194,11 +231,18 @@ class VAEModel:
 
 def diffusion_config(num_timesteps: int = 1000, beta_schedule: str = "linear",
                      beta_start: float = 1e-4, beta_end: float = 0.02,
-                     variance: str = "small", clip: bool = True):
-  """The `config.diffusion` section of a diffusion experiment (DDPM defaults)."""
+                     variance: str = "small", clip: bool = True,
+                     prediction: str = "eps"):
+  """The `config.diffusion` section of a diffusion experiment (DDPM defaults).
+
+  prediction (eps | x0 | v) is the network's target, trained with its loss
+  (`diffusion.simple_loss`) and used by every sampler:
+  --config.diffusion.prediction=v.
+  """
   return ml_collections.ConfigDict(dict(
       num_timesteps=num_timesteps, beta_schedule=beta_schedule,
-      beta_start=beta_start, beta_end=beta_end, variance=variance, clip=clip))
+      beta_start=beta_start, beta_end=beta_end, variance=variance, clip=clip,
+      prediction=prediction))
 
 
 def make_diffusion_model(diffusion_cfg, net: nn.Module,
@@ -215,9 +259,14 @@ def make_diffusion_model(diffusion_cfg, net: nn.Module,
   if diffusion_cfg.variance not in diffusion.VARIANCES:
     raise ValueError(f"--config.diffusion.variance must be one of "
                      f"{diffusion.VARIANCES}, got {diffusion_cfg.variance!r}")
+  prediction = diffusion_cfg.get("prediction", "eps")
+  if prediction not in diffusion.PREDICTIONS:
+    raise ValueError(f"--config.diffusion.prediction must be one of "
+                     f"{diffusion.PREDICTIONS}, got {prediction!r}")
   return DiffusionModel(net=net, schedule=diffusion.make_schedule(betas),
                         example_shape=tuple(example_shape),
-                        variance=diffusion_cfg.variance, clip=diffusion_cfg.clip)
+                        variance=diffusion_cfg.variance, clip=diffusion_cfg.clip,
+                        prediction=prediction)
 
 
 def make_mlp_vae(model_config, example_shape) -> VAEModel:
