@@ -111,6 +111,13 @@ def define_flags(argv):
   flags.DEFINE_integer("sampling_steps", None,
                        "--mode=sample: number of steps for ddim, respaced, dpm++2m "
                        "and heun (default: config, else T, 20 and 18).")
+  flags.DEFINE_integer("class_label", None,
+                       "--mode=sample, class-conditional models: draw this class "
+                       "(default: every class, one row each).")
+  flags.DEFINE_float("guidance_scale", None,
+                     "--mode=sample, class-conditional models: classifier-free "
+                     "guidance w, eps = (1 + w) eps(x, c) - w eps(x, null) "
+                     "(default: the config's sample.guidance_scale).")
   flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
   flags.DEFINE_bool("distributed", False,
                     "Multi-host: call jax.distributed.initialize() first (on a TPU "
@@ -211,7 +218,8 @@ def main(argv, module):
       train.train(config, workdir, module.build)
     elif FLAGS.mode == "sample":
       train.sample(config, workdir, module.build, FLAGS.num_samples,
-                   FLAGS.sampler, FLAGS.sampling_steps)
+                   FLAGS.sampler, FLAGS.sampling_steps,
+                   class_label=FLAGS.class_label, guidance_scale=FLAGS.guidance_scale)
     else:
       train.evaluate(config, workdir, module.build)
   except (train.ConfigError, data.DataError, checkpoint.NoCheckpointError,

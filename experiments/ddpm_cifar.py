@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict(dict(
       ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-      dropout=0.1, num_groups=32))
+      dropout=0.1, num_groups=32, num_classes=0))
   config.diffusion = models.diffusion_config(
       num_timesteps=1000, beta_start=1e-4, beta_end=0.02, variance="small")
 
@@ -51,4 +51,6 @@ def get_config() -> ml_collections.ConfigDict:
 def build(config, example_shape) -> models.DiffusionModel:
   net = nets.unet_from_config(config.model, config.train.compute_dtype,
                               config.train.remat)
-  return models.make_diffusion_model(config.diffusion, net, example_shape)
+  return models.make_diffusion_model(config.diffusion, net, example_shape,
+                                     config.model.num_classes,
+                                     config.train.cond_drop_prob)

@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.num_sample_images = 64
   config.train.compute_dtype = "float32"  # or bfloat16: U-Net convs/matmuls (float32 params)
   config.train.remat = False          # jax.checkpoint the U-Net blocks: less memory, more compute
+  config.train.cond_drop_prob = 0.1   # class-conditional models: P(label -> null class)
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adam"          # adam | adamw
@@ -46,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample.sampler = "ddpm"      # ddpm | ddim | respaced | dpm++2m | heun
   config.sample.num_steps = ml_collections.FieldReference(None, field_type=int)
   config.sample.eta = 0.0
+  config.sample.guidance_scale = 0.0  # classifier-free guidance w (conditional models)
   config.sample.batch_size = 256
 
   config.eval = ml_collections.ConfigDict()

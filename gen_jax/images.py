@@ -44,13 +44,15 @@ def save_png(path: str, image: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
-def save_image_grid(path: str, images, scale: int | None = None) -> None:
+def save_image_grid(path: str, images, scale: int | None = None,
+                    num_rows: int | None = None) -> None:
   """Saves images in [-1, 1], (N, H, W, C), as a PNG grid."""
   images = to_uint8(images)
   if scale is None:  # Aim for cells of at least 64 pixels.
     scale = max(1, 64 // images.shape[1])
   # A margin of a quarter cell keeps small digits apart.
-  save_png(path, grid(images, scale=scale, pad=max(2, images.shape[1] * scale // 4)))
+  save_png(path, grid(images, num_rows=num_rows, scale=scale,
+                      pad=max(2, images.shape[1] * scale // 4)))
 
 
 def save_scatter(path: str, points, reference=None, size: int = 512,

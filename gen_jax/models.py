@@ -51,6 +51,11 @@ class DiffusionModel:
     clip: clip predicted x_0 to [-1, 1] while sampling (images).
     prediction: what the network predicts, "eps" | "x0" | "v"; samplers and
       the bound see it as an eps-predictor through `diffusion.as_eps_fn`.
+    num_classes: K > 0 makes the model class-conditional (classifier-free
+      guidance, Ho & Salimans 2022): the network takes a label in
+      {0, ..., K-1}, or K for "no class"; batches then hold 'label'.
+    cond_drop_prob: in training, each label is replaced by the null label K
+      with this probability, so one network learns p(x|c) and p(x).
   """
   net: nn.Module
   schedule: diffusion.Schedule
@@ -58,6 +63,8 @@ class DiffusionModel:
   variance: str = "small"
   clip: bool = True
   prediction: str = "eps"
+  num_classes: int = 0
+  cond_drop_prob: float = 0.0
 
   def __hash__(self):  # The schedule holds arrays: hash by identity.
     return id(self)
@@ -68,21 +75,49 @@ class DiffusionModel:
   def init(self, key) -> Any:
     x = jnp.zeros((1,) + tuple(self.example_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
+    if self.num_classes:
+      return self.net.init(key, x, t, jnp.zeros((1,), jnp.int32), train=False)
     return self.net.init(key, x, t, train=False)
 
-  def model_fn(self, params, train: bool = False, dropout_key=None):
-    """The network as a plain (x_t, t) -> prediction of `self.prediction`."""
-    rngs = {"dropout": dropout_key} if dropout_key is not None else None
-    return lambda x_t, t: self.net.apply(params, x_t, t, train=train, rngs=rngs)
+  def model_fn(self, params, train: bool = False, dropout_key=None, labels=None):
+    """The network as a plain (x_t, t) -> prediction of `self.prediction`.
 
-  def eps_fn(self, params, train: bool = False, dropout_key=None):
-    """The network as an eps_fn(x_t, t) for the math core, whatever it predicts."""
-    return diffusion.as_eps_fn(self.model_fn(params, train, dropout_key),
-                               self.schedule, self.prediction)
+    labels: (B,) int class labels (K = the null label) for a conditional
+    model; None means the null label (the unconditional model).
+    """
+    rngs = {"dropout": dropout_key} if dropout_key is not None else None
+    if not self.num_classes:
+      if labels is not None:
+        raise ValueError("class labels given to an unconditional model; train "
+                         "with --config.model.num_classes=K")
+      return lambda x_t, t: self.net.apply(params, x_t, t, train=train, rngs=rngs)
+    return lambda x_t, t: self.net.apply(params, x_t, t, labels, train=train, rngs=rngs)
+
+  def eps_fn(self, params, train: bool = False, dropout_key=None, labels=None,
+             guidance_scale: float = 0.0):
+    """The network as an eps_fn(x_t, t) for the math core, whatever it predicts.
+
+    With labels and guidance_scale w != 0: the classifier-free guided
+    (1 + w) eps(x_t, t, c) - w eps(x_t, t, null) (`diffusion.guided_eps_fn`).
+    """
+    as_eps = lambda fn: diffusion.as_eps_fn(fn, self.schedule, self.prediction)
+    cond = as_eps(self.model_fn(params, train, dropout_key, labels))
+    if labels is None or isinstance(guidance_scale, (int, float)) and guidance_scale == 0:
+      return cond
+    uncond = as_eps(self.model_fn(params, train, dropout_key, None))
+    return diffusion.guided_eps_fn(cond, uncond, guidance_scale)
 
   def loss(self, params, batch, key, train: bool = True):
-    loss_key, dropout_key = jax.random.split(key)
-    model_fn = self.model_fn(params, train, dropout_key if train else None)
+    loss_key, dropout_key, drop_label_key = jax.random.split(key, 3)
+    labels = None
+    if self.num_classes:
+      if "label" not in batch:
+        raise ValueError("a class-conditional model needs labelled data "
+                         "(batches without 'label')")
+      drop = jax.random.bernoulli(drop_label_key, self.cond_drop_prob,
+                                  batch["label"].shape)
+      labels = jnp.where(drop, self.num_classes, batch["label"])
+    model_fn = self.model_fn(params, train, dropout_key if train else None, labels)
     losses = diffusion.simple_loss(loss_key, model_fn, self.schedule,
                                    batch["x"], self.prediction)
     loss = _mean(losses, batch.get("mask"))
@@ -90,7 +125,7 @@ class DiffusionModel:
 
   def sample(self, params, key, num_samples: int, sampler: str = "ddpm",
              num_steps: int | None = None, eta: float = 0.0,
-             s_churn: float = 0.0) -> Array:
+             s_churn: float = 0.0, labels=None, guidance_scale: float = 0.0) -> Array:
     """Draws num_samples examples with one of SAMPLERS.
 
     ddpm: ancestral, all T steps (num_steps is ignored); ddim: num_steps
@@ -98,6 +133,10 @@ class DiffusionModel:
     (default T) respaced timesteps; dpm++2m: DPM-Solver++(2M), num_steps
     (default 20) network calls; heun: EDM's Heun sampler, num_steps
     (default 18) sigmas, 2 num_steps - 1 calls, stochastic with s_churn > 0.
+
+    labels: (num_samples,) int classes for a conditional model (None: the
+    null class); guidance_scale: w of classifier-free guidance (every
+    sampler; w != 0 doubles the network calls).
     """
     if sampler not in SAMPLERS:
       raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -108,7 +147,7 @@ class DiffusionModel:
       raise ValueError(f"num_steps (--sampling_steps) for sampler {sampler!r} "
                        f"must be in [1, {num_timesteps}], got {steps}")
     shape = (num_samples,) + tuple(self.example_shape)
-    eps_fn = self.eps_fn(params)
+    eps_fn = self.eps_fn(params, labels=labels, guidance_scale=guidance_scale)
     if sampler == "ddpm":
       return diffusion.ddpm_sample(key, eps_fn, schedule, shape,
                                    self.variance, self.clip)
@@ -245,9 +284,15 @@ def diffusion_config(num_timesteps: int = 1000, beta_schedule: str = "linear",
       prediction=prediction))
 
 
-def make_diffusion_model(diffusion_cfg, net: nn.Module,
-                         example_shape) -> DiffusionModel:
-  """A DiffusionModel from a `config.diffusion` section and an eps-network."""
+def make_diffusion_model(diffusion_cfg, net: nn.Module, example_shape,
+                         num_classes: int = 0,
+                         cond_drop_prob: float = 0.0) -> DiffusionModel:
+  """A DiffusionModel from a `config.diffusion` section and a network.
+
+  num_classes (config.model.num_classes) > 0 makes it class-conditional, with
+  labels dropped to the null class with cond_drop_prob
+  (config.train.cond_drop_prob); the network must then take labels.
+  """
   if diffusion_cfg.beta_schedule == "linear":
     betas = diffusion.linear_betas(diffusion_cfg.num_timesteps,
                                    diffusion_cfg.beta_start, diffusion_cfg.beta_end)
@@ -263,10 +308,16 @@ def make_diffusion_model(diffusion_cfg, net: nn.Module,
   if prediction not in diffusion.PREDICTIONS:
     raise ValueError(f"--config.diffusion.prediction must be one of "
                      f"{diffusion.PREDICTIONS}, got {prediction!r}")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    raise ValueError(f"--config.model.num_classes must be an integer >= 0 (0: "
+                     f"unconditional), got {num_classes!r}")
+  if not 0.0 <= cond_drop_prob < 1.0:
+    raise ValueError(f"--config.train.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
   return DiffusionModel(net=net, schedule=diffusion.make_schedule(betas),
                         example_shape=tuple(example_shape),
                         variance=diffusion_cfg.variance, clip=diffusion_cfg.clip,
-                        prediction=prediction)
+                        prediction=prediction, num_classes=num_classes,
+                        cond_drop_prob=cond_drop_prob)
 
 
 def make_mlp_vae(model_config, example_shape) -> VAEModel:

@@ -156,8 +156,11 @@ class UNet(nn.Module):
     if self.num_classes:
       if label is None:
         label = jnp.full(t.shape, self.num_classes, jnp.int32)
-      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=dtype,
-                             name="class_embedding")(label)
+      # An embedding table as one-hot @ table: a gather with batch-sharded
+      # labels has no unambiguous output sharding; a matmul does.
+      one_hot = jax.nn.one_hot(label, self.num_classes + 1, dtype=dtype)
+      temb = temb + nn.Dense(4 * self.ch, use_bias=False, dtype=dtype,
+                             name="class_embedding")(one_hot)
     elif label is not None:
       raise ValueError("UNet: got class labels but num_classes = 0")
 

@@ -195,8 +195,11 @@ class _Setup:
     return checkpoint.restore(self.checkpoints, self.abstract_state)
 
   def make_sampler(self, num_samples: int, sampler: str, num_steps: int | None,
-                   eta: float = 0.0):
-    """A jitted (params, key) -> samples (numpy) for a fixed num_samples.
+                   eta: float = 0.0, guidance_scale: float = 0.0):
+    """A jitted (params, key, labels=None) -> samples (numpy) for a fixed num_samples.
+
+    labels: (num_samples,) classes for a class-conditional model, sampled
+    with classifier-free guidance `guidance_scale`.
 
     The samples are sharded over the devices along the batch axis (the count
     is rounded up to a multiple of the device count, the surplus dropped);
@@ -205,12 +208,17 @@ class _Setup:
     """
     devices = self.mesh.devices.size
     padded = -(-num_samples // devices) * devices
+    guidance = {"guidance_scale": guidance_scale} if guidance_scale else {}
     fn = functools.partial(self.model.sample, num_samples=padded,
-                           sampler=sampler, num_steps=num_steps, eta=eta)
-    draw = jax.jit(lambda params, key: fn(params, key),
+                           sampler=sampler, num_steps=num_steps, eta=eta, **guidance)
+    draw = jax.jit(lambda params, key, labels: fn(params, key, labels=labels),
                    out_shardings=sharding.data_sharded(self.mesh))
-    return lambda params, key: np.asarray(
-        jax.device_get(draw(params, key)))[:num_samples]
+
+    def sample(params, key, labels=None):
+      if labels is not None:
+        labels = np.resize(np.asarray(labels, np.int32), padded)
+      return np.asarray(jax.device_get(draw(params, key, labels)))[:num_samples]
+    return sample
 
 
 def _require_checkpoint(workdir, what) -> None:
@@ -259,11 +267,17 @@ def _prepare_workdir(workdir):
     raise ConfigError(f"--workdir={workdir} is not writable: {e}") from e
 
 
-def _save_samples_picture(path, samples, kind, reference=None):
+def _save_samples_picture(path, samples, kind, reference=None, num_rows=None):
   if kind == "points":
     images.save_scatter(path, samples, reference)
   else:
-    images.save_image_grid(path, samples)
+    images.save_image_grid(path, samples, num_rows=num_rows)
+
+
+def class_grid_labels(num_samples: int, num_classes: int):
+  """Labels for a grid with one row per class: (labels (num_samples,), rows)."""
+  per_class = -(-num_samples // num_classes)
+  return np.repeat(np.arange(num_classes), per_class)[:num_samples], num_classes
 
 
 # ----------------------------------------------------------------------------
@@ -305,8 +319,16 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
       in_shardings=(setup.replicated, batch_sharding, setup.replicated),
       out_shardings=(setup.replicated, setup.replicated),
       donate_argnums=0)
+  num_classes = getattr(setup.model, "num_classes", 0)
+  if num_classes and setup.dataset.num_classes != num_classes:
+    raise ConfigError(
+        f"--config.model.num_classes={num_classes} but the data "
+        f"{setup.dataset.name!r} has {setup.dataset.num_classes or 'no'} classes")
   sampler = setup.make_sampler(tc.num_sample_images, config.sample.sampler,
-                               config.sample.num_steps, config.sample.eta)
+                               config.sample.num_steps, config.sample.eta,
+                               config.sample.guidance_scale)
+  grid_labels, grid_rows = (class_grid_labels(tc.num_sample_images, num_classes)
+                            if num_classes else (None, None))
   writer = None
   if setup.is_writer:
     from gen_jax import summary  # tensorboardX only where logs are written.
@@ -345,10 +367,11 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
         writer.write_scalars(step, summary_values)
 
     if step % tc.sample_every == 0 or is_last:
-      samples = sampler(state.ema_params, jax.random.fold_in(setup.sample_key, step))
+      samples = sampler(state.ema_params, jax.random.fold_in(setup.sample_key, step),
+                        grid_labels)
       if setup.is_writer:
         path = os.path.join(samples_dir, f"step_{step:07d}.png")
-        _save_samples_picture(path, samples, setup.kind, reference)
+        _save_samples_picture(path, samples, setup.kind, reference, grid_rows)
         if setup.kind == "image":
           writer.write_image(step, "samples", images.grid(images.to_uint8(samples)))
 
@@ -370,26 +393,46 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
 
 def sample(config, workdir: str, build: BuildFn, num_samples: int,
            sampler: str | None = None, num_steps: int | None = None,
-           out_dir: str | None = None) -> str:
+           out_dir: str | None = None, class_label: int | None = None,
+           guidance_scale: float | None = None) -> str:
   """Draws num_samples from the latest checkpoint's EMA parameters.
 
   Writes out_dir/samples.npz ('images': uint8 NHWC in 0..255, or 'points':
-  float32 (N, 2)) and a PNG picture beside it; returns the npz path.
+  float32 (N, 2); 'labels' (N,) for a class-conditional model) and a PNG
+  picture beside it; returns the npz path. A class-conditional model draws
+  class `class_label`, or every class with one row each in the picture,
+  with classifier-free guidance `guidance_scale` (default: the config's).
   """
   if num_samples <= 0:
     raise ConfigError(f"--num_samples must be positive, got {num_samples}")
   _require_checkpoint(workdir, "--mode=sample")
   setup = _Setup(config, workdir, build, split=None, create_workdir=False)
+  num_classes = getattr(setup.model, "num_classes", 0)
+  if guidance_scale is None:
+    guidance_scale = config.sample.guidance_scale
+  if not num_classes and (class_label is not None or guidance_scale):
+    raise ConfigError("--class_label and --guidance_scale need a class-conditional "
+                      "model: train with --config.model.num_classes=K")
+  if class_label is not None and not 0 <= class_label < num_classes:
+    raise ConfigError(f"--class_label must be in [0, {num_classes}), got {class_label}")
+  labels, rows = None, None
+  if num_classes:
+    if class_label is None:
+      labels, rows = class_grid_labels(num_samples, num_classes)
+    else:
+      labels = np.full((num_samples,), class_label, np.int32)
   state = setup.restore()
   sampler = sampler or config.sample.sampler
   num_steps = num_steps or config.sample.num_steps
   batch = min(num_samples, config.sample.batch_size)
-  draw = setup.make_sampler(batch, sampler, num_steps, config.sample.eta)
+  draw = setup.make_sampler(batch, sampler, num_steps, config.sample.eta,
+                            guidance_scale)
   key = jax.random.fold_in(setup.sample_key, 10**9 + int(state.step))
   chunks = []
   for i in tqdm(range(-(-num_samples // batch)), desc=f"sample ({sampler})",
                 disable=not setup.is_writer):
-    chunks.append(draw(state.ema_params, jax.random.fold_in(key, i)))
+    chunk_labels = None if labels is None else labels[i * batch:(i + 1) * batch]
+    chunks.append(draw(state.ema_params, jax.random.fold_in(key, i), chunk_labels))
   samples = np.concatenate(chunks)[:num_samples]
   out_dir = out_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
@@ -398,12 +441,15 @@ def sample(config, workdir: str, build: BuildFn, num_samples: int,
     arrays = {"points": samples.astype(np.float32)}
   else:
     arrays = {"images": images.to_uint8(samples)}
+  if labels is not None:
+    arrays["labels"] = labels.astype(np.int32)
   tmp = npz_path + ".tmp.npz"
   np.savez(tmp, **arrays)
   os.replace(tmp, npz_path)
   picture = os.path.join(out_dir, "samples.png")
   shown = samples if setup.kind == "points" else samples[:256]
-  _save_samples_picture(picture, shown, setup.kind, _reference_points(config))
+  _save_samples_picture(picture, shown, setup.kind, _reference_points(config),
+                        rows if len(shown) == num_samples else None)
   print(f"Wrote {num_samples} samples (checkpoint step {int(state.step)}, "
         f"sampler {sampler}) to {npz_path} and {picture}")
   return npz_path

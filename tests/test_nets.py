@@ -87,7 +87,7 @@ def test_class_conditional_unet_uses_its_label_and_a_null_class():
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
   t = jnp.full((4,), 5, jnp.int32)
   params = net.init(jax.random.key(1), x, t, jnp.zeros((4,), jnp.int32))
-  table = params["params"]["class_embedding"]["embedding"]
+  table = params["params"]["class_embedding"]["kernel"]
   assert table.shape == (3 + 1, 4 * MODEL.ch)  # K classes and the null class
   params = jax.tree.map(lambda p: p + 0.05, params)  # wake the zero-initialised output
   out = {c: net.apply(params, x, t, jnp.full((4,), c, jnp.int32)) for c in range(4)}
