@@ -9,8 +9,10 @@ resuming goes through `restore_newest`, which tries the steps newest first and
 sets aside (and reports) the ones that cannot be restored.
 """
 
+import contextlib
 import os
 import shutil
+import sys
 import time
 from typing import Callable
 
@@ -101,26 +103,10 @@ def restore_newest(mngr: ocp.CheckpointManager, abstract_state, set_aside: bool 
   for name in leftovers:
     report(f"checkpoint: ignoring {os.path.join(directory, name)}, a save interrupted before "
            "it finished" + ("; deleting it" if set_aside and is_writer else ""))
-  state, found, rejected, first_reason = None, None, [], None
-  for step in sorted(mngr.all_steps(), reverse=True):
-    # A throwaway manager per attempt: a failed restore can leave a manager unable to restore
-    # anything else (seen: after an emptied step folder, every step fails the same way).
-    trial = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-    try:
-      candidate = trial.restore(step, args=ocp.args.StandardRestore(abstract_state))
-      _check_finite(candidate)
-    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
-      first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-      reason = f"{type(e).__name__}: {first_line}"
-      rejected.append(step)
-      first_reason = first_reason or reason
-      report(f"checkpoint: step {step} in {directory} cannot be restored ({reason}); "
-             + ("setting it aside" if set_aside else "skipping it"))
-      continue
-    finally:
-      trial.close()
-    state, found = candidate, step
-    break
+  with _quiet_closed_event_loops():
+    state, found, rejected, first_reason = _restore_first_readable(
+        directory, sorted(mngr.all_steps(), reverse=True), abstract_state, report,
+        "setting it aside" if set_aside else "skipping it")
   if rejected and found is None:
     raise UnreadableCheckpointError(
         f"none of the checkpoints in {directory} can be restored (steps "
@@ -143,6 +129,46 @@ def restore_newest(mngr: ocp.CheckpointManager, abstract_state, set_aside: bool 
       multihost_utils.sync_global_devices("gen_jax:checkpoint_set_aside")
     mngr.reload()
   return state, found
+
+
+def _restore_first_readable(directory, steps, abstract_state, report, action):
+  """Tries `steps` in order: (state, step, rejected steps, first reason); state None if none."""
+  rejected, first_reason = [], None
+  for step in steps:
+    # A throwaway manager per attempt: a failed restore can leave a manager unable to restore
+    # anything else (seen: after an emptied step folder, every step fails the same way).
+    trial = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+      state = trial.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      _check_finite(state)
+      return state, step, rejected, first_reason
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+      first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+      reason = f"{type(e).__name__}: {first_line}"
+      rejected.append(step)
+      first_reason = first_reason or reason
+      report(f"checkpoint: step {step} in {directory} cannot be restored ({reason}); {action}")
+    finally:
+      trial.close()
+  return None, None, rejected, first_reason
+
+
+@contextlib.contextmanager
+def _quiet_closed_event_loops():
+  """Drops the 'Event loop is closed' errors that tensorstore's late callbacks raise into orbax's
+  closed asyncio loop after a failed restore; Python would print each as a stray traceback."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
 
 
 def _check_finite(state) -> None:
