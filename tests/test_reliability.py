@@ -50,7 +50,8 @@ def env(tmp_path_factory):
       JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
       # The runs share compiled programs, so a restarted run is training within a few seconds.
       JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
   return out
 
 
@@ -74,7 +75,8 @@ def run(env, cwd, *args, check=True):
 @contextlib.contextmanager
 def launched(env, cwd, *args):
   """run.py in the background (output to files, so no pipe fills up); killed if still running."""
-  with open(os.path.join(cwd, "out.txt"), "w") as out, open(os.path.join(cwd, "err.txt"), "w") as err:
+  with open(os.path.join(cwd, "out.txt"), "w") as out, \
+       open(os.path.join(cwd, "err.txt"), "w") as err:
     proc = subprocess.Popen([sys.executable, RUN_PY, *args], cwd=cwd, env=env, stdout=out,
                             stderr=err)
     try:
@@ -135,8 +137,9 @@ def final_state(workdir):
   model = ddpm_toy2d.build(config, (2,))
   tx = train.make_optimizer(config.optim, NUM_STEPS)
   replicated = sharding.replicated(sharding.make_mesh())
+  shapes = jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0))
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                          jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0)))
+                          shapes)
   mngr = checkpoint.manager(str(workdir), create=False)
   try:
     return checkpoint.restore(mngr, abstract)
@@ -171,11 +174,12 @@ def reference(env, tmp_path_factory):
               losses=[(r["loss"], r["grad_norm"]) for r in logged(workdir)])
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # SIGKILL, SIGTERM, NaN, mismatch: end to end
 
 
-def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(env, tmp_path, reference):
+def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(env, tmp_path,
+                                                                              reference):
   workdir = tmp_path / "wd"
   args = [*TOY2D, "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2",
           f"--workdir={workdir}"]
@@ -210,7 +214,8 @@ def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(en
   print("\nSIGKILL faults:", *faults, sep="\n  ")
 
   assert len(faults) >= 3 and any(f["unfinished_save_left"] for f in faults), faults
-  assert any("a save interrupted before it finished; deleting it" in out for out in outputs), outputs
+  assert any("a save interrupted before it finished; deleting it" in out
+             for out in outputs), outputs
   assert not unfinished_saves(workdir) and saved_steps(workdir) == [NUM_STEPS - 1, NUM_STEPS]
   assert_same_run(workdir, reference)
 
@@ -225,9 +230,10 @@ def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(en
   assert read(workdir, "config.json") == config_before and saved_steps(workdir) == steps_before
 
 
-def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(env, tmp_path, reference):
+def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(env, tmp_path,
+                                                                              reference):
   workdir = tmp_path / "wd"
-  # A sample picture at every step slows the loop to tens of steps per second; no periodic checkpoint.
+  # A sample picture at every step slows the loop to tens of steps a second; no periodic checkpoint.
   args = [*TOY2D, "--config.train.checkpoint_every=1000", "--config.train.sample_every=1",
           f"--workdir={workdir}"]
   with launched(env, tmp_path, *args) as proc:
@@ -294,12 +300,13 @@ def dataset_with(path):
   return data.load_dataset(_npz_config(path), "train")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Damaged checkpoints (orbax itself, no model)
 
 
 def small_state(k):
-  params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3) * k, "b": jnp.full((3,), -k, jnp.float32)}
+  params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3) * k,
+            "b": jnp.full((3,), -k, jnp.float32)}
   return train.TrainState(step=jnp.asarray(k, jnp.int32), params=params,
                           opt_state=optax.adam(1e-3).init(params),
                           ema_params=jax.tree.map(lambda x: x + 0.5, params))
@@ -316,13 +323,14 @@ def _truncate_data_files(step_dir):
 DAMAGE = {
     "data files cut short": _truncate_data_files,
     "manifest deleted": lambda d: os.remove(os.path.join(d, "default", "manifest.ocdbt")),
-    "metadata garbled": lambda d: open(os.path.join(d, "default", "_METADATA"), "w").write("{garbage"),
+    "metadata garbled": lambda d: open(os.path.join(d, "default", "_METADATA"), "w").write("{x"),
     "emptied": lambda d: [shutil.rmtree(d), os.mkdir(d)],
 }
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE) + ["nan state"])
-def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tmp_path, damage, caplog):
+def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tmp_path, damage,
+                                                                              caplog):
   mngr = checkpoint.manager(str(tmp_path), max_to_keep=5)
   for k in (1, 2, 3):
     checkpoint.save(mngr, k, small_state(k))
@@ -333,7 +341,8 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tm
     checkpoint.save(mngr, 4, small_state(4))
     DAMAGE[damage](os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "4"))
   # What a kill -9 in the middle of saving step 5 leaves behind.
-  os.makedirs(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "5.orbax-checkpoint-tmp", "default"))
+  os.makedirs(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "5.orbax-checkpoint-tmp",
+                           "default"))
   mngr.close()
 
   mngr = checkpoint.manager(str(tmp_path), max_to_keep=5, create=False)
@@ -373,7 +382,7 @@ def test_when_no_checkpoint_restores_nothing_is_touched(tmp_path):
   mngr.close()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Signals, in process
 
 
@@ -418,7 +427,8 @@ def toy_config(num_steps=6):
   return config
 
 
-def test_train_stops_after_the_signalled_step_and_restores_the_handlers(tmp_path, monkeypatch, capsys):
+def test_train_stops_after_the_signalled_step_and_restores_the_handlers(tmp_path, monkeypatch,
+                                                                        capsys):
   """A SIGTERM delivered while step 3 is logged: step 3 is saved, TrainingInterrupted says so."""
   write_scalars = summary.MetricWriter.write_scalars
 
@@ -437,7 +447,7 @@ def test_train_stops_after_the_signalled_step_and_restores_the_handlers(tmp_path
   assert "SIGTERM received" in capsys.readouterr().out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Start-up checks, in process: nothing is written when they fail
 
 
@@ -475,8 +485,9 @@ def test_full_disk_and_unwritable_workdir_fail_at_start_up(tmp_path, monkeypatch
   monkeypatch.setattr(train.shutil, "disk_usage",
                       lambda path: real(path)._replace(free=2 * 2**20))
   with pytest.raises(train.ConfigError,
-                     match=r"--workdir=.*wd has 2.0 MB free, but its checkpoints need about 16.\d MB "
-                           r"\(4 x the [\d.]+ kB train state, for --config.train.keep_checkpoints=3\)"):
+                     match=r"--workdir=.*wd has 2.0 MB free, but its checkpoints need about "
+                           r"16.\d MB \(4 x the [\d.]+ kB train state, for "
+                           r"--config.train.keep_checkpoints=3\)"):
     train.train(toy_config(), str(workdir), ddpm_toy2d.build)
   assert not workdir.exists()
   monkeypatch.setattr(train.shutil, "disk_usage", real)
