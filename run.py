@@ -7,7 +7,9 @@
 
 --experiment picks a module of experiments/; every field of its config can be
 overridden as --config.<path>=<value>. Running again with the same --workdir
-resumes from its latest checkpoint.
+resumes from its latest checkpoint. An experiment runs through the shared
+trainer (gen_jax.train) with its build(), or, if it defines run(config,
+workdir) instead, through that function (mle_toy, which fits 1-D densities).
 
 Exit status: 0 done; 1 an error (one line on stderr: `error: ...`);
 128 + the signal number (143 for SIGTERM, 130 for SIGINT / Ctrl-C) when
@@ -182,11 +184,29 @@ def _with_saved_config(config, workdir, argv):
   return config
 
 
+def _run_itself(module, FLAGS) -> None:
+  """An experiment that is no model for the shared trainer (a toy
+  demonstration) defines run(config, workdir) and runs as a whole."""
+  if FLAGS.mode != "train":
+    _fail(f"--mode={FLAGS.mode} does not apply to --experiment={FLAGS.experiment}: "
+          "it runs as a whole with --mode=train (the default)")
+  workdir = FLAGS.workdir or _default_workdir(FLAGS.experiment, FLAGS.mode)
+  try:
+    module.run(FLAGS.config, workdir)
+  except ValueError as e:
+    if FLAGS.debug:
+      raise
+    _fail(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+
+
 def main(argv, module):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  from gen_jax import checkpoint, data, train  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
+  if hasattr(module, "run"):
+    _run_itself(module, FLAGS)
+    return
+  from gen_jax import checkpoint, data, train  # pylint: disable=g-import-not-at-top
   if FLAGS.distributed:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()

@@ -34,5 +34,6 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def build(config, example_shape) -> models.DiffusionModel:
-  return models.make_diffusion_model(
-      config.diffusion, nets.unet_from_config(config.model), example_shape)
+  net = nets.unet_from_config(config.model, config.train.compute_dtype,
+                              config.train.remat)
+  return models.make_diffusion_model(config.diffusion, net, example_shape)

@@ -1,17 +1,36 @@
 """Log-likelihoods and KL divergences: the probabilistic losses of gen_jax.
 
 Every function here is elementwise: it broadcasts its arguments against each
-other and returns an array of the broadcast shape, with no reduction. Sum over
-data dimensions (or average over a batch) at the call site, where the reader
-can see it. All functions work under `jax.jit` and `jax.vmap`, in float32 and,
-with `jax_enable_x64`, in float64.
+other and returns an array of the broadcast shape, with no reduction (the
+categorical and the mixture reduce only their class / component axis). Sum
+over data dimensions (or average over a batch) at the call site, where the
+reader can see it. All functions work under `jax.jit` and `jax.vmap`, in
+float32 and, with `jax_enable_x64`, in float64.
 
-Correspondences with the familiar losses (checked in tests/test_distributions.py):
-  * mean squared error:  -normal_log_prob(x, m, 0) = 0.5 (x - m)^2 + 0.5 log(2 pi),
-    so MSE is a Gaussian negative log-likelihood with unit variance, scaled by 2,
-    minus the constant log(2 pi).
-  * binary cross-entropy with logits = -bernoulli_log_prob(x, logits).
-  * categorical cross-entropy with logits = -categorical_log_prob(label, logits).
+The familiar losses are negative log-likelihoods (checked against float64
+numpy and against optax in tests/test_distributions.py):
+
+  * Squared error = Gaussian NLL with a fixed variance, up to a constant.
+    For variance s^2 (logvar = log s^2) in one dimension,
+        -normal_log_prob(x, m, log s^2) = (x - m)^2 / (2 s^2) + 0.5 log(2 pi s^2).
+    With s^2 = 1/2 (logvar = -log 2) the scale is exactly 1:
+        (x - m)^2 = -normal_log_prob(x, m, -log 2) - 0.5 log(pi),
+    so the mean squared error over D dimensions is the per-dimension Gaussian
+    NLL at variance 1/2 minus the constant 0.5 log(pi) = 0.5724 nats. With unit
+    variance, (x - m)^2 = 2 (-normal_log_prob(x, m, 0)) - log(2 pi), and
+    optax.l2_loss = 0.5 (x - m)^2 = -normal_log_prob(x, m, 0) - 0.5 log(2 pi).
+    Either way the minimiser over m is the same: least squares is maximum
+    likelihood of the mean under any fixed variance.
+  * Binary cross-entropy with logits = Bernoulli NLL:
+        optax.sigmoid_binary_cross_entropy(l, x) = -bernoulli_log_prob(x, l),
+    also for soft targets x in [0, 1].
+  * Categorical (softmax) cross-entropy = categorical NLL:
+        optax.softmax_cross_entropy_with_integer_labels(l, k)
+          = -categorical_log_prob(k, l),
+        optax.softmax_cross_entropy(l, one_hot) = -categorical_log_prob(one_hot, l).
+  * Cross-entropy = KL + entropy: E_p[-log q] = KL(p || q) + H(p), so
+    maximising the average log-likelihood of samples of p over q minimises
+    KL(p || q) (see `monte_carlo_kl_terms` and experiments/mle_toy.py).
 """
 
 import math
@@ -61,26 +80,129 @@ def bernoulli_log_prob(x, logits) -> Array:
 
 
 def categorical_log_prob(x, logits, axis: int = -1) -> Array:
-  """log Categorical(x; softmax(logits)).
+  """log Categorical(x; softmax(logits)), elementwise over the class axis.
 
-  Formula: logits[x] - logsumexp(logits), i.e. log_softmax picked at the label.
+  Formula: for an integer label k, log_softmax(logits)[k] =
+  logits[k] - logsumexp(logits); for a one-hot (or any probability) vector
+  x, sum_k x_k log_softmax(logits)_k, which is the same number for a one-hot
+  x and the negative cross-entropy for a soft one. Classes with logit -inf
+  (masked out) and target 0 contribute 0, not NaN.
 
   Args:
-    x: integer labels of shape logits.shape without `axis`, or one-hot (or any
-      probability vector, giving the cross-entropy) of the shape of `logits`.
-    logits: unnormalised log-probabilities; the class axis is `axis`.
+    x: integer labels in [0, K), of logits.shape without `axis` (labels
+      outside that range give NaN, as they have no class); or one-hot / soft
+      targets (float or bool) of the shape of `logits`. Other axes broadcast.
+    logits: unnormalised log-probabilities with K classes on `axis`.
     axis: the class axis of `logits`.
 
   Returns:
     Array of logits.shape without the class axis, in nats.
   """
   logits = jnp.asarray(logits)
-  log_probs = jax.nn.log_softmax(logits, axis=axis)
   x = jnp.asarray(x)
+  if logits.ndim == 0:
+    raise ValueError("categorical_log_prob: logits needs a class axis, got a scalar")
+  axis = _normalize_axis(axis, logits.ndim, "categorical_log_prob")
+  if not jnp.issubdtype(logits.dtype, jnp.inexact):
+    logits = logits.astype(jnp.result_type(float))
+  log_probs = jax.nn.log_softmax(logits, axis=axis)
   if jnp.issubdtype(x.dtype, jnp.integer):
-    picked = jnp.take_along_axis(log_probs, jnp.expand_dims(x, axis), axis=axis)
+    if x.ndim != logits.ndim - 1:
+      raise ValueError(
+          "categorical_log_prob: integer labels x must have the shape of logits "
+          f"without the class axis {axis}; got x {x.shape}, logits {logits.shape}")
+    picked = jnp.take_along_axis(log_probs, jnp.expand_dims(x, axis), axis=axis,
+                                 mode="fill", fill_value=jnp.nan,
+                                 wrap_negative_indices=False)
     return jnp.squeeze(picked, axis=axis)
-  return jnp.sum(x * log_probs, axis=axis)
+  if x.ndim != logits.ndim or x.shape[axis] != logits.shape[axis]:
+    raise ValueError(
+        "categorical_log_prob: one-hot or soft targets x must have the shape of "
+        f"logits (class axis {axis} of size {logits.shape[axis]}); got x "
+        f"{x.shape} ({x.dtype}), logits {logits.shape}. Integer labels must "
+        "have an integer dtype.")
+  x = x.astype(log_probs.dtype)
+  # 0 * (-inf) would be NaN: a class the target does not use contributes 0.
+  return jnp.sum(x * jnp.where(x == 0, 0.0, log_probs), axis=axis)
+
+
+def _normalize_axis(axis: int, ndim: int, name: str) -> int:
+  if not -ndim <= axis < ndim:
+    raise ValueError(f"{name}: axis={axis} is out of range for {ndim} dimensions")
+  return axis % ndim
+
+
+def gaussian_mixture_log_prob(x, logits, means, logvars) -> Array:
+  """log of a mixture of univariate Gaussians, elementwise in x.
+
+  Formula: log sum_k softmax(logits)_k N(x; means_k, exp(logvars_k)),
+  computed with logsumexp over the components (finite far in the tails).
+
+  Args:
+    x: points, any shape (...).
+    logits, means, logvars: the K components on the last axis, (K,) or
+      broadcastable against x as (..., K); softmax(logits) are the weights.
+
+  Returns:
+    Array of the broadcast shape of x and the parameters' leading axes, nats.
+  """
+  x, logits, means, logvars = _promote(x, logits, means, logvars)
+  log_weights = jax.nn.log_softmax(logits, axis=-1)
+  return jax.nn.logsumexp(
+      log_weights + normal_log_prob(x[..., None], means, logvars), axis=-1)
+
+
+def gaussian_mixture_sample(key, logits, means, logvars, shape) -> Array:
+  """Draws x ~ sum_k softmax(logits)_k N(means_k, exp(logvars_k)).
+
+  The component k ~ Categorical(softmax(logits)), then
+  x = means_k + exp(logvars_k / 2) eps with eps ~ N(0, 1). Not differentiable
+  in the weights (the component choice is discrete).
+
+  Args:
+    key: a PRNG key.
+    logits, means, logvars: (K,) each.
+    shape: the shape of the draw.
+
+  Returns:
+    Array of `shape`, in the default float dtype.
+  """
+  logits, means, logvars = _promote(logits, means, logvars)
+  if not logits.ndim == means.ndim == logvars.ndim == 1 or not (
+      logits.shape == means.shape == logvars.shape):
+    raise ValueError(
+        "gaussian_mixture_sample: logits, means, logvars must be vectors of one "
+        f"length K; got {logits.shape}, {means.shape}, {logvars.shape}")
+  component_key, noise_key = jax.random.split(key)
+  component = jax.random.categorical(component_key, logits, shape=tuple(shape))
+  eps = jax.random.normal(noise_key, tuple(shape), means.dtype)
+  return means[component] + jnp.exp(0.5 * logvars[component]) * eps
+
+
+def monte_carlo_kl_terms(log_p, log_q, samples) -> Array:
+  """Per-sample terms of KL(p || q) at samples of p: log p(x) - log q(x).
+
+  KL(p || q) = E_{x~p}[log p(x) - log q(x)], so the mean of the terms over
+  x_1..x_N ~ p is an unbiased estimate, with standard error
+  std(terms) / sqrt(N). The lecture's identity, exact for the estimates on
+  the same samples too:
+      E_p[-log q(x)]  =  KL(p || q)  +  H(p),    H(p) = E_p[-log p(x)],
+  i.e. the cross-entropy (the average negative log-likelihood of data from p)
+  and the KL differ by a constant that does not depend on q: maximum
+  likelihood = minimum KL(p || q), with the same gradients in q's parameters.
+
+  With samples drawn from q by reparameterization (x = m + s eps, a function
+  of q's parameters) and the roles swapped, monte_carlo_kl_terms(log_q,
+  log_p, x) estimates the reverse KL(q || p) with pathwise gradients.
+
+  Args:
+    log_p, log_q: callables mapping samples (...,) to log-densities (...,).
+    samples: x ~ p, any shape (...,).
+
+  Returns:
+    (...,) array of log p(x) - log q(x), in nats; average at the call site.
+  """
+  return log_p(samples) - log_q(samples)
 
 
 def _exp_minus_one_minus(d) -> Array:

@@ -318,11 +318,12 @@ def _save_samples_picture(path, samples, kind, reference=None):
 # ----------------------------------------------------------------------------
 
 # Config keys a resumed run may change: they leave the model, the data and the
-# optimizer's state as they were. (A key ending in "." covers its section.)
-# Every other difference would make the resumed run a different run.
+# optimizer's state as they were (train.remat only recomputes the same values to
+# save memory). A key ending in "." covers its section. Every other difference
+# would make the resumed run a different run.
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.sample_every",
                      "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.num_sample_images", "train.skip_nonfinite",
+                     "train.num_sample_images", "train.skip_nonfinite", "train.remat",
                      "data.tfds_data_dir", "sample.", "eval.")
 _ABSENT = "<absent>"
 

@@ -230,41 +230,216 @@ def test_categorical_extreme_logits_finite():
   np.testing.assert_allclose(f64(g), [[-1.0, 1.0, 0.0]], atol=1e-6)
 
 
-# Correspondences documented at the top of distributions.py.
+# Correspondences documented at the top of distributions.py: each loss against
+# its float64 formula written here and against optax's own loss.
 
-def test_mse_is_scaled_gaussian_nll():
+@pytest.mark.parametrize("variance", [0.5, 1.0, 0.01, 7.0])
+def test_squared_error_is_gaussian_nll_with_fixed_variance(variance):
   rng = np.random.default_rng(4)
-  x, m = f32(rng.normal(size=(8, 20))), f32(rng.normal(size=(8, 20)))
-  nll = -D.normal_log_prob(x, m, 0.0)
-  np.testing.assert_allclose(f64(2 * nll - LOG_2PI),
+  x, m = f32(rng.normal(size=(2, 8, 20)) * 2)
+  logvar = np.float32(math.log(variance))
+  nll = f64(-D.normal_log_prob(x, m, logvar))
+  s2 = f64(np.exp(logvar))  # the float32 variance actually used
+  sq = (f64(x) - f64(m)) ** 2
+  np.testing.assert_allclose(nll, sq / (2 * s2) + 0.5 * np.log(2 * np.pi * s2),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(nll, -stats.norm.logpdf(f64(x), f64(m), np.sqrt(s2)),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_mse_is_gaussian_nll_at_variance_half():
+  rng = np.random.default_rng(4)
+  x, m = f32(rng.normal(size=(2, 8, 20)))
+  sq = (f64(x) - f64(m)) ** 2
+  # s^2 = 1/2: (x - m)^2 = -log N(x; m, 1/2) - 0.5 log(pi), per dimension
+  nll_half = f64(-D.normal_log_prob(x, m, -math.log(2.0)))
+  np.testing.assert_allclose(nll_half - 0.5 * math.log(math.pi), sq, atol=2e-5)
+  np.testing.assert_allclose(nll_half - 0.5 * math.log(math.pi),
                              f64(optax.squared_error(m, x)), atol=2e-5)
-  np.testing.assert_allclose(float(jnp.mean(2 * nll) - LOG_2PI),
-                             np.mean((f64(x) - f64(m)) ** 2), rtol=1e-5)
+  # the mean squared error of a batch is the mean per-dimension NLL minus the constant
+  np.testing.assert_allclose(nll_half.mean() - 0.5 * math.log(math.pi), sq.mean(),
+                             rtol=1e-5)
+  # unit variance: optax.l2_loss = 0.5 (x - m)^2 = NLL - 0.5 log(2 pi)
+  nll_unit = f64(-D.normal_log_prob(x, m, 0.0))
+  np.testing.assert_allclose(nll_unit - 0.5 * LOG_2PI, f64(optax.l2_loss(m, x)),
+                             atol=2e-5)
+  np.testing.assert_allclose(2 * nll_unit - LOG_2PI, sq, atol=2e-5)
 
 
-def test_bce_matches_optax():
+def test_bce_is_bernoulli_nll():
   rng = np.random.default_rng(5)
   logits = f32(rng.normal(size=(300,)) * 20)
   labels = f32(rng.uniform(size=(300,)))
   labels[:100] = np.round(labels[:100])
+  nll = f64(-D.bernoulli_log_prob(labels, logits))
+  # float64: -(x log sigmoid(l) + (1 - x) log sigmoid(-l))
+  ref = -(f64(labels) * special.log_expit(f64(logits))
+          + (1 - f64(labels)) * special.log_expit(-f64(logits)))
+  np.testing.assert_allclose(nll, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      f64(-D.bernoulli_log_prob(labels, logits)),
-      f64(optax.sigmoid_binary_cross_entropy(logits, labels)), rtol=1e-5,
+      nll, f64(optax.sigmoid_binary_cross_entropy(logits, labels)), rtol=1e-5,
       atol=1e-5)
 
 
-def test_categorical_ce_matches_optax():
+def test_categorical_ce_is_categorical_nll():
   rng = np.random.default_rng(6)
   logits = f32(rng.normal(size=(16, 12)) * 4)
   labels = rng.integers(0, 12, size=(16,))
+  # float64: -(l_k - log sum_j exp l_j)
+  ref = -(f64(logits)[np.arange(16), labels] - special.logsumexp(f64(logits), -1))
+  nll = f64(-D.categorical_log_prob(jnp.asarray(labels), logits))
+  np.testing.assert_allclose(nll, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      f64(-D.categorical_log_prob(jnp.asarray(labels), logits)),
-      f64(optax.softmax_cross_entropy_with_integer_labels(logits, labels)),
+      nll, f64(optax.softmax_cross_entropy_with_integer_labels(logits, labels)),
       rtol=1e-5, atol=1e-5)
   one_hot = jax.nn.one_hot(labels, 12)
+  nll_one_hot = f64(-D.categorical_log_prob(one_hot, logits))
+  np.testing.assert_allclose(nll_one_hot, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      f64(-D.categorical_log_prob(one_hot, logits)),
-      f64(optax.softmax_cross_entropy(logits, one_hot)), rtol=1e-5, atol=1e-5)
+      nll_one_hot, f64(optax.softmax_cross_entropy(logits, one_hot)), rtol=1e-5,
+      atol=1e-5)
+
+
+def test_categorical_masked_classes_and_bad_labels():
+  # a class with logit -inf has probability 0: one-hot targets that do not
+  # use it give the finite answer (0 * -inf must not become NaN) ...
+  logits = jnp.array([[0.0, 1.0, -jnp.inf], [2.0, -jnp.inf, 0.5]], jnp.float32)
+  labels = np.array([1, 0])
+  ref = np.array([1.0 - np.logaddexp(0.0, 1.0), 2.0 - np.logaddexp(2.0, 0.5)])
+  for x in (jnp.asarray(labels), jax.nn.one_hot(labels, 3)):
+    out = D.categorical_log_prob(x, logits)
+    np.testing.assert_allclose(f64(out), ref, rtol=1e-6)
+  g = jax.grad(lambda l: D.categorical_log_prob(jax.nn.one_hot(labels, 3), l).sum())(logits)
+  assert np.all(np.isfinite(f64(g)))
+  # ... and a label on a masked class is impossible: -inf
+  assert f64(D.categorical_log_prob(jnp.array([2, 1]), logits)).tolist() == [-np.inf] * 2
+  # labels outside [0, K) have no class: NaN, never a wrapped-around class
+  out = f64(jax.jit(D.categorical_log_prob)(jnp.array([3, -1]), logits))
+  assert np.all(np.isnan(out))
+
+
+@pytest.mark.parametrize("x,logits,match", [
+    (np.zeros((4,), np.float32), np.zeros((4, 4)), "one-hot or soft targets"),
+    (np.zeros((4, 3)), np.zeros((4, 4)), "class axis -1|class axis 1"),
+    (np.zeros((4, 1), np.int32), np.zeros((4, 4)), "integer labels"),
+    (np.zeros((), np.int32), np.zeros(()), "class axis, got a scalar"),
+])
+def test_categorical_bad_shapes_raise(x, logits, match):
+  with pytest.raises(ValueError, match=match):
+    D.categorical_log_prob(x, logits)
+  with pytest.raises(ValueError, match="axis=2 is out of range"):
+    D.categorical_log_prob(np.zeros((4,), np.int32), np.zeros((4, 4)), axis=2)
+
+
+# ---------------------------------------------------------------------------
+# Gaussian mixtures and Monte Carlo KL.
+# ---------------------------------------------------------------------------
+
+def ref_mixture_log_prob(x, weights, means, stds):
+  """float64 log sum_k w_k N(x; mu_k, s_k^2) for 1-D x, via scipy."""
+  x = f64(x)[..., None]
+  return special.logsumexp(
+      np.log(f64(weights)) + stats.norm.logpdf(x, f64(means), f64(stds)), axis=-1)
+
+
+MIX = dict(weights=np.array([0.2, 0.5, 0.3]), means=np.array([-3.0, 0.5, 4.0]),
+           stds=np.array([0.4, 1.3, 0.7]))
+
+
+def _mix_params(weights, means, stds):
+  """(logits, means, logvars) in float32; the logits are shifted on purpose
+  (softmax is invariant to it)."""
+  return (f32(np.log(weights) + 1.7), f32(means), f32(2 * np.log(stds)))
+
+
+def test_gaussian_mixture_log_prob_vs_scipy():
+  rng = np.random.default_rng(20)
+  # the bulk and far tails, where every component's density underflows float32
+  x = f32(np.concatenate([rng.normal(size=500) * 4, [-60.0, 45.0, 200.0]]))
+  out = D.gaussian_mixture_log_prob(x, *_mix_params(**MIX))
+  assert out.shape == x.shape and out.dtype == jnp.float32
+  ref = ref_mixture_log_prob(x, MIX["weights"], f32(MIX["means"]),
+                             np.exp(0.5 * f64(f32(2 * np.log(MIX["stds"])))))
+  assert np.all(np.isfinite(f64(out))) and ref.min() < -1e4
+  np.testing.assert_allclose(f64(out), ref, rtol=1e-5, atol=1e-5)
+  # a density: integrates to 1 (float64 trapezoid on a fine grid)
+  grid_x = np.linspace(-12, 14, 20001)
+  density = np.exp(f64(D.gaussian_mixture_log_prob(f32(grid_x), *_mix_params(**MIX))))
+  np.testing.assert_allclose(np.trapezoid(density, grid_x), 1.0, rtol=1e-5)
+  # one component is the Gaussian
+  np.testing.assert_allclose(
+      f64(D.gaussian_mixture_log_prob(x, f32([0.3]), f32([0.5]), f32([0.2]))),
+      f64(D.normal_log_prob(x, 0.5, 0.2)), rtol=1e-6, atol=1e-6)
+
+
+def test_gaussian_mixture_log_prob_broadcasts_and_jits():
+  rng = np.random.default_rng(21)
+  x = f32(rng.normal(size=(5, 3)))
+  logits, means, logvars = (f32(rng.normal(size=(3, 4))) for _ in range(3))
+  out = jax.jit(D.gaussian_mixture_log_prob)(x, logits, means, logvars)
+  assert out.shape == (5, 3)
+  w = special.softmax(f64(logits), -1)
+  ref = special.logsumexp(
+      np.log(w) + stats.norm.logpdf(f64(x)[..., None], f64(means),
+                                    np.exp(0.5 * f64(logvars))), axis=-1)
+  np.testing.assert_allclose(f64(out), ref, rtol=1e-5, atol=1e-5)
+  vmapped = jax.vmap(D.gaussian_mixture_log_prob, in_axes=(0, None, None, None))(
+      x[:, 0], logits[0], means[0], logvars[0])
+  np.testing.assert_allclose(f64(vmapped), f64(out[:, 0]), rtol=1e-6)
+
+
+def test_gaussian_mixture_sample_law():
+  params = _mix_params(**MIX)
+  n = 200_000
+  x = f64(jax.jit(D.gaussian_mixture_sample, static_argnums=4)(
+      jax.random.key(22), *params, (n,)))
+  assert x.shape == (n,)
+  w, mu, s = MIX["weights"], MIX["means"], MIX["stds"]
+  mean = np.sum(w * mu)
+  var = np.sum(w * (s**2 + mu**2)) - mean**2
+  assert abs(x.mean() - mean) < 5 * math.sqrt(var / n)
+  assert abs(x.var() / var - 1) < 5 * math.sqrt(2 / n) * 2  # (kurtosis > 3)
+  # the whole law: Kolmogorov-Smirnov against the mixture's float64 CDF
+  cdf = lambda v: np.sum(w * stats.norm.cdf(np.asarray(v)[..., None], mu, s), -1)
+  assert stats.kstest(x[:20_000], cdf).pvalue > 1e-3
+  # and a wrong law is rejected by the same test (the test has power)
+  assert stats.kstest(x[:20_000] + 0.1, cdf).pvalue < 1e-6
+  with pytest.raises(ValueError, match="vectors of one length K"):
+    D.gaussian_mixture_sample(jax.random.key(0), params[0], params[1][:2],
+                              params[2], (3,))
+
+
+def test_monte_carlo_kl_terms_gaussians_vs_closed_form():
+  rng = np.random.default_rng(23)
+  n = 100_000
+  for m1, lv1, m2, lv2 in [(0.3, 0.5, -0.4, -0.3), (-1.0, -1.0, 0.5, 1.0)]:
+    x = f32(rng.normal(m1, math.exp(lv1 / 2), size=n))
+    terms = f64(D.monte_carlo_kl_terms(
+        lambda v: D.normal_log_prob(v, m1, lv1),
+        lambda v: D.normal_log_prob(v, m2, lv2), x))
+    assert terms.shape == (n,)
+    se = terms.std() / math.sqrt(n)
+    assert abs(terms.mean() - ref_normal_kl(m1, lv1, m2, lv2)) < 5 * se
+
+
+def test_monte_carlo_kl_terms_mixtures_vs_quadrature():
+  """KL(p || q) between mixtures, both directions, against float64 quadrature."""
+  p = MIX
+  q = dict(weights=np.array([0.6, 0.4]), means=np.array([-1.0, 2.0]),
+           stds=np.array([1.5, 2.0]))
+  grid_x = np.linspace(-20, 25, 200_001)
+  log_p_ref, log_q_ref = (ref_mixture_log_prob(grid_x, **d) for d in (p, q))
+  log_p = lambda v: D.gaussian_mixture_log_prob(v, *_mix_params(**p))
+  log_q = lambda v: D.gaussian_mixture_log_prob(v, *_mix_params(**q))
+  for (a, b, log_a, log_b, params_a) in [(log_p_ref, log_q_ref, log_p, log_q, p),
+                                         (log_q_ref, log_p_ref, log_q, log_p, q)]:
+    kl_ref = np.trapezoid(np.exp(a) * (a - b), grid_x)
+    x = D.gaussian_mixture_sample(jax.random.key(24), *_mix_params(**params_a),
+                                  (200_000,))
+    terms = f64(D.monte_carlo_kl_terms(log_a, log_b, x))
+    se = terms.std() / math.sqrt(terms.size)
+    assert kl_ref > 20 * se
+    assert abs(terms.mean() - kl_ref) < 5 * se, (terms.mean(), kl_ref, se)
 
 
 # ---------------------------------------------------------------------------
@@ -470,6 +645,7 @@ def _all_calls(rng, dtype):
       (D.normal_log_prob, (x, m, lv)),
       (D.bernoulli_log_prob, ((x > 0).astype(dtype), m)),
       (D.categorical_log_prob, (labels, m)),
+      (D.gaussian_mixture_log_prob, (x[:, 0], m, x, lv)),
       (D.normal_kl, (x, m, lv, x * 0.5)),
       (D.standard_normal_kl, (m, lv)),
       (D.discretized_gaussian_log_prob, (xb, m * 0.5, lv - 3)),

@@ -28,6 +28,10 @@ def fast_compile():
 
 
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith('_'))
+# An experiment either plugs a model into the shared trainer (build) or runs itself (run(config, workdir), tested
+# in its own file, e.g. tests/test_mle_toy.py).
+RUNS_ITSELF = [n for n in EXPERIMENTS if hasattr(importlib.import_module(f'experiments.{n}'), 'run')]
+TRAINED = [n for n in EXPERIMENTS if n not in RUNS_ITSELF]
 
 
 def mock_tfds():
@@ -66,10 +70,18 @@ def tiny(config, example_shape):
 
 def test_experiments_are_discovered():
     assert {'ddpm_cifar', 'ddpm_digits', 'ddpm_mnist', 'ddpm_toy2d', 'vae_cifar', 'vae_digits',
-            'vae_mnist'} <= set(EXPERIMENTS)
+            'vae_mnist'} <= set(TRAINED)
+    assert 'mle_toy' in RUNS_ITSELF
 
 
 @pytest.mark.parametrize('name', EXPERIMENTS)
+def test_experiment_has_build_or_run(name):
+    module = importlib.import_module(f'experiments.{name}')
+    assert callable(getattr(module, 'get_config', None)), name
+    assert hasattr(module, 'build') != hasattr(module, 'run'), f'{name} must define exactly one of build() and run()'
+
+
+@pytest.mark.parametrize('name', TRAINED)
 def test_experiment_builds_trains_two_steps_and_evaluates(name):
     module = importlib.import_module(f'experiments.{name}')
     assert (module.__doc__ or '').strip(), f'{name} needs a docstring: its first line is the --helpfull entry'

@@ -455,14 +455,15 @@ def test_resume_config_check_lists_changed_keys_and_allows_harmless_ones(tmp_pat
   saved = json.loads(toy_config().to_json_best_effort())
   harmless = toy_config()
   harmless.train.update(num_steps=99, log_every=7, checkpoint_every=7, sample_every=7,
-                        keep_checkpoints=9, skip_nonfinite=True)
+                        keep_checkpoints=9, skip_nonfinite=True, remat=True)
   harmless.sample.num_steps, harmless.eval.batch_size = 5, 3
   assert train.config_changes(saved, harmless) == []
   changed = toy_config()
   changed.model.width, changed.data.name, changed.optim.learning_rate = 32, "two_moons", 0.5
+  changed.train.compute_dtype = "bfloat16"  # other numbers: another run
   assert train.config_changes(saved, changed) == [
       'data.name: "eight_gaussians" -> "two_moons"', "model.width: 16 -> 32",
-      "optim.learning_rate: 0.001 -> 0.5"]
+      "optim.learning_rate: 0.001 -> 0.5", 'train.compute_dtype: "float32" -> "bfloat16"']
   del saved["model"]["num_blocks"]
   assert train.config_changes(saved, toy_config()) == ["model.num_blocks: <absent> -> 1"]
 
