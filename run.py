@@ -10,6 +10,11 @@ overridden as --config.<path>=<value>. Running again with the same --workdir
 resumes from its latest checkpoint. An experiment runs through the shared
 trainer (gen_jax.train) with its build(), or, if it defines run(config,
 workdir) instead, through that function (mle_toy, which fits 1-D densities).
+
+Exit status: 0 done; 1 an error (one line on stderr: `error: ...`);
+128 + the signal number (143 for SIGTERM, 130 for SIGINT / Ctrl-C) when
+training was stopped by a signal after saving a checkpoint: run the printed
+command to resume.
 """
 
 import datetime
@@ -17,6 +22,7 @@ import glob
 import importlib
 import os
 import pkgutil
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -146,6 +152,15 @@ def _default_workdir(experiment: str, mode: str) -> str:
   return found[-1]
 
 
+def _resume_command(argv, workdir: str) -> str:
+  """The command that continues this run: argv, with --workdir made explicit
+  (a default workdir is a new folder each time)."""
+  args = list(argv[1:])
+  if not any(a == "--workdir" or a.startswith("--workdir=") for a in args):
+    args.append(f"--workdir={workdir}")
+  return shlex.join(["python", argv[0], *args])
+
+
 def _overridden_paths(argv) -> set[str]:
   paths = set()
   for arg in argv[1:]:
@@ -222,8 +237,14 @@ def main(argv, module):
                    class_label=FLAGS.class_label, guidance_scale=FLAGS.guidance_scale)
     else:
       train.evaluate(config, workdir, module.build)
+  except train.TrainingInterrupted as e:
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      print(f"{e}. To resume, run the same command:\n  {_resume_command(sys.argv, workdir)}",
+            flush=True)
+    sys.exit(128 + e.signal_number)
   except (train.ConfigError, data.DataError, checkpoint.NoCheckpointError,
-          ValueError) as e:
+          train.NonFiniteError, ValueError) as e:
     if FLAGS.debug:
       raise
     _fail(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))

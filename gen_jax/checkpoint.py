@@ -1,17 +1,39 @@
 """Checkpoints of the whole train state with orbax (the one module that imports it).
 
-Saves are atomic (orbax writes to a temporary directory and renames it), so a
-crash mid-save leaves the previous checkpoints intact.
+Saves are atomic: orbax 0.12.8 writes step N into `N.orbax-checkpoint-tmp`
+(and `commit_success.txt` into it last), then renames it to `N`. A process
+killed mid-save therefore leaves the previous checkpoints intact plus a
+`N.orbax-checkpoint-tmp` folder, which `latest_step()` ignores. A step folder
+can still be unreadable (a disk error, a partial copy, a hand edit), so
+resuming goes through `restore_newest`, which tries the steps newest first and
+sets aside (and reports) the ones that cannot be restored.
 """
 
+import contextlib
 import os
+import shutil
+import sys
+import time
+from typing import Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+# The name orbax gives an unfinished save (`<step>.orbax-checkpoint-tmp`), as a kill -9 mid-save
+# leaves it.
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+# workdir/corrupt_checkpoints/<step>-<time>: unreadable steps, set aside for a post-mortem.
+CORRUPT_DIR = "corrupt_checkpoints"
 
 
 class NoCheckpointError(FileNotFoundError):
   """Raised when a run needs a checkpoint and the workdir has none."""
+
+
+class UnreadableCheckpointError(ValueError):
+  """Raised when a workdir has checkpoints but none of them can be restored."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -35,14 +57,124 @@ def latest_step(mngr: ocp.CheckpointManager) -> int | None:
   return mngr.latest_step()
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether workdir/checkpoints has a finished step folder (readable or not)."""
+  directory = checkpoint_dir(workdir)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
-  """Restores checkpoint `step` (default: the latest) into the structure,
-  dtypes and shardings of `abstract_state` (e.g. from jax.eval_shape)."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
+  """Restores checkpoint `step` (default: the newest readable one) into the
+  structure, dtypes and shardings of `abstract_state` (e.g. from jax.eval_shape).
+
+  With step=None an unreadable newer checkpoint is skipped with a warning and
+  left where it is (this is the read-only path of sample and eval).
+  """
+  if step is not None:
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  state, _ = restore_newest(mngr, abstract_state, set_aside=False, report=logging.warning)
+  if state is None:
     raise NoCheckpointError(
-        f"no checkpoint in {mngr.directory}; train first (--mode=train)")
-  return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        f"no readable checkpoint in {mngr.directory}; train first (--mode=train)")
+  return state
+
+
+def restore_newest(mngr: ocp.CheckpointManager, abstract_state, set_aside: bool = True,
+                   report: Callable[[str], None] = print, is_writer: bool = True):
+  """The newest checkpoint that restores completely, and its step: (state, step), or (None, None).
+
+  Steps are tried newest first. A step whose restore raises, or whose arrays
+  hold NaN/inf (no healthy run saves such a state), is reported in one line
+  and passed over. If no step restores, nothing is touched and
+  UnreadableCheckpointError is raised: then the cause is more likely a changed
+  model or code than damaged files, and starting over must be the user's
+  decision. With `set_aside` (training: the next save of that step
+  number would otherwise collide with it), the writer process also
+  * moves each passed-over step newer than the restored one to
+    workdir/corrupt_checkpoints/<step>-<time>, and
+  * deletes the `<step>.orbax-checkpoint-tmp` folders of interrupted saves,
+  so the manager then sees only good steps. Every process takes the same
+  decisions from the same files; in a multi-process run they meet at a barrier
+  before the manager rereads the folder.
+  """
+  directory = str(mngr.directory)
+  leftovers = (sorted(n for n in os.listdir(directory) if TMP_SUFFIX in n)
+               if os.path.isdir(directory) else [])
+  for name in leftovers:
+    report(f"checkpoint: ignoring {os.path.join(directory, name)}, a save interrupted before "
+           "it finished" + ("; deleting it" if set_aside and is_writer else ""))
+  with _quiet_closed_event_loops():
+    state, found, rejected, first_reason = _restore_first_readable(
+        directory, sorted(mngr.all_steps(), reverse=True), abstract_state, report,
+        "setting it aside" if set_aside else "skipping it")
+  if rejected and found is None:
+    raise UnreadableCheckpointError(
+        f"none of the checkpoints in {directory} can be restored (steps "
+        f"{', '.join(map(str, rejected))}; newest: {first_reason}); if the model, its config or "
+        "gen_jax changed since they were written, train in a new --workdir; if the files are "
+        "damaged, move that folder away to start over")
+  if set_aside and (leftovers or rejected):
+    if is_writer:
+      for name in leftovers:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      aside = os.path.join(os.path.dirname(directory), CORRUPT_DIR)
+      for step in rejected:
+        os.makedirs(aside, exist_ok=True)
+        target = os.path.join(aside, f"{step}-{stamp}")
+        os.replace(os.path.join(directory, str(step)), target)
+        report(f"checkpoint: moved unreadable step {step} to {target}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("gen_jax:checkpoint_set_aside")
+    mngr.reload()
+  return state, found
+
+
+def _restore_first_readable(directory, steps, abstract_state, report, action):
+  """Tries `steps` in order: (state, step, rejected steps, first reason); state None if none."""
+  rejected, first_reason = [], None
+  for step in steps:
+    # A throwaway manager per attempt: a failed restore can leave a manager unable to restore
+    # anything else (seen: after an emptied step folder, every step fails the same way).
+    trial = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+      state = trial.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      _check_finite(state)
+      return state, step, rejected, first_reason
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+      first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+      reason = f"{type(e).__name__}: {first_line}"
+      rejected.append(step)
+      first_reason = first_reason or reason
+      report(f"checkpoint: step {step} in {directory} cannot be restored ({reason}); {action}")
+    finally:
+      trial.close()
+  return None, None, rejected, first_reason
+
+
+@contextlib.contextmanager
+def _quiet_closed_event_loops():
+  """Drops the 'Event loop is closed' errors that tensorstore's late callbacks raise into orbax's
+  closed asyncio loop after a failed restore; Python would print each as a stray traceback."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
+
+
+def _check_finite(state) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if jax.dtypes.issubdtype(leaf.dtype, np.inexact) and not bool(jax.numpy.isfinite(leaf).all()):
+      raise FloatingPointError(f"non-finite values in {jax.tree_util.keystr(path)}")
 
 
 def abstract_like(state):

@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.ema_decay = 0.999
   config.train.ema_warmup = True      # decay min(ema_decay, (1+n)/(10+n))
   config.train.num_sample_images = 64
+  config.train.skip_nonfinite = False  # skip (and count) updates with NaN/inf gradients
   config.train.compute_dtype = "float32"  # or bfloat16: U-Net convs/matmuls (float32 params)
   config.train.remat = False          # jax.checkpoint the U-Net blocks: less memory, more compute
   config.train.cond_drop_prob = 0.1   # class-conditional models: P(label -> null class)

@@ -264,18 +264,30 @@ def _check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
 
 
 def _check_examples(arr: np.ndarray, key: str, where: str) -> np.ndarray:
-    """Validated images uint8 (N, H, W, C) or points float32 (N, D)."""
-    if len(arr) == 0:
-        raise DataError(f'{where}: {key!r} is empty')
+    """Validated images uint8 (N, H, W, C) or points float32 (N, D).
+
+    Images may come in any integer dtype with values in 0..255 (np.array of Python ints gives int64); float or
+    bool images, values outside 0..255, and 0/1 images (binary data never scaled to 0..255, which would
+    train on nearly black pictures) are refused. Points must be finite in float32.
+    """
+    if arr.ndim == 0 or len(arr) == 0:
+        raise DataError(f'{where}: {key!r} has no examples (shape {arr.shape})')
     if key.endswith('images'):
-        if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.integer):
             raise DataError(f'{where}: {key!r} has dtype {arr.dtype}; images must be uint8 0..255 '
                             "(store float data under 'points')")
         if arr.ndim == 3:
             arr = arr[..., None]  # NHW grayscale -> NHW1
         if arr.ndim != 4:
             raise DataError(f'{where}: {key!r} has shape {arr.shape}; images must be NHWC or NHW')
-        return arr
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high > 255:
+            raise DataError(f'{where}: {key!r} has values in {low}..{high}; images must lie in 0..255 '
+                            '(8-bit); rescale them')
+        if high == 1:
+            raise DataError(f'{where}: {key!r} holds only 0s and 1s; images must be on the 0..255 scale '
+                            '(multiply binary images by 255)')
+        return arr.astype(np.uint8)
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise DataError(f'{where}: {key!r} has dtype {arr.dtype}; points must be float')
     if arr.ndim != 2:
@@ -283,7 +295,11 @@ def _check_examples(arr: np.ndarray, key: str, where: str) -> np.ndarray:
     bad = int(np.sum(~np.isfinite(arr)))
     if bad:
         raise DataError(f'{where}: {key!r} has {bad} NaN/inf values; clean the file')
-    return arr.astype(np.float32)
+    points = arr.astype(np.float32)
+    bad = int(np.sum(~np.isfinite(points)))
+    if bad:
+        raise DataError(f'{where}: {key!r} has {bad} values beyond the float32 range (|x| > 3.4e38); rescale them')
+    return points
 
 
 def _npz(path: str, split: str, random_flip: bool) -> Dataset:
@@ -306,8 +322,13 @@ def _npz(path: str, split: str, random_flip: bool) -> Dataset:
         raise DataError(f"{path}: has both 'images' and 'points'; keep one")
     examples = _check_examples(arrays[key], key, path)
     labels = _check_labels(arrays['labels'], len(examples), path) if 'labels' in arrays else None
+    if f'test_{key}' in arrays:  # checked for either split, so a bad test array fails training at start-up
+        test_examples = _check_examples(arrays[f'test_{key}'], f'test_{key}', path)
+        if test_examples.shape[1:] != examples.shape[1:]:
+            raise DataError(f'{path}: {f"test_{key}"!r} has examples of shape {test_examples.shape[1:]} but {key!r} '
+                            f'has {examples.shape[1:]}; both must have the same example shape')
     if split == 'test' and f'test_{key}' in arrays:
-        examples = _check_examples(arrays[f'test_{key}'], f'test_{key}', path)
+        examples = test_examples
         has_test_labels = labels is not None and 'test_labels' in arrays
         labels = _check_labels(arrays['test_labels'], len(examples), path) if has_test_labels else None
     elif split == 'test':
@@ -328,10 +349,21 @@ def _read_image(path: str) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            gray = im.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
-            arr = np.asarray(im.convert('L' if gray else 'RGB'), dtype=np.uint8)
+            im.load()
+            mode = im.mode
+            if mode.startswith(('I', 'F')):  # 16/32-bit integer or float pixels: convert('L') would clip them
+                raw = np.asarray(im)
+                arr = None
+            else:
+                gray = mode in ('1', 'L', 'LA')
+                arr = np.asarray(im.convert('L' if gray else 'RGB'), dtype=np.uint8)
     except Exception as e:  # PIL raises several types for unreadable files
         raise DataError(f'cannot read image {path} ({type(e).__name__}: {str(e).splitlines()[0]})') from None
+    if arr is None:
+        if not np.all(np.isfinite(raw)) or raw.min() < 0 or raw.max() > 255 or np.any(raw != np.round(raw)):
+            raise DataError(f'{path} is a {mode} image with values in {raw.min()}..{raw.max()}; gen_jax reads '
+                            '8-bit images (0..255): convert it to 8 bits')
+        arr = raw.astype(np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
 

@@ -7,13 +7,45 @@ import os
 import numpy as np
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def drop_records_after(workdir: str, step: int) -> int:
+  """Rewrites workdir/metrics.jsonl without the records of steps > `step`.
+
+  A run that resumes from checkpoint `step` logs the steps after it again;
+  the records the interrupted run wrote for them (and a last line cut short by
+  a kill) are dropped, so each step appears once. Returns how many lines went.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        keep = json.loads(line)["step"] <= step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return dropped
+
+
 class MetricWriter:
   """Appends {'step': s, name: value, ...} lines to metrics.jsonl and writes
   the same scalars to TensorBoard. Only the writing process should create one."""
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter  # Imported here: tests never need it.
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write_scalars(self, step: int, scalars: dict) -> None:

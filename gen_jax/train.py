@@ -11,12 +11,16 @@ else happens here once:
 
 The step is one jitted pure function `train_step(state, batch, key)`; the key
 of step s is fold_in(key, s), and batch s is a pure function of (seed, s), so
-a resumed run continues exactly as an uninterrupted one.
+a resumed run continues exactly as an uninterrupted one. How train() survives
+signals, kills, NaNs and changed configs is in its docstring.
 """
 
 import functools
 import json
 import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -29,7 +33,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from gen_jax import checkpoint, data, images, sharding
+from gen_jax import checkpoint, data, images, sharding, summary
 
 BuildFn = Callable[[ml_collections.ConfigDict, tuple], Any]
 
@@ -49,6 +53,22 @@ class TrainState:
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the flag."""
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a NaN/inf loss or gradient; the message names the step."""
+
+
+class TrainingInterrupted(Exception):
+  """train() stopped on a signal after saving a checkpoint at `step`.
+
+  Attributes: step, signal_number (signal.SIGTERM or SIGINT), workdir.
+  """
+
+  def __init__(self, step: int, signal_number: int, workdir: str):
+    self.step, self.signal_number, self.workdir = step, signal_number, workdir
+    super().__init__(f"training stopped by {signal.Signals(signal_number).name} after step {step}; "
+                     f"its checkpoint is saved in {checkpoint.checkpoint_dir(workdir)}")
 
 
 def validate_config(config) -> None:
@@ -71,6 +91,9 @@ def validate_config(config) -> None:
                       f"got {config.optim.schedule!r}")
   if config.optim.warmup_steps < 0:
     raise ConfigError(f"--config.optim.warmup_steps must be >= 0, got {config.optim.warmup_steps}")
+  if not isinstance(config.train.get("skip_nonfinite", False), bool):
+    raise ConfigError(f"--config.train.skip_nonfinite must be True or False, "
+                      f"got {config.train.skip_nonfinite!r}")
 
 
 def _get(config, path):
@@ -96,8 +119,22 @@ def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
   return optax.linear_schedule(0.0, optim.learning_rate, warmup)
 
 
-def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
-  """Gradient clipping by global norm (if grad_clip_norm > 0), then Adam/AdamW."""
+# With train.skip_nonfinite, this many non-finite gradients in a row stop training (NonFiniteError).
+MAX_CONSECUTIVE_NONFINITE = 20
+
+
+def make_optimizer(optim, num_steps: int,
+                   skip_nonfinite: bool = False) -> optax.GradientTransformation:
+  """Gradient clipping by global norm (if grad_clip_norm > 0), then Adam/AdamW,
+  inside optax.apply_if_finite.
+
+  With skip_nonfinite an update whose gradient has a NaN/inf is dropped (the
+  parameters and the inner optimizer state stay as they were) and counted in
+  the state's total_notfinite. Without it the wrapper lets every update through
+  (max_consecutive_errors=0), so it only adds the counters: the optimizer
+  state has the same structure either way and a run can be resumed with the
+  switch changed.
+  """
   lr = learning_rate_schedule(optim, num_steps)
   if optim.name == "adamw":
     opt = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
@@ -105,8 +142,9 @@ def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
   else:
     opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
   if optim.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), opt)
-  return opt
+    opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), opt)
+  return optax.apply_if_finite(
+      opt, MAX_CONSECUTIVE_NONFINITE if skip_nonfinite else 0)
 
 
 def init_state(model, tx, key) -> TrainState:
@@ -177,7 +215,8 @@ class _Setup:
       self.example_shape = tuple(self.dataset.example_shape)
     self.model = build(config, self.example_shape)
     self.lr_schedule = learning_rate_schedule(config.optim, config.train.num_steps)
-    self.tx = make_optimizer(config.optim, config.train.num_steps)
+    self.tx = make_optimizer(config.optim, config.train.num_steps,
+                             config.train.get("skip_nonfinite", False))
     self.init_key, self.train_key, self.sample_key = _keys(config.seed)
     self.replicated = sharding.replicated(self.mesh)
     abstract = jax.eval_shape(functools.partial(init_state, self.model, self.tx),
@@ -187,6 +226,7 @@ class _Setup:
         abstract)
     self.is_writer = jax.process_index() == 0
     if create_workdir:
+      _check_free_space(workdir, self.abstract_state, config.train.keep_checkpoints)
       _prepare_workdir(workdir)
     self.checkpoints = checkpoint.manager(
         workdir, config.train.keep_checkpoints, create=create_workdir)
@@ -234,9 +274,16 @@ DATA_SPEC = "data_spec.json"
 
 def _write_data_spec(workdir, dataset) -> None:
   """Records the data's kind and example shape, so sampling needs no data."""
-  with open(os.path.join(workdir, DATA_SPEC), "w") as f:
-    json.dump({"kind": dataset.kind,
-               "example_shape": list(dataset.example_shape)}, f)
+  _write_atomically(os.path.join(workdir, DATA_SPEC), json.dumps(
+      {"kind": dataset.kind, "example_shape": list(dataset.example_shape)}))
+
+
+def _write_atomically(path, text) -> None:
+  """Writes a small file so that a kill leaves either the old or the new one."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def _read_data_spec(workdir):
@@ -257,9 +304,9 @@ def _reference_points(config):
 
 
 def _prepare_workdir(workdir):
-  os.makedirs(workdir, exist_ok=True)
   probe = os.path.join(workdir, ".write_test")
   try:
+    os.makedirs(workdir, exist_ok=True)
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -281,49 +328,289 @@ def class_grid_labels(num_samples: int, num_classes: int):
 
 
 # ----------------------------------------------------------------------------
+# Resuming safely: config checks, disk space, signals
+# ----------------------------------------------------------------------------
+
+# Config keys a resumed run may change: they leave the model, the data and the
+# optimizer's state as they were (train.remat only recomputes the same values to
+# save memory). A key ending in "." covers its section. Every other difference
+# would make the resumed run a different run.
+RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.sample_every",
+                     "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.num_sample_images", "train.skip_nonfinite", "train.remat",
+                     "data.tfds_data_dir", "sample.", "eval.")
+_ABSENT = "<absent>"
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_changes(saved: dict, config) -> list[str]:
+  """'key: old -> new' for each key (dotted path) where `config` differs from
+  the saved config.json contents `saved`, outside RESUMABLE_CHANGES."""
+  old = _flatten(saved)
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
+      continue
+    before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+    if before != after:
+      show = lambda v: v if v is _ABSENT else json.dumps(v)
+      changes.append(f"{key}: {show(before)} -> {show(after)}")
+  return changes
+
+
+def check_resume_config(config, workdir) -> None:
+  """Raises ConfigError if `workdir` holds checkpoints of a run whose
+  config.json differs from `config` in a key outside RESUMABLE_CHANGES."""
+  path = os.path.join(workdir, "config.json")
+  if not (os.path.exists(path) and checkpoint.has_checkpoint(workdir)):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    logging.warning("cannot read %s (%s); resuming without comparing configs", path, e)
+    return
+  changes = config_changes(saved, config)
+  if changes:
+    shown = "; ".join(changes[:12])
+    if len(changes) > 12:
+      shown += f"; and {len(changes) - 12} more"
+    allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_CHANGES)
+    raise ConfigError(
+        f"--workdir={workdir} holds a run trained with a different config, so resuming it would "
+        f"not continue that run: {shown}. Use a new --workdir, or drop these overrides (a resumed "
+        f"run may change only {allowed})")
+
+
+def _check_resume_data(workdir, dataset) -> None:
+  """The data's kind and example shape must be those the checkpoints were trained on."""
+  path = os.path.join(workdir, DATA_SPEC)
+  if not (os.path.exists(path) and checkpoint.has_checkpoint(workdir)):
+    return
+  kind, shape = _read_data_spec(workdir)
+  now = (dataset.kind, tuple(dataset.example_shape))
+  if (kind, shape) != now:
+    raise ConfigError(
+        f"--workdir={workdir} was trained on {kind} data of shape {shape}, but {dataset.name} has "
+        f"{now[0]} data of shape {now[1]}; use a new --workdir for this data")
+
+
+def _check_free_space(workdir, abstract_state, keep_checkpoints) -> None:
+  """Fails at start-up, not at the first checkpoint, when the disk cannot hold the checkpoints.
+
+  A checkpoint is about the size of the train state (parameters, optimizer
+  state, EMA); orbax writes a new one before it deletes the oldest, so the
+  run needs room for keep_checkpoints + 1 of them, less those on disk already,
+  and at least one.
+  """
+  directory = checkpoint.checkpoint_dir(workdir)
+  num_saved = (sum(name.isdigit() for name in os.listdir(directory))
+               if os.path.isdir(directory) else 0)
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+  copies = max((keep_checkpoints or 1) + 1 - num_saved, 1)
+  need = copies * state_bytes + 16 * 2**20  # + logs and sample pictures
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):  # The workdir may not exist yet: ask its nearest ancestor.
+    existing = os.path.dirname(existing)
+  free = shutil.disk_usage(existing).free
+  if free < need:
+    raise ConfigError(
+        f"--workdir={workdir} has {_size(free)} free, but its checkpoints need about {_size(need)} "
+        f"({copies} x the {_size(state_bytes)} train state, for --config.train.keep_checkpoints="
+        f"{keep_checkpoints}); free some space, lower keep_checkpoints or choose another --workdir")
+
+
+def _size(num_bytes) -> str:
+  if num_bytes < 1024:
+    return f"{num_bytes:.0f} bytes"
+  for unit in ("kB", "MB", "GB", "TB"):
+    num_bytes /= 1024
+    if num_bytes < 1024 or unit == "TB":
+      return f"{num_bytes:.1f} {unit}"
+
+
+class _StopOnSignal:
+  """A context manager: the first SIGTERM or SIGINT only records itself in
+  `signal_number`, so the training loop can finish its step, save and stop.
+
+  A second one restores the previous handlers and hands the signal to its
+  previous handler at once (Python's SIGINT handler raises KeyboardInterrupt;
+  SIGTERM's default ends the process). The previous handlers come back on
+  exit. Only the main thread can install handlers; elsewhere, and for a
+  signal that is ignored (SIG_IGN) or handled outside Python, this does
+  nothing.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, announce: bool = True):
+    self.signal_number = None
+    self._announce = announce
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        previous = signal.getsignal(signum)
+        if previous is None or previous == signal.SIG_IGN:
+          continue
+        self._previous[signum] = previous
+        signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    name = signal.Signals(signum).name
+    if self.signal_number is None:
+      self.signal_number = signum
+      if self._announce:
+        print(f"\n{name} received: finishing this step and saving a checkpoint; "
+              f"send it again to stop at once without saving", flush=True)
+      return
+    previous = self._previous.get(signum, signal.SIG_DFL)
+    self._restore()
+    if callable(previous):
+      previous(signum, frame)
+    else:  # SIG_DFL: let the signal do what it does without us.
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+
+  def _restore(self):
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
+    return False
+
+
+def _reached_preemption(step: int) -> bool:
+  """Multi-process runs: JAX's preemption service catches SIGTERM on any host
+  and names a step at which all processes save (a local check per step)."""
+  if jax.process_count() == 1:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  try:
+    return multihost_utils.reached_preemption_sync_point(step)
+  except RuntimeError:  # the service is off (jax_enable_preemption_service=False)
+    return False
+
+
+def _nonfinite_message(bad_step, pending, last_saved, workdir, skip_nonfinite) -> str:
+  metrics = jax.device_get(dict(pending).get(bad_step, {}))
+  values = ", ".join(f"{k} {float(metrics[k]):.4g}" for k in ("loss", "grad_norm") if k in metrics)
+  newest = (f"the newest checkpoint is step {last_saved} in {checkpoint.checkpoint_dir(workdir)}"
+            if last_saved else "no checkpoint was written")
+  if skip_nonfinite:
+    what = (f"{MAX_CONSECUTIVE_NONFINITE} consecutive steps had a non-finite gradient, "
+            f"the last at step {bad_step}")
+    hint = "lower the learning rate or check the data"
+  else:
+    what = f"non-finite loss or gradient at step {bad_step} ({values})"
+    hint = ("lower the learning rate or check the data; --config.train.skip_nonfinite=True "
+            "skips such steps")
+  return f"{what}; stopped without saving it: {newest}. To go on, {hint}"
+
+
+# ----------------------------------------------------------------------------
 # Train
 # ----------------------------------------------------------------------------
 
 def train(config, workdir: str, build: BuildFn) -> TrainState:
-  """Trains (or resumes) the experiment in `workdir`; returns the final state."""
+  """Trains (or resumes) the experiment in `workdir`; returns the final state.
+
+  Faults, and what each costs:
+    * Resuming picks the newest checkpoint that restores completely
+      (checkpoint.restore_newest): a save cut short by a kill -9 is deleted and
+      an unreadable newer step set aside, both reported. So a kill at any
+      moment loses only the steps since the last checkpoint.
+    * SIGTERM or SIGINT (one process): the current step finishes, a checkpoint
+      is saved at it and TrainingInterrupted is raised; a second signal goes to
+      the previous handler at once; the previous handlers are restored on
+      return. With several processes, JAX's preemption service turns SIGTERM
+      on any host into a step at which all of them save and stop.
+    * A NaN/inf loss or gradient raises NonFiniteError naming the step, and
+      nothing after the last checkpoint is saved. The check is an on-device
+      flag set inside the jitted step and read only where the loop syncs
+      anyway (logs, samples, checkpoints). With train.skip_nonfinite, such an
+      update is skipped instead (optax.apply_if_finite), counted in the
+      metric skipped_nonfinite_steps, and only MAX_CONSECUTIVE_NONFINITE in a
+      row stop training.
+    * A config that differs from the workdir's config.json outside
+      RESUMABLE_CHANGES, data of another shape, a workdir that cannot be
+      written or a disk too full for the checkpoints raise ConfigError at
+      start-up, before anything is written.
+  """
+  validate_config(config)
+  check_resume_config(config, workdir)
   setup = _Setup(config, workdir, build)
   mesh, tc = setup.mesh, config.train
+  skip_nonfinite = tc.get("skip_nonfinite", False)
   if setup.is_writer:
     devices, processes = jax.device_count(), jax.process_count()
     print(f"Training on {devices} device{'s' * (devices > 1)} "
           f"({jax.devices()[0].platform}) in {processes} "
           f"process{'es' * (processes > 1)}; global batch {config.data.batch_size}")
-
-  if setup.is_writer:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    _write_data_spec(workdir, setup.dataset)
-
-  start_step = setup.checkpoints.latest_step()
-  if start_step is None:
-    init = jax.jit(functools.partial(init_state, setup.model, setup.tx),
-                   out_shardings=setup.replicated)
-    state = init(setup.init_key)
-    start_step = 0
-  else:
-    state = setup.restore()
-    logging.info("Resuming from checkpoint at step %d", start_step)
-    print(f"Resuming {workdir} from step {start_step}")
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("Parameters: %s", f"{num_params:,}")
-
-  batch_sharding = sharding.data_sharded(mesh)
-  train_step = jax.jit(
-      make_train_step(setup.model, setup.tx, tc.ema_decay, tc.ema_warmup,
-                      setup.lr_schedule),
-      in_shardings=(setup.replicated, batch_sharding, setup.replicated),
-      out_shardings=(setup.replicated, setup.replicated),
-      donate_argnums=0)
   num_classes = getattr(setup.model, "num_classes", 0)
   if num_classes and setup.dataset.num_classes != num_classes:
     raise ConfigError(
         f"--config.model.num_classes={num_classes} but the data "
         f"{setup.dataset.name!r} has {setup.dataset.num_classes or 'no'} classes")
+  _check_resume_data(workdir, setup.dataset)
+
+  report = print if setup.is_writer else (lambda message: None)
+  state, start_step = checkpoint.restore_newest(
+      setup.checkpoints, setup.abstract_state, report=report, is_writer=setup.is_writer)
+  if setup.is_writer:  # Only now: the checks above compare against the old ones.
+    _write_atomically(os.path.join(workdir, "config.json"),
+                      config.to_json_best_effort(indent=2, sort_keys=True))
+    _write_data_spec(workdir, setup.dataset)
+    # Steps logged after the checkpoint we resume from are about to be redone.
+    summary.drop_records_after(workdir, start_step or 0)
+  if state is None:
+    init = jax.jit(functools.partial(init_state, setup.model, setup.tx),
+                   out_shardings=setup.replicated)
+    state = init(setup.init_key)
+    start_step = 0
+  else:
+    logging.info("Resuming from checkpoint at step %d", start_step)
+    if setup.is_writer:
+      print(f"Resuming {workdir} from step {start_step}")
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Parameters: %s", f"{num_params:,}")
+
+  step_fn = make_train_step(setup.model, setup.tx, tc.ema_decay, tc.ema_warmup,
+                            setup.lr_schedule)
+
+  def guarded_step(state, batch, key, first_bad_step):
+    """train_step, plus first_bad_step: 0 while all is well, else the first
+    step (1-based, as checkpoints count) that went non-finite."""
+    new_state, metrics = step_fn(state, batch, key)
+    if skip_nonfinite:
+      ok = new_state.opt_state.notfinite_count < MAX_CONSECUTIVE_NONFINITE
+      metrics = dict(metrics, skipped_nonfinite_steps=new_state.opt_state.total_notfinite)
+    else:
+      ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    first_bad_step = jnp.where((first_bad_step == 0) & ~ok, state.step + 1, first_bad_step)
+    return new_state, metrics, first_bad_step
+
+  batch_sharding = sharding.data_sharded(mesh)
+  train_step = jax.jit(
+      guarded_step,
+      in_shardings=(setup.replicated, batch_sharding, setup.replicated, setup.replicated),
+      out_shardings=(setup.replicated, setup.replicated, setup.replicated),
+      donate_argnums=0)
+  first_bad_step = jax.device_put(np.int32(0), setup.replicated)
   sampler = setup.make_sampler(tc.num_sample_images, config.sample.sampler,
                                config.sample.num_steps, config.sample.eta,
                                config.sample.guidance_scale)
@@ -331,7 +618,6 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
                             if num_classes else (None, None))
   writer = None
   if setup.is_writer:
-    from gen_jax import summary  # tensorboardX only where logs are written.
     writer = summary.MetricWriter(workdir)
   samples_dir = os.path.join(workdir, "samples")
   if setup.is_writer:
@@ -341,50 +627,104 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
   batches = data.prefetch(data.train_iterator(
       setup.dataset, config.seed, config.data.batch_size, start_step,
       jax.process_index(), jax.process_count()))
-  pending = []
+  pending = []  # (step, metrics on device) since the last log
   progress = tqdm(total=tc.num_steps, initial=start_step, desc="train",
                   disable=not setup.is_writer, dynamic_ncols=True, mininterval=1.0)
-  last_time, last_step = time.time(), start_step
-  step = start_step
-  for step in range(start_step + 1, tc.num_steps + 1):
-    batch = sharding.shard_batch(next(batches), mesh)
-    state, metrics = train_step(state, batch, setup.train_key)
-    pending.append(metrics)
-    progress.update(1)
-    is_last = step == tc.num_steps
+  last = dict(time=time.time(), logged=start_step, saved=start_step)
 
-    if step % tc.log_every == 0 or is_last:
-      summary_values = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
-                        for k in pending[0]}
-      pending = []
-      now = time.time()
-      summary_values["steps_per_sec"] = (step - last_step) / max(now - last_time, 1e-9)
-      last_time, last_step = now, step
-      if not np.isfinite(summary_values["loss"]):
-        raise FloatingPointError(f"non-finite loss {summary_values['loss']} at step {step}")
-      progress.set_postfix(loss=f"{summary_values['loss']:.4f}")
-      if writer:
-        writer.write_scalars(step, summary_values)
+  def check_finite():
+    """Reads the on-device flag: a sync, so only where the loop syncs anyway."""
+    bad_step = int(jax.device_get(first_bad_step))
+    if bad_step:
+      raise NonFiniteError(_nonfinite_message(bad_step, pending, last["saved"], workdir,
+                                              skip_nonfinite))
 
-    if step % tc.sample_every == 0 or is_last:
-      samples = sampler(state.ema_params, jax.random.fold_in(setup.sample_key, step),
-                        grid_labels)
-      if setup.is_writer:
-        path = os.path.join(samples_dir, f"step_{step:07d}.png")
-        _save_samples_picture(path, samples, setup.kind, reference, grid_rows)
-        if setup.kind == "image":
-          writer.write_image(step, "samples", images.grid(images.to_uint8(samples)))
+  def write_logs(step):
+    host = jax.device_get([m for _, m in pending])
+    pending.clear()
+    summary_values = {}
+    for k in host[0]:
+      values = np.asarray([m[k] for m in host])
+      if k == "skipped_nonfinite_steps":  # a running total
+        summary_values[k] = float(values[-1])
+      else:  # Skipped steps' NaNs are left out of the average.
+        finite = values[np.isfinite(values)]
+        summary_values[k] = float(np.mean(finite)) if finite.size else float("nan")
+    now = time.time()
+    summary_values["steps_per_sec"] = (step - last["logged"]) / max(now - last["time"], 1e-9)
+    last.update(time=now, logged=step)
+    progress.set_postfix(loss=f"{summary_values['loss']:.4f}")
+    if writer:
+      writer.write_scalars(step, summary_values)
 
-    if step % tc.checkpoint_every == 0 or is_last:
-      checkpoint.save(setup.checkpoints, step, state)
-  progress.close()
-  if writer:
-    writer.close()
-  setup.checkpoints.close()
+  def save(step):
+    checkpoint.save(setup.checkpoints, step, state)
+    last["saved"] = step
+
+  def draw_samples(step):
+    samples = sampler(state.ema_params, jax.random.fold_in(setup.sample_key, step),
+                      grid_labels)
+    if setup.is_writer:
+      path = os.path.join(samples_dir, f"step_{step:07d}.png")
+      _save_samples_picture(path, samples, setup.kind, reference, grid_rows)
+      if setup.kind == "image":
+        writer.write_image(step, "samples", images.grid(images.to_uint8(samples)))
+
+  step, stopped_by = start_step, None
+  signals = _StopOnSignal(announce=setup.is_writer) if jax.process_count() == 1 else _NoSignals()
+  try:
+    with signals:
+      for step in range(start_step + 1, tc.num_steps + 1):
+        batch = sharding.shard_batch(next(batches), mesh)
+        state, metrics, first_bad_step = train_step(state, batch, setup.train_key, first_bad_step)
+        pending.append((step, metrics))
+        progress.update(1)
+        is_last = step == tc.num_steps
+        stopping = not is_last and (signals.signal_number is not None or _reached_preemption(step))
+        log_now = step % tc.log_every == 0 or is_last or stopping
+        sample_now = (step % tc.sample_every == 0 or is_last) and not stopping
+        save_now = step % tc.checkpoint_every == 0 or is_last or stopping
+        if log_now or sample_now or save_now:  # Syncs with the device here, not every step.
+          check_finite()
+        if log_now:
+          write_logs(step)
+        if save_now:  # Before sampling: a kill during a long sampler then costs nothing.
+          save(step)
+        if sample_now:
+          draw_samples(step)
+        if not stopping and not is_last and signals.signal_number is not None:
+          # The signal came while this step logged, saved or sampled: stop after it all the same.
+          stopping = True
+          check_finite()
+          if pending:
+            write_logs(step)
+          if not save_now:
+            save(step)
+        if stopping:
+          stopped_by = signals.signal_number or signal.SIGTERM  # (preemption: SIGTERM)
+          break
+  finally:
+    progress.close()
+    if writer:
+      writer.close()
+    setup.checkpoints.close()
+  if stopped_by is not None:
+    raise TrainingInterrupted(step, stopped_by, workdir)
   if setup.is_writer and step == tc.num_steps:
     final = os.path.join(samples_dir, f"step_{tc.num_steps:07d}.png")
     print(f"Done: {tc.num_steps} steps in {workdir}; samples: {final}")
   return state
+
+
+class _NoSignals:
+  """Stands in for _StopOnSignal where handlers are not installed."""
+  signal_number = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
 
 
 # ----------------------------------------------------------------------------

@@ -9,7 +9,11 @@ analytic model, as in the tests) plugs in:
   log_likelihood(x, z) -> log p(x|z)   (...,), summed over data dimensions
 
 `...` is any batch shape (usually (B,)); latents are vectors (a convolutional
-encoder flattens its output).
+encoder flattens its output). These shapes are checked when the functions are
+traced (ValueError), because broadcasting would otherwise turn a wrong shape
+into a silently wrong bound: a logvar of shape (B, 1) would give every latent
+dimension one variance, and a log_likelihood that forgot to sum over the data
+dimensions, (B, D), would be broadcast against the KL's (B,) when D == B.
 """
 
 import math
@@ -33,12 +37,16 @@ def reparameterize(key, mean, logvar) -> Array:
 
   Args:
     key: a PRNG key.
-    mean, logvar: arrays of the same shape.
+    mean, logvar: arrays of the same shape (logvar may also be a scalar or
+      anything else that broadcasts to mean's shape without enlarging it).
 
   Returns:
     z, of the shape of `mean`.
   """
   mean = jnp.asarray(mean)
+  if jnp.broadcast_shapes(mean.shape, jnp.shape(logvar)) != mean.shape:
+    raise ValueError(f"reparameterize: logvar of shape {jnp.shape(logvar)} does not fit mean of "
+                     f"shape {mean.shape}; give them the same shape")
   eps = jax.random.normal(key, jnp.shape(mean), dtype=mean.dtype)
   return mean + jnp.exp(0.5 * logvar) * eps
 
@@ -69,9 +77,9 @@ def elbo(key, x, encode: Encoder, log_likelihood: LogLikelihood) -> ELBO:
   Returns:
     ELBO record of per-example arrays of shape (...,).
   """
-  mean, logvar = encode(x)
+  mean, logvar = _encoding(encode, x)
   z = reparameterize(key, mean, logvar)
-  rec = log_likelihood(x, z)
+  rec = _check_per_example(log_likelihood(x, z), mean.shape[:-1])
   kl = jnp.sum(distributions.standard_normal_kl(mean, logvar), axis=-1)
   return ELBO(elbo=rec - kl, log_likelihood=rec, kl=kl)
 
@@ -104,14 +112,14 @@ def iwae_bound(key, x, encode: Encoder, log_likelihood: LogLikelihood,
   if chunk < 1 or num_samples % chunk:
     raise ValueError(f"iwae_bound: chunk_size={chunk_size} must divide "
                      f"num_samples={num_samples}")
-  mean, logvar = encode(x)
+  mean, logvar = _encoding(encode, x)
 
   def log_weights(chunk_key):
     eps = jax.random.normal(chunk_key, (chunk,) + mean.shape, mean.dtype)
     z = mean + jnp.exp(0.5 * logvar) * eps
     log_q = jnp.sum(distributions.normal_log_prob(z, mean, logvar), axis=-1)
     log_prior = jnp.sum(distributions.normal_log_prob(z, 0.0, 0.0), axis=-1)
-    log_lik = jax.vmap(lambda zk: log_likelihood(x, zk))(z)
+    log_lik = jax.vmap(lambda zk: _check_per_example(log_likelihood(x, zk), mean.shape[:-1]))(z)
     return log_lik + log_prior - log_q  # (chunk, ...)
 
   num_chunks = num_samples // chunk
@@ -124,3 +132,21 @@ def iwae_bound(key, x, encode: Encoder, log_likelihood: LogLikelihood,
     init = jnp.full(mean.shape[:-1], -jnp.inf, mean.dtype)
     total, _ = jax.lax.scan(body, init, jax.random.split(key, num_chunks))
   return total - math.log(num_samples)
+
+
+def _encoding(encode: Encoder, x) -> tuple[Array, Array]:
+  """encode(x), checked: mean and logvar of one shape (..., latent_dim)."""
+  mean, logvar = (jnp.asarray(a) for a in encode(x))
+  if mean.shape != logvar.shape or mean.ndim < 1:
+    raise ValueError(f"encode(x) returned mean of shape {mean.shape} and logvar of shape "
+                     f"{logvar.shape}; both must have the shape (..., latent_dim)")
+  return mean, logvar
+
+
+def _check_per_example(log_lik, batch_shape) -> Array:
+  """log_likelihood(x, z) must give one value per example: the encoder's batch shape."""
+  if jnp.shape(log_lik) != tuple(batch_shape):
+    raise ValueError(f"log_likelihood(x, z) returned shape {jnp.shape(log_lik)}; it must return "
+                     f"one value per example, shape {tuple(batch_shape)} (sum over the data "
+                     "dimensions)")
+  return log_lik

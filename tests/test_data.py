@@ -255,6 +255,37 @@ def test_npz_errors_name_the_file(tmp_path, arrays, match):
     assert 'bad_file.npz' in str(info.value)
 
 
+@pytest.mark.parametrize('arrays, match', [
+    (dict(images=np.full((3, 4, 4), 300, np.int64)), r'values in 300\.\.300.*0\.\.255'),
+    (dict(images=np.full((3, 4, 4), -2, np.int16)), r'values in -2\.\.-2'),
+    (dict(images=np.eye(4, dtype=np.uint8)[None].repeat(3, 0)), 'only 0s and 1s'),
+    (dict(images=np.ones((3, 4, 4), bool)), 'dtype bool'),
+    (dict(images=np.array(7, np.uint8)), 'no examples'),
+    (dict(points=np.array([[0.0, np.inf], [1.0, 2.0]])), 'NaN/inf'),
+    (dict(points=np.array([[0.0, 1e300], [1.0, 2.0]])), 'float32 range'),
+    (dict(points=np.zeros((3, 2), np.complex64)), 'points must be float'),
+    (dict(images=np.full((3, 4, 4), 9, np.uint8), test_images=np.full((2, 5, 4), 9, np.uint8)),
+     r"'test_images' has examples of shape \(5, 4, 1\) but 'images' has \(4, 4, 1\)"),
+    (dict(points=np.zeros((3, 2)), test_points=np.array([[np.nan, 0.0]])), "'test_points' has 1 NaN"),
+])
+def test_npz_bad_values_dtypes_and_shapes_name_the_file(tmp_path, arrays, match):
+    """Each problem is caught when the train split loads (at start-up), with the file and the problem named."""
+    path = tmp_path / 'bad_values.npz'
+    np.savez(path, **arrays)
+    with pytest.raises(data.DataError, match=match) as info:
+        data.load_dataset(config(source='npz', path=str(path)), 'train')
+    assert 'bad_values.npz' in str(info.value)
+
+
+def test_npz_integer_images_in_range_are_accepted(tmp_path):
+    images = np.arange(3 * 4 * 4).reshape(3, 4, 4) * 5  # int64 0..235, as np.array of Python ints gives
+    path = tmp_path / 'ints.npz'
+    np.savez(path, images=images)
+    ds = data.load_dataset(config(source='npz', path=str(path)), 'train')
+    batch = next(ds.eval_batches(3))
+    np.testing.assert_array_equal(batch['x'][..., 0], images.astype(np.float32) / np.float32(127.5) - 1)
+
+
 def test_npz_missing_and_unreadable(tmp_path):
     with pytest.raises(data.DataError, match='nothere.npz'):
         data.load_dataset(config(source='npz', path=str(tmp_path / 'nothere.npz')), 'train')
@@ -314,6 +345,28 @@ def test_folder_errors(tmp_path):
     with pytest.raises(data.DataError, match='c_odd.png') as info:
         data.load_dataset(config(source='folder', path=str(mixed)), 'train')
     assert '5x6' in str(info.value) and '4x4' in str(info.value)
+
+
+def test_folder_wide_pixels_must_fit_8_bits(tmp_path):
+    from PIL import Image
+    fits = tmp_path / 'fits'
+    fits.mkdir()
+    Image.fromarray(np.array([[0, 100], [3, 255]], np.uint16)).save(fits / 'a.png')  # a 16-bit PNG, 8-bit values
+    ds = data.load_dataset(config(source='folder', path=str(fits)), 'train')
+    np.testing.assert_array_equal(next(ds.eval_batches(1))['x'][0, ..., 0],
+                                  np.array([[0, 100], [3, 255]], np.float32) / np.float32(127.5) - 1)
+    wide = tmp_path / 'wide'
+    wide.mkdir()
+    Image.fromarray(np.array([[0, 1000], [3, 65535]], np.uint16)).save(wide / 'deep.png')
+    with pytest.raises(data.DataError, match=r'deep\.png is a I;16 image with values in 0\.\.65535.*8 bits'):
+        data.load_dataset(config(source='folder', path=str(wide)), 'train')  # convert('L') would clip them
+
+
+def test_folder_mixed_channels_name_the_file(tmp_path):
+    _write_png(tmp_path / 'a.png', np.full((4, 4, 3), 9, np.uint8))
+    _write_png(tmp_path / 'b_gray.png', np.full((4, 4), 9, np.uint8))
+    with pytest.raises(data.DataError, match=r'b_gray\.png is 4x4 with 1 channel\(s\) but a\.png is 4x4 with 3'):
+        data.load_dataset(config(source='folder', path=str(tmp_path)), 'train')
 
 
 # ---------------------------------------------------------------------------------------------------------------
