@@ -100,10 +100,14 @@ def define_flags(argv):
                       "sample and eval. The same workdir again resumes.")
   flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
   flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
-  flags.DEFINE_string("sampler", None, "--mode=sample: ddpm | ddim "
+  flags.DEFINE_string("sampler", None, "--mode=sample|eval: ddpm | ddim "
                       "(default: the config's sample.sampler).")
   flags.DEFINE_integer("sampling_steps", None,
-                       "--mode=sample: number of steps for ddim (default: config).")
+                       "--mode=sample|eval: number of steps for ddim (default: config).")
+  flags.DEFINE_string("inception_weights", None,
+                      "--mode=eval: .npz of the FID Inception-v3 weights (pytorch-fid's, "
+                      "converted with scripts/convert_inception_weights.py; see the README) "
+                      "for FID and Inception score on RGB images.")
   flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
   flags.DEFINE_bool("distributed", False,
                     "Multi-host: call jax.distributed.initialize() first (on a TPU "
@@ -188,7 +192,8 @@ def main(argv, module):
       train.sample(config, workdir, module.build, FLAGS.num_samples,
                    FLAGS.sampler, FLAGS.sampling_steps)
     else:
-      train.evaluate(config, workdir, module.build)
+      train.evaluate(config, workdir, module.build, FLAGS.sampler,
+                     FLAGS.sampling_steps, FLAGS.inception_weights)
   except (train.ConfigError, data.DataError, checkpoint.NoCheckpointError,
           ValueError) as e:
     if FLAGS.debug:

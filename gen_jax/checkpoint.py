@@ -1,13 +1,17 @@
-"""Checkpoints of the whole train state with orbax (the one module that imports it).
+"""Checkpoints of the whole train state with orbax (the one module that imports it),
+and single parameter trees as .npz files (the evaluation classifier's cache).
 
-Saves are atomic (orbax writes to a temporary directory and renames it), so a
-crash mid-save leaves the previous checkpoints intact.
+Saves are atomic (orbax writes to a temporary directory and renames it; npz
+files are written under a temporary name and renamed), so a crash mid-save
+leaves the previous files intact.
 """
 
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -48,3 +52,19 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
 def abstract_like(state):
   """ShapeDtypeStructs (with shardings) of a concrete or abstract pytree."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def save_params_npz(path: str, params) -> None:
+  """Writes a nested dict of arrays as an .npz, one entry per leaf, named by
+  its path joined with '/' (e.g. 'params/Dense_0/kernel')."""
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **{name: np.asarray(value) for name, value in flat.items()})
+  os.replace(tmp, path)
+
+
+def load_params_npz(path: str) -> dict:
+  """The nested dict of numpy arrays that `save_params_npz` wrote."""
+  with np.load(path, allow_pickle=False) as f:
+    flat = {name: f[name] for name in f.files}
+  return traverse_util.unflatten_dict(flat, sep="/")

@@ -25,7 +25,8 @@ def test_commands_use_known_experiments_and_flags():
   import run  # pylint: disable=import-outside-toplevel
   experiments = set(run.list_experiments())
   known_flags = {"experiment", "workdir", "mode", "num_samples", "sampler",
-                 "sampling_steps", "debug", "helpfull", "config", "distributed"}
+                 "sampling_steps", "debug", "helpfull", "config", "distributed",
+                 "inception_weights"}
   for block in _blocks("bash"):
     for line in block.splitlines():
       if not line.startswith("python run.py"):
