@@ -8,6 +8,7 @@ interface and nothing else:
   sample(params, key, num_samples, **sampler) -> samples in data space
   evaluate(params, batch, key) -> dict of per-example arrays (B,)
   describe_evaluate() -> {name: how `evaluate` computes it}, for eval.json
+  describe_sample(**sampler) -> how `sample` draws with these arguments
 
 Batches are dicts {'x': (B, *example_shape) float32} (images in [-1, 1],
 NHWC) with an optional boolean 'mask' in evaluation. The classes are frozen
@@ -99,6 +100,14 @@ class DiffusionModel:
       out["bits_per_dim"] = diffusion.vlb_bits_per_dim(
           vlb_key, eps_fn, self.schedule, x, self.variance, clip=False)
     return out
+
+  def describe_sample(self, sampler: str = "ddpm", num_steps: int | None = None,
+                      eta: float = 0.0) -> dict:
+    """The sampler and its settings as `sample` uses them."""
+    if sampler == "ddpm":
+      return {"sampler": "ddpm", "num_steps": self.schedule.num_timesteps,
+              "variance": self.variance}
+    return {"sampler": sampler, "num_steps": num_steps or self.schedule.num_timesteps, "eta": eta}
 
   def describe_evaluate(self) -> dict[str, str]:
     """How each figure of `evaluate` is computed."""
@@ -203,6 +212,11 @@ class VAEModel:
     if self.likelihood == "discretized_gaussian":
       out["bits_per_dim"] = -iwae / (math.prod(self.example_shape) * math.log(2))
     return out
+
+  def describe_sample(self, **unused) -> dict:
+    """How `sample` draws (it takes no sampler settings)."""
+    del unused
+    return {"sampler": "z ~ N(0, I), then the decoder's mean"}
 
   def describe_evaluate(self) -> dict[str, str]:
     """How each figure of `evaluate` is computed."""

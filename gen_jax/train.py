@@ -561,11 +561,12 @@ def _evaluate_samples(setup: _Setup, state: TrainState, sampler: str, num_steps,
   test_images = _read_images(setup.dataset)
   train_images = _read_images(train_dataset, num_samples)
   half = len(test_images) // 2
-  sample_setup = {
-      "num_samples": num_samples, "sampler": sampler,
-      "num_steps": num_steps or getattr(getattr(setup.model, "schedule", None), "num_timesteps", None),
-      "eta": eta, "checkpoint_step": int(state.step), "parameters": "ema",
-      "processing": "rounded to the 8-bit grid, as saved images"}
+  describe = getattr(setup.model, "describe_sample", None)
+  sample_setup = dict(
+      describe(sampler=sampler, num_steps=num_steps, eta=eta) if describe
+      else {"sampler": sampler, "num_steps": num_steps, "eta": eta},
+      num_samples=num_samples, checkpoint_step=int(state.step), parameters="ema",
+      processing="rounded to the 8-bit grid, as saved images")
   reference = {"test": f"all {len(test_images)} examples of {setup.dataset.name}",
                "train": f"the first {len(train_images)} examples of {train_dataset.name}",
                "test_halves": evaluation.split_description(len(test_images))}

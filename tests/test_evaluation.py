@@ -358,3 +358,16 @@ def test_eval_rejects_a_bad_sampler_before_the_likelihood(rgb_run):
         train.evaluate(config, workdir, ddpm_digits.build, sampler='ddim', num_steps=50)  # T = 10
     with pytest.raises(train.ConfigError, match='--sampler=nope'):
         train.evaluate(config, workdir, ddpm_digits.build, sampler='nope')
+
+
+def test_models_describe_their_sampler_and_figures():
+    from experiments import vae_digits  # pylint: disable=import-outside-toplevel
+    config = ddpm_digits.get_config()
+    model = ddpm_digits.build(config, (8, 8, 1))
+    assert model.describe_sample(sampler='ddpm') == {'sampler': 'ddpm', 'num_steps': 1000, 'variance': 'small'}
+    assert model.describe_sample(sampler='ddim', num_steps=50, eta=0.5) == {'sampler': 'ddim', 'num_steps': 50,
+                                                                            'eta': 0.5}
+    assert 'T=1000' in model.describe_evaluate()['bits_per_dim']
+    vae_model = vae_digits.build(vae_digits.get_config(), (8, 8, 1))
+    assert 'decoder' in vae_model.describe_sample(sampler='ddim', num_steps=3)['sampler']
+    assert 'K=5000' in vae_model.describe_evaluate()['nll_iwae']
