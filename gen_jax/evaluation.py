@@ -291,7 +291,7 @@ def load_or_train_classifier(workdir: str, train_dataset, test_dataset, num_step
   if os.path.exists(info_path) and os.path.exists(params_path):
     with open(info_path) as f:
       info = json.load(f)
-    if {k: info.get(k) for k in want} == want:
+    if {k: info.get(k) for k in want} == want:  # info.json is written last: a complete cache
       params = checkpoint.load_params_npz(params_path)
       return net, jax.device_put(params, sharding.replicated(mesh)), info
     print(f"The cached evaluation classifier in {directory} was trained differently; training anew")
@@ -301,9 +301,12 @@ def load_or_train_classifier(workdir: str, train_dataset, test_dataset, num_step
               num_parameters=int(sum(x.size for x in jax.tree.leaves(params))))
   if write:
     os.makedirs(directory, exist_ok=True)
+    if os.path.exists(info_path):  # never an old description beside new parameters
+      os.remove(info_path)
     checkpoint.save_params_npz(params_path, jax.device_get(params))
-    with open(info_path, "w") as f:
+    with open(info_path + ".tmp", "w") as f:
       json.dump(info, f, indent=2, sort_keys=True)
+    os.replace(info_path + ".tmp", info_path)
   return net, params, info
 
 
