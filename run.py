@@ -110,12 +110,12 @@ def define_flags(argv):
   flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
   flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
   flags.DEFINE_enum("sampler", None, list(models.SAMPLERS),
-                    "--mode=sample, diffusion models: ddpm (all T steps, ancestral) "
+                    "--mode=sample|eval, diffusion models: ddpm (all T steps, ancestral) "
                     "| ddim | respaced (ancestral on fewer steps) | dpm++2m "
                     "(DPM-Solver++, 20 steps) | heun (EDM, 18 steps = 35 network "
                     "calls); default: the config's sample.sampler.")
   flags.DEFINE_integer("sampling_steps", None,
-                       "--mode=sample: number of steps for ddim, respaced, dpm++2m "
+                       "--mode=sample|eval: number of steps for ddim, respaced, dpm++2m "
                        "and heun (default: config, else T, 20 and 18).")
   flags.DEFINE_integer("class_label", None,
                        "--mode=sample, class-conditional models: draw this class "
@@ -124,6 +124,10 @@ def define_flags(argv):
                      "--mode=sample, class-conditional models: classifier-free "
                      "guidance w, eps = (1 + w) eps(x, c) - w eps(x, null) "
                      "(default: the config's sample.guidance_scale).")
+  flags.DEFINE_string("inception_weights", None,
+                      "--mode=eval: .npz of the FID Inception-v3 weights (pytorch-fid's, "
+                      "converted with scripts/convert_inception_weights.py; see the README) "
+                      "for FID and Inception score on RGB images.")
   flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
   flags.DEFINE_bool("distributed", False,
                     "Multi-host: call jax.distributed.initialize() first (on a TPU "
@@ -236,7 +240,8 @@ def main(argv, module):
                    FLAGS.sampler, FLAGS.sampling_steps,
                    class_label=FLAGS.class_label, guidance_scale=FLAGS.guidance_scale)
     else:
-      train.evaluate(config, workdir, module.build)
+      train.evaluate(config, workdir, module.build, FLAGS.sampler,
+                     FLAGS.sampling_steps, FLAGS.inception_weights)
   except train.TrainingInterrupted as e:
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:

@@ -3,7 +3,7 @@
 Run (needs TFDS's cifar10; see the README for preparing it):
   python run.py --experiment=ddpm_cifar --workdir=runs/cifar
   python run.py --experiment=ddpm_cifar --workdir=runs/cifar --mode=sample --num_samples=64
-  python run.py --experiment=ddpm_cifar --workdir=runs/cifar --mode=eval
+  python run.py --experiment=ddpm_cifar --workdir=runs/cifar --mode=eval --inception_weights=pt_inception-2015-12-05.npz
 
 The paper's setup: U-Net ch=128, ch_mult=(1, 2, 2, 2), 2 residual blocks per
 resolution, self-attention at 16x16, dropout 0.1, GroupNorm(32), swish,
@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.sampler = "ddpm"
   config.sample.batch_size = 256
   config.eval.batch_size = 256
+  # The paper's FID: 50k samples against the 50k training images (Inception
+  # features, --inception_weights); 1000-step DDPM makes that hours on one GPU.
+  config.eval.num_samples = 50_000
+  config.eval.classifier_steps = 10_000
   return config
 
 

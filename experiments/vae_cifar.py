@@ -2,7 +2,7 @@
 
 Run (needs TFDS's cifar10):
   python run.py --experiment=vae_cifar --workdir=runs/vae_cifar
-  python run.py --experiment=vae_cifar --workdir=runs/vae_cifar --mode=eval
+  python run.py --experiment=vae_cifar --workdir=runs/vae_cifar --mode=eval --inception_weights=pt_inception-2015-12-05.npz
 """
 
 import ml_collections
@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.random_flip = True
 
   config.model = ml_collections.ConfigDict(dict(
-      channels=(64, 128, 256), latent_dim=128, iwae_samples=1000, iwae_chunk=100))
+      channels=(64, 128, 256), latent_dim=128, iwae_samples=5000, iwae_chunk=100))
 
   config.train.num_steps = 200_000
   config.train.sample_every = 10_000
@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 1000
   config.eval.batch_size = 100
+  config.eval.num_samples = 50_000
+  config.eval.classifier_steps = 10_000
   return config
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints of the whole train state with orbax (the one module that imports it).
+"""Checkpoints of the whole train state with orbax (the one module that imports it),
+and single parameter trees as .npz files (the evaluation classifier's cache).
 
 Saves are atomic: orbax 0.12.8 writes step N into `N.orbax-checkpoint-tmp`
 (and `commit_success.txt` into it last), then renames it to `N`. A process
@@ -7,6 +8,8 @@ killed mid-save therefore leaves the previous checkpoints intact plus a
 can still be unreadable (a disk error, a partial copy, a hand edit), so
 resuming goes through `restore_newest`, which tries the steps newest first and
 sets aside (and reports) the ones that cannot be restored.
+Small numpy pytrees (the evaluation classifier) are saved as npz files under a
+temporary name and renamed.
 """
 
 import contextlib
@@ -26,6 +29,7 @@ from absl import logging
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 # workdir/corrupt_checkpoints/<step>-<time>: unreadable steps, set aside for a post-mortem.
 CORRUPT_DIR = "corrupt_checkpoints"
+from flax import traverse_util
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -180,3 +184,19 @@ def _check_finite(state) -> None:
 def abstract_like(state):
   """ShapeDtypeStructs (with shardings) of a concrete or abstract pytree."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def save_params_npz(path: str, params) -> None:
+  """Writes a nested dict of arrays as an .npz, one entry per leaf, named by
+  its path joined with '/' (e.g. 'params/Dense_0/kernel')."""
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **{name: np.asarray(value) for name, value in flat.items()})
+  os.replace(tmp, path)
+
+
+def load_params_npz(path: str) -> dict:
+  """The nested dict of numpy arrays that `save_params_npz` wrote."""
+  with np.load(path, allow_pickle=False) as f:
+    flat = {name: f[name] for name in f.files}
+  return traverse_util.unflatten_dict(flat, sep="/")

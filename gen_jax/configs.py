@@ -53,5 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 128
-  config.eval.num_examples = 0        # 0: the whole test split
+  config.eval.num_examples = 0        # likelihood on the first N test examples; 0: all
+  config.eval.num_samples = 1000      # sample quality from N samples; 0: skip it
+  config.eval.classifier_steps = 2000 # training steps of the evaluation classifier
   return config

@@ -7,6 +7,8 @@ interface and nothing else:
   loss(params, batch, key, train) -> (scalar loss, metrics dict of scalars)
   sample(params, key, num_samples, **sampler) -> samples in data space
   evaluate(params, batch, key) -> dict of per-example arrays (B,)
+  describe_evaluate() -> {name: how `evaluate` computes it}, for eval.json
+  describe_sample(**sampler) -> how `sample` draws with these arguments
 
 Batches are dicts {'x': (B, *example_shape) float32} (images in [-1, 1],
 NHWC) with an optional boolean 'mask' in evaluation. The classes are frozen
@@ -175,6 +177,26 @@ class DiffusionModel:
           vlb_key, eps_fn, self.schedule, x, self.variance, clip=False)
     return out
 
+  def describe_sample(self, sampler: str = "ddpm", num_steps: int | None = None,
+                      eta: float = 0.0) -> dict:
+    """The sampler and its settings as `sample` uses them."""
+    if sampler == "ddpm":
+      return {"sampler": "ddpm", "num_steps": self.schedule.num_timesteps,
+              "variance": self.variance}
+    return {"sampler": sampler, "num_steps": num_steps or self.schedule.num_timesteps, "eta": eta}
+
+  def describe_evaluate(self) -> dict[str, str]:
+    """How each figure of `evaluate` is computed."""
+    out = {"loss": "L_simple: mean over dimensions of (eps - eps_model(x_t, t))^2, one t ~ U{0..T-1} "
+                   "and one eps per example"}
+    if len(self.example_shape) == 3:
+      out["bits_per_dim"] = (
+          f"the full variational bound (Ho et al. 2020, Table 2): KL of the prior plus all "
+          f"T={self.schedule.num_timesteps} terms, each at one x_t ~ q(x_t | x_0), the t=0 term a "
+          f"discretized Gaussian on the 8-bit grid, reverse variance '{self.variance}'; "
+          f"divided by D ln 2")
+    return out
+
 
 @dataclasses.dataclass(frozen=True)
 class VAEModel:
@@ -265,6 +287,25 @@ class VAEModel:
            "kl": terms.kl, "nll_iwae": -iwae}
     if self.likelihood == "discretized_gaussian":
       out["bits_per_dim"] = -iwae / (math.prod(self.example_shape) * math.log(2))
+    return out
+
+  def describe_sample(self, **unused) -> dict:
+    """How `sample` draws (it takes no sampler settings)."""
+    del unused
+    return {"sampler": "z ~ N(0, I), then the decoder's mean"}
+
+  def describe_evaluate(self) -> dict[str, str]:
+    """How each figure of `evaluate` is computed."""
+    data = ("dynamically binarized test data (one Bernoulli draw of each image per evaluation)"
+            if self.likelihood == "bernoulli" and self.binarize else "the test data")
+    chunks = f", in chunks of {self.iwae_chunk}" if self.iwae_chunk else ""
+    out = {"elbo": f"ELBO in nats on {data}: one z ~ q(z|x), analytic KL",
+           "log_likelihood": "the ELBO's reconstruction term log p(x|z), one z ~ q(z|x)",
+           "kl": "the ELBO's KL(q(z|x) || N(0, I)), analytic",
+           "nll_iwae": f"test negative log-likelihood in nats: -L_K, the importance-weighted bound "
+                       f"with K={self.iwae_samples} samples per example{chunks}, on {data}"}
+    if self.likelihood == "discretized_gaussian":
+      out["bits_per_dim"] = "nll_iwae / (D ln 2), D the number of dimensions (8-bit data)"
     return out
 
 

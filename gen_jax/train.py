@@ -7,7 +7,8 @@ else happens here once:
   train(config, workdir, build)     train with periodic logs, sample grids and
                                     checkpoints; resumes from workdir
   sample(config, workdir, build, …) samples.npz + PNG from the EMA parameters
-  evaluate(config, workdir, build)  per-example metrics on the test split
+  evaluate(config, workdir, build, …)  likelihood on the test split and
+                                    sample quality; eval.json
 
 The step is one jitted pure function `train_step(state, batch, key)`; the key
 of step s is fold_in(key, s), and batch s is a pure function of (seed, s), so
@@ -33,7 +34,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from gen_jax import checkpoint, data, images, sharding, summary
+from gen_jax import checkpoint, data, evaluation, images, inception, sharding, summary
 
 BuildFn = Callable[[ml_collections.ConfigDict, tuple], Any]
 
@@ -799,36 +800,203 @@ def sample(config, workdir: str, build: BuildFn, num_samples: int,
 # Evaluate
 # ----------------------------------------------------------------------------
 
-def evaluate(config, workdir: str, build: BuildFn) -> dict:
-  """Averages model.evaluate over the test split (EMA parameters); writes eval.json."""
+def _validate_eval_config(config) -> None:
+  num_samples = config.eval.num_samples
+  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or (
+      num_samples < 2 and num_samples != 0):
+    raise ConfigError(f"--config.eval.num_samples must be 0 (no sample quality) or at least 2, "
+                      f"got {num_samples!r}")
+  steps = config.eval.classifier_steps
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+    raise ConfigError(f"--config.eval.classifier_steps must be a positive integer, got {steps!r}")
+  limit = config.eval.num_examples
+  if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+    raise ConfigError(f"--config.eval.num_examples must be 0 (the whole split) or positive, got {limit!r}")
+
+
+def evaluate(config, workdir: str, build: BuildFn, sampler: str | None = None,
+             num_steps: int | None = None, inception_weights: str | None = None) -> dict:
+  """Evaluates the latest checkpoint's EMA parameters; writes workdir/eval.json.
+
+  eval.json:
+    checkpoint_step, parameters ('ema'), seconds (wall time per part);
+    likelihood: model.evaluate averaged over the test split (the first
+      eval.num_examples, or all): diffusion L_simple and the full bound in
+      bits/dim; VAE ELBO terms, IWAE NLL in nats (and bits/dim); with `setup`
+      saying how each is computed;
+    sample_quality: for image data with labels, eval.num_samples samples
+      (sampler and steps from the arguments or config.sample) against real
+      data in the feature space of the evaluation classifier
+      (gen_jax.evaluation): Fréchet distances and IS-like scores with their
+      real-data floors, the classifier's test accuracy and every setting;
+    inception: the same with the FID Inception-v3 (RGB data): FID and IS when
+      `inception_weights` (an .npz, see gen_jax.inception) is given, else
+      {'skipped': why}.
+  A part that cannot be computed holds {'skipped': why} instead.
+  """
+  _validate_eval_config(config)
+  if inception_weights and not os.path.isfile(os.path.expanduser(inception_weights)):
+    raise ConfigError(f"--inception_weights={inception_weights} is not a file")
   _require_checkpoint(workdir, "--mode=eval")
   setup = _Setup(config, workdir, build, split="test", create_workdir=False)
+  sharding.check_batch_size(config.eval.batch_size, setup.mesh, "eval.batch_size")
   state = setup.restore()
+  sampler = sampler or config.sample.sampler
+  num_steps = num_steps or config.sample.num_steps
+  if config.eval.num_samples and setup.kind == "image":
+    # A bad sampler name or step count fails now, not after the likelihood.
+    try:
+      jax.eval_shape(functools.partial(setup.model.sample, num_samples=2, sampler=sampler,
+                                       num_steps=num_steps, eta=config.sample.eta),
+                     state.ema_params, setup.sample_key)
+    except ValueError as e:
+      raise ConfigError(f"--sampler={sampler} --sampling_steps={num_steps}: {e}") from None
+
+  results = {"checkpoint_step": int(state.step), "parameters": "ema", "seconds": {}}
+  start = time.time()
+  results["likelihood"] = _evaluate_likelihood(setup, state)
+  results["seconds"]["likelihood"] = round(time.time() - start, 1)
+  start = time.time()
+  results.update(_evaluate_samples(setup, state, sampler, num_steps, inception_weights))
+  results["seconds"]["sample_quality"] = round(time.time() - start, 1)
+  if setup.is_writer:
+    path = os.path.join(workdir, "eval.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    print(evaluation.summary(results, workdir))
+  return results
+
+
+def _evaluate_likelihood(setup: _Setup, state: TrainState) -> dict:
+  """model.evaluate averaged over the test split (or its first eval.num_examples)."""
+  config = setup.config
   batch_size = config.eval.batch_size
-  sharding.check_batch_size(batch_size, setup.mesh, "eval.batch_size")
   batch_sharding = sharding.data_sharded(setup.mesh)
   evaluate_fn = jax.jit(setup.model.evaluate,
                         in_shardings=(setup.replicated, batch_sharding, setup.replicated))
   key = jax.random.fold_in(setup.sample_key, 2 * 10**9)
   totals, count = {}, 0
-  limit = config.eval.get("num_examples") or None
+  limit = config.eval.num_examples or None
+  wanted = min(setup.dataset.num_examples, limit or setup.dataset.num_examples)
   batches = setup.dataset.eval_batches(batch_size, jax.process_index(),
                                        jax.process_count())
   with jax.default_matmul_precision("highest"):
-    for i, batch in enumerate(tqdm(batches, desc="eval", disable=not setup.is_writer)):
+    for i, batch in enumerate(tqdm(batches, desc="eval: likelihood", total=-(-wanted // batch_size),
+                                   disable=not setup.is_writer, dynamic_ncols=True)):
       mask = np.asarray(batch.pop("mask", np.ones(len(batch["x"]), bool)))
       values = jax.device_get(evaluate_fn(state.ema_params,
-                                          sharding.shard_batch(batch, setup.mesh),
+                                          sharding.shard_batch({"x": batch["x"]}, setup.mesh),
                                           jax.random.fold_in(key, i)))
       for name, v in values.items():
         totals[name] = totals.get(name, 0.0) + float(np.sum(np.asarray(v)[mask]))
       count += int(mask.sum())
       if limit and count >= limit:
         break
-  results = {name: total / max(count, 1) for name, total in totals.items()}
-  results.update(checkpoint_step=int(state.step), num_examples=count, split="test")
-  if setup.is_writer:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
-  print(json.dumps(results, indent=2, sort_keys=True))
-  return results
+  out = {name: total / max(count, 1) for name, total in totals.items()}
+  describe = getattr(setup.model, "describe_evaluate", None)
+  out.update(split="test", data=setup.dataset.name, num_examples=count, batch_size=batch_size,
+             setup=describe() if describe else {})
+  return out
+
+
+def _read_images(dataset, limit: int | None = None) -> np.ndarray:
+  """The first `limit` (default: all) examples of a split, in index order, (N, H, W, C) in [-1, 1]."""
+  wanted = dataset.num_examples if limit is None else min(limit, dataset.num_examples)
+  parts, count = [], 0
+  for batch in dataset.eval_batches(256):
+    parts.append(batch["x"][batch["mask"]])
+    count += len(parts[-1])
+    if count >= wanted:
+      break
+  return np.concatenate(parts)[:wanted]
+
+
+def _draw_samples(setup: _Setup, params, num_samples: int, sampler: str, num_steps, eta: float):
+  """num_samples samples in chunks of at most sample.batch_size, rounded to the 8-bit grid."""
+  num_chunks = -(-num_samples // setup.config.sample.batch_size)
+  per_chunk = -(-num_samples // num_chunks)
+  draw = setup.make_sampler(per_chunk, sampler, num_steps, eta)
+  key = jax.random.fold_in(setup.sample_key, 3 * 10**9)
+  chunks = [draw(params, jax.random.fold_in(key, i))
+            for i in tqdm(range(num_chunks), desc=f"eval: {num_samples} samples ({sampler})",
+                          disable=not setup.is_writer, dynamic_ncols=True)]
+  return evaluation.to_8bit_grid(np.concatenate(chunks)[:num_samples])
+
+
+def _evaluate_samples(setup: _Setup, state: TrainState, sampler: str, num_steps,
+                      inception_weights: str | None) -> dict:
+  """The 'sample_quality' and 'inception' sections of eval.json."""
+  config, mesh = setup.config, setup.mesh
+  num_samples = config.eval.num_samples
+  wants_inception = setup.kind == "image" and (
+      bool(inception_weights) or setup.example_shape[-1] == 3)
+  if not num_samples:
+    return {"sample_quality": {"skipped": "--config.eval.num_samples=0"}}
+  if setup.kind != "image":
+    return {"sample_quality": {"skipped": f"sample quality is measured on images; "
+                                          f"{setup.dataset.name} holds {setup.kind}"}}
+  train_dataset = data.load_dataset(config.data, "train")
+  labelled = train_dataset.num_classes is not None
+  if not labelled and not wants_inception:
+    return {"sample_quality": {"skipped": f"{train_dataset.name} has no labels to train the "
+                                          "evaluation classifier on"}}
+
+  batch_size = config.eval.batch_size
+  eta = config.sample.eta
+  samples = _draw_samples(setup, state.ema_params, num_samples, sampler, num_steps, eta)
+  test_images = _read_images(setup.dataset)
+  train_images = _read_images(train_dataset, num_samples)
+  half = len(test_images) // 2
+  describe = getattr(setup.model, "describe_sample", None)
+  sample_setup = dict(
+      describe(sampler=sampler, num_steps=num_steps, eta=eta) if describe
+      else {"sampler": sampler, "num_steps": num_steps, "eta": eta},
+      num_samples=num_samples, checkpoint_step=int(state.step), parameters="ema",
+      processing="rounded to the 8-bit grid, as saved images")
+  reference = {"test": f"all {len(test_images)} examples of {setup.dataset.name}",
+               "train": f"the first {len(train_images)} examples of {train_dataset.name}",
+               "test_halves": evaluation.split_description(len(test_images))}
+  out = {}
+
+  def figures(fn, params, name, num_splits):
+    outputs = [evaluation.map_batches(fn, params, images_, batch_size, mesh,
+                                      desc=f"eval: {name} features of {what}" if setup.is_writer else None)
+               for what, images_ in (("samples", samples), ("test", test_images),
+                                     ("train", train_images))]
+    return evaluation.sample_quality(*outputs, num_splits=num_splits)
+
+  if labelled:
+    net, params, info = evaluation.load_or_train_classifier(
+        setup.workdir, train_dataset, setup.dataset, config.eval.classifier_steps, config.seed,
+        mesh, batch_size, write=setup.is_writer)
+    fn = evaluation.jit_for_mesh(evaluation.classifier_outputs(net), mesh)
+    out["sample_quality"] = dict(
+        figures(fn, params, "classifier", 1), samples=sample_setup, reference=reference,
+        feature_space=dict(
+            info, network="gen_jax.nets.ImageClassifier",
+            features=f"its penultimate layer ({info['feature_dim']}-d, after ReLU)",
+            probabilities=f"its softmax over {info['num_classes']} classes (IS-like score, at most "
+                          f"{info['num_classes']})",
+            path=os.path.join(setup.workdir, evaluation.CLASSIFIER_DIR)))
+  else:
+    out["sample_quality"] = {"skipped": f"{train_dataset.name} has no labels to train the "
+                                        "evaluation classifier on"}
+
+  if wants_inception:
+    if not inception_weights:
+      out["inception"] = {"skipped": "no --inception_weights=PATH given: FID and Inception score need "
+                                     "the FID Inception-v3 weights (see the README)"}
+    else:
+      variables = jax.device_put(inception.load_variables(inception_weights), setup.replicated)
+      fn = evaluation.jit_for_mesh(inception.outputs_fn(), mesh)
+      with jax.default_matmul_precision("highest"):
+        found = figures(fn, variables, "Inception", min(10, num_samples, half))
+      out["inception"] = dict(
+          {k.replace("fd_", "fid_", 1): v for k, v in found.items()},
+          samples=sample_setup, reference=reference, weights=os.path.abspath(inception_weights),
+          feature_space={"network": "FID Inception-v3 (gen_jax.inception, pytorch-fid's graph)",
+                         "features": "2048-d pool features", "probabilities": "softmax over 1008 logits",
+                         "is_splits": min(10, num_samples, half)})
+  return out

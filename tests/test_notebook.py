@@ -14,7 +14,7 @@ def test_colab_notebook_executes(tmp_path, monkeypatch):
   overrides = {"model.ch": 8, "model.ch_mult": [1, 2], "model.num_res_blocks": 1,
                "model.num_groups": 4, "diffusion.num_timesteps": 20, "data.batch_size": 8,
                "train.num_sample_images": 4, "sample.num_steps": 2, "eval.batch_size": 16,
-               "eval.num_examples": 16}
+               "eval.num_examples": 16, "eval.num_samples": 16, "eval.classifier_steps": 20}
   workdir = tmp_path / "run"
   monkeypatch.setenv("NOTEBOOK_EXPERIMENT", "ddpm_digits")
   monkeypatch.setenv("NOTEBOOK_WORKDIR", str(workdir))
@@ -33,5 +33,5 @@ def test_colab_notebook_executes(tmp_path, monkeypatch):
              for o in outputs), "the sample grid is shown inline"
   with open(workdir / "eval.json") as f:
     results = json.load(f)
-  assert results["num_examples"] == 16 and results["bits_per_dim"] > 0
+  assert results["likelihood"]["num_examples"] == 16 and results["likelihood"]["bits_per_dim"] > 0
   assert (workdir / "checkpoints" / "2").is_dir()

@@ -26,7 +26,7 @@ def test_commands_use_known_experiments_and_flags():
   experiments = set(run.list_experiments())
   known_flags = {"experiment", "workdir", "mode", "num_samples", "sampler",
                  "sampling_steps", "debug", "helpfull", "config", "distributed",
-                 "class_label", "guidance_scale"}
+                 "class_label", "guidance_scale", "inception_weights"}
   for block in _blocks("bash"):
     for line in block.splitlines():
       if "python run.py" not in line:

@@ -93,7 +93,10 @@ def test_toy2d_train_resume_sample_eval_with_default_workdir(env, tmp_path):
     run(env, cwd, *TOY2D, '--mode=eval', f'--workdir={workdir}')
     with open(os.path.join(workdir, 'eval.json')) as f:
         results = json.load(f)
-    assert results['checkpoint_step'] == 4 and results['num_examples'] == 100 and np.isfinite(results['loss'])
+    likelihood = results['likelihood']
+    assert results['checkpoint_step'] == 4 and likelihood['num_examples'] == 100
+    assert np.isfinite(likelihood['loss']) and likelihood['split'] == 'test'
+    assert 'points' in results['sample_quality']['skipped']
 
 
 def test_digits_train_resume_sample_eval(env, tmp_path):
@@ -115,11 +118,35 @@ def test_digits_train_resume_sample_eval(env, tmp_path):
     with Image.open(os.path.join(workdir, 'samples.png')) as im:
         assert im.size[0] >= 8 and im.size[1] >= 8
 
-    run(env, cwd, *DIGITS, '--mode=eval', f'--workdir={workdir}')
+    quality_flags = ['--config.eval.num_samples=32', '--config.eval.classifier_steps=20']
+    result = run(env, cwd, *DIGITS, '--mode=eval', f'--workdir={workdir}', *quality_flags, '--sampler=ddim',
+                 '--sampling_steps=3')
     with open(os.path.join(workdir, 'eval.json')) as f:
         results = json.load(f)
-    assert results['checkpoint_step'] == 3 and results['num_examples'] == 8
-    assert np.isfinite(results['loss']) and np.isfinite(results['bits_per_dim']) and results['bits_per_dim'] > 0
+    assert results['checkpoint_step'] == 3 and results['parameters'] == 'ema'
+    likelihood = results['likelihood']
+    assert likelihood['num_examples'] == 8 and likelihood['split'] == 'test' and likelihood['data'] == 'digits/test'
+    assert np.isfinite(likelihood['loss']) and np.isfinite(likelihood['bits_per_dim']) and likelihood['bits_per_dim'] > 0
+    assert 'T=20' in likelihood['setup']['bits_per_dim'] and 'L_simple' in likelihood['setup']['loss']
+    quality = results['sample_quality']
+    for key in ('fd_samples_vs_test', 'fd_samples_vs_train', 'fd_train_vs_test', 'fd_test_halves'):
+        assert np.isfinite(quality[key]) and quality[key] >= -1e-6, (key, quality[key])
+    assert 1.0 <= quality['is_samples'] <= 10.0 and 1.0 <= quality['is_test'] <= 10.0
+    assert quality['samples'] == {'num_samples': 32, 'sampler': 'ddim', 'num_steps': 3, 'eta': 0.0,
+                                  'checkpoint_step': 3, 'parameters': 'ema',
+                                  'processing': 'rounded to the 8-bit grid, as saved images'}
+    space = quality['feature_space']
+    assert space['num_steps'] == 20 and 0.0 <= space['test_accuracy'] <= 1.0 and space['data'] == 'digits/train'
+    assert quality['reference']['test'] == 'all 360 examples of digits/test'
+    assert 'inception' not in results  # grayscale data: no Inception section unless weights are given
+    assert os.path.isfile(os.path.join(workdir, 'eval_classifier', 'params.npz'))
+    for text in ('bits/dim', 'L_simple', 'test halves', 'IS-like', 'eval.json'):
+        assert text in result.stdout, text
+
+    result = run(env, cwd, *DIGITS, '--mode=eval', f'--workdir={workdir}', *quality_flags, '--sampler=nope',
+                 check=False)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert any('--sampler=nope' in line for line in result.stderr.splitlines()), result.stderr
     assert not os.path.exists(os.path.join(cwd, 'runs'))
 
 

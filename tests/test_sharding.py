@@ -126,6 +126,30 @@ def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
   np.testing.assert_allclose(samples[8], samples[1], rtol=1e-5, atol=1e-5)
 
 
+def test_eval_is_independent_of_device_count(env, tmp_path):
+  """--mode=eval on 8 devices (bound, sampling, classifier training, features) gives what 1 device gives."""
+  digits = ["--experiment=ddpm_digits", "--config.model.ch=8", "--config.model.ch_mult=(1,)",
+            "--config.model.num_groups=4", "--config.model.attn_resolutions=()",
+            "--config.diffusion.num_timesteps=10", "--config.data.batch_size=8",
+            "--config.train.num_sample_images=8", "--config.sample.num_steps=2",
+            "--config.eval.batch_size=16", "--config.eval.num_examples=32",
+            "--config.eval.num_samples=24", "--config.eval.classifier_steps=10"]
+  fast = dict(env, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+  ok(run(fast, tmp_path, 1, *digits, f"--workdir={tmp_path / 'wd'}", "--config.train.num_steps=1"))
+  results = {}
+  for devices in (1, 8):  # Each run trains its own evaluation classifier.
+    workdir = tmp_path / f"wd{devices}"
+    subprocess.run(["cp", "-r", str(tmp_path / "wd"), str(workdir)], check=True)
+    ok(run(fast, tmp_path, devices, *digits, f"--workdir={workdir}", "--mode=eval"))
+    with open(workdir / "eval.json") as f:
+      results[devices] = json.load(f)
+  for section in ("likelihood", "sample_quality"):
+    numbers = {k: v for k, v in results[1][section].items() if isinstance(v, float)}
+    assert len(numbers) >= 2, numbers
+    for key, value in numbers.items():
+      np.testing.assert_allclose(results[8][section][key], value, rtol=1e-4, err_msg=key)
+
+
 def test_batch_not_divisible_by_devices_fails_clearly(env, tmp_path):
   result = run(env, tmp_path, 8, *TOY2D, "--config.data.batch_size=12",
                f"--workdir={tmp_path / 'wd'}", "--config.train.num_steps=2")

@@ -1,0 +1,429 @@
+"""Sample quality: Fréchet distance and an Inception-score-like figure in a feature space.
+
+The math (pure; numpy in -> numpy float64 out, the host-side path of
+`--mode=eval`; jax arrays in -> jax out, under jax.jit and jax.vmap):
+
+  feature_statistics(features) -> (mean, cov)       mean (D,), cov (D, D), ddof 1
+  frechet_distance(mean1, cov1, mean2, cov2)        ||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2))
+  inception_score(probs)                            exp E_x[KL(p(y|x) || p(y))]
+
+The feature spaces:
+
+  * a small CNN classifier (gen_jax.nets.ImageClassifier) trained once with
+    optax on the labelled train split of the experiment's own data and cached
+    in `workdir/eval_classifier/` (the approach the literature calls FID-MNIST);
+    its penultimate layer gives the features, its softmax the class
+    probabilities (`load_or_train_classifier`);
+  * the FID Inception-v3 (gen_jax.inception) for CIFAR-10-like RGB data,
+    with weights the user supplies.
+
+`sample_quality` turns one feature space's (features, probabilities) of the
+samples and of real data into the figures of eval.json: the Fréchet distance
+of the samples to the test split, the same distance for real train data of the
+samples' size and for two halves of the test split (the floor), and the
+IS-like score of the samples and of real test data.
+"""
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from gen_jax import checkpoint, images, nets, sharding
+
+Array = Any  # numpy or jax array
+
+CLASSIFIER_DIR = "eval_classifier"
+CLASSIFIER_BATCH_SIZE = 128
+CLASSIFIER_LEARNING_RATE = 1e-3
+# Fixed, so that the two halves of the test split are the same in every evaluation.
+_HALVES_SEED = 0
+
+
+def _namespace(*arrays):
+  """numpy for numpy inputs (float64 on the host), jax.numpy for jax arrays and tracers."""
+  return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+# ----------------------------------------------------------------------------
+# Math
+# ----------------------------------------------------------------------------
+
+def feature_statistics(features: Array) -> tuple[Array, Array]:
+  """The mean and covariance of a set of feature vectors.
+
+  mean = (1/N) sum_i f_i; cov = (1/(N-1)) sum_i (f_i - mean)(f_i - mean)^T,
+  the unbiased estimate (numpy.cov's, the convention of the FID code).
+
+  Args:
+    features: (N, D), N >= 2. numpy input is computed in float64.
+
+  Returns:
+    mean (D,), cov (D, D).
+  """
+  xp = _namespace(features)
+  if xp is np:
+    features = np.asarray(features, np.float64)
+  if features.ndim != 2 or features.shape[0] < 2:
+    raise ValueError(f"feature_statistics: features must be (N, D) with N >= 2, "
+                     f"got shape {features.shape}")
+  mean = features.mean(axis=0)
+  centered = features - mean
+  cov = centered.T @ centered / (features.shape[0] - 1)
+  return mean, cov
+
+
+def _sqrt_psd(xp, matrix):
+  """The symmetric square root of a symmetric PSD matrix, U sqrt(L) U^T.
+
+  Eigenvalues below 0 are round-off (or rank deficiency) and count as 0.
+  """
+  eigenvalues, eigenvectors = xp.linalg.eigh(matrix)
+  return (eigenvectors * xp.sqrt(xp.maximum(eigenvalues, 0.0))) @ eigenvectors.T
+
+
+def frechet_distance(mean1: Array, cov1: Array, mean2: Array, cov2: Array) -> Array:
+  """The Fréchet (2-Wasserstein) distance between N(mean1, cov1) and N(mean2, cov2).
+
+  d^2 = ||mean1 - mean2||^2 + tr(cov1) + tr(cov2) - 2 tr((cov1 cov2)^(1/2))
+
+  (Dowson & Landau 1982; FID is this d^2 on Inception features). cov1 cov2 is
+  not symmetric, so instead of a general matrix square root (scipy's sqrtm,
+  which can return complex round-off) this uses S = cov1^(1/2) from an
+  eigendecomposition: cov1 cov2 = S (S cov2) and S cov2 S share their
+  eigenvalues (AB and BA do), and S cov2 S is symmetric PSD, so
+  tr((cov1 cov2)^(1/2)) = sum_i sqrt(lambda_i(S cov2 S)), with eigvalsh.
+
+  Args:
+    mean1, mean2: (D,). cov1, cov2: (D, D) symmetric PSD.
+      numpy inputs are computed in float64 (pass float64 for large D: the
+      last term cancels most of the first three).
+
+  Returns:
+    A scalar >= 0 (up to round-off).
+  """
+  xp = _namespace(mean1, cov1, mean2, cov2)
+  if xp is np:
+    mean1, cov1, mean2, cov2 = (np.asarray(a, np.float64) for a in (mean1, cov1, mean2, cov2))
+  if mean1.shape != mean2.shape or mean1.ndim != 1:
+    raise ValueError(f"frechet_distance: means must both be (D,), got {mean1.shape} and {mean2.shape}")
+  dim = mean1.shape[0]
+  if cov1.shape != (dim, dim) or cov2.shape != (dim, dim):
+    raise ValueError(f"frechet_distance: covariances must be ({dim}, {dim}), "
+                     f"got {cov1.shape} and {cov2.shape}")
+  sqrt_cov1 = _sqrt_psd(xp, cov1)
+  middle = sqrt_cov1 @ cov2 @ sqrt_cov1
+  middle = 0.5 * (middle + middle.T)  # symmetric up to round-off; eigvalsh reads one triangle
+  trace_sqrt = xp.sum(xp.sqrt(xp.maximum(xp.linalg.eigvalsh(middle), 0.0)))
+  diff = mean1 - mean2
+  return diff @ diff + xp.trace(cov1) + xp.trace(cov2) - 2.0 * trace_sqrt
+
+
+def inception_score(probs: Array) -> Array:
+  """The Inception score of class probabilities (Salimans et al. 2016).
+
+  IS = exp( (1/N) sum_i KL(p(y|x_i) || p(y)) ),  p(y) = (1/N) sum_i p(y|x_i),
+
+  with 0 log 0 = 0. It lies in [1, C]: 1 when every x gets the same
+  prediction, C when the predictions are confident (one-hot) and the classes
+  equally frequent. With a classifier other than Inception-v3 it is an
+  "IS-like" figure, comparable only within that classifier.
+
+  Args:
+    probs: (N, C), rows summing to 1. numpy input is computed in float64.
+
+  Returns:
+    A scalar.
+  """
+  xp = _namespace(probs)
+  if xp is np:
+    probs = np.asarray(probs, np.float64)
+  if probs.ndim != 2:
+    raise ValueError(f"inception_score: probs must be (N, C), got shape {probs.shape}")
+  marginal = probs.mean(axis=0)
+  safe = lambda p: xp.where(p > 0, p, 1.0)
+  # sum_y p log p - sum_y p log p(y); where p(y|x) = 0 the term is 0, and p(y) > 0 wherever p(y|x) > 0.
+  kl = xp.sum(xp.where(probs > 0, probs * (xp.log(safe(probs)) - xp.log(safe(marginal))), 0.0),
+              axis=-1)
+  return xp.exp(xp.mean(kl))
+
+
+def inception_score_splits(probs: np.ndarray, num_splits: int) -> tuple[float, float]:
+  """The mean and standard deviation of `inception_score` over `num_splits`
+  consecutive parts of probs (N, C), as the Inception-score code reports it
+  (10 splits of 50k samples for CIFAR-10)."""
+  if not 1 <= num_splits <= len(probs):
+    raise ValueError(f"inception_score_splits: num_splits={num_splits} must be in [1, {len(probs)}]")
+  scores = [float(inception_score(part)) for part in np.array_split(np.asarray(probs), num_splits)]
+  return float(np.mean(scores)), float(np.std(scores))
+
+
+# ----------------------------------------------------------------------------
+# Batched, sharded application of a network to host arrays
+# ----------------------------------------------------------------------------
+
+def map_batches(fn: Callable, params, inputs: np.ndarray, batch_size: int, mesh,
+                desc: str | None = None):
+  """Applies jitted `fn(params, x) -> pytree of (B, ...)` to `inputs` (N, ...) in batches
+  sharded over the mesh's devices (params replicated); returns the outputs of
+  all N rows as numpy arrays. The last batch is padded by repeating its last
+  row and the padding dropped, so every batch has one shape (one compile).
+
+  Every process passes the same `inputs` and builds its own slice of each batch.
+  """
+  sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
+  count = len(inputs)
+  process_count, process_index = jax.process_count(), jax.process_index()
+  local = batch_size // process_count
+  outputs = []
+  for start in tqdm(range(0, count, batch_size), desc=desc, disable=desc is None or process_index,
+                    leave=False, dynamic_ncols=True):
+    rows = np.minimum(np.arange(start, start + batch_size), count - 1)
+    rows = rows[process_index * local:(process_index + 1) * local]
+    batch = sharding.shard_batch({"x": np.asarray(inputs[rows], np.float32)}, mesh)
+    outputs.append(jax.device_get(fn(params, batch["x"])))
+  stacked = jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+  return jax.tree.map(lambda a: a[:count], stacked)
+
+
+def jit_for_mesh(fn: Callable, mesh) -> Callable:
+  """jax.jit(fn) with params replicated, the batch sharded and the output replicated."""
+  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+# ----------------------------------------------------------------------------
+# The evaluation classifier
+# ----------------------------------------------------------------------------
+
+def make_classifier(num_classes: int, feature_dim: int = 64) -> nets.ImageClassifier:
+  return nets.ImageClassifier(num_classes=num_classes, feature_dim=feature_dim)
+
+
+def train_classifier(net: nets.ImageClassifier, dataset, num_steps: int, seed: int, mesh,
+                     batch_size: int = CLASSIFIER_BATCH_SIZE,
+                     learning_rate: float = CLASSIFIER_LEARNING_RATE, progress: bool = True):
+  """Trains `net` on the labelled `dataset` (a gen_jax.data.Dataset) with
+  softmax cross-entropy and Adam; returns its params.
+
+  Batch s is dataset.get_batch(s, seed, batch_size) (the same pure function of
+  (seed, s) as model training), the initialisation comes from seed: the
+  result is a function of (data, seed, num_steps, batch_size).
+  """
+  if dataset.num_classes is None:
+    raise ValueError(f"{dataset.name} has no labels; the evaluation classifier needs them")
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0:
+    raise ValueError(f"--config.eval.classifier_steps must be a positive integer, got {num_steps!r}")
+  sharding.check_batch_size(batch_size, mesh, "eval classifier batch size")
+  tx = optax.adam(learning_rate)
+  example = jnp.zeros((1,) + tuple(dataset.example_shape), jnp.float32)
+  params = jax.jit(net.init, out_shardings=sharding.replicated(mesh))(
+      jax.random.key(seed), example)
+  opt_state = tx.init(params)
+
+  def step(params, opt_state, batch):
+    def loss_fn(p):
+      logits, _ = net.apply(p, batch["x"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  replicated = sharding.replicated(mesh)
+  step = jax.jit(step, in_shardings=(replicated, replicated, sharding.data_sharded(mesh)),
+                 out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+  process_index, process_count = jax.process_index(), jax.process_count()
+  for s in tqdm(range(num_steps), desc="eval classifier", disable=not progress or process_index,
+                leave=False, dynamic_ncols=True, mininterval=1.0):
+    batch = dataset.get_batch(s, seed, batch_size, process_index, process_count, train=True)
+    params, opt_state, loss = step(params, opt_state, sharding.shard_batch(batch, mesh))
+  if not np.isfinite(float(loss)):
+    raise FloatingPointError(f"evaluation classifier: non-finite loss {float(loss)}")
+  return params
+
+
+def classifier_outputs(net: nets.ImageClassifier) -> Callable:
+  """(params, x) -> {'features': (B, feature_dim), 'probs': (B, num_classes)}."""
+  def apply(params, x):
+    logits, features = net.apply(params, x)
+    return {"features": features, "probs": jax.nn.softmax(logits.astype(jnp.float32))}
+  return apply
+
+
+def classifier_accuracy(net, params, dataset, batch_size: int, mesh) -> float:
+  """The fraction of `dataset` (all of its examples) that `net` labels correctly."""
+  fn = jit_for_mesh(lambda p, x: jnp.argmax(net.apply(p, x)[0], axis=-1), mesh)
+  correct = count = 0
+  for batch in dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()):
+    mask = batch.pop("mask")
+    predicted = np.asarray(jax.device_get(fn(params, sharding.shard_batch({"x": batch["x"]}, mesh)["x"])))
+    # Each process holds its own slice of the batch's rows: compare those.
+    local = slice(jax.process_index() * len(mask), (jax.process_index() + 1) * len(mask))
+    correct += int(np.sum((predicted[local] == batch["label"])[mask]))
+    count += int(mask.sum())
+  return correct / max(count, 1)
+
+
+def load_or_train_classifier(workdir: str, train_dataset, test_dataset, num_steps: int, seed: int,
+                             mesh, eval_batch_size: int, feature_dim: int = 64, write: bool = True):
+  """The evaluation classifier of this data: from `workdir/eval_classifier/` when
+  it was trained there with the same data, size, steps and seed, else trained
+  now (and cached when `write`).
+
+  Returns:
+    (net, params, info) with info the cached description: data, num_classes,
+    feature_dim, num_steps, seed, batch_size, learning_rate, test_accuracy.
+  """
+  if train_dataset.num_classes is None:
+    raise ValueError(f"{train_dataset.name} has no labels")
+  net = make_classifier(train_dataset.num_classes, feature_dim)
+  want = {"data": train_dataset.name, "example_shape": list(train_dataset.example_shape),
+          "num_classes": train_dataset.num_classes, "feature_dim": feature_dim,
+          "num_steps": num_steps, "seed": seed, "batch_size": CLASSIFIER_BATCH_SIZE,
+          "learning_rate": CLASSIFIER_LEARNING_RATE}
+  directory = os.path.join(workdir, CLASSIFIER_DIR)
+  info_path, params_path = os.path.join(directory, "info.json"), os.path.join(directory, "params.npz")
+  if os.path.exists(info_path) and os.path.exists(params_path):
+    with open(info_path) as f:
+      info = json.load(f)
+    if {k: info.get(k) for k in want} == want:  # info.json is written last: a complete cache
+      params = checkpoint.load_params_npz(params_path)
+      return net, jax.device_put(params, sharding.replicated(mesh)), info
+    print(f"The cached evaluation classifier in {directory} was trained differently; training anew")
+  params = train_classifier(net, train_dataset, num_steps, seed, mesh)
+  accuracy = classifier_accuracy(net, params, test_dataset, eval_batch_size, mesh)
+  info = dict(want, test_accuracy=accuracy, test_data=test_dataset.name,
+              num_parameters=int(sum(x.size for x in jax.tree.leaves(params))))
+  if write:
+    os.makedirs(directory, exist_ok=True)
+    if os.path.exists(info_path):  # never an old description beside new parameters
+      os.remove(info_path)
+    checkpoint.save_params_npz(params_path, jax.device_get(params))
+    with open(info_path + ".tmp", "w") as f:
+      json.dump(info, f, indent=2, sort_keys=True)
+    os.replace(info_path + ".tmp", info_path)
+  return net, params, info
+
+
+# ----------------------------------------------------------------------------
+# From features to the figures of eval.json
+# ----------------------------------------------------------------------------
+
+def split_in_halves(num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+  """Two disjoint halves of range(num_examples) (a fixed permutation, so data
+  stored in class order still splits fairly), each of num_examples // 2."""
+  order = np.random.default_rng(_HALVES_SEED).permutation(num_examples)
+  half = num_examples // 2
+  return order[:half], order[half:2 * half]
+
+
+def sample_quality(samples: dict, test: dict, train: dict | None = None,
+                   num_splits: int = 1) -> dict:
+  """The sample-quality figures in one feature space.
+
+  Args:
+    samples, test, train: {'features': (N, D), 'probs': (N, C)} of the model's
+      samples, the test split and (optional) real train examples, numpy.
+    num_splits: splits of the Inception score (mean and std over splits).
+
+  Returns:
+    fd_samples_vs_test: Fréchet distance of the samples to the test split;
+    fd_samples_vs_train: to the train examples (FID's usual reference for
+      CIFAR-10: the training set);
+    fd_train_vs_test: of the real train examples to the test split (with as
+      many examples as samples, it is what a model that reproduced the data
+      would score in fd_samples_vs_test, up to train/test differences);
+    fd_test_halves: between two halves of the test split: the floor at that
+      size (smaller sets bias the distance upwards);
+    is_samples, is_test (and is_*_std with splits): the IS-like score.
+  """
+  test_stats = feature_statistics(test["features"])
+  sample_stats = feature_statistics(samples["features"])
+  out = {"fd_samples_vs_test": float(frechet_distance(*sample_stats, *test_stats))}
+  if train is not None:
+    train_stats = feature_statistics(train["features"])
+    out["fd_samples_vs_train"] = float(frechet_distance(*sample_stats, *train_stats))
+    out["fd_train_vs_test"] = float(frechet_distance(*train_stats, *test_stats))
+  first, second = split_in_halves(len(test["features"]))
+  out["fd_test_halves"] = float(frechet_distance(*feature_statistics(test["features"][first]),
+                                                 *feature_statistics(test["features"][second])))
+  for name, probs in (("is_samples", samples["probs"]), ("is_test", test["probs"])):
+    mean, std = inception_score_splits(probs, num_splits)
+    out[name] = mean
+    if num_splits > 1:
+      out[name + "_std"] = std
+  return out
+
+
+def to_8bit_grid(samples: np.ndarray) -> np.ndarray:
+  """Samples in [-1, 1] rounded to the 8-bit grid (as if saved as PNG), in [-1, 1].
+
+  Real data are 8-bit; features of samples are taken after the same
+  quantization, as the FID code does with saved images.
+  """
+  return images.to_uint8(samples).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def split_description(num_examples: int) -> str:
+  half = num_examples // 2
+  return f"2 x {half} of the test split's {num_examples} examples (fixed permutation, seed {_HALVES_SEED})"
+
+
+
+# ----------------------------------------------------------------------------
+# The console summary of eval.json
+# ----------------------------------------------------------------------------
+
+_LIKELIHOOD_NAMES = {
+    "bits_per_dim": "bits/dim", "loss": "L_simple", "nll_iwae": "NLL (IWAE bound), nats",
+    "elbo": "ELBO, nats", "log_likelihood": "  reconstruction E_q log p(x|z)", "kl": "  KL(q(z|x) || p(z))",
+}
+
+
+def _quality_lines(section: dict, title: str, distance: str, score: str) -> list[str]:
+  if "skipped" in section:
+    return [f"  {title}: skipped: {section['skipped']}"]
+  samples, reference, space = section["samples"], section["reference"], section["feature_space"]
+  steps = f", {samples['num_steps']} steps" if samples.get("num_steps") else ""
+  head = f"  {title}, {samples['num_samples']} samples ({samples['sampler']}{steps})"
+  if "test_accuracy" in space:
+    head += f"; classifier test accuracy {100 * space['test_accuracy']:.1f}%"
+  lines = [head + ":"]
+  prefix = "fid" if "fid_samples_vs_test" in section else "fd"
+  rows = [("samples vs test", section[f"{prefix}_samples_vs_test"], reference["test"]),
+          ("samples vs train", section[f"{prefix}_samples_vs_train"], reference["train"]),
+          ("train vs test", section[f"{prefix}_train_vs_test"], "real data of the samples' size"),
+          ("test halves", section[f"{prefix}_test_halves"],
+           "the floor at half the test split's size (small sets bias it upwards): " + reference["test_halves"])]
+  for label, value, note in rows:
+    lines.append(f"    {distance:<8} {label:<17} {value:10.4f}   {note}")
+  for label, key in (("samples", "is_samples"), ("test data", "is_test")):
+    std = f" ± {section[key + '_std']:.3f}" if key + "_std" in section else ""
+    lines.append(f"    {score:<8} {label:<17} {section[key]:10.4f}{std}")
+  return lines
+
+
+def summary(results: dict, workdir: str = "") -> str:
+  """A readable summary of the results `gen_jax.train.evaluate` writes to eval.json."""
+  lines = [f"Evaluation of {workdir or 'the run'}: checkpoint step {results['checkpoint_step']}, "
+           f"{results['parameters'].upper()} parameters"]
+  likelihood = results["likelihood"]
+  lines.append(f"  likelihood on {likelihood['data']} ({likelihood['num_examples']} examples):")
+  for key, label in _LIKELIHOOD_NAMES.items():
+    if key in likelihood:
+      lines.append(f"    {label:<34} {likelihood[key]:10.4f}")
+  lines += _quality_lines(results["sample_quality"], "sample quality in the evaluation classifier's "
+                         "feature space", "FD", "IS-like")
+  if "inception" in results:
+    lines += _quality_lines(results["inception"], "FID and Inception score (Inception-v3)", "FID", "IS")
+  seconds = results.get("seconds", {})
+  if seconds:
+    lines.append("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+  if workdir:
+    lines.append(f"  all figures and their setup: {os.path.join(workdir, 'eval.json')}")
+  return "\n".join(lines)
