@@ -419,6 +419,11 @@ def summary(results: dict, workdir: str = "") -> str:
       lines.append(f"    {label:<34} {likelihood[key]:10.4f}")
   lines += _quality_lines(results["sample_quality"], "sample quality in the evaluation classifier's "
                          "feature space", "FD", "IS-like")
+  if "conditional" in results:
+    conditional = results["conditional"]
+    lines.append(f"  class-conditional samples labelled as their class by the classifier: "
+                 f"{100 * conditional['accuracy']:.1f}% (guidance scale "
+                 f"{conditional['samples']['guidance_scale']})")
   if "inception" in results:
     lines += _quality_lines(results["inception"], "FID and Inception score (Inception-v3)", "FID", "IS")
   seconds = results.get("seconds", {})

@@ -913,16 +913,39 @@ def _read_images(dataset, limit: int | None = None) -> np.ndarray:
   return np.concatenate(parts)[:wanted]
 
 
-def _draw_samples(setup: _Setup, params, num_samples: int, sampler: str, num_steps, eta: float):
-  """num_samples samples in chunks of at most sample.batch_size, rounded to the 8-bit grid."""
+def _draw_samples(setup: _Setup, params, num_samples: int, sampler: str, num_steps, eta: float,
+                  labels=None, guidance_scale: float = 0.0):
+  """num_samples samples in chunks of at most sample.batch_size, rounded to the 8-bit grid
+  (of classes `labels` (num_samples,) with guidance, for a class-conditional model)."""
   num_chunks = -(-num_samples // setup.config.sample.batch_size)
   per_chunk = -(-num_samples // num_chunks)
-  draw = setup.make_sampler(per_chunk, sampler, num_steps, eta)
-  key = jax.random.fold_in(setup.sample_key, 3 * 10**9)
-  chunks = [draw(params, jax.random.fold_in(key, i))
+  draw = setup.make_sampler(per_chunk, sampler, num_steps, eta, guidance_scale)
+  key = jax.random.fold_in(setup.sample_key, 3 * 10**9 + (labels is not None))
+  chunk_labels = lambda i: None if labels is None else labels[i * per_chunk:(i + 1) * per_chunk]
+  chunks = [draw(params, jax.random.fold_in(key, i), chunk_labels(i))
             for i in tqdm(range(num_chunks), desc=f"eval: {num_samples} samples ({sampler})",
                           disable=not setup.is_writer, dynamic_ncols=True)]
   return evaluation.to_8bit_grid(np.concatenate(chunks)[:num_samples])
+
+
+def _conditional_accuracy(setup: _Setup, state: TrainState, classifier_fn, classifier_params,
+                          sampler: str, num_steps, sample_setup: dict) -> dict:
+  """Class-conditional models: the fraction of samples drawn for class c (every class
+  equally often, guidance config.sample.guidance_scale) that the evaluation
+  classifier labels c."""
+  config = setup.config
+  num_samples = config.eval.num_samples
+  labels, _ = class_grid_labels(num_samples, setup.model.num_classes)
+  guidance = config.sample.guidance_scale
+  samples = _draw_samples(setup, state.ema_params, num_samples, sampler, num_steps,
+                          config.sample.eta, labels, guidance)
+  probs = evaluation.map_batches(classifier_fn, classifier_params, samples,
+                                 config.eval.batch_size, setup.mesh)["probs"]
+  predicted = np.argmax(probs, axis=-1)
+  per_class = [float(np.mean(predicted[labels == c] == c)) for c in range(setup.model.num_classes)]
+  sample_setup.update(guidance_scale=guidance, labels="every class equally often")
+  return {"accuracy": float(np.mean(predicted == labels)), "accuracy_per_class": per_class,
+          "samples": sample_setup}
 
 
 def _evaluate_samples(setup: _Setup, state: TrainState, sampler: str, num_steps,
@@ -980,6 +1003,10 @@ def _evaluate_samples(setup: _Setup, state: TrainState, sampler: str, num_steps,
             probabilities=f"its softmax over {info['num_classes']} classes (IS-like score, at most "
                           f"{info['num_classes']})",
             path=os.path.join(setup.workdir, evaluation.CLASSIFIER_DIR)))
+    num_classes = getattr(setup.model, "num_classes", 0)
+    if num_classes:
+      out["conditional"] = _conditional_accuracy(setup, state, fn, params, sampler, num_steps,
+                                                 dict(sample_setup))
   else:
     out["sample_quality"] = {"skipped": f"{train_dataset.name} has no labels to train the "
                                         "evaluation classifier on"}

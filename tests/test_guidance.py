@@ -115,6 +115,14 @@ def test_conditional_training_and_sampling_end_to_end(tmp_path):
   with pytest.raises(train.ConfigError, match="class_label"):
     train.sample(config, workdir, ddpm_digits.build, 6, class_label=10)
 
+  config.eval.num_samples, config.eval.classifier_steps = 20, 20
+  config.eval.batch_size, config.eval.num_examples = 40, 40
+  config.sample.guidance_scale = 1.0
+  results = train.evaluate(config, workdir, ddpm_digits.build)
+  conditional = results["conditional"]
+  assert 0.0 <= conditional["accuracy"] <= 1.0 and len(conditional["accuracy_per_class"]) == 10
+  assert conditional["samples"]["guidance_scale"] == 1.0
+
 
 def test_guidance_needs_a_conditional_model_and_labelled_data(tmp_path):
   unconditional = tiny_config(num_classes=0)

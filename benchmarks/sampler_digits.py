@@ -1,0 +1,82 @@
+"""Sample quality against network calls for every sampler, on a trained ddpm_digits model.
+
+  python run.py --workdir=runs/digits                       # train (the default experiment)
+  python benchmarks/sampler_digits.py --workdir=runs/digits [--num_samples=500] [--calls=10,20,50,100]
+
+For each sampler and budget of network calls (Heun: N = (calls + 1) // 2 sigmas,
+2N - 1 calls), draws --num_samples samples from the run's EMA parameters and
+measures the Fréchet distance to the test split in the feature space of the
+run's evaluation classifier (the one `--mode=eval` trains and caches in the
+workdir), plus the same distance for as many real train digits (what a perfect
+model would score at that sample size). Ancestral DDPM with all T = 1000 steps
+is the reference row. Wall time: one jitted call for all samples, compiled
+beforehand (compile time in its own column). Prints a markdown table.
+Not part of the test suite.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import run  # pylint: disable=wrong-import-position
+from experiments import ddpm_digits  # pylint: disable=wrong-import-position
+from gen_jax import data, evaluation, train  # pylint: disable=wrong-import-position
+
+SAMPLERS = ("respaced", "ddim", "dpm++2m", "heun")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="a trained ddpm_digits workdir")
+  parser.add_argument("--num_samples", type=int, default=500)
+  parser.add_argument("--calls", default="10,20,50,100")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  calls = [int(c) for c in args.calls.split(",")]
+
+  config = run._with_saved_config(ddpm_digits.get_config(), args.workdir, [])  # pylint: disable=protected-access
+  setup = train._Setup(config, args.workdir, ddpm_digits.build, split="test",  # pylint: disable=protected-access
+                       create_workdir=False)
+  state = setup.restore()
+  train_dataset = data.load_dataset(config.data, "train")
+  net, params, info = evaluation.load_or_train_classifier(
+      args.workdir, train_dataset, setup.dataset, config.eval.classifier_steps, config.seed,
+      setup.mesh, config.eval.batch_size)
+  features = evaluation.jit_for_mesh(evaluation.classifier_outputs(net), setup.mesh)
+  stats = lambda images: evaluation.feature_statistics(evaluation.map_batches(
+      features, params, images, config.eval.batch_size, setup.mesh)["features"].astype(np.float64))
+  test_stats = stats(train._read_images(setup.dataset))  # pylint: disable=protected-access
+  real = train._read_images(train_dataset, args.num_samples)  # pylint: disable=protected-access
+  floor = float(evaluation.frechet_distance(*stats(real), *test_stats))
+  print(f"checkpoint step {int(state.step)}, {args.num_samples} samples, classifier test accuracy "
+        f"{100 * info['test_accuracy']:.1f}%; real train digits vs test: FD {floor:.2f}", flush=True)
+
+  rows = [("ddpm (ancestral, all T)", 1000, "ddpm", None)]
+  for sampler in SAMPLERS:
+    for c in calls:
+      rows.append((sampler, c, sampler, (c + 1) // 2 if sampler == "heun" else c))
+  key = jax.random.key(args.seed)
+  print("| sampler | network calls | FD to test | wall time (s) | compile (s) |")
+  print("|---|---:|---:|---:|---:|")
+  for name, num_calls, sampler, steps in rows:
+    draw = jax.jit(lambda p, k, s=sampler, n=steps: setup.model.sample(
+        p, k, args.num_samples, sampler=s, num_steps=n))
+    start = time.perf_counter()
+    compiled = draw.lower(state.ema_params, key).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    samples = np.asarray(jax.device_get(compiled(state.ema_params, key)))
+    seconds = time.perf_counter() - start
+    fd = float(evaluation.frechet_distance(*stats(evaluation.to_8bit_grid(samples)), *test_stats))
+    print(f"| {name} | {num_calls} | {fd:.2f} | {seconds:.1f} | {compile_s:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
