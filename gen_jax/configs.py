@@ -56,4 +56,5 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.num_examples = 0        # likelihood on the first N test examples; 0: all
   config.eval.num_samples = 1000      # sample quality from N samples; 0: skip it
   config.eval.classifier_steps = 2000 # training steps of the evaluation classifier
+  config.eval.ode_steps = 100         # diffusion on images: ODE likelihood steps; 0: skip it
   return config

@@ -380,7 +380,8 @@ def split_description(num_examples: int) -> str:
 # ----------------------------------------------------------------------------
 
 _LIKELIHOOD_NAMES = {
-    "bits_per_dim": "bits/dim", "loss": "L_simple", "nll_iwae": "NLL (IWAE bound), nats",
+    "bits_per_dim": "bits/dim (variational bound)",
+    "ode_bits_per_dim": "bits/dim (probability-flow ODE)", "loss": "L_simple", "nll_iwae": "NLL (IWAE bound), nats",
     "elbo": "ELBO, nats", "log_likelihood": "  reconstruction E_q log p(x|z)", "kl": "  KL(q(z|x) || p(z))",
 }
 

@@ -6,8 +6,8 @@ interface and nothing else:
   init(key) -> params
   loss(params, batch, key, train) -> (scalar loss, metrics dict of scalars)
   sample(params, key, num_samples, **sampler) -> samples in data space
-  evaluate(params, batch, key) -> dict of per-example arrays (B,)
-  describe_evaluate() -> {name: how `evaluate` computes it}, for eval.json
+  evaluate(params, batch, key, **options) -> dict of per-example arrays (B,)
+  describe_evaluate(**options) -> {name: how `evaluate` computes it}, for eval.json
   describe_sample(**sampler) -> how `sample` draws with these arguments
 
 Batches are dicts {'x': (B, *example_shape) float32} (images in [-1, 1],
@@ -165,16 +165,20 @@ class DiffusionModel:
     return diffusion.heun_sample(key, eps_fn, schedule, shape, steps,
                                  s_churn=s_churn, clip=self.clip)
 
-  def evaluate(self, params, batch, key) -> dict[str, Array]:
-    """Per-example denoising loss and, for 8-bit images, the bound in bits/dim."""
+  def evaluate(self, params, batch, key, ode_steps: int = 0) -> dict[str, Array]:
+    """Per-example denoising loss and, for 8-bit images, the bound in bits/dim
+    and (ode_steps > 0) the probability-flow ODE's bits/dim beside it."""
     x = batch["x"]
-    simple_key, vlb_key = jax.random.split(key)
+    simple_key, vlb_key, ode_key = jax.random.split(key, 3)
     eps_fn = self.eps_fn(params)
     out = {"loss": diffusion.simple_loss(simple_key, self.model_fn(params),
                                          self.schedule, x, self.prediction)}
     if len(self.example_shape) == 3:
       out["bits_per_dim"] = diffusion.vlb_bits_per_dim(
           vlb_key, eps_fn, self.schedule, x, self.variance, clip=False)
+      if ode_steps:
+        out["ode_bits_per_dim"] = diffusion.ode_bits_per_dim(
+            ode_key, eps_fn, self.schedule, x, self._ode_steps(ode_steps))
     return out
 
   def describe_sample(self, sampler: str = "ddpm", num_steps: int | None = None,
@@ -185,7 +189,11 @@ class DiffusionModel:
               "variance": self.variance}
     return {"sampler": sampler, "num_steps": num_steps or self.schedule.num_timesteps, "eta": eta}
 
-  def describe_evaluate(self) -> dict[str, str]:
+  def _ode_steps(self, ode_steps: int) -> int:
+    """The ODE's grid has at most T levels, so at most T - 1 steps."""
+    return min(ode_steps, self.schedule.num_timesteps - 1)
+
+  def describe_evaluate(self, ode_steps: int = 0) -> dict[str, str]:
     """How each figure of `evaluate` is computed."""
     out = {"loss": "L_simple: mean over dimensions of (eps - eps_model(x_t, t))^2, one t ~ U{0..T-1} "
                    "and one eps per example"}
@@ -195,6 +203,13 @@ class DiffusionModel:
           f"T={self.schedule.num_timesteps} terms, each at one x_t ~ q(x_t | x_0), the t=0 term a "
           f"discretized Gaussian on the 8-bit grid, reverse variance '{self.variance}'; "
           f"divided by D ln 2")
+      if ode_steps:
+        out["ode_bits_per_dim"] = (
+            f"the exact likelihood of the probability-flow ODE (diffusion.ode_bits_per_dim): data "
+            f"dequantized uniformly within each 8-bit bin (one draw), "
+            f"{self._ode_steps(ode_steps)} Heun steps in "
+            f"log-sigma, Hutchinson's trace with one Rademacher probe; -(log p - D log 127.5) / "
+            f"(D ln 2)")
     return out
 
 
@@ -275,8 +290,9 @@ class VAEModel:
       return 2.0 * jax.nn.sigmoid(out) - 1.0
     return out[0]
 
-  def evaluate(self, params, batch, key) -> dict[str, Array]:
+  def evaluate(self, params, batch, key, **unused) -> dict[str, Array]:
     """Per-example ELBO terms and the IWAE bound (nats; bits/dim for images)."""
+    del unused  # diffusion-only options (ode_steps)
     binarize_key, elbo_key, iwae_key = jax.random.split(key, 3)
     x = self._targets(batch["x"], binarize_key)
     encode, log_likelihood = self._encode_fn(params), self._log_likelihood_fn(params)
@@ -294,8 +310,9 @@ class VAEModel:
     del unused
     return {"sampler": "z ~ N(0, I), then the decoder's mean"}
 
-  def describe_evaluate(self) -> dict[str, str]:
+  def describe_evaluate(self, **unused) -> dict[str, str]:
     """How each figure of `evaluate` is computed."""
+    del unused
     data = ("dynamically binarized test data (one Bernoulli draw of each image per evaluation)"
             if self.likelihood == "bernoulli" and self.binarize else "the test data")
     chunks = f", in chunks of {self.iwae_chunk}" if self.iwae_chunk else ""

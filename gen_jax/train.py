@@ -809,6 +809,10 @@ def _validate_eval_config(config) -> None:
   steps = config.eval.classifier_steps
   if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
     raise ConfigError(f"--config.eval.classifier_steps must be a positive integer, got {steps!r}")
+  ode_steps = config.eval.ode_steps
+  if isinstance(ode_steps, bool) or not isinstance(ode_steps, int) or ode_steps < 0:
+    raise ConfigError(f"--config.eval.ode_steps must be 0 (no ODE likelihood) or positive, "
+                      f"got {ode_steps!r}")
   limit = config.eval.num_examples
   if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
     raise ConfigError(f"--config.eval.num_examples must be 0 (the whole split) or positive, got {limit!r}")
@@ -874,7 +878,8 @@ def _evaluate_likelihood(setup: _Setup, state: TrainState) -> dict:
   config = setup.config
   batch_size = config.eval.batch_size
   batch_sharding = sharding.data_sharded(setup.mesh)
-  evaluate_fn = jax.jit(setup.model.evaluate,
+  options = {"ode_steps": config.eval.ode_steps}
+  evaluate_fn = jax.jit(functools.partial(setup.model.evaluate, **options),
                         in_shardings=(setup.replicated, batch_sharding, setup.replicated))
   key = jax.random.fold_in(setup.sample_key, 2 * 10**9)
   totals, count = {}, 0
@@ -897,7 +902,7 @@ def _evaluate_likelihood(setup: _Setup, state: TrainState) -> dict:
   out = {name: total / max(count, 1) for name, total in totals.items()}
   describe = getattr(setup.model, "describe_evaluate", None)
   out.update(split="test", data=setup.dataset.name, num_examples=count, batch_size=batch_size,
-             setup=describe() if describe else {})
+             setup=describe(**options) if describe else {})
   return out
 
 
