@@ -292,8 +292,8 @@ def main():
   def add(row):
     results["rows"].append(row)
     ratio = row.get("ratio")
-    print(f"{row['what']:<34} ours {row['ours']:>10.2f} {row['unit']:<9}"
-          + (f" peer {row['peer']:>10.2f}  ours/peer {ratio:5.2f}x" if ratio else "")
+    print(f"{row['what']:<34} ours {row['ours']:>10.4g} {row['unit']:<9}"
+          + (f" peer {row['peer']:>10.4g}  ours/peer {ratio:5.2f}x" if ratio else "")
           + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""), flush=True)
 
   # Training throughput.
