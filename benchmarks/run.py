@@ -38,8 +38,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import ddpm_cifar, ddpm_digits  # pylint: disable=wrong-import-position
 from gen_jax import train  # pylint: disable=wrong-import-position

@@ -145,15 +145,6 @@ def sched1000():
   return diffusion.make_schedule(diffusion.linear_betas(1000))
 
 
-@pytest.fixture
-def x64():
-  """Enables float64 for one test and restores the previous flag."""
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", previous)
 
 
 # ----------------------------------------------------------------------------

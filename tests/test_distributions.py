@@ -20,13 +20,6 @@ from gen_jax import distributions as D
 LOG_2PI = math.log(2 * math.pi)
 
 
-@pytest.fixture
-def x64():
-  """Runs the test with jax_enable_x64 on, restoring the setting afterwards."""
-  with jax.enable_x64(True):
-    yield
-
-
 # Jitted once at module level (eager dispatch of the many small ops is slow).
 disc = jax.jit(D.discretized_gaussian_log_prob, static_argnames="num_bins")
 disc_grad = jax.jit(jax.vmap(jax.grad(D.discretized_gaussian_log_prob,

@@ -20,13 +20,7 @@ from gen_jax import checkpoint, data, evaluation, inception, sharding, train
 from tests.test_inception import random_variables as random_inception_variables
 
 
-@pytest.fixture(autouse=True, scope='module')
-def fast_compile():
-    """Tiny models run in microseconds; XLA's optimisation passes are what cost time on a CPU."""
-    old = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @contextlib.contextmanager

@@ -18,13 +18,7 @@ import tensorflow_datasets as tfds
 import experiments
 from gen_jax import data, train
 
-@pytest.fixture(autouse=True, scope='module')
-def fast_compile():
-    """Tiny models run in microseconds; XLA's optimisation passes are what cost time on a CPU."""
-    old = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith('_'))

@@ -24,12 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, 'tests', 'data')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def fast_compile():
-    old = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def random_variables(seed=0):

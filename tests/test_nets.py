@@ -14,13 +14,7 @@ MODEL = ml_collections.ConfigDict(dict(
 SCHEDULE = diffusion.make_schedule(diffusion.linear_betas(1000))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-  """XLA's optimisation passes are what cost time for these tiny nets."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def setup(compute_dtype="float32", remat=False):

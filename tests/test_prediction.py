@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import special
 
 from gen_jax import diffusion, models
 from tests import oracles
@@ -30,14 +29,6 @@ def sched():
   return diffusion.make_schedule(diffusion.linear_betas(1000))
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", previous)
 
 
 def _inputs(batch=8, dims=(3,), seed=0):

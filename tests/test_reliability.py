@@ -55,13 +55,7 @@ def env(tmp_path_factory):
   return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-  """For the in-process runs: XLA's optimisation passes are what cost time on tiny models."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def run(env, cwd, *args, check=True):

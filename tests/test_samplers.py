@@ -34,14 +34,6 @@ def sched():
   return diffusion.make_schedule(diffusion.linear_betas(1000))
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", previous)
 
 
 def _x_T(key, shape):

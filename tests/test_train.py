@@ -7,7 +7,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -16,13 +15,7 @@ from experiments import ddpm_toy2d
 from gen_jax import checkpoint, configs, sharding, train
 
 
-@pytest.fixture(autouse=True, scope='module')
-def fast_compile():
-    """Tiny models run in microseconds; XLA's optimisation passes are what cost time on a CPU."""
-    old = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def toy_config(num_steps=4):
