@@ -44,7 +44,10 @@ def compared(tmp_path_factory):
     argv = ["--budget_seconds=0.5", f"--workdir={workdir}", "--num_samples=32", "--num_examples=8",
             "--classifier_steps=20", *TINY_VAE, *TINY_DDPM, *TINY_BOTH]
     runs = load_script().main(argv)
-  evals = {name: json.load(open(os.path.join(workdir, name, "eval.json"))) for name in ("vae_digits", "ddpm_digits")}
+  evals = {}
+  for name in ("vae_digits", "ddpm_digits"):
+    with open(os.path.join(workdir, name, "eval.json")) as f:
+      evals[name] = json.load(f)
   return dict(workdir=workdir, runs=runs, evals=evals)
 
 
