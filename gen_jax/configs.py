@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 10_000
+  config.train.max_seconds = 0.0      # wall-clock budget of the training loop (per launch); 0: none
   config.train.log_every = 100
   config.train.sample_every = 5_000
   config.train.checkpoint_every = 5_000

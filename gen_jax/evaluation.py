@@ -391,6 +391,8 @@ def _quality_lines(section: dict, title: str, distance: str, score: str) -> list
     return [f"  {title}: skipped: {section['skipped']}"]
   samples, reference, space = section["samples"], section["reference"], section["feature_space"]
   steps = f", {samples['num_steps']} steps" if samples.get("num_steps") else ""
+  if "seconds" in samples:
+    steps += f", drawn in {samples['seconds']:.0f} s"
   head = f"  {title}, {samples['num_samples']} samples ({samples['sampler']}{steps})"
   if "test_accuracy" in space:
     head += f"; classifier test accuracy {100 * space['test_accuracy']:.1f}%"

@@ -92,6 +92,11 @@ def validate_config(config) -> None:
                       f"got {config.optim.schedule!r}")
   if config.optim.warmup_steps < 0:
     raise ConfigError(f"--config.optim.warmup_steps must be >= 0, got {config.optim.warmup_steps}")
+  max_seconds = config.train.get("max_seconds", 0.0)
+  if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not (
+      0 <= max_seconds < float("inf")):
+    raise ConfigError(f"--config.train.max_seconds must be a number of seconds >= 0 (0: no "
+                      f"limit), got {max_seconds!r}")
   if not isinstance(config.train.get("skip_nonfinite", False), bool):
     raise ConfigError(f"--config.train.skip_nonfinite must be True or False, "
                       f"got {config.train.skip_nonfinite!r}")
@@ -336,8 +341,8 @@ def class_grid_labels(num_samples: int, num_classes: int):
 # optimizer's state as they were (train.remat only recomputes the same values to
 # save memory). A key ending in "." covers its section. Every other difference
 # would make the resumed run a different run.
-RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.sample_every",
-                     "train.checkpoint_every", "train.keep_checkpoints",
+RESUMABLE_CHANGES = ("train.num_steps", "train.max_seconds", "train.log_every",
+                     "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.num_sample_images", "train.skip_nonfinite", "train.remat",
                      "data.tfds_data_dir", "sample.", "eval.")
 _ABSENT = "<absent>"
@@ -507,6 +512,20 @@ def _reached_preemption(step: int) -> bool:
     return False
 
 
+def _out_of_time(elapsed: float, max_seconds: float, step: int, log_every: int) -> bool:
+  """Whether the training budget train.max_seconds is spent after `elapsed` seconds.
+
+  One process: checked after every step. Several: only at logging steps, on
+  process 0's clock (broadcast to all), so every process stops at the same step.
+  """
+  if jax.process_count() == 1:
+    return elapsed >= max_seconds
+  if step % log_every:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(elapsed >= max_seconds)))
+
+
 def _nonfinite_message(bad_step, pending, last_saved, workdir, skip_nonfinite) -> str:
   metrics = jax.device_get(dict(pending).get(bad_step, {}))
   values = ", ".join(f"{k} {float(metrics[k]):.4g}" for k in ("loss", "grad_norm") if k in metrics)
@@ -547,6 +566,14 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
       update is skipped instead (optax.apply_if_finite), counted in the
       metric skipped_nonfinite_steps, and only MAX_CONSECUTIVE_NONFINITE in a
       row stop training.
+    * train.max_seconds > 0 is a wall-clock budget for this launch's training
+      loop. The clock starts once the first step is compiled (so compiling it
+      does not count; the loop's logs, checkpoints and sample grids do). Once
+      it is spent, the step in flight finishes, is logged, checkpointed and
+      sampled as a last step would be, and train() returns normally, saying
+      so. The clock is read after the previous step has finished on the
+      device, so at most one step runs past the budget. A resumed run gets a
+      new budget.
     * A config that differs from the workdir's config.json outside
       RESUMABLE_CHANGES, data of another shape, a workdir that cannot be
       written or a disk too full for the checkpoints raise ConfigError at
@@ -671,16 +698,27 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
       if setup.kind == "image":
         writer.write_image(step, "samples", images.grid(images.to_uint8(samples)))
 
-  step, stopped_by = start_step, None
+  step, stopped_by, out_of_time = start_step, None, False
+  max_seconds = float(tc.get("max_seconds", 0.0))
   signals = _StopOnSignal(announce=setup.is_writer) if jax.process_count() == 1 else _NoSignals()
+  clock_start = None  # perf_counter() once the first step is compiled
   try:
     with signals:
       for step in range(start_step + 1, tc.num_steps + 1):
         batch = sharding.shard_batch(next(batches), mesh)
+        previous_flag = first_bad_step
         state, metrics, first_bad_step = train_step(state, batch, setup.train_key, first_bad_step)
+        if clock_start is None:  # The call compiled the step (the first one, and it runs on).
+          clock_start = time.perf_counter()
         pending.append((step, metrics))
         progress.update(1)
         is_last = step == tc.num_steps
+        if max_seconds and not is_last:
+          # Wait for the previous step, not this one: the device stays busy, and the clock
+          # counts finished work, so at most this step runs past the budget.
+          previous_flag.block_until_ready()
+          trained_seconds = time.perf_counter() - clock_start
+          out_of_time = is_last = _out_of_time(trained_seconds, max_seconds, step, tc.log_every)
         stopping = not is_last and (signals.signal_number is not None or _reached_preemption(step))
         log_now = step % tc.log_every == 0 or is_last or stopping
         sample_now = (step % tc.sample_every == 0 or is_last) and not stopping
@@ -704,6 +742,8 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
         if stopping:
           stopped_by = signals.signal_number or signal.SIGTERM  # (preemption: SIGTERM)
           break
+        if out_of_time:
+          break
   finally:
     progress.close()
     if writer:
@@ -714,6 +754,11 @@ def train(config, workdir: str, build: BuildFn) -> TrainState:
   if setup.is_writer and step == tc.num_steps:
     final = os.path.join(samples_dir, f"step_{tc.num_steps:07d}.png")
     print(f"Done: {tc.num_steps} steps in {workdir}; samples: {final}")
+  if setup.is_writer and out_of_time:
+    final = os.path.join(samples_dir, f"step_{step:07d}.png")
+    print(f"Stopped on the time budget (--config.train.max_seconds={max_seconds:g}) at step {step} "
+          f"of {tc.num_steps} after {trained_seconds:.1f} s of training; checkpoint saved in "
+          f"{checkpoint.checkpoint_dir(workdir)}; samples: {final}")
   return state
 
 
@@ -823,7 +868,8 @@ def evaluate(config, workdir: str, build: BuildFn, sampler: str | None = None,
   """Evaluates the latest checkpoint's EMA parameters; writes workdir/eval.json.
 
   eval.json:
-    checkpoint_step, parameters ('ema'), seconds (wall time per part);
+    checkpoint_step, parameters ('ema'), num_parameters (their count),
+    seconds (wall time per part);
     likelihood: model.evaluate averaged over the test split (the first
       eval.num_examples, or all): diffusion L_simple and the full bound in
       bits/dim; VAE ELBO terms, IWAE NLL in nats (and bits/dim); with `setup`
@@ -832,7 +878,8 @@ def evaluate(config, workdir: str, build: BuildFn, sampler: str | None = None,
       (sampler and steps from the arguments or config.sample) against real
       data in the feature space of the evaluation classifier
       (gen_jax.evaluation): Fréchet distances and IS-like scores with their
-      real-data floors, the classifier's test accuracy and every setting;
+      real-data floors, the classifier's test accuracy and every setting
+      (samples.seconds: the wall time of drawing them, compilation included);
     inception: the same with the FID Inception-v3 (RGB data): FID and IS when
       `inception_weights` (an .npz, see gen_jax.inception) is given, else
       {'skipped': why}.
@@ -856,7 +903,9 @@ def evaluate(config, workdir: str, build: BuildFn, sampler: str | None = None,
     except ValueError as e:
       raise ConfigError(f"--sampler={sampler} --sampling_steps={num_steps}: {e}") from None
 
-  results = {"checkpoint_step": int(state.step), "parameters": "ema", "seconds": {}}
+  num_parameters = sum(x.size for x in jax.tree.leaves(state.ema_params))
+  results = {"checkpoint_step": int(state.step), "parameters": "ema",
+             "num_parameters": int(num_parameters), "seconds": {}}
   start = time.time()
   results["likelihood"] = _evaluate_likelihood(setup, state)
   results["seconds"]["likelihood"] = round(time.time() - start, 1)
@@ -973,7 +1022,9 @@ def _evaluate_samples(setup: _Setup, state: TrainState, sampler: str, num_steps,
 
   batch_size = config.eval.batch_size
   eta = config.sample.eta
+  start = time.time()
   samples = _draw_samples(setup, state.ema_params, num_samples, sampler, num_steps, eta)
+  sampling_seconds = round(time.time() - start, 1)
   test_images = _read_images(setup.dataset)
   train_images = _read_images(train_dataset, num_samples)
   half = len(test_images) // 2
@@ -982,7 +1033,7 @@ def _evaluate_samples(setup: _Setup, state: TrainState, sampler: str, num_steps,
       describe(sampler=sampler, num_steps=num_steps, eta=eta) if describe
       else {"sampler": sampler, "num_steps": num_steps, "eta": eta},
       num_samples=num_samples, checkpoint_step=int(state.step), parameters="ema",
-      processing="rounded to the 8-bit grid, as saved images")
+      processing="rounded to the 8-bit grid, as saved images", seconds=sampling_seconds)
   reference = {"test": f"all {len(test_images)} examples of {setup.dataset.name}",
                "train": f"the first {len(train_images)} examples of {train_dataset.name}",
                "test_halves": evaluation.split_description(len(test_images))}

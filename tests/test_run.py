@@ -132,6 +132,7 @@ def test_digits_train_resume_sample_eval(env, tmp_path):
     for key in ('fd_samples_vs_test', 'fd_samples_vs_train', 'fd_train_vs_test', 'fd_test_halves'):
         assert np.isfinite(quality[key]) and quality[key] >= -1e-6, (key, quality[key])
     assert 1.0 <= quality['is_samples'] <= 10.0 and 1.0 <= quality['is_test'] <= 10.0
+    assert quality['samples'].pop('seconds') > 0
     assert quality['samples'] == {'num_samples': 32, 'sampler': 'ddim', 'num_steps': 3, 'eta': 0.0,
                                   'checkpoint_step': 3, 'parameters': 'ema',
                                   'processing': 'rounded to the 8-bit grid, as saved images'}

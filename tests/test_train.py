@@ -4,6 +4,8 @@ import functools
 import glob
 import json
 import os
+import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +135,48 @@ def test_rerun_with_more_steps_continues_exactly(tmp_path, capsys):
     assert_trees_equal(whole.params, parts.params)
     assert_trees_equal(whole.ema_params, parts.ema_params)
     assert_trees_equal(whole, parts)
+
+
+def test_spent_time_budget_stops_like_a_last_step_and_the_run_resumes_exactly(run_a, tmp_path, capsys):
+    """A budget spent at once: step 1 finishes, is logged, checkpointed and sampled, and train()
+    returns normally; resuming without the budget then gives the uninterrupted run, bit for bit."""
+    workdir = str(tmp_path / 'wd')
+    config = toy_config()
+    config.train.max_seconds = 1e-9
+    state = train.train(config, workdir, ddpm_toy2d.build)
+    assert int(state.step) == 1
+    assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['1']
+    assert [r['step'] for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))] == [1]
+    assert os.listdir(os.path.join(workdir, 'samples')) == ['step_0000001.png']
+    out = capsys.readouterr().out
+    assert 'Stopped on the time budget (--config.train.max_seconds=1e-09) at step 1 of 4' in out
+    assert 'Done' not in out
+
+    config.train.max_seconds = 0.0  # a resumed run may change its budget
+    resumed = train.train(config, workdir, ddpm_toy2d.build)
+    assert int(resumed.step) == 4
+    assert_trees_equal(run_a['state'], resumed)
+    assert [r['step'] for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))] == [1, 2, 3, 4]
+
+
+def test_time_budget_stops_a_long_run_with_a_consistent_checkpoint_log_and_grid(tmp_path, capsys):
+    workdir = str(tmp_path / 'wd')
+    config = toy_config(num_steps=10**7)
+    config.train.update(max_seconds=1.5, log_every=10**7, checkpoint_every=10**7, sample_every=10**7)
+    start = time.time()
+    state = train.train(config, workdir, ddpm_toy2d.build)
+    seconds = time.time() - start
+    step = int(state.step)
+    assert 1 < step < 10**7 and seconds < 60
+    # The checkpoint, the one log record (the average of all steps) and the grid are all of that step.
+    assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
+    restored = checkpoint.restore(checkpoint.manager(workdir, create=False), checkpoint.abstract_like(state))
+    assert_trees_equal(restored, state)
+    records = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    assert [r['step'] for r in records] == [step] and np.isfinite(records[0]['loss'])
+    assert os.listdir(os.path.join(workdir, 'samples')) == [f'step_{step:07d}.png']
+    match = re.search(r'at step (\d+) of 10000000 after ([\d.]+) s of training', capsys.readouterr().out)
+    assert match and int(match.group(1)) == step and 1.5 <= float(match.group(2)) <= seconds
 
 
 def test_train_step_compiles_once(run_a):
@@ -269,7 +313,8 @@ def test_config_errors_name_the_flag_and_write_nothing(tmp_path):
             train.train(config, workdir, ddpm_toy2d.build)
         assert not os.path.exists(workdir)
     for path, value in [('train.ema_decay', 1.0), ('optim.learning_rate', -1.0), ('optim.warmup_steps', -1),
-                        ('optim.name', 'sgd'), ('optim.schedule', 'linear')]:
+                        ('optim.name', 'sgd'), ('optim.schedule', 'linear'), ('train.max_seconds', -1.0),
+                        ('train.max_seconds', float('inf'))]:
         config = toy_config()
         section, key = path.split('.')
         config[section][key] = value
