@@ -254,9 +254,8 @@ class _Setup:
     """
     devices = self.mesh.devices.size
     padded = -(-num_samples // devices) * devices
-    guidance = {"guidance_scale": guidance_scale} if guidance_scale else {}
-    fn = functools.partial(self.model.sample, num_samples=padded,
-                           sampler=sampler, num_steps=num_steps, eta=eta, **guidance)
+    fn = functools.partial(self.model.sample, num_samples=padded, sampler=sampler,
+                           num_steps=num_steps, eta=eta, guidance_scale=guidance_scale)
     draw = jax.jit(lambda params, key, labels: fn(params, key, labels=labels),
                    out_shardings=sharding.data_sharded(self.mesh))
 
