@@ -30,6 +30,10 @@ from absl import app, flags, logging
 # Runs from a checkout without installation, too.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# Before any JAX computation: XLA reads its flags once (see gen_jax/cpu_flags.py).
+from gen_jax import cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+cpu_flags.set_default_cpu_flags()
+
 import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_EXPERIMENT = "ddpm_digits"

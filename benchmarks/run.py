@@ -37,6 +37,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gen_jax import cpu_flags  # pylint: disable=wrong-import-position
+cpu_flags.set_default_cpu_flags()
+
 import jax  # pylint: disable=wrong-import-position
 
 from experiments import ddpm_cifar, ddpm_digits  # pylint: disable=wrong-import-position
