@@ -20,16 +20,20 @@ What is measured:
     and 50 steps. On CPU a 1000-step run of the CIFAR U-Net takes an hour, so
     the DDPM figure comes from a K-step run of the same compiled scan
     (K = --sample_steps, default 10), scaled by K / 1000; the table says so.
-  * Each ours/peer pair alternates rounds (ours, peer, ours, ...) and reports
-    medians, so load changes hit both sides.
+  * Each side runs in a process of its own (this file with --worker): the
+    two runtimes slowed each other down in one process. Each ours/peer pair
+    alternates rounds (ours, peer, ours, ...), one process running while the
+    other waits, and reports medians, so load changes hit both sides.
+  * XLA_FLAGS: gen_jax's CPU defaults (gen_jax/cpu_flags.py) are in effect
+    unless GEN_JAX_CPU_FLAGS=0; the table's first line prints them.
 """
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,22 +72,28 @@ def timed(fn, repeats):
   return statistics.median(times)
 
 
-def alternate(ours, theirs, rounds):
-  """Medians of (ours, theirs), timed in alternating rounds; theirs may be None."""
-  a, b = [], []
-  for _ in range(rounds):
-    a.append(timed(ours, 1))
-    if theirs is not None:
-      b.append(timed(theirs, 1))
-  return statistics.median(a), (statistics.median(b) if b else None)
-
-
 # ----------------------------------------------------------------------------
 # The machine's limit
 # ----------------------------------------------------------------------------
 
-def cpu_peak(torch_mod, quick):
-  """Best measured float32 FLOP/s of a large matmul and a large 3x3 conv."""
+def cpu_peak(torch_mod, quick, xla=True):
+  """Best measured float32 FLOP/s of a large matmul and a large 3x3 conv:
+  (best, {what: FLOP/s}), XLA's unless xla=False, torch's when given."""
+  out = {}
+  conv_flops = 2 * 8 * 32 * 32 * 256 * 256 * 9
+  if xla:
+    out.update(_xla_peak(quick, conv_flops))
+  if torch_mod is not None:
+    tx = torch_mod.randn(8, 256, 32, 32)
+    tw = torch_mod.randn(256, 256, 3, 3)
+    with torch_mod.no_grad():
+      torch_mod.nn.functional.conv2d(tx, tw, padding=1)
+      out["torch_conv"] = conv_flops / timed(
+          lambda: torch_mod.nn.functional.conv2d(tx, tw, padding=1), 3 if quick else 5)
+  return max(out.values()), out
+
+
+def _xla_peak(quick, conv_flops):
   out = {}
   n = 2048
   a = jax.random.normal(jax.random.key(0), (n, n))
@@ -95,16 +105,8 @@ def cpu_peak(torch_mod, quick):
   conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
   block(conv(x, w))
-  conv_flops = 2 * 8 * 32 * 32 * 256 * 256 * 9
   out["xla_conv"] = conv_flops / timed(lambda: block(conv(x, w)), 3 if quick else 5)
-  if torch_mod is not None:
-    tx = torch_mod.randn(8, 256, 32, 32)
-    tw = torch_mod.randn(256, 256, 3, 3)
-    with torch_mod.no_grad():
-      torch_mod.nn.functional.conv2d(tx, tw, padding=1)
-      out["torch_conv"] = conv_flops / timed(
-          lambda: torch_mod.nn.functional.conv2d(tx, tw, padding=1), 3 if quick else 5)
-  return max(out.values()), out
+  return out
 
 
 def gpu_peak(compute_dtype):
@@ -244,6 +246,113 @@ def peer_sampler(torch_mod, device, batch, num_steps, compile_model, bf16, ddim=
 
 
 # ----------------------------------------------------------------------------
+# Workers: each measured thing runs in its own process
+# ----------------------------------------------------------------------------
+# Timed in one process, our step slowed by a third at batch 32 once torch had
+# run beside it (3.62 images/s alone, 2.6-2.7 alternating), so each side gets a
+# process of its own; they still alternate, one running while the other waits.
+
+def build(spec):
+  """(run, info) for a worker spec; run() does one blocking call."""
+  side, kind = spec["side"], spec["kind"]
+  on_gpu = spec["device"] == "gpu"
+  if side == "ours":
+    module = {"ddpm_cifar": ddpm_cifar, "ddpm_digits": ddpm_digits}[spec.get("experiment", "ddpm_cifar")]
+    shape = (8, 8, 1) if module is ddpm_digits else (32, 32, 3)
+    info = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                       f"{jax.devices()[0].device_kind}",
+            "jax": jax.__version__, "platform": jax.devices()[0].platform,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    if on_gpu and info["platform"] != "gpu":
+      raise SystemExit(f"--device=gpu but JAX sees {info['platform']}: install jax[cuda12]")
+    if kind == "peak":
+      info["peak"] = gpu_peak(spec["compute_dtype"]) if on_gpu else cpu_peak(None, spec["quick"])
+      return (lambda: None), info
+    if kind == "train":
+      run, info["compile_s"], info["flops_per_step"], info["memory_bytes"] = ours_train(
+          module, shape, spec["batch"], spec["compute_dtype"])
+    else:
+      run, info["compile_s"] = ours_sampler(module, shape, spec["batch"], spec["sampler"],
+                                            spec.get("num_steps"), spec["compute_dtype"],
+                                            num_timesteps=spec.get("num_timesteps"))
+    return run, info
+  import torch  # pylint: disable=import-outside-toplevel
+  device = "cuda" if on_gpu else "cpu"
+  info = {"torch": torch.__version__}
+  if kind == "peak":
+    info["peak"] = cpu_peak(torch, spec["quick"], xla=False)
+    return (lambda: None), info
+  if kind == "train":
+    run, info["num_params"] = peer_train(torch, device, spec["batch"], spec["compile"], on_gpu)
+  else:
+    run = peer_sampler(torch, device, spec["batch"], spec["num_steps"], spec["compile"], on_gpu,
+                       ddim=spec["sampler"] == "ddim")
+  return run, info
+
+
+def worker_main(spec):
+  """Builds spec, prints its info as a JSON line, then answers each line
+  "N W" on stdin with a JSON list of N call times, after W untimed calls."""
+  run, info = build(spec)
+  print(json.dumps(info), flush=True)
+  for line in sys.stdin:
+    n, warmup = map(int, line.split())
+    for _ in range(warmup):
+      run()
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      run()
+      times.append(time.perf_counter() - start)
+    print(json.dumps(times), flush=True)
+
+
+class Worker:
+  """A benchmark process (this file with --worker), built and waiting."""
+
+  def __init__(self, spec):
+    env = dict(os.environ)
+    if spec["device"] == "gpu":  # Share the GPU with the peer's process.
+      env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    self.spec = spec
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    self.info = self._reply()
+
+  def _reply(self):
+    line = self.proc.stdout.readline()
+    if not line:
+      raise SystemExit(f"benchmark worker {self.spec} failed (exit status "
+                       f"{self.proc.wait()}); its error is above")
+    return json.loads(line)
+
+  def times(self, n=1, warmup=0):
+    self.proc.stdin.write(f"{n} {warmup}\n")
+    self.proc.stdin.flush()
+    return self._reply()
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def alternate(ours, theirs, rounds, warmup):
+  """Medians of (ours, theirs) seconds per call, timed in alternating rounds
+  of `warmup` untimed calls and one timed; theirs may be None.
+
+  The warm-up call matters: the first step of our process after the peer's
+  ran about 30% slower, whatever the order (caches, memory, the OS), and the
+  peer's after ours less so; one call per side and round absorbs it."""
+  a, b = [], []
+  for _ in range(rounds):
+    a += ours.times(1, warmup)
+    if theirs is not None:
+      b += theirs.times(1, warmup)
+  return statistics.median(a), (statistics.median(b) if b else None)
+
+
+# ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
 
@@ -255,40 +364,43 @@ def main():
   parser.add_argument("--no_peer", action="store_true", help="skip the PyTorch peer")
   parser.add_argument("--sample_steps", type=int, default=10,
                       help="CPU: steps run to time the DDPM-1000 sampler")
+  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.worker:
+    worker_main(json.loads(args.worker))
+    return
 
   on_gpu = args.device == "gpu"
-  platform_name = jax.devices()[0].platform
-  if on_gpu and platform_name != "gpu":
-    raise SystemExit(f"--device=gpu but JAX sees {platform_name}: install jax[cuda12]")
   compute_dtype = "bfloat16" if on_gpu else "float32"
   rounds = 3 if args.quick else 5
-
-  torch_mod = None
-  if not args.no_peer:
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-      import diffusers  # pylint: disable=import-outside-toplevel,unused-import
-      torch_mod = torch
-    except ImportError:
+  common = {"device": args.device, "compute_dtype": compute_dtype, "quick": args.quick}
+  with_peer = not args.no_peer
+  if with_peer:
+    # Only looked for here: the peer runs in processes of its own.
+    if not all(importlib.util.find_spec(m) for m in ("torch", "diffusers")):
       raise SystemExit("the peer needs torch and diffusers: pip install -e '.[bench]' "
-                       "(or pass --no_peer)") from None
-  torch_device = "cuda" if on_gpu else "cpu"
+                       "(or pass --no_peer)")
 
+  def spawn(side, kind, **spec):
+    return Worker(dict(common, side=side, kind=kind, **spec))
+
+  ours_peak = spawn("ours", "peak")
+  ours_peak.close()
   results = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-             "machine": f"{platform.processor() or platform.machine()}, "
-                        f"{os.cpu_count()} cores, {jax.devices()[0].device_kind}",
-             "jax": jax.__version__, "compute_dtype": compute_dtype, "rows": []}
-  if torch_mod is not None:
-    results["torch"] = torch_mod.__version__
-
-  if on_gpu:
-    peak, peak_detail = gpu_peak(compute_dtype)
-  else:
-    peak, peak_detail = cpu_peak(torch_mod, args.quick)
+             "machine": ours_peak.info["machine"], "jax": ours_peak.info["jax"],
+             "xla_flags": ours_peak.info["xla_flags"], "compute_dtype": compute_dtype,
+             "rows": []}
+  peak, peak_detail = ours_peak.info["peak"]
+  if with_peer and not on_gpu:
+    peer_peak = spawn("peer", "peak")
+    peer_peak.close()
+    results["torch"] = peer_peak.info["torch"]
+    peak = max(peak, peer_peak.info["peak"][0])
+    peak_detail.update(peer_peak.info["peak"][1])
   results["peak_flops"] = peak
   results["peak_detail"] = peak_detail
-  print(f"peak: {peak / 1e9:,.0f} GFLOP/s ({peak_detail})", flush=True)
+  print(f"peak: {peak / 1e9:,.0f} GFLOP/s ({peak_detail}); XLA_FLAGS={results['xla_flags']!r}",
+        flush=True)
 
   def add(row):
     results["rows"].append(row)
@@ -298,63 +410,67 @@ def main():
           + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""), flush=True)
 
   # Training throughput.
-  cifar_shape = (32, 32, 3)
-  train_batches = (128, 256) if on_gpu else (8, 32)
-  for batch in train_batches:
-    run, compile_s, flops, memory = ours_train(ddpm_cifar, cifar_shape, batch, compute_dtype)
-    peer_runs = []
-    if torch_mod is not None:
-      peer_runs.append(("eager", peer_train(torch_mod, torch_device, batch, False, on_gpu)))
+  for batch in (128, 256) if on_gpu else (8, 32):
+    ours = spawn("ours", "train", batch=batch)
+    peers = []
+    if with_peer:
+      peers.append(("eager", False))
       if on_gpu:
-        peer_runs.append(("torch.compile", peer_train(torch_mod, torch_device, batch, True, True)))
-    for label, peer in peer_runs or [(None, (None, None))]:
-      ours_s, peer_s = alternate(run, peer[0], rounds)
+        peers.append(("torch.compile", True))
+    for label, compile_model in peers or [(None, False)]:
+      peer = spawn("peer", "train", batch=batch, compile=compile_model) if label else None
+      ours_s, peer_s = alternate(ours, peer, rounds, 1)
+      flops = ours.info["flops_per_step"]
       row = {"what": f"train ddpm_cifar b{batch}" + (f" vs {label}" if label else ""),
-             "unit": "images/s", "ours": batch / ours_s, "compile_s": compile_s,
+             "unit": "images/s", "ours": batch / ours_s, "compile_s": ours.info["compile_s"],
              "flops_per_step": flops, "achieved_flops": flops / ours_s,
-             "mfu": flops / ours_s / peak, "memory_bytes": memory}
-      if peer_s:
-        row.update(peer=batch / peer_s, ratio=peer_s / ours_s, peer_params=peer[1])
+             "mfu": flops / ours_s / peak, "memory_bytes": ours.info["memory_bytes"]}
+      if peer is not None:
+        row.update(peer=batch / peer_s, ratio=peer_s / ours_s, peer_params=peer.info["num_params"])
+        peer.close()
       add(row)
-      del row
+    ours.close()
 
   digits_batch = ddpm_digits.get_config().data.batch_size
-  run, compile_s, flops, memory = ours_train(ddpm_digits, (8, 8, 1), digits_batch, "float32")
-  seconds = timed(run, 20 if args.quick else 50)
+  ours = spawn("ours", "train", experiment="ddpm_digits", batch=digits_batch,
+               compute_dtype="float32")
+  seconds = statistics.median(ours.times(20 if args.quick else 50))
+  ours.close()
   add({"what": f"train ddpm_digits b{digits_batch}", "unit": "images/s",
-       "ours": digits_batch / seconds, "steps_per_s": 1 / seconds, "compile_s": compile_s,
-       "flops_per_step": flops, "mfu": flops / seconds / peak, "memory_bytes": memory})
+       "ours": digits_batch / seconds, "steps_per_s": 1 / seconds,
+       "compile_s": ours.info["compile_s"], "flops_per_step": ours.info["flops_per_step"],
+       "mfu": ours.info["flops_per_step"] / seconds / peak,
+       "memory_bytes": ours.info["memory_bytes"]})
 
   # Sampling throughput.
   sample_batch = 256 if on_gpu else 16
   ddpm_steps = 1000 if on_gpu else args.sample_steps
-  run, compile_s = ours_sampler(ddpm_cifar, cifar_shape, sample_batch, "ddpm", None,
-                                compute_dtype, num_timesteps=ddpm_steps)
-  peer = (peer_sampler(torch_mod, torch_device, sample_batch, ddpm_steps, False, on_gpu)
-          if torch_mod is not None else None)
-  ours_s, peer_s = alternate(run, peer, rounds)
-  scale = 1000 / ddpm_steps
-  row = {"what": f"sample ddpm-1000 b{sample_batch}", "unit": "images/s",
-         "ours": sample_batch / (ours_s * scale), "compile_s": compile_s,
-         "timed_steps": ddpm_steps, "seconds_per_1000_steps": ours_s * scale}
-  if peer_s:
-    row.update(peer=sample_batch / (peer_s * scale), ratio=peer_s / ours_s)
-  add(row)
+  plans = [("ddpm", ddpm_steps, 2 if args.quick else rounds)]
   for steps in (20, 50):
-    if args.quick and not on_gpu and steps == 50:
-      continue  # same per-step cost as 20 steps, at 2.5x the time
-    run, compile_s = ours_sampler(ddpm_cifar, cifar_shape, sample_batch, "ddim", steps,
-                                  compute_dtype)
-    peer = (peer_sampler(torch_mod, torch_device, sample_batch, steps, False, on_gpu, ddim=True)
-            if torch_mod is not None else None)
-    ours_s, peer_s = alternate(run, peer, 1 if args.quick else 3)
-    row = {"what": f"sample ddim-{steps} b{sample_batch}", "unit": "images/s",
-           "ours": sample_batch / ours_s, "compile_s": compile_s}
-    if peer_s:
-      row.update(peer=sample_batch / peer_s, ratio=peer_s / ours_s)
+    if not (args.quick and not on_gpu and steps == 50):  # 50 costs 2.5x 20, per step the same
+      plans.append(("ddim", steps, 1 if args.quick else 3))
+  for sampler, steps, sample_rounds in plans:
+    if sampler == "ddpm":  # A K-step DDPM: the per-step cost of DDPM-1000.
+      ours = spawn("ours", "sample", batch=sample_batch, sampler="ddpm", num_timesteps=steps)
+    else:
+      ours = spawn("ours", "sample", batch=sample_batch, sampler="ddim", num_steps=steps)
+    peer = (spawn("peer", "sample", batch=sample_batch, sampler=sampler, num_steps=steps,
+                  compile=False) if with_peer else None)
+    # A DDIM call is tens of network calls: one switch costs it little.
+    warmup = 0 if sampler == "ddim" and args.quick else 1
+    ours_s, peer_s = alternate(ours, peer, sample_rounds, warmup)
+    scale = 1000 / steps if sampler == "ddpm" else 1
+    what = "sample ddpm-1000" if sampler == "ddpm" else f"sample ddim-{steps}"
+    row = {"what": f"{what} b{sample_batch}", "unit": "images/s",
+           "ours": sample_batch / (ours_s * scale), "compile_s": ours.info["compile_s"]}
+    if sampler == "ddpm":
+      row.update(timed_steps=steps, seconds_per_1000_steps=ours_s * scale)
+    if peer is not None:
+      row.update(peer=sample_batch / (peer_s * scale), ratio=peer_s / ours_s)
+      peer.close()
+    ours.close()
     add(row)
 
-  results["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=2)
