@@ -26,6 +26,7 @@ GPU and TPU backends ignore these flags.
 
 import os
 import platform
+import warnings
 
 # (flag name, value, jaxlib (major, minor) versions it was measured on).
 _FLAGS = (
@@ -63,8 +64,9 @@ def _backends_started() -> bool:
 def set_default_cpu_flags(environ=None) -> list[str]:
   """Adds default_cpu_flags() to XLA_FLAGS in `environ` (os.environ).
 
-  Returns the flags added. Raises RuntimeError if XLA's backends have
-  already started, when the flags could no longer take effect.
+  Returns the flags added. If XLA's backends have already started (run.py
+  imported by a running program, say), the flags could no longer take
+  effect: it warns and changes nothing.
   """
   environ = os.environ if environ is None else environ
   if environ.get("GEN_JAX_CPU_FLAGS", "1") == "0":
@@ -74,7 +76,9 @@ def set_default_cpu_flags(environ=None) -> list[str]:
   if not added:
     return []
   if _backends_started():
-    raise RuntimeError("set_default_cpu_flags() must run before the first JAX "
-                       "computation: XLA has already read XLA_FLAGS")
+    warnings.warn("gen_jax.cpu_flags: XLA has already started, so its CPU flags "
+                  f"{added} are not set; call set_default_cpu_flags() before the "
+                  "first JAX computation", stacklevel=2)
+    return []
   environ["XLA_FLAGS"] = " ".join([current] + added).strip()
   return added
