@@ -1,6 +1,6 @@
 """Where the time of a ddpm_cifar training step and forward pass goes, ours and the peer's.
 
-  python benchmarks/breakdown.py                 # batch 8 training, batch 16 forward, about 3 minutes
+  python benchmarks/breakdown.py                 # batch 8 training, batch 16 forward, about 2 minutes
   python benchmarks/breakdown.py --batch=32 --no_peer --out=profile.json
 
 Splits each side's time into convolutions (forward, and backward for both
