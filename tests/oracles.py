@@ -119,6 +119,19 @@ def gmm_log_density(x, weights, means, stds):
   return special.logsumexp(np.log(weights) + log_comp, axis=-1)
 
 
+def gmm_noised_score_fd(x, alpha_bar, weights, means, stds, h=1e-5):
+  """float64 grad_x log p_t(x) for one point x (D,) by central finite
+  differences of gmm_log_density, p_t the mixture noised to alpha_bar:
+  components N(sqrt(ab) mu_k, (ab s_k^2 + 1 - ab) I)."""
+  weights, means, stds = _as_params(weights, means, stds)
+  x = np.asarray(x, np.float64)[None]
+  params = (weights, math.sqrt(alpha_bar) * means,
+            np.sqrt(alpha_bar * stds ** 2 + 1 - alpha_bar))
+  return np.array([(gmm_log_density(x + h * e, *params)
+                    - gmm_log_density(x - h * e, *params))[0] / (2 * h)
+                   for e in np.eye(x.shape[1])])
+
+
 def quantize(x, num_bins=256):
   """Rounds to the grid {-1, ..., 1} of num_bins levels (clipping first)."""
   levels = num_bins - 1
