@@ -246,16 +246,6 @@ def test_npz_round_trip(tmp_path):
     (dict(pictures=np.zeros((3, 4, 4), np.uint8)), 'pictures'),  # lists the keys it found
     (dict(images=np.zeros((3, 4), np.uint8)), 'shape'),
     (dict(images=np.zeros((3, 4, 4), np.uint8), labels=np.zeros(2, np.int64)), 'labels'),
-])
-def test_npz_errors_name_the_file(tmp_path, arrays, match):
-    path = tmp_path / 'bad_file.npz'
-    np.savez(path, **arrays)
-    with pytest.raises(data.DataError, match=match) as info:
-        data.load_dataset(config(source='npz', path=str(path)), 'train')
-    assert 'bad_file.npz' in str(info.value)
-
-
-@pytest.mark.parametrize('arrays, match', [
     (dict(images=np.full((3, 4, 4), 300, np.int64)), r'values in 300\.\.300.*0\.\.255'),
     (dict(images=np.full((3, 4, 4), -2, np.int16)), r'values in -2\.\.-2'),
     (dict(images=np.eye(4, dtype=np.uint8)[None].repeat(3, 0)), 'only 0s and 1s'),
@@ -268,13 +258,13 @@ def test_npz_errors_name_the_file(tmp_path, arrays, match):
      r"'test_images' has examples of shape \(5, 4, 1\) but 'images' has \(4, 4, 1\)"),
     (dict(points=np.zeros((3, 2)), test_points=np.array([[np.nan, 0.0]])), "'test_points' has 1 NaN"),
 ])
-def test_npz_bad_values_dtypes_and_shapes_name_the_file(tmp_path, arrays, match):
+def test_npz_errors_name_the_file(tmp_path, arrays, match):
     """Each problem is caught when the train split loads (at start-up), with the file and the problem named."""
-    path = tmp_path / 'bad_values.npz'
+    path = tmp_path / 'bad_file.npz'
     np.savez(path, **arrays)
     with pytest.raises(data.DataError, match=match) as info:
         data.load_dataset(config(source='npz', path=str(path)), 'train')
-    assert 'bad_values.npz' in str(info.value)
+    assert 'bad_file.npz' in str(info.value)
 
 
 def test_npz_integer_images_in_range_are_accepted(tmp_path):
