@@ -24,10 +24,8 @@ import collections
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -37,19 +35,14 @@ cpu_flags.set_default_cpu_flags()
 
 
 def _bench_module():
+  """benchmarks/run.py: its model builders and timer serve here too."""
   spec = importlib.util.spec_from_file_location("bench_run", os.path.join(ROOT, "benchmarks", "run.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-def median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+bench = _bench_module()
 
 
 # ----------------------------------------------------------------------------
@@ -105,12 +98,12 @@ def time_convs(inventory, params_of, backward, repeats):
     for s in rhs_spatial:
       window *= s
     flops += count * 2 * out_elems * window * in_features
-    forward_s += count * median_seconds(lambda: fwd(x, w).block_until_ready(), repeats)
+    forward_s += count * bench.timed(lambda: fwd(x, w).block_until_ready(), repeats)
     if backward:
       bwd = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy))
       dy = jnp.ones_like(y)
       jax.block_until_ready(bwd(x, w, dy))
-      backward_s += count * median_seconds(lambda: jax.block_until_ready(bwd(x, w, dy)), repeats)
+      backward_s += count * bench.timed(lambda: jax.block_until_ready(bwd(x, w, dy)), repeats)
   return forward_s, backward_s, flops
 
 
@@ -120,13 +113,12 @@ def profile_ours(batch, forward_batch, repeats):
   import optax  # pylint: disable=import-outside-toplevel
   from experiments import ddpm_cifar  # pylint: disable=import-outside-toplevel
   from gen_jax import train  # pylint: disable=import-outside-toplevel
-  bench = _bench_module()
   shape = (32, 32, 3)
   out = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
 
   # The training step.
   run, _, flops, _ = bench.ours_train(ddpm_cifar, shape, batch, "float32")
-  step_s = median_seconds(run, repeats)
+  step_s = bench.timed(run, repeats)
   config = bench.experiment_config(ddpm_cifar, batch, "float32")
   model = ddpm_cifar.build(config, shape)
   tx = train.make_optimizer(config.optim, config.train.num_steps)
@@ -148,7 +140,7 @@ def profile_ours(batch, forward_batch, repeats):
   def run_update():
     holder[0] = update(holder[0], grads)
     jax.block_until_ready(holder[0])
-  optimizer_s = median_seconds(run_update, repeats)
+  optimizer_s = bench.timed(run_update, repeats)
   out["train"] = {"batch": batch, "step_s": step_s, "flops_per_step": flops,
                   "conv_forward_s": conv_fwd, "conv_backward_s": conv_bwd,
                   "conv_flops_forward": conv_flops, "optimizer_s": optimizer_s,
@@ -160,7 +152,7 @@ def profile_ours(batch, forward_batch, repeats):
   xs = jnp.zeros((forward_batch,) + shape)
   forward = jax.jit(lambda p, x: model.eps_fn(p)(x, t))
   forward(params, xs).block_until_ready()
-  forward_s = median_seconds(lambda: forward(params, xs).block_until_ready(), repeats)
+  forward_s = bench.timed(lambda: forward(params, xs).block_until_ready(), repeats)
   inventory, params_of = conv_inventory(jax.make_jaxpr(lambda p, x: model.eps_fn(p)(x, t))(params, xs))
   conv_fwd, _, _ = time_convs(inventory, params_of, False, repeats)
   out["forward"] = {"batch": forward_batch, "step_s": forward_s, "conv_forward_s": conv_fwd}
@@ -174,7 +166,6 @@ def profile_ours(batch, forward_batch, repeats):
 def profile_peer(batch, forward_batch, repeats):
   import torch  # pylint: disable=import-outside-toplevel
   from torch.profiler import ProfilerActivity, profile  # pylint: disable=import-outside-toplevel
-  bench = _bench_module()
   out = {"torch": torch.__version__}
 
   def split(fn, steps):
@@ -191,7 +182,7 @@ def profile_peer(batch, forward_batch, repeats):
     return conv / 1e6 / steps, optimizer / 1e6 / steps
 
   run, _ = bench.peer_train(torch, "cpu", batch, False, False)
-  step_s = median_seconds(run, repeats)
+  step_s = bench.timed(run, repeats)
   conv_s, optimizer_s = split(run, 2)
   out["train"] = {"batch": batch, "step_s": step_s, "conv_s": conv_s, "optimizer_s": optimizer_s}
 
@@ -203,7 +194,7 @@ def profile_peer(batch, forward_batch, repeats):
     with torch.no_grad():
       model(x, t)
   forward()
-  forward_s = median_seconds(forward, repeats)
+  forward_s = bench.timed(forward, repeats)
   conv_s, _ = split(forward, 2)
   out["forward"] = {"batch": forward_batch, "step_s": forward_s, "conv_s": conv_s}
   return out
