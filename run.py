@@ -31,18 +31,20 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # Before any JAX computation: XLA reads its flags once (see gen_jax/cpu_flags.py).
-from gen_jax import cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gen_jax import cpu_flags
+
 cpu_flags.set_default_cpu_flags()
 
-import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+import experiments
 
 DEFAULT_EXPERIMENT = "ddpm_digits"
 
 
 def list_experiments() -> dict[str, str]:
   """Experiment name -> the first line of its module docstring."""
-  names = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__)
-                 if not m.name.startswith("_"))
+  names = sorted(
+    m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")
+  )
   out = {}
   for name in names:
     spec = importlib.util.find_spec(f"experiments.{name}")
@@ -77,8 +79,9 @@ def _check_config_keys(argv, config) -> None:
 
   (config_flags would raise a KeyError with a traceback while defining the flag.)
   """
-  import difflib  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
+  import difflib
+  import re
+
   for arg in argv[1:]:
     match = re.match(r"^--?(?:no)?config\.([^=]*)", arg)
     if not match:
@@ -91,56 +94,86 @@ def _check_config_keys(argv, config) -> None:
         valid = sorted(node.keys())
         close = difflib.get_close_matches(part, valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        _fail(f"unknown config key --{walked}.{part}{hint}; valid keys of "
-              f"--{walked}: {', '.join(valid)}")
+        _fail(
+          f"unknown config key --{walked}.{part}{hint}; valid keys of "
+          f"--{walked}: {', '.join(valid)}"
+        )
       node, walked = node[part], f"{walked}.{part}"
 
 
 def define_flags(argv):
   """Defines the flags; --config comes from the chosen experiment's get_config()."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from gen_jax import models  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags
+
+  from gen_jax import models
+
   name = _experiment_from_argv(argv)
   known = list_experiments()
   if name not in known:
     _fail(f"unknown --experiment={name!r}; the experiments are:\n{experiments_help()}")
   module = importlib.import_module(f"experiments.{name}")
-  flags.DEFINE_string("experiment", DEFAULT_EXPERIMENT,
-                      "Experiment to run, one of:\n" + experiments_help())
-  flags.DEFINE_string("workdir", None,
-                      "Directory for checkpoints, logs and samples; default: a new "
-                      "runs/<experiment>-<time> for training, the newest one for "
-                      "sample and eval. The same workdir again resumes.")
+  flags.DEFINE_string(
+    "experiment", DEFAULT_EXPERIMENT, "Experiment to run, one of:\n" + experiments_help()
+  )
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for checkpoints, logs and samples; default: a new "
+    "runs/<experiment>-<time> for training, the newest one for "
+    "sample and eval. The same workdir again resumes.",
+  )
   flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
   flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
-  flags.DEFINE_enum("sampler", None, list(models.SAMPLERS),
-                    "--mode=sample|eval, diffusion models: ddpm (all T steps, ancestral) "
-                    "| ddim | respaced (ancestral on fewer steps) | dpm++2m "
-                    "(DPM-Solver++, 20 steps) | heun (EDM, 18 steps = 35 network "
-                    "calls); default: the config's sample.sampler.")
-  flags.DEFINE_integer("sampling_steps", None,
-                       "--mode=sample|eval: number of steps for ddim, respaced, dpm++2m "
-                       "and heun (default: config, else T, 20 and 18).")
-  flags.DEFINE_integer("class_label", None,
-                       "--mode=sample, class-conditional models: draw this class "
-                       "(default: every class, one row each).")
-  flags.DEFINE_float("guidance_scale", None,
-                     "--mode=sample, class-conditional models: classifier-free "
-                     "guidance w, eps = (1 + w) eps(x, c) - w eps(x, null) "
-                     "(default: the config's sample.guidance_scale).")
-  flags.DEFINE_string("inception_weights", None,
-                      "--mode=eval: .npz of the FID Inception-v3 weights (pytorch-fid's, "
-                      "converted with scripts/convert_inception_weights.py; see the README) "
-                      "for FID and Inception score on RGB images.")
+  flags.DEFINE_enum(
+    "sampler",
+    None,
+    list(models.SAMPLERS),
+    "--mode=sample|eval, diffusion models: ddpm (all T steps, ancestral) "
+    "| ddim | respaced (ancestral on fewer steps) | dpm++2m "
+    "(DPM-Solver++, 20 steps) | heun (EDM, 18 steps = 35 network "
+    "calls); default: the config's sample.sampler.",
+  )
+  flags.DEFINE_integer(
+    "sampling_steps",
+    None,
+    "--mode=sample|eval: number of steps for ddim, respaced, dpm++2m "
+    "and heun (default: config, else T, 20 and 18).",
+  )
+  flags.DEFINE_integer(
+    "class_label",
+    None,
+    "--mode=sample, class-conditional models: draw this class "
+    "(default: every class, one row each).",
+  )
+  flags.DEFINE_float(
+    "guidance_scale",
+    None,
+    "--mode=sample, class-conditional models: classifier-free "
+    "guidance w, eps = (1 + w) eps(x, c) - w eps(x, null) "
+    "(default: the config's sample.guidance_scale).",
+  )
+  flags.DEFINE_string(
+    "inception_weights",
+    None,
+    "--mode=eval: .npz of the FID Inception-v3 weights (pytorch-fid's, "
+    "converted with scripts/convert_inception_weights.py; see the README) "
+    "for FID and Inception score on RGB images.",
+  )
   flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
-  flags.DEFINE_bool("distributed", False,
-                    "Multi-host: call jax.distributed.initialize() first (on a TPU "
-                    "pod slice or a SLURM/Open MPI GPU cluster it finds its peers).")
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-host: call jax.distributed.initialize() first (on a TPU "
+    "pod slice or a SLURM/Open MPI GPU cluster it finds its peers).",
+  )
   config = module.get_config()
   _check_config_keys(argv, config)
-  config_flags.DEFINE_config_dict("config", config,
-                                  "The experiment's config; override fields "
-                                  "as --config.<path>=<value>.", lock_config=True)
+  config_flags.DEFINE_config_dict(
+    "config",
+    config,
+    "The experiment's config; override fields as --config.<path>=<value>.",
+    lock_config=True,
+  )
   return module
 
 
@@ -180,7 +213,8 @@ def _overridden_paths(argv) -> set[str]:
 def _with_saved_config(config, workdir, argv):
   """The config a run was trained with (workdir/config.json), so sampling and
   evaluation need no repeated overrides; --config.* flags still win."""
-  import json  # pylint: disable=g-import-not-at-top
+  import json
+
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return config
@@ -200,6 +234,7 @@ def _with_saved_config(config, workdir, argv):
         node[key] = tuple(value)
       else:
         node[key] = value
+
   merge(config, saved, "")
   return config
 
@@ -208,8 +243,10 @@ def _run_itself(module, FLAGS) -> None:
   """An experiment that is no model for the shared trainer (a toy
   demonstration) defines run(config, workdir) and runs as a whole."""
   if FLAGS.mode != "train":
-    _fail(f"--mode={FLAGS.mode} does not apply to --experiment={FLAGS.experiment}: "
-          "it runs as a whole with --mode=train (the default)")
+    _fail(
+      f"--mode={FLAGS.mode} does not apply to --experiment={FLAGS.experiment}: "
+      "it runs as a whole with --mode=train (the default)"
+    )
   workdir = FLAGS.workdir or _default_workdir(FLAGS.experiment, FLAGS.mode)
   try:
     module.run(FLAGS.config, workdir)
@@ -226,9 +263,11 @@ def main(argv, module):
   if hasattr(module, "run"):
     _run_itself(module, FLAGS)
     return
-  from gen_jax import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  from gen_jax import checkpoint, data, train
+
   if FLAGS.distributed:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
+
     jax.distributed.initialize()
   config = FLAGS.config
   workdir = FLAGS.workdir or _default_workdir(FLAGS.experiment, FLAGS.mode)
@@ -240,20 +279,35 @@ def main(argv, module):
     if FLAGS.mode == "train":
       train.train(config, workdir, module.build)
     elif FLAGS.mode == "sample":
-      train.sample(config, workdir, module.build, FLAGS.num_samples,
-                   FLAGS.sampler, FLAGS.sampling_steps,
-                   class_label=FLAGS.class_label, guidance_scale=FLAGS.guidance_scale)
+      train.sample(
+        config,
+        workdir,
+        module.build,
+        FLAGS.num_samples,
+        FLAGS.sampler,
+        FLAGS.sampling_steps,
+        class_label=FLAGS.class_label,
+        guidance_scale=FLAGS.guidance_scale,
+      )
     else:
-      train.evaluate(config, workdir, module.build, FLAGS.sampler,
-                     FLAGS.sampling_steps, FLAGS.inception_weights)
+      train.evaluate(
+        config, workdir, module.build, FLAGS.sampler, FLAGS.sampling_steps, FLAGS.inception_weights
+      )
   except train.TrainingInterrupted as e:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
+
     if jax.process_index() == 0:
-      print(f"{e}. To resume, run the same command:\n  {_resume_command(sys.argv, workdir)}",
-            flush=True)
+      print(
+        f"{e}. To resume, run the same command:\n  {_resume_command(sys.argv, workdir)}", flush=True
+      )
     sys.exit(128 + e.signal_number)
-  except (train.ConfigError, data.DataError, checkpoint.NoCheckpointError,
-          train.NonFiniteError, ValueError) as e:
+  except (
+    train.ConfigError,
+    data.DataError,
+    checkpoint.NoCheckpointError,
+    train.NonFiniteError,
+    ValueError,
+  ) as e:
     if FLAGS.debug:
       raise
     _fail(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))

@@ -30,13 +30,16 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gen_jax import cpu_flags  # pylint: disable=wrong-import-position
+from gen_jax import cpu_flags
+
 cpu_flags.set_default_cpu_flags()
 
 
 def _bench_module():
   """benchmarks/run.py: its model builders and timer serve here too."""
-  spec = importlib.util.spec_from_file_location("bench_run", os.path.join(ROOT, "benchmarks", "run.py"))
+  spec = importlib.util.spec_from_file_location(
+    "bench_run", os.path.join(ROOT, "benchmarks", "run.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -49,11 +52,13 @@ bench = _bench_module()
 # Ours
 # ----------------------------------------------------------------------------
 
+
 def conv_inventory(jaxpr):
   """Counter of (lhs shape, rhs shape, params) over every conv_general_dilated
   in a closed jaxpr, sub-jaxprs (remat, pjit, custom_vjp) included."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.extend  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.extend
+
   found = collections.Counter()
 
   def walk(jaxpr):
@@ -78,8 +83,9 @@ def conv_inventory(jaxpr):
 def time_convs(inventory, params_of, backward, repeats):
   """Seconds per step of the inventory's convolutions, each timed alone:
   (forward seconds, backward seconds, FLOPs of the forward)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+
   forward_s = backward_s = flops = 0.0
   for key, count in inventory.items():
     lhs_shape, rhs_shape, dtype, _ = key
@@ -108,11 +114,13 @@ def time_convs(inventory, params_of, backward, repeats):
 
 
 def profile_ours(batch, forward_batch, repeats):
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  from experiments import ddpm_cifar  # pylint: disable=import-outside-toplevel
-  from gen_jax import train  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from experiments import ddpm_cifar
+  from gen_jax import train
+
   shape = (32, 32, 3)
   out = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
 
@@ -124,8 +132,9 @@ def profile_ours(batch, forward_batch, repeats):
   tx = train.make_optimizer(config.optim, config.train.num_steps)
   state = jax.jit(lambda k: train.init_state(model, tx, k))(jax.random.key(0))
   x = jnp.zeros((batch,) + shape)
-  inventory, params_of = conv_inventory(jax.make_jaxpr(
-      lambda p: model.loss(p, {"x": x}, jax.random.key(0))[0])(state.params))
+  inventory, params_of = conv_inventory(
+    jax.make_jaxpr(lambda p: model.loss(p, {"x": x}, jax.random.key(0))[0])(state.params)
+  )
   conv_fwd, conv_bwd, conv_flops = time_convs(inventory, params_of, True, repeats)
 
   def update(state, grads):
@@ -133,6 +142,7 @@ def profile_ours(batch, forward_batch, repeats):
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: 0.9999 * e + 1e-4 * p, state.ema_params, params)
     return state.replace(params=params, opt_state=opt_state, ema_params=ema)
+
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), state.params)
   update = jax.jit(update, donate_argnums=0)
   holder = [update(state, grads)]
@@ -140,11 +150,18 @@ def profile_ours(batch, forward_batch, repeats):
   def run_update():
     holder[0] = update(holder[0], grads)
     jax.block_until_ready(holder[0])
+
   optimizer_s = bench.timed(run_update, repeats)
-  out["train"] = {"batch": batch, "step_s": step_s, "flops_per_step": flops,
-                  "conv_forward_s": conv_fwd, "conv_backward_s": conv_bwd,
-                  "conv_flops_forward": conv_flops, "optimizer_s": optimizer_s,
-                  "num_convs": sum(inventory.values())}
+  out["train"] = {
+    "batch": batch,
+    "step_s": step_s,
+    "flops_per_step": flops,
+    "conv_forward_s": conv_fwd,
+    "conv_backward_s": conv_bwd,
+    "conv_flops_forward": conv_flops,
+    "optimizer_s": optimizer_s,
+    "num_convs": sum(inventory.values()),
+  }
 
   # One forward pass (a sampler's step), no dropout.
   params = holder[0].params  # `state` was donated to the update.
@@ -153,7 +170,9 @@ def profile_ours(batch, forward_batch, repeats):
   forward = jax.jit(lambda p, x: model.eps_fn(p)(x, t))
   forward(params, xs).block_until_ready()
   forward_s = bench.timed(lambda: forward(params, xs).block_until_ready(), repeats)
-  inventory, params_of = conv_inventory(jax.make_jaxpr(lambda p, x: model.eps_fn(p)(x, t))(params, xs))
+  inventory, params_of = conv_inventory(
+    jax.make_jaxpr(lambda p, x: model.eps_fn(p)(x, t))(params, xs)
+  )
   conv_fwd, _, _ = time_convs(inventory, params_of, False, repeats)
   out["forward"] = {"batch": forward_batch, "step_s": forward_s, "conv_forward_s": conv_fwd}
   return out
@@ -163,9 +182,11 @@ def profile_ours(batch, forward_batch, repeats):
 # The peer
 # ----------------------------------------------------------------------------
 
+
 def profile_peer(batch, forward_batch, repeats):
-  import torch  # pylint: disable=import-outside-toplevel
-  from torch.profiler import ProfilerActivity, profile  # pylint: disable=import-outside-toplevel
+  import torch
+  from torch.profiler import ProfilerActivity, profile
+
   out = {"torch": torch.__version__}
 
   def split(fn, steps):
@@ -176,8 +197,11 @@ def profile_peer(batch, forward_batch, repeats):
     for event in prof.key_averages():
       if "conv" in event.key.lower():
         conv += event.self_cpu_time_total
-      if event.key.startswith("Optimizer.step") or event.key == "aten::_foreach_norm" \
-          or "clip_grad" in event.key:
+      if (
+        event.key.startswith("Optimizer.step")
+        or event.key == "aten::_foreach_norm"
+        or "clip_grad" in event.key
+      ):
         optimizer += event.cpu_time_total
     return conv / 1e6 / steps, optimizer / 1e6 / steps
 
@@ -193,6 +217,7 @@ def profile_peer(batch, forward_batch, repeats):
   def forward():
     with torch.no_grad():
       model(x, t)
+
   forward()
   forward_s = bench.timed(forward, repeats)
   conv_s, _ = split(forward, 2)
@@ -203,6 +228,7 @@ def profile_peer(batch, forward_batch, repeats):
 # ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
+
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,34 +246,59 @@ def main():
   ours = profile_ours(args.batch, args.forward_batch, args.repeats)
   peer = None
   if not args.no_peer:
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--peer",
-                             f"--batch={args.batch}", f"--forward_batch={args.forward_batch}",
-                             f"--repeats={args.repeats}"],
-                            stdout=subprocess.PIPE, text=True, check=False)
+    result = subprocess.run(
+      [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--peer",
+        f"--batch={args.batch}",
+        f"--forward_batch={args.forward_batch}",
+        f"--repeats={args.repeats}",
+      ],
+      stdout=subprocess.PIPE,
+      text=True,
+      check=False,
+    )
     if result.returncode:
-      raise SystemExit("the peer's profile failed (it needs torch and diffusers: "
-                       "pip install -e '.[bench]'; or pass --no_peer)")
+      raise SystemExit(
+        "the peer's profile failed (it needs torch and diffusers: "
+        "pip install -e '.[bench]'; or pass --no_peer)"
+      )
     peer = json.loads(result.stdout.strip().splitlines()[-1])
 
   o, p = ours["train"], (peer or {}).get("train")
   print(f"XLA_FLAGS={ours['xla_flags']!r}")
-  print(f"training step, ddpm_cifar batch {o['batch']} (seconds)   ours" + ("    peer" if p else ""))
-  rows = [("whole step", o["step_s"], p and p["step_s"]),
-          ("convolutions, forward + backward", o["conv_forward_s"] + o["conv_backward_s"],
-           p and p["conv_s"]),
-          ("optimizer update (ours: + EMA)", o["optimizer_s"], p and p["optimizer_s"]),
-          ("everything else", o["step_s"] - o["conv_forward_s"] - o["conv_backward_s"]
-           - o["optimizer_s"], p and p["step_s"] - p["conv_s"] - p["optimizer_s"])]
+  print(
+    f"training step, ddpm_cifar batch {o['batch']} (seconds)   ours" + ("    peer" if p else "")
+  )
+  rows = [
+    ("whole step", o["step_s"], p and p["step_s"]),
+    (
+      "convolutions, forward + backward",
+      o["conv_forward_s"] + o["conv_backward_s"],
+      p and p["conv_s"],
+    ),
+    ("optimizer update (ours: + EMA)", o["optimizer_s"], p and p["optimizer_s"]),
+    (
+      "everything else",
+      o["step_s"] - o["conv_forward_s"] - o["conv_backward_s"] - o["optimizer_s"],
+      p and p["step_s"] - p["conv_s"] - p["optimizer_s"],
+    ),
+  ]
   for name, a, b in rows:
     print(f"  {name:<40} {a:7.3f}" + (f" {b:7.3f}" if p else ""))
-  print(f"  our convolutions alone: {o['num_convs']} convolutions, "
-        f"{3 * o['conv_flops_forward'] / (o['conv_forward_s'] + o['conv_backward_s']) / 1e9:.0f} GFLOP/s "
-        f"forward + backward")
+  print(
+    f"  our convolutions alone: {o['num_convs']} convolutions, "
+    f"{3 * o['conv_flops_forward'] / (o['conv_forward_s'] + o['conv_backward_s']) / 1e9:.0f} GFLOP/s "
+    f"forward + backward"
+  )
   o, p = ours["forward"], (peer or {}).get("forward")
   print(f"forward pass, batch {o['batch']} (seconds)")
-  rows = [("whole forward pass", o["step_s"], p and p["step_s"]),
-          ("convolutions", o["conv_forward_s"], p and p["conv_s"]),
-          ("everything else", o["step_s"] - o["conv_forward_s"], p and p["step_s"] - p["conv_s"])]
+  rows = [
+    ("whole forward pass", o["step_s"], p and p["step_s"]),
+    ("convolutions", o["conv_forward_s"], p and p["conv_s"]),
+    ("everything else", o["step_s"] - o["conv_forward_s"], p and p["step_s"] - p["conv_s"]),
+  ]
   for name, a, b in rows:
     print(f"  {name:<40} {a:7.3f}" + (f" {b:7.3f}" if p else ""))
   if args.out:

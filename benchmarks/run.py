@@ -41,19 +41,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gen_jax import cpu_flags  # pylint: disable=wrong-import-position
+from gen_jax import cpu_flags
+
 cpu_flags.set_default_cpu_flags()
 
-import jax  # pylint: disable=wrong-import-position
+import jax
 
-from experiments import ddpm_cifar, ddpm_digits  # pylint: disable=wrong-import-position
-from gen_jax import train  # pylint: disable=wrong-import-position
+from experiments import ddpm_cifar, ddpm_digits
+from gen_jax import train
 
 # Dense datasheet peaks in TFLOP/s (SXM parts), by the compute dtype.
 GPU_PEAKS = {
-    "H200": {"bfloat16": 989.0, "float32": 495.0},
-    "H100": {"bfloat16": 989.0, "float32": 495.0},   # float32 matmuls run as TF32
-    "A100": {"bfloat16": 312.0, "float32": 156.0},
+  "H200": {"bfloat16": 989.0, "float32": 495.0},
+  "H100": {"bfloat16": 989.0, "float32": 495.0},  # float32 matmuls run as TF32
+  "A100": {"bfloat16": 312.0, "float32": 156.0},
 }
 
 
@@ -76,6 +77,7 @@ def timed(fn, repeats):
 # The machine's limit
 # ----------------------------------------------------------------------------
 
+
 def cpu_peak(torch_mod, quick, xla=True):
   """Best measured float32 FLOP/s of a large matmul and a large 3x3 conv:
   (best, {what: FLOP/s}), XLA's unless xla=False, torch's when given."""
@@ -89,7 +91,8 @@ def cpu_peak(torch_mod, quick, xla=True):
     with torch_mod.no_grad():
       torch_mod.nn.functional.conv2d(tx, tw, padding=1)
       out["torch_conv"] = conv_flops / timed(
-          lambda: torch_mod.nn.functional.conv2d(tx, tw, padding=1), 3 if quick else 5)
+        lambda: torch_mod.nn.functional.conv2d(tx, tw, padding=1), 3 if quick else 5
+      )
   return max(out.values()), out
 
 
@@ -102,8 +105,11 @@ def _xla_peak(quick, conv_flops):
   out["xla_matmul"] = 2 * n**3 / timed(lambda: block(matmul(a)), 5)
   x = jax.random.normal(jax.random.key(1), (8, 32, 32, 256))
   w = jax.random.normal(jax.random.key(2), (3, 3, 256, 256))
-  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  conv = jax.jit(
+    lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+  )
   block(conv(x, w))
   out["xla_conv"] = conv_flops / timed(lambda: block(conv(x, w)), 3 if quick else 5)
   return out
@@ -111,8 +117,16 @@ def _xla_peak(quick, conv_flops):
 
 def gpu_peak(compute_dtype):
   try:
-    name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    name = (
+      subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=True,
+      )
+      .stdout.strip()
+      .splitlines()[0]
+    )
   except (OSError, subprocess.CalledProcessError):
     name = jax.devices()[0].device_kind
   for model, peaks in GPU_PEAKS.items():
@@ -124,6 +138,7 @@ def gpu_peak(compute_dtype):
 # ----------------------------------------------------------------------------
 # gen_jax
 # ----------------------------------------------------------------------------
+
 
 def experiment_config(module, batch, compute_dtype):
   config = module.get_config()
@@ -138,8 +153,10 @@ def ours_train(module, example_shape, batch, compute_dtype):
   model = module.build(config, example_shape)
   tx = train.make_optimizer(config.optim, config.train.num_steps)
   state = jax.jit(lambda k: train.init_state(model, tx, k))(jax.random.key(0))
-  step = jax.jit(train.make_train_step(model, tx, config.train.ema_decay,
-                                       config.train.ema_warmup), donate_argnums=0)
+  step = jax.jit(
+    train.make_train_step(model, tx, config.train.ema_decay, config.train.ema_warmup),
+    donate_argnums=0,
+  )
   x = jax.random.uniform(jax.random.key(1), (batch,) + example_shape, minval=-1, maxval=1)
   batch_dict = {"x": x}
   key = jax.random.key(2)
@@ -152,19 +169,22 @@ def ours_train(module, example_shape, batch, compute_dtype):
   memory = compiled.memory_analysis()
   memory_bytes = None
   if memory is not None:
-    memory_bytes = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
-                       + memory.output_size_in_bytes)
+    memory_bytes = int(
+      memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+    )
   holder = {"state": state}
 
   def run():
     holder["state"], metrics = compiled(holder["state"], batch_dict, key)
     block(metrics)
+
   run()  # warm-up
   return run, compile_seconds, flops, memory_bytes
 
 
-def ours_sampler(module, example_shape, batch, sampler, num_steps, compute_dtype,
-                 num_timesteps=None):
+def ours_sampler(
+  module, example_shape, batch, sampler, num_steps, compute_dtype, num_timesteps=None
+):
   """A blocking sampling call of the experiment's model with its (random) initial params."""
   config = experiment_config(module, batch, compute_dtype)
   if num_timesteps is not None:
@@ -184,19 +204,27 @@ def ours_sampler(module, example_shape, batch, sampler, num_steps, compute_dtype
 # The PyTorch peer
 # ----------------------------------------------------------------------------
 
+
 def peer_model(torch_mod, device):
-  from diffusers import UNet2DModel  # pylint: disable=import-outside-toplevel
+  from diffusers import UNet2DModel
+
   model = UNet2DModel(
-      sample_size=32, in_channels=3, out_channels=3,
-      block_out_channels=(128, 256, 256, 256), layers_per_block=2,
-      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-      dropout=0.1, norm_num_groups=32)
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(128, 256, 256, 256),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    dropout=0.1,
+    norm_num_groups=32,
+  )
   return model.to(device)
 
 
 def peer_train(torch_mod, device, batch, compile_model, bf16):
-  from diffusers import DDPMScheduler  # pylint: disable=import-outside-toplevel
+  from diffusers import DDPMScheduler
+
   model = peer_model(torch_mod, device).train()
   scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
   opt = torch_mod.optim.AdamW(model.parameters(), lr=2e-4)
@@ -216,6 +244,7 @@ def peer_train(torch_mod, device, batch, compile_model, bf16):
     opt.step()
     if device == "cuda":
       torch_mod.cuda.synchronize()
+
   run()
   num_params = sum(p.numel() for p in model.parameters())
   return run, num_params
@@ -223,7 +252,8 @@ def peer_train(torch_mod, device, batch, compile_model, bf16):
 
 def peer_sampler(torch_mod, device, batch, num_steps, compile_model, bf16, ddim=False):
   """The plain sampling loop over scheduler.step: num_steps network calls."""
-  from diffusers import DDIMScheduler, DDPMScheduler  # pylint: disable=import-outside-toplevel
+  from diffusers import DDIMScheduler, DDPMScheduler
+
   model = peer_model(torch_mod, device).eval()
   forward = torch_mod.compile(model) if compile_model else model
   if ddim:
@@ -234,13 +264,16 @@ def peer_sampler(torch_mod, device, batch, num_steps, compile_model, bf16, ddim=
 
   def run():
     x = torch_mod.randn(batch, 3, 32, 32, device=device)
-    with torch_mod.no_grad(), torch_mod.autocast(device_type=device, dtype=torch_mod.bfloat16,
-                                                 enabled=bf16):
+    with (
+      torch_mod.no_grad(),
+      torch_mod.autocast(device_type=device, dtype=torch_mod.bfloat16, enabled=bf16),
+    ):
       for t in scheduler.timesteps:
         eps = forward(x, t).sample
         x = scheduler.step(eps.float(), t, x).prev_sample
     if device == "cuda":
       torch_mod.cuda.synchronize()
+
   run()
   return run
 
@@ -252,17 +285,23 @@ def peer_sampler(torch_mod, device, batch, num_steps, compile_model, bf16, ddim=
 # run beside it (3.62 images/s alone, 2.6-2.7 alternating), so each side gets a
 # process of its own; they still alternate, one running while the other waits.
 
+
 def build(spec):
   """(run, info) for a worker spec; run() does one blocking call."""
   side, kind = spec["side"], spec["kind"]
   on_gpu = spec["device"] == "gpu"
   if side == "ours":
-    module = {"ddpm_cifar": ddpm_cifar, "ddpm_digits": ddpm_digits}[spec.get("experiment", "ddpm_cifar")]
+    module = {"ddpm_cifar": ddpm_cifar, "ddpm_digits": ddpm_digits}[
+      spec.get("experiment", "ddpm_cifar")
+    ]
     shape = (8, 8, 1) if module is ddpm_digits else (32, 32, 3)
-    info = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                       f"{jax.devices()[0].device_kind}",
-            "jax": jax.__version__, "platform": jax.devices()[0].platform,
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    info = {
+      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+      f"{jax.devices()[0].device_kind}",
+      "jax": jax.__version__,
+      "platform": jax.devices()[0].platform,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
     if on_gpu and info["platform"] != "gpu":
       raise SystemExit(f"--device=gpu but JAX sees {info['platform']}: install jax[cuda12]")
     if kind == "peak":
@@ -270,13 +309,21 @@ def build(spec):
       return (lambda: None), info
     if kind == "train":
       run, info["compile_s"], info["flops_per_step"], info["memory_bytes"] = ours_train(
-          module, shape, spec["batch"], spec["compute_dtype"])
+        module, shape, spec["batch"], spec["compute_dtype"]
+      )
     else:
-      run, info["compile_s"] = ours_sampler(module, shape, spec["batch"], spec["sampler"],
-                                            spec.get("num_steps"), spec["compute_dtype"],
-                                            num_timesteps=spec.get("num_timesteps"))
+      run, info["compile_s"] = ours_sampler(
+        module,
+        shape,
+        spec["batch"],
+        spec["sampler"],
+        spec.get("num_steps"),
+        spec["compute_dtype"],
+        num_timesteps=spec.get("num_timesteps"),
+      )
     return run, info
-  import torch  # pylint: disable=import-outside-toplevel
+  import torch
+
   device = "cuda" if on_gpu else "cpu"
   info = {"torch": torch.__version__}
   if kind == "peak":
@@ -285,8 +332,15 @@ def build(spec):
   if kind == "train":
     run, info["num_params"] = peer_train(torch, device, spec["batch"], spec["compile"], on_gpu)
   else:
-    run = peer_sampler(torch, device, spec["batch"], spec["num_steps"], spec["compile"], on_gpu,
-                       ddim=spec["sampler"] == "ddim")
+    run = peer_sampler(
+      torch,
+      device,
+      spec["batch"],
+      spec["num_steps"],
+      spec["compile"],
+      on_gpu,
+      ddim=spec["sampler"] == "ddim",
+    )
   return run, info
 
 
@@ -316,15 +370,20 @@ class Worker:
       env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     self.spec = spec
     self.proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+      [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
     self.info = self._reply()
 
   def _reply(self):
     line = self.proc.stdout.readline()
     if not line:
-      raise SystemExit(f"benchmark worker {self.spec} failed (exit status "
-                       f"{self.proc.wait()}); its error is above")
+      raise SystemExit(
+        f"benchmark worker {self.spec} failed (exit status {self.proc.wait()}); its error is above"
+      )
     return json.loads(line)
 
   def times(self, n=1, warmup=0):
@@ -356,14 +415,16 @@ def alternate(ours, theirs, rounds, warmup):
 # Main
 # ----------------------------------------------------------------------------
 
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller batches")
   parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
   parser.add_argument("--out", default=None, help="write the figures to this JSON file")
   parser.add_argument("--no_peer", action="store_true", help="skip the PyTorch peer")
-  parser.add_argument("--sample_steps", type=int, default=10,
-                      help="CPU: steps run to time the DDPM-1000 sampler")
+  parser.add_argument(
+    "--sample_steps", type=int, default=10, help="CPU: steps run to time the DDPM-1000 sampler"
+  )
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -378,18 +439,24 @@ def main():
   if with_peer:
     # Only looked for here: the peer runs in processes of its own.
     if not all(importlib.util.find_spec(m) for m in ("torch", "diffusers")):
-      raise SystemExit("the peer needs torch and diffusers: pip install -e '.[bench]' "
-                       "(or pass --no_peer)")
+      raise SystemExit(
+        "the peer needs torch and diffusers: pip install -e '.[bench]' (or pass --no_peer)"
+      )
 
   def spawn(side, kind, **spec):
     return Worker(dict(common, side=side, kind=kind, **spec))
 
   ours_peak = spawn("ours", "peak")
   ours_peak.close()
-  results = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-             "machine": ours_peak.info["machine"], "jax": ours_peak.info["jax"],
-             "xla_flags": ours_peak.info["xla_flags"], "compute_dtype": compute_dtype,
-             "rows": []}
+  results = {
+    "date": datetime.date.today().isoformat(),
+    "command": " ".join(sys.argv),
+    "machine": ours_peak.info["machine"],
+    "jax": ours_peak.info["jax"],
+    "xla_flags": ours_peak.info["xla_flags"],
+    "compute_dtype": compute_dtype,
+    "rows": [],
+  }
   peak, peak_detail = ours_peak.info["peak"]
   if with_peer and not on_gpu:
     peer_peak = spawn("peer", "peak")
@@ -399,15 +466,20 @@ def main():
     peak_detail.update(peer_peak.info["peak"][1])
   results["peak_flops"] = peak
   results["peak_detail"] = peak_detail
-  print(f"peak: {peak / 1e9:,.0f} GFLOP/s ({peak_detail}); XLA_FLAGS={results['xla_flags']!r}",
-        flush=True)
+  print(
+    f"peak: {peak / 1e9:,.0f} GFLOP/s ({peak_detail}); XLA_FLAGS={results['xla_flags']!r}",
+    flush=True,
+  )
 
   def add(row):
     results["rows"].append(row)
     ratio = row.get("ratio")
-    print(f"{row['what']:<34} ours {row['ours']:>10.4g} {row['unit']:<9}"
-          + (f" peer {row['peer']:>10.4g}  ours/peer {ratio:5.2f}x" if ratio else "")
-          + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""), flush=True)
+    print(
+      f"{row['what']:<34} ours {row['ours']:>10.4g} {row['unit']:<9}"
+      + (f" peer {row['peer']:>10.4g}  ours/peer {ratio:5.2f}x" if ratio else "")
+      + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""),
+      flush=True,
+    )
 
   # Training throughput.
   for batch in (128, 256) if on_gpu else (8, 32):
@@ -421,10 +493,16 @@ def main():
       peer = spawn("peer", "train", batch=batch, compile=compile_model) if label else None
       ours_s, peer_s = alternate(ours, peer, rounds, 1)
       flops = ours.info["flops_per_step"]
-      row = {"what": f"train ddpm_cifar b{batch}" + (f" vs {label}" if label else ""),
-             "unit": "images/s", "ours": batch / ours_s, "compile_s": ours.info["compile_s"],
-             "flops_per_step": flops, "achieved_flops": flops / ours_s,
-             "mfu": flops / ours_s / peak, "memory_bytes": ours.info["memory_bytes"]}
+      row = {
+        "what": f"train ddpm_cifar b{batch}" + (f" vs {label}" if label else ""),
+        "unit": "images/s",
+        "ours": batch / ours_s,
+        "compile_s": ours.info["compile_s"],
+        "flops_per_step": flops,
+        "achieved_flops": flops / ours_s,
+        "mfu": flops / ours_s / peak,
+        "memory_bytes": ours.info["memory_bytes"],
+      }
       if peer is not None:
         row.update(peer=batch / peer_s, ratio=peer_s / ours_s, peer_params=peer.info["num_params"])
         peer.close()
@@ -432,15 +510,23 @@ def main():
     ours.close()
 
   digits_batch = ddpm_digits.get_config().data.batch_size
-  ours = spawn("ours", "train", experiment="ddpm_digits", batch=digits_batch,
-               compute_dtype="float32")
+  ours = spawn(
+    "ours", "train", experiment="ddpm_digits", batch=digits_batch, compute_dtype="float32"
+  )
   seconds = statistics.median(ours.times(20 if args.quick else 50))
   ours.close()
-  add({"what": f"train ddpm_digits b{digits_batch}", "unit": "images/s",
-       "ours": digits_batch / seconds, "steps_per_s": 1 / seconds,
-       "compile_s": ours.info["compile_s"], "flops_per_step": ours.info["flops_per_step"],
-       "mfu": ours.info["flops_per_step"] / seconds / peak,
-       "memory_bytes": ours.info["memory_bytes"]})
+  add(
+    {
+      "what": f"train ddpm_digits b{digits_batch}",
+      "unit": "images/s",
+      "ours": digits_batch / seconds,
+      "steps_per_s": 1 / seconds,
+      "compile_s": ours.info["compile_s"],
+      "flops_per_step": ours.info["flops_per_step"],
+      "mfu": ours.info["flops_per_step"] / seconds / peak,
+      "memory_bytes": ours.info["memory_bytes"],
+    }
+  )
 
   # Sampling throughput.
   sample_batch = 256 if on_gpu else 16
@@ -454,15 +540,22 @@ def main():
       ours = spawn("ours", "sample", batch=sample_batch, sampler="ddpm", num_timesteps=steps)
     else:
       ours = spawn("ours", "sample", batch=sample_batch, sampler="ddim", num_steps=steps)
-    peer = (spawn("peer", "sample", batch=sample_batch, sampler=sampler, num_steps=steps,
-                  compile=False) if with_peer else None)
+    peer = (
+      spawn("peer", "sample", batch=sample_batch, sampler=sampler, num_steps=steps, compile=False)
+      if with_peer
+      else None
+    )
     # A DDIM call is tens of network calls: one switch costs it little.
     warmup = 0 if sampler == "ddim" and args.quick else 1
     ours_s, peer_s = alternate(ours, peer, sample_rounds, warmup)
     scale = 1000 / steps if sampler == "ddpm" else 1
     what = "sample ddpm-1000" if sampler == "ddpm" else f"sample ddim-{steps}"
-    row = {"what": f"{what} b{sample_batch}", "unit": "images/s",
-           "ours": sample_batch / (ours_s * scale), "compile_s": ours.info["compile_s"]}
+    row = {
+      "what": f"{what} b{sample_batch}",
+      "unit": "images/s",
+      "ours": sample_batch / (ours_s * scale),
+      "compile_s": ours.info["compile_s"],
+    }
     if sampler == "ddpm":
       row.update(timed_steps=steps, seconds_per_1000_steps=ours_s * scale)
     if peer is not None:

@@ -25,9 +25,9 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import run  # pylint: disable=wrong-import-position
-from experiments import ddpm_digits  # pylint: disable=wrong-import-position
-from gen_jax import data, evaluation, train  # pylint: disable=wrong-import-position
+import run
+from experiments import ddpm_digits
+from gen_jax import data, evaluation, train
 
 SAMPLERS = ("respaced", "ddim", "dpm++2m", "heun")
 
@@ -41,22 +41,39 @@ def main():
   args = parser.parse_args()
   calls = [int(c) for c in args.calls.split(",")]
 
-  config = run._with_saved_config(ddpm_digits.get_config(), args.workdir, [])  # pylint: disable=protected-access
-  setup = train._Setup(config, args.workdir, ddpm_digits.build, split="test",  # pylint: disable=protected-access
-                       create_workdir=False)
+  config = run._with_saved_config(ddpm_digits.get_config(), args.workdir, [])
+  setup = train._Setup(
+    config,
+    args.workdir,
+    ddpm_digits.build,
+    split="test",
+    create_workdir=False,
+  )
   state = setup.restore()
   train_dataset = data.load_dataset(config.data, "train")
   net, params, info = evaluation.load_or_train_classifier(
-      args.workdir, train_dataset, setup.dataset, config.eval.classifier_steps, config.seed,
-      setup.mesh, config.eval.batch_size)
+    args.workdir,
+    train_dataset,
+    setup.dataset,
+    config.eval.classifier_steps,
+    config.seed,
+    setup.mesh,
+    config.eval.batch_size,
+  )
   features = evaluation.jit_for_mesh(evaluation.classifier_outputs(net), setup.mesh)
-  stats = lambda images: evaluation.feature_statistics(evaluation.map_batches(
-      features, params, images, config.eval.batch_size, setup.mesh)["features"].astype(np.float64))
-  test_stats = stats(train._read_images(setup.dataset))  # pylint: disable=protected-access
-  real = train._read_images(train_dataset, args.num_samples)  # pylint: disable=protected-access
+  stats = lambda images: evaluation.feature_statistics(
+    evaluation.map_batches(features, params, images, config.eval.batch_size, setup.mesh)[
+      "features"
+    ].astype(np.float64)
+  )
+  test_stats = stats(train._read_images(setup.dataset))
+  real = train._read_images(train_dataset, args.num_samples)
   floor = float(evaluation.frechet_distance(*stats(real), *test_stats))
-  print(f"checkpoint step {int(state.step)}, {args.num_samples} samples, classifier test accuracy "
-        f"{100 * info['test_accuracy']:.1f}%; real train digits vs test: FD {floor:.2f}", flush=True)
+  print(
+    f"checkpoint step {int(state.step)}, {args.num_samples} samples, classifier test accuracy "
+    f"{100 * info['test_accuracy']:.1f}%; real train digits vs test: FD {floor:.2f}",
+    flush=True,
+  )
 
   rows = [("ddpm (ancestral, all T)", 1000, "ddpm", None)]
   for sampler in SAMPLERS:
@@ -66,8 +83,11 @@ def main():
   print("| sampler | network calls | FD to test | wall time (s) | compile (s) |")
   print("|---|---:|---:|---:|---:|")
   for name, num_calls, sampler, steps in rows:
-    draw = jax.jit(lambda p, k, s=sampler, n=steps: setup.model.sample(
-        p, k, args.num_samples, sampler=s, num_steps=n))
+    draw = jax.jit(
+      lambda p, k, s=sampler, n=steps: setup.model.sample(
+        p, k, args.num_samples, sampler=s, num_steps=n
+      )
+    )
     start = time.perf_counter()
     compiled = draw.lower(state.ema_params, key).compile()
     compile_s = time.perf_counter() - start

@@ -26,13 +26,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gen_jax import diffusion  # pylint: disable=wrong-import-position
-from tests import oracles  # pylint: disable=wrong-import-position
+from gen_jax import diffusion
+from tests import oracles
 
-MIXTURE = dict(weights=[0.5, 0.3, 0.2],
-               means=np.array([[-0.6, -0.4], [0.5, 0.5], [0.4, -0.6]]),
-               stds=[0.08, 0.12, 0.10])
-CALLS = (10, 20, 35, 50, 100, 1000)   # 35: Heun with 18 sigmas
+MIXTURE = dict(
+  weights=[0.5, 0.3, 0.2],
+  means=np.array([[-0.6, -0.4], [0.5, 0.5], [0.4, -0.6]]),
+  stds=[0.08, 0.12, 0.10],
+)
+CALLS = (10, 20, 35, 50, 100, 1000)  # 35: Heun with 18 sigmas
 
 
 def samplers(eps_fn, schedule, n):
@@ -41,22 +43,23 @@ def samplers(eps_fn, schedule, n):
   # Heun makes 2N - 1 calls for N sigmas: N = (calls + 1) // 2.
   heun_n = lambda calls: (calls + 1) // 2
   return {
-      "ddpm (ancestral, all T)": lambda c: None if c != 1000 else (
-          lambda k: diffusion.ddpm_sample(k, eps_fn, schedule, shape)),
-      "respaced ddpm, small var": lambda c: (
-          lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, schedule, shape, c)),
-      "respaced ddpm, large var": lambda c: (
-          lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, schedule, shape, c,
-                                                   variance="large")),
-      "ddim (eta=0)": lambda c: (
-          lambda k: diffusion.ddim_sample(k, eps_fn, schedule, shape, c)),
-      "dpm++2m": lambda c: (
-          lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, schedule, shape, c)),
-      "heun (EDM), 2N-1 calls": lambda c: (
-          lambda k: diffusion.heun_sample(k, eps_fn, schedule, shape, heun_n(c))),
-      "heun + churn 10": lambda c: (
-          lambda k: diffusion.heun_sample(k, eps_fn, schedule, shape, heun_n(c),
-                                          s_churn=10.0)),
+    "ddpm (ancestral, all T)": lambda c: (
+      None if c != 1000 else (lambda k: diffusion.ddpm_sample(k, eps_fn, schedule, shape))
+    ),
+    "respaced ddpm, small var": lambda c: (
+      lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, schedule, shape, c)
+    ),
+    "respaced ddpm, large var": lambda c: (
+      lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, schedule, shape, c, variance="large")
+    ),
+    "ddim (eta=0)": lambda c: lambda k: diffusion.ddim_sample(k, eps_fn, schedule, shape, c),
+    "dpm++2m": lambda c: lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, schedule, shape, c),
+    "heun (EDM), 2N-1 calls": lambda c: (
+      lambda k: diffusion.heun_sample(k, eps_fn, schedule, shape, heun_n(c))
+    ),
+    "heun + churn 10": lambda c: (
+      lambda k: diffusion.heun_sample(k, eps_fn, schedule, shape, heun_n(c), s_churn=10.0)
+    ),
   }
 
 
@@ -64,8 +67,7 @@ def std_ratio(x):
   """Mean over modes of the within-mode std (nearest-mean assignment) / true std."""
   means, stds = MIXTURE["means"], np.asarray(MIXTURE["stds"])
   labels = np.argmin(((x[:, None] - means) ** 2).sum(-1), axis=1)
-  return np.mean([x[labels == k].std(0).mean() / stds[k]
-                  for k in range(len(stds))])
+  return np.mean([x[labels == k].std(0).mean() / stds[k] for k in range(len(stds))])
 
 
 def main():
@@ -76,13 +78,21 @@ def main():
   n = args.num_samples
   schedule = diffusion.make_schedule(diffusion.linear_betas(1000))
   eps_fn = oracles.gmm_eps_fn(schedule, **MIXTURE)
-  references = [oracles.gmm_sample(np.random.default_rng(1000 + s), n, **MIXTURE)[0]
-                for s in range(args.seeds)]
-  floor = np.mean([oracles.sliced_wasserstein(
-      oracles.gmm_sample(np.random.default_rng(2000 + s), n, **MIXTURE)[0], ref)
-                   for s, ref in enumerate(references)])
-  print(f"device: {jax.devices()[0].device_kind}; N = {n} samples, "
-        f"{args.seeds} seeds; data-vs-data sliced W1 floor {floor:.4f}\n")
+  references = [
+    oracles.gmm_sample(np.random.default_rng(1000 + s), n, **MIXTURE)[0] for s in range(args.seeds)
+  ]
+  floor = np.mean(
+    [
+      oracles.sliced_wasserstein(
+        oracles.gmm_sample(np.random.default_rng(2000 + s), n, **MIXTURE)[0], ref
+      )
+      for s, ref in enumerate(references)
+    ]
+  )
+  print(
+    f"device: {jax.devices()[0].device_kind}; N = {n} samples, "
+    f"{args.seeds} seeds; data-vs-data sliced W1 floor {floor:.4f}\n"
+  )
   header = "| sampler | " + " | ".join(f"{c} calls" for c in CALLS) + " |"
   print(header)
   print("|" + "---|" * (len(CALLS) + 1))
@@ -96,7 +106,7 @@ def main():
         ratio_cells.append("—")
         continue
       fn = jax.jit(fn)
-      jax.block_until_ready(fn(jax.random.key(0)))   # compile
+      jax.block_until_ready(fn(jax.random.key(0)))  # compile
       dists, times, ratios = [], [], []
       for s, ref in enumerate(references):
         start = time.perf_counter()

@@ -24,18 +24,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.batch_size = 128
   config.data.random_flip = True
 
-  config.model = ml_collections.ConfigDict(dict(
-      ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-      dropout=0.1, num_groups=32, num_classes=0))
+  config.model = ml_collections.ConfigDict(
+    dict(
+      ch=128,
+      ch_mult=(1, 2, 2, 2),
+      num_res_blocks=2,
+      attn_resolutions=(16,),
+      dropout=0.1,
+      num_groups=32,
+      num_classes=0,
+    )
+  )
   config.diffusion = models.diffusion_config(
-      num_timesteps=1000, beta_start=1e-4, beta_end=0.02, variance="small")
+    num_timesteps=1000, beta_start=1e-4, beta_end=0.02, variance="small"
+  )
 
   config.train.num_steps = 800_000
   config.train.log_every = 100
   config.train.sample_every = 10_000
   config.train.checkpoint_every = 10_000
   config.train.ema_decay = 0.9999
-  config.train.ema_warmup = False     # The paper's plain EMA.
+  config.train.ema_warmup = False  # The paper's plain EMA.
   config.optim.name = "adam"
   config.optim.learning_rate = 2e-4
   config.optim.warmup_steps = 5000
@@ -53,8 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def build(config, example_shape) -> models.DiffusionModel:
-  net = nets.unet_from_config(config.model, config.train.compute_dtype,
-                              config.train.remat)
-  return models.make_diffusion_model(config.diffusion, net, example_shape,
-                                     config.model.num_classes,
-                                     config.train.cond_drop_prob)
+  net = nets.unet_from_config(config.model, config.train.compute_dtype, config.train.remat)
+  return models.make_diffusion_model(
+    config.diffusion, net, example_shape, config.model.num_classes, config.train.cond_drop_prob
+  )

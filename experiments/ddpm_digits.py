@@ -20,9 +20,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Sized for the five-minute budget of a 2-core CPU: 8x8 -> 4x4 at 32
   # channels (0.28M parameters, 2.6 GFLOP per step at batch 64, about 15
   # steps/s); twice the channels cost 4x and look about the same at this budget.
-  config.model = ml_collections.ConfigDict(dict(
-      ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(4,),
-      dropout=0.0, num_groups=8, num_classes=0))
+  config.model = ml_collections.ConfigDict(
+    dict(
+      ch=32,
+      ch_mult=(1, 1),
+      num_res_blocks=1,
+      attn_resolutions=(4,),
+      dropout=0.0,
+      num_groups=8,
+      num_classes=0,
+    )
+  )
   config.diffusion = models.diffusion_config(num_timesteps=1000)
 
   config.train.num_steps = 2500
@@ -47,8 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def build(config, example_shape) -> models.DiffusionModel:
-  net = nets.unet_from_config(config.model, config.train.compute_dtype,
-                              config.train.remat)
-  return models.make_diffusion_model(config.diffusion, net, example_shape,
-                                     config.model.num_classes,
-                                     config.train.cond_drop_prob)
+  net = nets.unet_from_config(config.model, config.train.compute_dtype, config.train.remat)
+  return models.make_diffusion_model(
+    config.diffusion, net, example_shape, config.model.num_classes, config.train.cond_drop_prob
+  )

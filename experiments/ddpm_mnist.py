@@ -17,9 +17,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.batch_size = 128
 
   # 28 -> 14 -> 7: attention at 7x7.
-  config.model = ml_collections.ConfigDict(dict(
-      ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,),
-      dropout=0.1, num_groups=32, num_classes=0))
+  config.model = ml_collections.ConfigDict(
+    dict(
+      ch=64,
+      ch_mult=(1, 2, 2),
+      num_res_blocks=2,
+      attn_resolutions=(7,),
+      dropout=0.1,
+      num_groups=32,
+      num_classes=0,
+    )
+  )
   config.diffusion = models.diffusion_config(num_timesteps=1000)
 
   config.train.num_steps = 100_000
@@ -34,8 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def build(config, example_shape) -> models.DiffusionModel:
-  net = nets.unet_from_config(config.model, config.train.compute_dtype,
-                              config.train.remat)
-  return models.make_diffusion_model(config.diffusion, net, example_shape,
-                                     config.model.num_classes,
-                                     config.train.cond_drop_prob)
+  net = nets.unet_from_config(config.model, config.train.compute_dtype, config.train.remat)
+  return models.make_diffusion_model(
+    config.diffusion, net, example_shape, config.model.num_classes, config.train.cond_drop_prob
+  )

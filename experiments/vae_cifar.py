@@ -17,8 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.batch_size = 128
   config.data.random_flip = True
 
-  config.model = ml_collections.ConfigDict(dict(
-      channels=(64, 128, 256), latent_dim=128, iwae_samples=5000, iwae_chunk=100))
+  config.model = ml_collections.ConfigDict(
+    dict(channels=(64, 128, 256), latent_dim=128, iwae_samples=5000, iwae_chunk=100)
+  )
 
   config.train.num_steps = 200_000
   config.train.sample_every = 10_000
@@ -34,9 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
 def build(config, example_shape) -> models.VAEModel:
   m = config.model
   return models.VAEModel(
-      encoder=nets.ConvEncoder(channels=tuple(m.channels), latent_dim=m.latent_dim),
-      decoder=nets.ConvDecoder(image_shape=tuple(example_shape),
-                               channels=tuple(m.channels)[::-1]),
-      example_shape=tuple(example_shape), latent_dim=m.latent_dim,
-      likelihood="discretized_gaussian",
-      iwae_samples=m.iwae_samples, iwae_chunk=m.iwae_chunk)
+    encoder=nets.ConvEncoder(channels=tuple(m.channels), latent_dim=m.latent_dim),
+    decoder=nets.ConvDecoder(image_shape=tuple(example_shape), channels=tuple(m.channels)[::-1]),
+    example_shape=tuple(example_shape),
+    latent_dim=m.latent_dim,
+    likelihood="discretized_gaussian",
+    iwae_samples=m.iwae_samples,
+    iwae_chunk=m.iwae_chunk,
+  )

@@ -15,8 +15,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.source = "digits"
   config.data.batch_size = 128
 
-  config.model = ml_collections.ConfigDict(dict(
-      hidden=(256, 256), latent_dim=16, iwae_samples=5000, iwae_chunk=500))
+  config.model = ml_collections.ConfigDict(
+    dict(hidden=(256, 256), latent_dim=16, iwae_samples=5000, iwae_chunk=500)
+  )
 
   config.train.num_steps = 5000
   config.train.sample_every = 1000

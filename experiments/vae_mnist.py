@@ -16,8 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = "mnist"
   config.data.batch_size = 100
 
-  config.model = ml_collections.ConfigDict(dict(
-      hidden=(500, 500), latent_dim=50, iwae_samples=5000, iwae_chunk=500))
+  config.model = ml_collections.ConfigDict(
+    dict(hidden=(500, 500), latent_dim=50, iwae_samples=5000, iwae_chunk=500)
+  )
 
   config.train.num_steps = 300_000
   config.train.sample_every = 10_000

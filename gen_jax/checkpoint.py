@@ -17,19 +17,19 @@ import os
 import shutil
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
 
 # The name orbax gives an unfinished save (`<step>.orbax-checkpoint-tmp`), as a kill -9 mid-save
 # leaves it.
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 # workdir/corrupt_checkpoints/<step>-<time>: unreadable steps, set aside for a post-mortem.
 CORRUPT_DIR = "corrupt_checkpoints"
-from flax import traverse_util
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -44,8 +44,9 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def manager(workdir: str, max_to_keep: int | None = 3,
-            create: bool = True) -> ocp.CheckpointManager:
+def manager(
+  workdir: str, max_to_keep: int | None = 3, create: bool = True
+) -> ocp.CheckpointManager:
   """A CheckpointManager for workdir/checkpoints, keeping the newest `max_to_keep`."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
@@ -79,12 +80,18 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   state, _ = restore_newest(mngr, abstract_state, set_aside=False, report=logging.warning)
   if state is None:
     raise NoCheckpointError(
-        f"no readable checkpoint in {mngr.directory}; train first (--mode=train)")
+      f"no readable checkpoint in {mngr.directory}; train first (--mode=train)"
+    )
   return state
 
 
-def restore_newest(mngr: ocp.CheckpointManager, abstract_state, set_aside: bool = True,
-                   report: Callable[[str], None] = print, is_writer: bool = True):
+def restore_newest(
+  mngr: ocp.CheckpointManager,
+  abstract_state,
+  set_aside: bool = True,
+  report: Callable[[str], None] = print,
+  is_writer: bool = True,
+):
   """The newest checkpoint that restores completely, and its step: (state, step), or (None, None).
 
   Steps are tried newest first. A step whose restore raises, or whose arrays
@@ -102,21 +109,29 @@ def restore_newest(mngr: ocp.CheckpointManager, abstract_state, set_aside: bool 
   before the manager rereads the folder.
   """
   directory = str(mngr.directory)
-  leftovers = (sorted(n for n in os.listdir(directory) if TMP_SUFFIX in n)
-               if os.path.isdir(directory) else [])
+  leftovers = (
+    sorted(n for n in os.listdir(directory) if TMP_SUFFIX in n) if os.path.isdir(directory) else []
+  )
   for name in leftovers:
-    report(f"checkpoint: ignoring {os.path.join(directory, name)}, a save interrupted before "
-           "it finished" + ("; deleting it" if set_aside and is_writer else ""))
+    report(
+      f"checkpoint: ignoring {os.path.join(directory, name)}, a save interrupted before "
+      "it finished" + ("; deleting it" if set_aside and is_writer else "")
+    )
   with _quiet_closed_event_loops():
     state, found, rejected, first_reason = _restore_first_readable(
-        directory, sorted(mngr.all_steps(), reverse=True), abstract_state, report,
-        "setting it aside" if set_aside else "skipping it")
+      directory,
+      sorted(mngr.all_steps(), reverse=True),
+      abstract_state,
+      report,
+      "setting it aside" if set_aside else "skipping it",
+    )
   if rejected and found is None:
     raise UnreadableCheckpointError(
-        f"none of the checkpoints in {directory} can be restored (steps "
-        f"{', '.join(map(str, rejected))}; newest: {first_reason}); if the model, its config or "
-        "gen_jax changed since they were written, train in a new --workdir; if the files are "
-        "damaged, move that folder away to start over")
+      f"none of the checkpoints in {directory} can be restored (steps "
+      f"{', '.join(map(str, rejected))}; newest: {first_reason}); if the model, its config or "
+      "gen_jax changed since they were written, train in a new --workdir; if the files are "
+      "damaged, move that folder away to start over"
+    )
   if set_aside and (leftovers or rejected):
     if is_writer:
       for name in leftovers:
@@ -129,7 +144,8 @@ def restore_newest(mngr: ocp.CheckpointManager, abstract_state, set_aside: bool 
         os.replace(os.path.join(directory, str(step)), target)
         report(f"checkpoint: moved unreadable step {step} to {target}")
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices("gen_jax:checkpoint_set_aside")
     mngr.reload()
   return state, found
@@ -146,7 +162,7 @@ def _restore_first_readable(directory, steps, abstract_state, report, action):
       state = trial.restore(step, args=ocp.args.StandardRestore(abstract_state))
       _check_finite(state)
       return state, step, rejected, first_reason
-    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+    except Exception as e:  # orbax and tensorstore raise many types
       first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
       reason = f"{type(e).__name__}: {first_line}"
       rejected.append(step)
@@ -164,8 +180,10 @@ def _quiet_closed_event_loops():
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and "Event loop is closed" in str(unraisable.exc_value)):
+    if not (
+      isinstance(unraisable.exc_value, RuntimeError)
+      and "Event loop is closed" in str(unraisable.exc_value)
+    ):
       previous(unraisable)
 
   sys.unraisablehook = hook

@@ -29,33 +29,37 @@ import platform
 import warnings
 
 # (flag name, value, jaxlib (major, minor) versions it was measured on).
-_FLAGS = (
-    ("xla_cpu_experimental_ynn_fusion_type", "-individual_convolution", {(0, 10)}),
-)
+_FLAGS = (("xla_cpu_experimental_ynn_fusion_type", "-individual_convolution", {(0, 10)}),)
 _MACHINES = ("x86_64", "AMD64")
 
 
 def _jaxlib_version() -> tuple[int, int]:
-  import jaxlib  # pylint: disable=import-outside-toplevel
+  import jaxlib
+
   major, minor = jaxlib.__version__.split(".")[:2]
   return int(major), int(minor)
 
 
-def default_cpu_flags(xla_flags: str = "", machine: str | None = None,
-                      jaxlib_version: tuple[int, int] | None = None) -> list[str]:
+def default_cpu_flags(
+  xla_flags: str = "", machine: str | None = None, jaxlib_version: tuple[int, int] | None = None
+) -> list[str]:
   """The flags set_default_cpu_flags() would add to an XLA_FLAGS of
   `xla_flags` on this machine (or the given one), as `--name=value` strings."""
   machine = platform.machine() if machine is None else machine
   version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
   if machine not in _MACHINES:
     return []
-  return [f"--{name}={value}" for name, value, versions in _FLAGS
-          if version in versions and f"--{name}" not in xla_flags]
+  return [
+    f"--{name}={value}"
+    for name, value, versions in _FLAGS
+    if version in versions and f"--{name}" not in xla_flags
+  ]
 
 
 def _backends_started() -> bool:
   try:  # jax has no public API for this; without it, trust the caller.
-    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+    from jax._src import xla_bridge
+
     return bool(xla_bridge.backends_are_initialized())
   except (ImportError, AttributeError):
     return False
@@ -76,9 +80,12 @@ def set_default_cpu_flags(environ=None) -> list[str]:
   if not added:
     return []
   if _backends_started():
-    warnings.warn("gen_jax.cpu_flags: XLA has already started, so its CPU flags "
-                  f"{added} are not set; call set_default_cpu_flags() before the "
-                  "first JAX computation", stacklevel=2)
+    warnings.warn(
+      "gen_jax.cpu_flags: XLA has already started, so its CPU flags "
+      f"{added} are not set; call set_default_cpu_flags() before the "
+      "first JAX computation",
+      stacklevel=2,
+    )
     return []
   environ["XLA_FLAGS"] = " ".join([current] + added).strip()
   return added

@@ -17,7 +17,8 @@ Conventions:
 """
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,10 @@ EpsFn = Callable[[Array, Array], Array]
 # Noise schedules
 # ----------------------------------------------------------------------------
 
-def linear_betas(num_timesteps: int, beta_start: float = 1e-4,
-                 beta_end: float = 0.02) -> np.ndarray:
+
+def linear_betas(
+  num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
   """The DDPM schedule: betas linear from beta_start to beta_end.
 
   Returns:
@@ -44,8 +47,7 @@ def linear_betas(num_timesteps: int, beta_start: float = 1e-4,
   return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
-def cosine_betas(num_timesteps: int, s: float = 0.008,
-                 max_beta: float = 0.999) -> np.ndarray:
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
   """The cosine schedule of Nichol & Dhariwal (2021), eq. 17.
 
   alphas_cumprod(t) = f(t) / f(0), f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2),
@@ -69,16 +71,17 @@ def _check_num_timesteps(num_timesteps):
 
 class Schedule(NamedTuple):
   """Everything derived from the betas, each of shape (T,). A pytree."""
+
   betas: Array
-  alphas: Array                          # 1 - beta_t
-  alphas_cumprod: Array                  # prod_{s<=t} alpha_s
-  alphas_cumprod_prev: Array             # alphas_cumprod[t-1], 1 at t = 0
+  alphas: Array  # 1 - beta_t
+  alphas_cumprod: Array  # prod_{s<=t} alpha_s
+  alphas_cumprod_prev: Array  # alphas_cumprod[t-1], 1 at t = 0
   sqrt_alphas_cumprod: Array
   sqrt_one_minus_alphas_cumprod: Array
-  posterior_variance: Array              # beta~_t = beta_t (1 - ac_prev) / (1 - ac)
+  posterior_variance: Array  # beta~_t = beta_t (1 - ac_prev) / (1 - ac)
   posterior_log_variance_clipped: Array  # log beta~_t, with beta~_0 := beta~_1
-  posterior_mean_coef1: Array            # multiplies x_0
-  posterior_mean_coef2: Array            # multiplies x_t
+  posterior_mean_coef1: Array  # multiplies x_0
+  posterior_mean_coef2: Array  # multiplies x_t
 
   @property
   def num_timesteps(self) -> int:
@@ -112,23 +115,22 @@ def make_schedule(betas) -> Schedule:
   alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
   posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
   clip_from = posterior_variance[1] if betas.size > 1 else betas[0]
-  posterior_log_variance_clipped = np.log(
-      np.append(clip_from, posterior_variance[1:]))
+  posterior_log_variance_clipped = np.log(np.append(clip_from, posterior_variance[1:]))
   dtype = jnp.result_type(float)
   as_array = lambda a: jnp.asarray(a, dtype=dtype)
   return Schedule(
-      betas=as_array(betas),
-      alphas=as_array(alphas),
-      alphas_cumprod=as_array(alphas_cumprod),
-      alphas_cumprod_prev=as_array(alphas_cumprod_prev),
-      sqrt_alphas_cumprod=as_array(np.sqrt(alphas_cumprod)),
-      sqrt_one_minus_alphas_cumprod=as_array(np.sqrt(1 - alphas_cumprod)),
-      posterior_variance=as_array(posterior_variance),
-      posterior_log_variance_clipped=as_array(posterior_log_variance_clipped),
-      posterior_mean_coef1=as_array(
-          betas * np.sqrt(alphas_cumprod_prev) / (1 - alphas_cumprod)),
-      posterior_mean_coef2=as_array(
-          (1 - alphas_cumprod_prev) * np.sqrt(alphas) / (1 - alphas_cumprod)),
+    betas=as_array(betas),
+    alphas=as_array(alphas),
+    alphas_cumprod=as_array(alphas_cumprod),
+    alphas_cumprod_prev=as_array(alphas_cumprod_prev),
+    sqrt_alphas_cumprod=as_array(np.sqrt(alphas_cumprod)),
+    sqrt_one_minus_alphas_cumprod=as_array(np.sqrt(1 - alphas_cumprod)),
+    posterior_variance=as_array(posterior_variance),
+    posterior_log_variance_clipped=as_array(posterior_log_variance_clipped),
+    posterior_mean_coef1=as_array(betas * np.sqrt(alphas_cumprod_prev) / (1 - alphas_cumprod)),
+    posterior_mean_coef2=as_array(
+      (1 - alphas_cumprod_prev) * np.sqrt(alphas) / (1 - alphas_cumprod)
+    ),
   )
 
 
@@ -151,6 +153,7 @@ def _mean_data_dims(values, batch_ndim: int) -> Array:
 # Forward process
 # ----------------------------------------------------------------------------
 
+
 def make_q_sample(schedule: Schedule) -> Callable[[Array, Array, Array], Array]:
   """Returns q_sample(x0, t, noise) -> x_t, a draw from q(x_t | x_0).
 
@@ -161,9 +164,13 @@ def make_q_sample(schedule: Schedule) -> Callable[[Array, Array, Array], Array]:
   also accepts a batch (x0 (B, ...), t (B,)); `jax.vmap(q_sample)` over a
   batch gives the same values.
   """
+
   def q_sample(x0, t, noise):
-    return (_at(schedule.sqrt_alphas_cumprod, t, x0) * x0
-            + _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+    return (
+      _at(schedule.sqrt_alphas_cumprod, t, x0) * x0
+      + _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+    )
+
   return q_sample
 
 
@@ -176,8 +183,10 @@ def q_step(schedule: Schedule, x_prev, t, noise) -> Array:
   Args:
     x_prev: (B, ...) or one example; t: (B,) or scalar; noise: like x_prev.
   """
-  return (jnp.sqrt(_at(schedule.alphas, t, x_prev)) * x_prev
-          + jnp.sqrt(_at(schedule.betas, t, x_prev)) * noise)
+  return (
+    jnp.sqrt(_at(schedule.alphas, t, x_prev)) * x_prev
+    + jnp.sqrt(_at(schedule.betas, t, x_prev)) * noise
+  )
 
 
 def q_posterior(schedule: Schedule, x0, x_t, t) -> tuple[Array, Array, Array]:
@@ -187,25 +196,28 @@ def q_posterior(schedule: Schedule, x0, x_t, t) -> tuple[Array, Array, Array]:
     (mean, variance, log_variance_clipped), each of the shape of x_t:
     mean = coef1_t x_0 + coef2_t x_t, variance = beta~_t.
   """
-  mean = (_at(schedule.posterior_mean_coef1, t, x_t) * x0
-          + _at(schedule.posterior_mean_coef2, t, x_t) * x_t)
+  mean = (
+    _at(schedule.posterior_mean_coef1, t, x_t) * x0
+    + _at(schedule.posterior_mean_coef2, t, x_t) * x_t
+  )
   shape = jnp.shape(x_t)
   variance = jnp.broadcast_to(_at(schedule.posterior_variance, t, x_t), shape)
-  log_variance = jnp.broadcast_to(
-      _at(schedule.posterior_log_variance_clipped, t, x_t), shape)
+  log_variance = jnp.broadcast_to(_at(schedule.posterior_log_variance_clipped, t, x_t), shape)
   return mean, variance, log_variance
 
 
 def predict_x0_from_eps(schedule: Schedule, x_t, t, eps) -> Array:
   """x_0 implied by x_t and a noise estimate: (x_t - sqrt(1 - ac_t) eps) / sqrt(ac_t)."""
   return (x_t - _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / _at(
-      schedule.sqrt_alphas_cumprod, t, x_t)
+    schedule.sqrt_alphas_cumprod, t, x_t
+  )
 
 
 def predict_eps_from_x0(schedule: Schedule, x_t, t, x0) -> Array:
   """The inverse of `predict_x0_from_eps`: (x_t - sqrt(ac_t) x_0) / sqrt(1 - ac_t)."""
   return (x_t - _at(schedule.sqrt_alphas_cumprod, t, x_t) * x0) / _at(
-      schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+    schedule.sqrt_one_minus_alphas_cumprod, t, x_t
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -226,27 +238,31 @@ PREDICTIONS = ("eps", "x0", "v")
 
 def _check_prediction(prediction):
   if prediction not in PREDICTIONS:
-    raise ValueError(
-        f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
 def v_target(schedule: Schedule, x0, t, noise) -> Array:
   """The v-prediction target of x_t = q_sample(x0, t, noise):
   v = sqrt(ac_t) noise - sqrt(1 - ac_t) x0 (Salimans & Ho 2022, sec. 4)."""
-  return (_at(schedule.sqrt_alphas_cumprod, t, x0) * noise
-          - _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+  return (
+    _at(schedule.sqrt_alphas_cumprod, t, x0) * noise
+    - _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+  )
 
 
 def predict_eps_from_v(schedule: Schedule, x_t, t, v) -> Array:
   """eps = sqrt(ac_t) v + sqrt(1 - ac_t) x_t, the inverse of `predict_v_from_eps`."""
-  return (_at(schedule.sqrt_alphas_cumprod, t, x_t) * v
-          + _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
+  return (
+    _at(schedule.sqrt_alphas_cumprod, t, x_t) * v
+    + _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+  )
 
 
 def predict_v_from_eps(schedule: Schedule, x_t, t, eps) -> Array:
   """v = (eps - sqrt(1 - ac_t) x_t) / sqrt(ac_t), i.e. sqrt(ac_t) eps - sqrt(1 - ac_t) x0."""
   return (eps - _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t) / _at(
-      schedule.sqrt_alphas_cumprod, t, x_t)
+    schedule.sqrt_alphas_cumprod, t, x_t
+  )
 
 
 def score_from_eps(schedule: Schedule, x_t, t, eps) -> Array:
@@ -259,8 +275,7 @@ def predict_eps_from_score(schedule: Schedule, x_t, t, score) -> Array:
   return -_at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * score
 
 
-def eps_from_prediction(schedule: Schedule, x_t, t, pred,
-                        prediction: str) -> Array:
+def eps_from_prediction(schedule: Schedule, x_t, t, pred, prediction: str) -> Array:
   """eps from a model output `pred` that predicts `prediction` (eps | x0 | v)."""
   _check_prediction(prediction)
   if prediction == "x0":
@@ -270,8 +285,7 @@ def eps_from_prediction(schedule: Schedule, x_t, t, pred,
   return pred
 
 
-def prediction_from_eps(schedule: Schedule, x_t, t, eps,
-                        prediction: str) -> Array:
+def prediction_from_eps(schedule: Schedule, x_t, t, eps, prediction: str) -> Array:
   """The inverse of `eps_from_prediction`: eps -> eps | x0 | v."""
   _check_prediction(prediction)
   if prediction == "x0":
@@ -281,8 +295,9 @@ def prediction_from_eps(schedule: Schedule, x_t, t, eps,
   return eps
 
 
-def as_eps_fn(model_fn: Callable[[Array, Array], Array], schedule: Schedule,
-              prediction: str = "eps") -> EpsFn:
+def as_eps_fn(
+  model_fn: Callable[[Array, Array], Array], schedule: Schedule, prediction: str = "eps"
+) -> EpsFn:
   """Turns a batched predictor of eps, x0 or v into an eps_fn(x_t, t).
 
   eps_fn(x_t, t) = eps_from_prediction(schedule, x_t, t, model_fn(x_t, t),
@@ -292,12 +307,10 @@ def as_eps_fn(model_fn: Callable[[Array, Array], Array], schedule: Schedule,
   _check_prediction(prediction)
   if prediction == "eps":
     return model_fn
-  return lambda x_t, t: eps_from_prediction(
-      schedule, x_t, t, model_fn(x_t, t), prediction)
+  return lambda x_t, t: eps_from_prediction(schedule, x_t, t, model_fn(x_t, t), prediction)
 
 
-def guided_eps_fn(cond_eps_fn: EpsFn, uncond_eps_fn: EpsFn,
-                  guidance_scale) -> EpsFn:
+def guided_eps_fn(cond_eps_fn: EpsFn, uncond_eps_fn: EpsFn, guidance_scale) -> EpsFn:
   """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as an eps_fn.
 
   eps(x_t, t) = (1 + w) cond_eps_fn(x_t, t) - w uncond_eps_fn(x_t, t),
@@ -306,9 +319,11 @@ def guided_eps_fn(cond_eps_fn: EpsFn, uncond_eps_fn: EpsFn,
   eps_fns of the same x_t and t (for a class-conditional network: the same
   network with the class label and with the null label bound).
   """
+
   def eps_fn(x_t, t):
     cond = cond_eps_fn(x_t, t)
     return cond + guidance_scale * (cond - uncond_eps_fn(x_t, t))
+
   return eps_fn
 
 
@@ -319,8 +334,9 @@ def guided_eps_fn(cond_eps_fn: EpsFn, uncond_eps_fn: EpsFn,
 VARIANCES = ("small", "large")
 
 
-def p_mean_variance(schedule: Schedule, x_t, t, eps, variance: str = "small",
-                    clip: bool = False) -> tuple[Array, Array, Array]:
+def p_mean_variance(
+  schedule: Schedule, x_t, t, eps, variance: str = "small", clip: bool = False
+) -> tuple[Array, Array, Array]:
   """The reverse step p(x_{t-1} | x_t) = N(mean, exp(log_variance)) from eps.
 
   mean = posterior mean at the predicted x_0 (Ho et al. 2020, eq. 11);
@@ -339,8 +355,7 @@ def p_mean_variance(schedule: Schedule, x_t, t, eps, variance: str = "small",
   if variance == "small":
     log_variance = log_small
   else:
-    log_large = jnp.log(jnp.concatenate(
-        [schedule.posterior_variance[1:2], schedule.betas[1:]]))
+    log_large = jnp.log(jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]]))
     log_variance = jnp.broadcast_to(_at(log_large, t, x_t), jnp.shape(x_t))
   return mean, log_variance, x0_pred
 
@@ -354,8 +369,8 @@ def _check_variance(variance):
 # Losses and the variational bound
 # ----------------------------------------------------------------------------
 
-def simple_loss(key, model_fn, schedule: Schedule, x0,
-                prediction: str = "eps") -> Array:
+
+def simple_loss(key, model_fn, schedule: Schedule, x0, prediction: str = "eps") -> Array:
   """The denoising loss for an eps, x0 or v predictor, per example.
 
   t ~ Uniform{0, ..., T-1} (from split(key)[0]), noise ~ N(0, I) (from
@@ -394,8 +409,9 @@ def simple_loss(key, model_fn, schedule: Schedule, x0,
   return _mean_data_dims(jnp.square(target - model_fn(x_t, t)), 1)
 
 
-def vlb_term(schedule: Schedule, x0, x_t, t, eps_pred, variance: str = "small",
-             clip: bool = False) -> Array:
+def vlb_term(
+  schedule: Schedule, x0, x_t, t, eps_pred, variance: str = "small", clip: bool = False
+) -> Array:
   """One term of the variational bound, per example, in nats.
 
   For t > 0: L_t = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), summed over
@@ -413,12 +429,13 @@ def vlb_term(schedule: Schedule, x0, x_t, t, eps_pred, variance: str = "small",
   """
   batch_ndim = jnp.ndim(t)
   true_mean, _, true_log_var = q_posterior(schedule, x0, x_t, t)
-  model_mean, model_log_var, _ = p_mean_variance(
-      schedule, x_t, t, eps_pred, variance, clip)
-  kl = _sum_data_dims(distributions.normal_kl(
-      true_mean, true_log_var, model_mean, model_log_var), batch_ndim)
-  decoder_nll = -_sum_data_dims(distributions.discretized_gaussian_log_prob(
-      x0, model_mean, 0.5 * model_log_var), batch_ndim)
+  model_mean, model_log_var, _ = p_mean_variance(schedule, x_t, t, eps_pred, variance, clip)
+  kl = _sum_data_dims(
+    distributions.normal_kl(true_mean, true_log_var, model_mean, model_log_var), batch_ndim
+  )
+  decoder_nll = -_sum_data_dims(
+    distributions.discretized_gaussian_log_prob(x0, model_mean, 0.5 * model_log_var), batch_ndim
+  )
   return jnp.where(jnp.asarray(t) == 0, decoder_nll, kl)
 
 
@@ -439,13 +456,15 @@ def prior_kl(schedule: Schedule, x0) -> Array:
 
 class VLBTerms(NamedTuple):
   """The variational bound's terms, per example, in nats."""
-  terms: Array     # (B, T): terms[:, t] = vlb_term at t (t = 0: the decoder)
-  prior: Array     # (B,): KL(q(x_T | x_0) || N(0, I))
-  total: Array     # (B,): terms.sum(-1) + prior
+
+  terms: Array  # (B, T): terms[:, t] = vlb_term at t (t = 0: the decoder)
+  prior: Array  # (B,): KL(q(x_T | x_0) || N(0, I))
+  total: Array  # (B,): terms.sum(-1) + prior
 
 
-def vlb_terms(key, eps_fn: EpsFn, schedule: Schedule, x0,
-              variance: str = "small", clip: bool = False) -> VLBTerms:
+def vlb_terms(
+  key, eps_fn: EpsFn, schedule: Schedule, x0, variance: str = "small", clip: bool = False
+) -> VLBTerms:
   """Every term of the variational bound at one x_t draw per t.
 
   -log p(x_0) <= L = L_prior + sum_{t>0} L_t + L_0, each L_t estimated with
@@ -462,8 +481,7 @@ def vlb_terms(key, eps_fn: EpsFn, schedule: Schedule, x0,
     noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape, x0.dtype)
     t_batch = jnp.full((batch,), t, jnp.int32)
     x_t = q_sample(x0, t_batch, noise)
-    term = vlb_term(schedule, x0, x_t, t_batch, eps_fn(x_t, t_batch),
-                    variance, clip)
+    term = vlb_term(schedule, x0, x_t, t_batch, eps_fn(x_t, t_batch), variance, clip)
     return None, term
 
   _, terms = jax.lax.scan(body, None, jnp.arange(schedule.num_timesteps))
@@ -472,8 +490,9 @@ def vlb_terms(key, eps_fn: EpsFn, schedule: Schedule, x0,
   return VLBTerms(terms=terms, prior=prior, total=terms.sum(-1) + prior)
 
 
-def vlb_bits_per_dim(key, eps_fn: EpsFn, schedule: Schedule, x0,
-                     variance: str = "small", clip: bool = False) -> Array:
+def vlb_bits_per_dim(
+  key, eps_fn: EpsFn, schedule: Schedule, x0, variance: str = "small", clip: bool = False
+) -> Array:
   """The full variational bound in bits per dimension, per example.
 
   bits/dim = (L_prior + sum_t L_t) / (D ln 2), D the number of data
@@ -483,16 +502,17 @@ def vlb_bits_per_dim(key, eps_fn: EpsFn, schedule: Schedule, x0,
     (B,) upper bounds on -log2 p(x_0) / D.
   """
   num_dims = math.prod(x0.shape[1:])
-  return vlb_terms(key, eps_fn, schedule, x0, variance, clip).total / (
-      num_dims * math.log(2.0))
+  return vlb_terms(key, eps_fn, schedule, x0, variance, clip).total / (num_dims * math.log(2.0))
 
 
 # ----------------------------------------------------------------------------
 # Samplers
 # ----------------------------------------------------------------------------
 
-def ddpm_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
-                variance: str = "small", clip: bool = False) -> Array:
+
+def ddpm_sample(
+  key, eps_fn: EpsFn, schedule: Schedule, shape, variance: str = "small", clip: bool = False
+) -> Array:
   """Ancestral sampling, x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t).
 
   Algorithm 2 of Ho et al. (2020), T network calls in one compiled
@@ -514,8 +534,7 @@ def ddpm_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
 
   def body(x, t):
     t_batch = jnp.full((shape[0],), t, jnp.int32)
-    mean, log_var, _ = p_mean_variance(
-        schedule, x, t_batch, eps_fn(x, t_batch), variance, clip)
+    mean, log_var, _ = p_mean_variance(schedule, x, t_batch, eps_fn(x, t_batch), variance, clip)
     noise = jax.random.normal(jax.random.fold_in(step_key, t), shape, x.dtype)
     x = mean + jnp.where(t > 0, jnp.exp(0.5 * log_var), 0.0) * noise
     return x, None
@@ -526,8 +545,11 @@ def ddpm_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
 
 
 def _check_num_steps(num_steps, low: int, high: int, name: str = "num_steps"):
-  if (not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool)
-      or not low <= num_steps <= high):
+  if (
+    not isinstance(num_steps, (int, np.integer))
+    or isinstance(num_steps, bool)
+    or not low <= num_steps <= high
+  ):
     raise ValueError(f"{name} must be an integer in [{low}, {high}], got {num_steps!r}")
 
 
@@ -539,8 +561,15 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
   return np.round(np.linspace(num_timesteps - 1, 0, num_steps)).astype(np.int32)
 
 
-def ddim_sample(key, eps_fn: EpsFn, schedule: Schedule, shape, num_steps: int,
-                eta: float = 0.0, clip: bool = False) -> Array:
+def ddim_sample(
+  key,
+  eps_fn: EpsFn,
+  schedule: Schedule,
+  shape,
+  num_steps: int,
+  eta: float = 0.0,
+  clip: bool = False,
+) -> Array:
   """DDIM sampling (Song et al. 2021) on num_steps timesteps from T-1 to 0.
 
   From t to the next timestep s (ac_s = 1 after the last step):
@@ -576,9 +605,11 @@ def ddim_sample(key, eps_fn: EpsFn, schedule: Schedule, shape, num_steps: int,
       eps = predict_eps_from_x0(schedule, x, t_batch, x0)
     sigma = eta * jnp.sqrt((1 - a_next) / (1 - a_t) * (1 - a_t / a_next))
     noise = jax.random.normal(jax.random.fold_in(step_key, i), shape, x.dtype)
-    x = (jnp.sqrt(a_next) * x0
-         + jnp.sqrt(jnp.maximum(1 - a_next - sigma**2, 0.0)) * eps
-         + sigma * noise)
+    x = (
+      jnp.sqrt(a_next) * x0
+      + jnp.sqrt(jnp.maximum(1 - a_next - sigma**2, 0.0)) * eps
+      + sigma * noise
+    )
     return x, None
 
   steps = (jnp.arange(len(timesteps)), jnp.asarray(timesteps), ac_next)
@@ -589,6 +620,7 @@ def ddim_sample(key, eps_fn: EpsFn, schedule: Schedule, shape, num_steps: int,
 # ----------------------------------------------------------------------------
 # Respaced DDPM (Nichol & Dhariwal 2021, improved-diffusion's respacing)
 # ----------------------------------------------------------------------------
+
 
 def respace_schedule(schedule: Schedule, timesteps) -> Schedule:
   """The schedule of a sub-sequence of timesteps, as improved-diffusion respaces.
@@ -614,24 +646,34 @@ def respace_schedule(schedule: Schedule, timesteps) -> Schedule:
   try:
     betas = np.asarray(schedule.betas, dtype=np.float64)
   except jax.errors.TracerArrayConversionError as e:
-    raise ValueError("respace_schedule needs a concrete schedule: close over "
-                     "it instead of passing it as a jit argument") from e
+    raise ValueError(
+      "respace_schedule needs a concrete schedule: close over "
+      "it instead of passing it as a jit argument"
+    ) from e
   kept = np.unique(np.asarray(timesteps))
-  if (kept.size < 1 or kept.size != np.asarray(timesteps).size
-      or not np.issubdtype(kept.dtype, np.integer)
-      or kept[0] < 0 or kept[-1] >= betas.size):
-    raise ValueError(f"timesteps must be distinct integers in [0, {betas.size}), "
-                     f"got {timesteps!r}")
+  if (
+    kept.size < 1
+    or kept.size != np.asarray(timesteps).size
+    or not np.issubdtype(kept.dtype, np.integer)
+    or kept[0] < 0
+    or kept[-1] >= betas.size
+  ):
+    raise ValueError(f"timesteps must be distinct integers in [0, {betas.size}), got {timesteps!r}")
   log_alphas = np.log1p(-betas)
   starts = np.append(0, kept[:-1] + 1)
-  log_alpha_segments = np.array(
-      [log_alphas[a:b + 1].sum() for a, b in zip(starts, kept)])
+  log_alpha_segments = np.array([log_alphas[a : b + 1].sum() for a, b in zip(starts, kept)])
   return make_schedule(-np.expm1(log_alpha_segments))
 
 
-def respaced_ddpm_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
-                         num_steps: int, variance: str = "small",
-                         clip: bool = False) -> Array:
+def respaced_ddpm_sample(
+  key,
+  eps_fn: EpsFn,
+  schedule: Schedule,
+  shape,
+  num_steps: int,
+  variance: str = "small",
+  clip: bool = False,
+) -> Array:
   """Ancestral sampling on num_steps of the T timesteps (respaced DDPM).
 
   The kept timesteps are `ddim_timesteps(T, num_steps)`; `ddpm_sample` runs
@@ -653,8 +695,7 @@ def respaced_ddpm_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
   kept = ddim_timesteps(schedule.num_timesteps, num_steps)[::-1].copy()
   respaced = respace_schedule(schedule, kept)
   original = jnp.asarray(kept, jnp.int32)
-  return ddpm_sample(key, lambda x, t: eps_fn(x, original[t]), respaced, shape,
-                     variance, clip)
+  return ddpm_sample(key, lambda x, t: eps_fn(x, original[t]), respaced, shape, variance, clip)
 
 
 # ----------------------------------------------------------------------------
@@ -671,6 +712,7 @@ def respaced_ddpm_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
 # continuous grid below is rounded to the nearest level in log-sigma (as
 # k-diffusion's DiscreteEpsDDPMDenoiser quantizes) and the solvers then use
 # the rounded levels, so that each network call sees exactly its noise level.
+
 
 def schedule_sigmas(schedule: Schedule) -> Array:
   """sigma_t = sqrt((1 - ac_t) / ac_t), shape (T,), increasing in t."""
@@ -766,8 +808,10 @@ def edm_timesteps(schedule: Schedule, num_steps: int, rho: float = 7.0) -> Array
 # DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2)
 # ----------------------------------------------------------------------------
 
-def dpmpp_2m_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
-                    num_steps: int = 20, clip: bool = False) -> Array:
+
+def dpmpp_2m_sample(
+  key, eps_fn: EpsFn, schedule: Schedule, shape, num_steps: int = 20, clip: bool = False
+) -> Array:
   """DPM-Solver++(2M): multistep second-order solver of the probability-flow
   ODE in the data prediction, deterministic given x_T.
 
@@ -800,14 +844,17 @@ def dpmpp_2m_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
   shape = tuple(shape)
   num_timesteps = schedule.num_timesteps
   _check_num_steps(num_steps, 1, num_timesteps)
-  timesteps = (log_sigma_timesteps(schedule, num_steps)[::-1] if num_steps > 1
-               else jnp.array([num_timesteps - 1], jnp.int32))
+  timesteps = (
+    log_sigma_timesteps(schedule, num_steps)[::-1]
+    if num_steps > 1
+    else jnp.array([num_timesteps - 1], jnp.int32)
+  )
   alpha = schedule.sqrt_alphas_cumprod[timesteps]
   sigma = schedule.sqrt_one_minus_alphas_cumprod[timesteps]
   log_snr = jnp.log(alpha) - jnp.log(sigma)
   alpha_next = jnp.append(alpha[1:], 1.0)
   sigma_next = jnp.append(sigma[1:], 0.0)
-  h = jnp.append(log_snr[1:] - log_snr[:-1], jnp.inf)   # (K,), last: to sigma 0
+  h = jnp.append(log_snr[1:] - log_snr[:-1], jnp.inf)  # (K,), last: to sigma 0
   h_prev = jnp.append(1.0, h[:-1])
   coef_x = sigma_next / sigma
   coef_d = alpha_next * -jnp.expm1(-h)
@@ -829,14 +876,16 @@ def dpmpp_2m_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
     d = x0 + c_corr * (x0 - x0_prev)
     return (c_x * x + c_d * d, x0), None
 
-  (x_0, _), _ = jax.lax.scan(body, (x_T, jnp.zeros_like(x_T)),
-                             (timesteps, coef_x, coef_d, correction))
+  (x_0, _), _ = jax.lax.scan(
+    body, (x_T, jnp.zeros_like(x_T)), (timesteps, coef_x, coef_d, correction)
+  )
   return x_0
 
 
 # ----------------------------------------------------------------------------
 # EDM sampler (Karras et al. 2022, Algorithm 2): Heun, optional churn
 # ----------------------------------------------------------------------------
+
 
 def _ve_derivative(eps_fn, schedule, x, t_batch, sigma, clip):
   """dx/dsigma = (x - D(x; sigma)) / sigma = eps at level t, x in the VE
@@ -848,10 +897,19 @@ def _ve_derivative(eps_fn, schedule, x, t_batch, sigma, clip):
   return eps
 
 
-def heun_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
-                num_steps: int = 18, rho: float = 7.0, s_churn: float = 0.0,
-                s_tmin: float = 0.0, s_tmax: float = float("inf"),
-                s_noise: float = 1.0, clip: bool = False) -> Array:
+def heun_sample(
+  key,
+  eps_fn: EpsFn,
+  schedule: Schedule,
+  shape,
+  num_steps: int = 18,
+  rho: float = 7.0,
+  s_churn: float = 0.0,
+  s_tmin: float = 0.0,
+  s_tmax: float = float("inf"),
+  s_noise: float = 1.0,
+  clip: bool = False,
+) -> Array:
   """EDM sampling: Heun's method on the probability-flow ODE over the
   rho = 7 sigma-schedule, with Karras et al.'s optional "churn".
 
@@ -885,32 +943,31 @@ def heun_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
   sigmas = all_sigmas[timesteps]
   sigma_next = jnp.append(sigmas[1:], 0.0)
   t_next = jnp.append(timesteps[1:], 0)
-  churn = jnp.where((sigmas >= s_tmin) & (sigmas <= s_tmax),
-                    min(s_churn / num_steps, math.sqrt(2.0) - 1.0), 0.0)
-  t_hat = jnp.maximum(sigma_to_timestep(schedule, sigmas * (1.0 + churn)),
-                      timesteps)
+  churn = jnp.where(
+    (sigmas >= s_tmin) & (sigmas <= s_tmax), min(s_churn / num_steps, math.sqrt(2.0) - 1.0), 0.0
+  )
+  t_hat = jnp.maximum(sigma_to_timestep(schedule, sigmas * (1.0 + churn)), timesteps)
   sigma_hat = all_sigmas[t_hat]
   init_key, step_key = jax.random.split(key)
   x_init = sigmas[0] * jax.random.normal(init_key, shape, jnp.result_type(float))
   batch = shape[0]
 
   def body(x, inputs):
-    i, t, sig, t_h, sig_h, t_n, sig_n = inputs
+    i, _, sig, t_h, sig_h, t_n, sig_n = inputs
     noise = jax.random.normal(jax.random.fold_in(step_key, i), shape, x.dtype)
     x_hat = x + jnp.sqrt(jnp.maximum(sig_h**2 - sig**2, 0.0)) * s_noise * noise
-    d = _ve_derivative(eps_fn, schedule, x_hat,
-                       jnp.full((batch,), t_h, jnp.int32), sig_h, clip)
+    d = _ve_derivative(eps_fn, schedule, x_hat, jnp.full((batch,), t_h, jnp.int32), sig_h, clip)
     x_euler = x_hat + (sig_n - sig_h) * d
 
     def heun(_):
-      d_next = _ve_derivative(eps_fn, schedule, x_euler,
-                              jnp.full((batch,), t_n, jnp.int32), sig_n, clip)
+      d_next = _ve_derivative(
+        eps_fn, schedule, x_euler, jnp.full((batch,), t_n, jnp.int32), sig_n, clip
+      )
       return x_hat + (sig_n - sig_h) * 0.5 * (d + d_next)
 
     return jax.lax.cond(sig_n > 0, heun, lambda _: x_euler, None), None
 
-  steps = (jnp.arange(timesteps.shape[0]), timesteps, sigmas, t_hat, sigma_hat,
-           t_next, sigma_next)
+  steps = (jnp.arange(timesteps.shape[0]), timesteps, sigmas, t_hat, sigma_hat, t_next, sigma_next)
   x_data, _ = jax.lax.scan(body, x_init, steps)
   return x_data
 
@@ -919,8 +976,10 @@ def heun_sample(key, eps_fn: EpsFn, schedule: Schedule, shape,
 # Exact likelihood through the probability-flow ODE
 # ----------------------------------------------------------------------------
 
-def ode_log_likelihood(key, eps_fn: EpsFn, schedule: Schedule, x,
-                       num_steps: int = 256, exact_trace: bool = False) -> Array:
+
+def ode_log_likelihood(
+  key, eps_fn: EpsFn, schedule: Schedule, x, num_steps: int = 256, exact_trace: bool = False
+) -> Array:
   """log p(x) in nats per example, by the probability-flow ODE and the
   instantaneous change of variables (Chen et al. 2018; Song et al. 2021).
 
@@ -970,8 +1029,7 @@ def ode_log_likelihood(key, eps_fn: EpsFn, schedule: Schedule, x,
   def drift(y, t):
     t_batch = jnp.full((batch,), t, jnp.int32)
     sigma = schedule_sigmas(schedule)[t]
-    return sigma * eps_fn(y * _at(schedule.sqrt_alphas_cumprod, t_batch, y),
-                          t_batch)
+    return sigma * eps_fn(y * _at(schedule.sqrt_alphas_cumprod, t_batch, y), t_batch)
 
   if exact_trace:
     basis = jnp.eye(num_dims, dtype=x.dtype).reshape((num_dims, 1) + x.shape[1:])
@@ -1000,16 +1058,16 @@ def ode_log_likelihood(key, eps_fn: EpsFn, schedule: Schedule, x,
     return (y, integral), None
 
   (y_end, integral), _ = jax.lax.scan(
-      body, (x, jnp.zeros((batch,), x.dtype)),
-      (timesteps[:-1], timesteps[1:], widths))
+    body, (x, jnp.zeros((batch,), x.dtype)), (timesteps[:-1], timesteps[1:], widths)
+  )
   log_sigma_max = jnp.log(schedule_sigmas(schedule)[-1])
-  prior = _sum_data_dims(distributions.normal_log_prob(
-      y_end, 0.0, 2.0 * log_sigma_max), 1)
+  prior = _sum_data_dims(distributions.normal_log_prob(y_end, 0.0, 2.0 * log_sigma_max), 1)
   return prior + integral
 
 
-def ode_bits_per_dim(key, eps_fn: EpsFn, schedule: Schedule, x,
-                     num_steps: int = 256, exact_trace: bool = False) -> Array:
+def ode_bits_per_dim(
+  key, eps_fn: EpsFn, schedule: Schedule, x, num_steps: int = 256, exact_trace: bool = False
+) -> Array:
   """An upper bound on -log2 P(x) / D for 8-bit data, by the ODE likelihood
   of uniformly dequantized data.
 
@@ -1034,7 +1092,6 @@ def ode_bits_per_dim(key, eps_fn: EpsFn, schedule: Schedule, x,
   dequant_key, probe_key = jax.random.split(key)
   u = jax.random.uniform(dequant_key, x.shape, x.dtype)
   y = x + (u - 0.5) * (2.0 / 255.0)
-  log_p = ode_log_likelihood(probe_key, eps_fn, schedule, y, num_steps,
-                             exact_trace)
+  log_p = ode_log_likelihood(probe_key, eps_fn, schedule, y, num_steps, exact_trace)
   num_dims = math.prod(x.shape[1:])
   return -(log_p - num_dims * math.log(127.5)) / (num_dims * math.log(2.0))

@@ -109,18 +109,25 @@ def categorical_log_prob(x, logits, axis: int = -1) -> Array:
   if jnp.issubdtype(x.dtype, jnp.integer):
     if x.ndim != logits.ndim - 1:
       raise ValueError(
-          "categorical_log_prob: integer labels x must have the shape of logits "
-          f"without the class axis {axis}; got x {x.shape}, logits {logits.shape}")
-    picked = jnp.take_along_axis(log_probs, jnp.expand_dims(x, axis), axis=axis,
-                                 mode="fill", fill_value=jnp.nan,
-                                 wrap_negative_indices=False)
+        "categorical_log_prob: integer labels x must have the shape of logits "
+        f"without the class axis {axis}; got x {x.shape}, logits {logits.shape}"
+      )
+    picked = jnp.take_along_axis(
+      log_probs,
+      jnp.expand_dims(x, axis),
+      axis=axis,
+      mode="fill",
+      fill_value=jnp.nan,
+      wrap_negative_indices=False,
+    )
     return jnp.squeeze(picked, axis=axis)
   if x.ndim != logits.ndim or x.shape[axis] != logits.shape[axis]:
     raise ValueError(
-        "categorical_log_prob: one-hot or soft targets x must have the shape of "
-        f"logits (class axis {axis} of size {logits.shape[axis]}); got x "
-        f"{x.shape} ({x.dtype}), logits {logits.shape}. Integer labels must "
-        "have an integer dtype.")
+      "categorical_log_prob: one-hot or soft targets x must have the shape of "
+      f"logits (class axis {axis} of size {logits.shape[axis]}); got x "
+      f"{x.shape} ({x.dtype}), logits {logits.shape}. Integer labels must "
+      "have an integer dtype."
+    )
   x = x.astype(log_probs.dtype)
   # 0 * (-inf) would be NaN: a class the target does not use contributes 0.
   return jnp.sum(x * jnp.where(x == 0, 0.0, log_probs), axis=axis)
@@ -148,8 +155,7 @@ def gaussian_mixture_log_prob(x, logits, means, logvars) -> Array:
   """
   x, logits, means, logvars = _promote(x, logits, means, logvars)
   log_weights = jax.nn.log_softmax(logits, axis=-1)
-  return jax.nn.logsumexp(
-      log_weights + normal_log_prob(x[..., None], means, logvars), axis=-1)
+  return jax.nn.logsumexp(log_weights + normal_log_prob(x[..., None], means, logvars), axis=-1)
 
 
 def gaussian_mixture_sample(key, logits, means, logvars, shape) -> Array:
@@ -169,10 +175,12 @@ def gaussian_mixture_sample(key, logits, means, logvars, shape) -> Array:
   """
   logits, means, logvars = _promote(logits, means, logvars)
   if not logits.ndim == means.ndim == logvars.ndim == 1 or not (
-      logits.shape == means.shape == logvars.shape):
+    logits.shape == means.shape == logvars.shape
+  ):
     raise ValueError(
-        "gaussian_mixture_sample: logits, means, logvars must be vectors of one "
-        f"length K; got {logits.shape}, {means.shape}, {logvars.shape}")
+      "gaussian_mixture_sample: logits, means, logvars must be vectors of one "
+      f"length K; got {logits.shape}, {means.shape}, {logvars.shape}"
+    )
   component_key, noise_key = jax.random.split(key)
   component = jax.random.categorical(component_key, logits, shape=tuple(shape))
   eps = jax.random.normal(noise_key, tuple(shape), means.dtype)
@@ -214,9 +222,29 @@ def _exp_minus_one_minus(d) -> Array:
   """
   small = jnp.abs(d) < 0.1
   ds = jnp.where(small, d, 0.0)
-  series = ds * ds * (1 / 2 + ds * (1 / 6 + ds * (1 / 24 + ds * (
-      1 / 120 + ds * (1 / 720 + ds * (1 / 5040 + ds * (1 / 40320 + ds * (
-          1 / 362880 + ds * (1 / 3628800)))))))))
+  series = (
+    ds
+    * ds
+    * (
+      1 / 2
+      + ds
+      * (
+        1 / 6
+        + ds
+        * (
+          1 / 24
+          + ds
+          * (
+            1 / 120
+            + ds
+            * (
+              1 / 720 + ds * (1 / 5040 + ds * (1 / 40320 + ds * (1 / 362880 + ds * (1 / 3628800))))
+            )
+          )
+        )
+      )
+    )
+  )
   dl = jnp.where(small, 1.0, d)
   return jnp.where(small, series, jnp.expm1(dl) - dl)
 
@@ -234,8 +262,9 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> Array:
     Array of the broadcast shape, in nats (>= 0).
   """
   mean1, logvar1, mean2, logvar2 = _promote(mean1, logvar1, mean2, logvar2)
-  return 0.5 * (_exp_minus_one_minus(logvar1 - logvar2)
-                + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
+  return 0.5 * (
+    _exp_minus_one_minus(logvar1 - logvar2) + jnp.square(mean1 - mean2) * jnp.exp(-logvar2)
+  )
 
 
 def standard_normal_kl(mean, logvar) -> Array:
@@ -252,8 +281,7 @@ def _log_sub_exp(log_a, log_b) -> Array:
   """log(exp(log_a) - exp(log_b)) for log_a >= log_b."""
   diff = jnp.minimum(log_b - log_a, 0.0)
   # log(1 - exp(diff)), the two-branch form of Maechler (2012).
-  log1mexp = jnp.where(diff > -math.log(2.0),
-                       jnp.log(-jnp.expm1(diff)), jnp.log1p(-jnp.exp(diff)))
+  log1mexp = jnp.where(diff > -math.log(2.0), jnp.log(-jnp.expm1(diff)), jnp.log1p(-jnp.exp(diff)))
   return log_a + log1mexp
 
 
@@ -279,13 +307,16 @@ def _log_normal_interval(mid, half) -> Array:
   wide = _log_sub_exp(log_ndtr(b), log_ndtr(a))
 
   half_narrow = jnp.where(is_narrow, half, threshold)
-  narrow = (-0.5 * LOG_2PI - 0.5 * jnp.square(mid) + jnp.log(2.0 * half_narrow)
-            + jnp.log1p((jnp.square(mid) - 1.0) * jnp.square(half_narrow) / 6.0))
+  narrow = (
+    -0.5 * LOG_2PI
+    - 0.5 * jnp.square(mid)
+    + jnp.log(2.0 * half_narrow)
+    + jnp.log1p((jnp.square(mid) - 1.0) * jnp.square(half_narrow) / 6.0)
+  )
   return jnp.where(is_narrow, narrow, wide)
 
 
-def discretized_gaussian_log_prob(x, mean, log_scale, num_bins: int = 256
-                                  ) -> Array:
+def discretized_gaussian_log_prob(x, mean, log_scale, num_bins: int = 256) -> Array:
   """Log-probability of 8-bit data under a Gaussian discretized to its bins.
 
   The DDPM decoder p(x_0 | x_1) (Ho et al. 2020, eq. 13): data lie on
@@ -316,11 +347,10 @@ def discretized_gaussian_log_prob(x, mean, log_scale, num_bins: int = 256
   # arrive as float32 values of k / 127.5 - 1.
   is_first = x < -1.0 + half_bin
   is_last = x > 1.0 - half_bin
-  log_cdf_upper = log_ndtr(centered + half_width)   # first bin: Phi(upper)
-  log_sf_lower = log_ndtr(half_width - centered)    # last bin: 1 - Phi(lower)
+  log_cdf_upper = log_ndtr(centered + half_width)  # first bin: Phi(upper)
+  log_sf_lower = log_ndtr(half_width - centered)  # last bin: 1 - Phi(lower)
   log_interior = _log_normal_interval(centered, half_width)
-  return jnp.where(is_first, log_cdf_upper,
-                   jnp.where(is_last, log_sf_lower, log_interior))
+  return jnp.where(is_first, log_cdf_upper, jnp.where(is_last, log_sf_lower, log_interior))
 
 
 def _promote(*args):

@@ -26,7 +26,8 @@ IS-like score of the samples and of real test data.
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,7 @@ def _namespace(*arrays):
 # Math
 # ----------------------------------------------------------------------------
 
+
 def feature_statistics(features: Array) -> tuple[Array, Array]:
   """The mean and covariance of a set of feature vectors.
 
@@ -70,8 +72,9 @@ def feature_statistics(features: Array) -> tuple[Array, Array]:
   if xp is np:
     features = np.asarray(features, np.float64)
   if features.ndim != 2 or features.shape[0] < 2:
-    raise ValueError(f"feature_statistics: features must be (N, D) with N >= 2, "
-                     f"got shape {features.shape}")
+    raise ValueError(
+      f"feature_statistics: features must be (N, D) with N >= 2, got shape {features.shape}"
+    )
   mean = features.mean(axis=0)
   centered = features - mean
   cov = centered.T @ centered / (features.shape[0] - 1)
@@ -111,11 +114,14 @@ def frechet_distance(mean1: Array, cov1: Array, mean2: Array, cov2: Array) -> Ar
   if xp is np:
     mean1, cov1, mean2, cov2 = (np.asarray(a, np.float64) for a in (mean1, cov1, mean2, cov2))
   if mean1.shape != mean2.shape or mean1.ndim != 1:
-    raise ValueError(f"frechet_distance: means must both be (D,), got {mean1.shape} and {mean2.shape}")
+    raise ValueError(
+      f"frechet_distance: means must both be (D,), got {mean1.shape} and {mean2.shape}"
+    )
   dim = mean1.shape[0]
   if cov1.shape != (dim, dim) or cov2.shape != (dim, dim):
-    raise ValueError(f"frechet_distance: covariances must be ({dim}, {dim}), "
-                     f"got {cov1.shape} and {cov2.shape}")
+    raise ValueError(
+      f"frechet_distance: covariances must be ({dim}, {dim}), got {cov1.shape} and {cov2.shape}"
+    )
   sqrt_cov1 = _sqrt_psd(xp, cov1)
   middle = sqrt_cov1 @ cov2 @ sqrt_cov1
   middle = 0.5 * (middle + middle.T)  # symmetric up to round-off; eigvalsh reads one triangle
@@ -148,8 +154,9 @@ def inception_score(probs: Array) -> Array:
   marginal = probs.mean(axis=0)
   safe = lambda p: xp.where(p > 0, p, 1.0)
   # sum_y p log p - sum_y p log p(y); where p(y|x) = 0 the term is 0, and p(y) > 0 wherever p(y|x) > 0.
-  kl = xp.sum(xp.where(probs > 0, probs * (xp.log(safe(probs)) - xp.log(safe(marginal))), 0.0),
-              axis=-1)
+  kl = xp.sum(
+    xp.where(probs > 0, probs * (xp.log(safe(probs)) - xp.log(safe(marginal))), 0.0), axis=-1
+  )
   return xp.exp(xp.mean(kl))
 
 
@@ -158,7 +165,9 @@ def inception_score_splits(probs: np.ndarray, num_splits: int) -> tuple[float, f
   consecutive parts of probs (N, C), as the Inception-score code reports it
   (10 splits of 50k samples for CIFAR-10)."""
   if not 1 <= num_splits <= len(probs):
-    raise ValueError(f"inception_score_splits: num_splits={num_splits} must be in [1, {len(probs)}]")
+    raise ValueError(
+      f"inception_score_splits: num_splits={num_splits} must be in [1, {len(probs)}]"
+    )
   scores = [float(inception_score(part)) for part in np.array_split(np.asarray(probs), num_splits)]
   return float(np.mean(scores)), float(np.std(scores))
 
@@ -167,8 +176,10 @@ def inception_score_splits(probs: np.ndarray, num_splits: int) -> tuple[float, f
 # Batched, sharded application of a network to host arrays
 # ----------------------------------------------------------------------------
 
-def map_batches(fn: Callable, params, inputs: np.ndarray, batch_size: int, mesh,
-                desc: str | None = None):
+
+def map_batches(
+  fn: Callable, params, inputs: np.ndarray, batch_size: int, mesh, desc: str | None = None
+):
   """Applies jitted `fn(params, x) -> pytree of (B, ...)` to `inputs` (N, ...) in batches
   sharded over the mesh's devices (params replicated); returns the outputs of
   all N rows as numpy arrays. The last batch is padded by repeating its last
@@ -181,10 +192,15 @@ def map_batches(fn: Callable, params, inputs: np.ndarray, batch_size: int, mesh,
   process_count, process_index = jax.process_count(), jax.process_index()
   local = batch_size // process_count
   outputs = []
-  for start in tqdm(range(0, count, batch_size), desc=desc, disable=desc is None or process_index,
-                    leave=False, dynamic_ncols=True):
+  for start in tqdm(
+    range(0, count, batch_size),
+    desc=desc,
+    disable=desc is None or process_index,
+    leave=False,
+    dynamic_ncols=True,
+  ):
     rows = np.minimum(np.arange(start, start + batch_size), count - 1)
-    rows = rows[process_index * local:(process_index + 1) * local]
+    rows = rows[process_index * local : (process_index + 1) * local]
     batch = sharding.shard_batch({"x": np.asarray(inputs[rows], np.float32)}, mesh)
     outputs.append(jax.device_get(fn(params, batch["x"])))
   stacked = jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
@@ -193,21 +209,32 @@ def map_batches(fn: Callable, params, inputs: np.ndarray, batch_size: int, mesh,
 
 def jit_for_mesh(fn: Callable, mesh) -> Callable:
   """jax.jit(fn) with params replicated, the batch sharded and the output replicated."""
-  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(
+    fn,
+    in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+    out_shardings=sharding.replicated(mesh),
+  )
 
 
 # ----------------------------------------------------------------------------
 # The evaluation classifier
 # ----------------------------------------------------------------------------
 
+
 def make_classifier(num_classes: int, feature_dim: int = 64) -> nets.ImageClassifier:
   return nets.ImageClassifier(num_classes=num_classes, feature_dim=feature_dim)
 
 
-def train_classifier(net: nets.ImageClassifier, dataset, num_steps: int, seed: int, mesh,
-                     batch_size: int = CLASSIFIER_BATCH_SIZE,
-                     learning_rate: float = CLASSIFIER_LEARNING_RATE, progress: bool = True):
+def train_classifier(
+  net: nets.ImageClassifier,
+  dataset,
+  num_steps: int,
+  seed: int,
+  mesh,
+  batch_size: int = CLASSIFIER_BATCH_SIZE,
+  learning_rate: float = CLASSIFIER_LEARNING_RATE,
+  progress: bool = True,
+):
   """Trains `net` on the labelled `dataset` (a gen_jax.data.Dataset) with
   softmax cross-entropy and Adam; returns its params.
 
@@ -218,28 +245,40 @@ def train_classifier(net: nets.ImageClassifier, dataset, num_steps: int, seed: i
   if dataset.num_classes is None:
     raise ValueError(f"{dataset.name} has no labels; the evaluation classifier needs them")
   if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0:
-    raise ValueError(f"--config.eval.classifier_steps must be a positive integer, got {num_steps!r}")
+    raise ValueError(
+      f"--config.eval.classifier_steps must be a positive integer, got {num_steps!r}"
+    )
   sharding.check_batch_size(batch_size, mesh, "eval classifier batch size")
   tx = optax.adam(learning_rate)
   example = jnp.zeros((1,) + tuple(dataset.example_shape), jnp.float32)
-  params = jax.jit(net.init, out_shardings=sharding.replicated(mesh))(
-      jax.random.key(seed), example)
+  params = jax.jit(net.init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed), example)
   opt_state = tx.init(params)
 
   def step(params, opt_state, batch):
     def loss_fn(p):
       logits, _ = net.apply(p, batch["x"])
       return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   replicated = sharding.replicated(mesh)
-  step = jax.jit(step, in_shardings=(replicated, replicated, sharding.data_sharded(mesh)),
-                 out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+  step = jax.jit(
+    step,
+    in_shardings=(replicated, replicated, sharding.data_sharded(mesh)),
+    out_shardings=(replicated, replicated, replicated),
+    donate_argnums=(0, 1),
+  )
   process_index, process_count = jax.process_index(), jax.process_count()
-  for s in tqdm(range(num_steps), desc="eval classifier", disable=not progress or process_index,
-                leave=False, dynamic_ncols=True, mininterval=1.0):
+  for s in tqdm(
+    range(num_steps),
+    desc="eval classifier",
+    disable=not progress or process_index,
+    leave=False,
+    dynamic_ncols=True,
+    mininterval=1.0,
+  ):
     batch = dataset.get_batch(s, seed, batch_size, process_index, process_count, train=True)
     params, opt_state, loss = step(params, opt_state, sharding.shard_batch(batch, mesh))
   if not np.isfinite(float(loss)):
@@ -249,9 +288,11 @@ def train_classifier(net: nets.ImageClassifier, dataset, num_steps: int, seed: i
 
 def classifier_outputs(net: nets.ImageClassifier) -> Callable:
   """(params, x) -> {'features': (B, feature_dim), 'probs': (B, num_classes)}."""
+
   def apply(params, x):
     logits, features = net.apply(params, x)
     return {"features": features, "probs": jax.nn.softmax(logits.astype(jnp.float32))}
+
   return apply
 
 
@@ -261,7 +302,9 @@ def classifier_accuracy(net, params, dataset, batch_size: int, mesh) -> float:
   correct = count = 0
   for batch in dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()):
     mask = batch.pop("mask")
-    predicted = np.asarray(jax.device_get(fn(params, sharding.shard_batch({"x": batch["x"]}, mesh)["x"])))
+    predicted = np.asarray(
+      jax.device_get(fn(params, sharding.shard_batch({"x": batch["x"]}, mesh)["x"]))
+    )
     # Each process holds its own slice of the batch's rows: compare those.
     local = slice(jax.process_index() * len(mask), (jax.process_index() + 1) * len(mask))
     correct += int(np.sum((predicted[local] == batch["label"])[mask]))
@@ -269,8 +312,17 @@ def classifier_accuracy(net, params, dataset, batch_size: int, mesh) -> float:
   return correct / max(count, 1)
 
 
-def load_or_train_classifier(workdir: str, train_dataset, test_dataset, num_steps: int, seed: int,
-                             mesh, eval_batch_size: int, feature_dim: int = 64, write: bool = True):
+def load_or_train_classifier(
+  workdir: str,
+  train_dataset,
+  test_dataset,
+  num_steps: int,
+  seed: int,
+  mesh,
+  eval_batch_size: int,
+  feature_dim: int = 64,
+  write: bool = True,
+):
   """The evaluation classifier of this data: from `workdir/eval_classifier/` when
   it was trained there with the same data, size, steps and seed, else trained
   now (and cached when `write`).
@@ -282,12 +334,21 @@ def load_or_train_classifier(workdir: str, train_dataset, test_dataset, num_step
   if train_dataset.num_classes is None:
     raise ValueError(f"{train_dataset.name} has no labels")
   net = make_classifier(train_dataset.num_classes, feature_dim)
-  want = {"data": train_dataset.name, "example_shape": list(train_dataset.example_shape),
-          "num_classes": train_dataset.num_classes, "feature_dim": feature_dim,
-          "num_steps": num_steps, "seed": seed, "batch_size": CLASSIFIER_BATCH_SIZE,
-          "learning_rate": CLASSIFIER_LEARNING_RATE}
+  want = {
+    "data": train_dataset.name,
+    "example_shape": list(train_dataset.example_shape),
+    "num_classes": train_dataset.num_classes,
+    "feature_dim": feature_dim,
+    "num_steps": num_steps,
+    "seed": seed,
+    "batch_size": CLASSIFIER_BATCH_SIZE,
+    "learning_rate": CLASSIFIER_LEARNING_RATE,
+  }
   directory = os.path.join(workdir, CLASSIFIER_DIR)
-  info_path, params_path = os.path.join(directory, "info.json"), os.path.join(directory, "params.npz")
+  info_path, params_path = (
+    os.path.join(directory, "info.json"),
+    os.path.join(directory, "params.npz"),
+  )
   if os.path.exists(info_path) and os.path.exists(params_path):
     with open(info_path) as f:
       info = json.load(f)
@@ -297,8 +358,12 @@ def load_or_train_classifier(workdir: str, train_dataset, test_dataset, num_step
     print(f"The cached evaluation classifier in {directory} was trained differently; training anew")
   params = train_classifier(net, train_dataset, num_steps, seed, mesh)
   accuracy = classifier_accuracy(net, params, test_dataset, eval_batch_size, mesh)
-  info = dict(want, test_accuracy=accuracy, test_data=test_dataset.name,
-              num_parameters=int(sum(x.size for x in jax.tree.leaves(params))))
+  info = dict(
+    want,
+    test_accuracy=accuracy,
+    test_data=test_dataset.name,
+    num_parameters=int(sum(x.size for x in jax.tree.leaves(params))),
+  )
   if write:
     os.makedirs(directory, exist_ok=True)
     if os.path.exists(info_path):  # never an old description beside new parameters
@@ -314,16 +379,18 @@ def load_or_train_classifier(workdir: str, train_dataset, test_dataset, num_step
 # From features to the figures of eval.json
 # ----------------------------------------------------------------------------
 
+
 def split_in_halves(num_examples: int) -> tuple[np.ndarray, np.ndarray]:
   """Two disjoint halves of range(num_examples) (a fixed permutation, so data
   stored in class order still splits fairly), each of num_examples // 2."""
   order = np.random.default_rng(_HALVES_SEED).permutation(num_examples)
   half = num_examples // 2
-  return order[:half], order[half:2 * half]
+  return order[:half], order[half : 2 * half]
 
 
-def sample_quality(samples: dict, test: dict, train: dict | None = None,
-                   num_splits: int = 1) -> dict:
+def sample_quality(
+  samples: dict, test: dict, train: dict | None = None, num_splits: int = 1
+) -> dict:
   """The sample-quality figures in one feature space.
 
   Args:
@@ -350,8 +417,11 @@ def sample_quality(samples: dict, test: dict, train: dict | None = None,
     out["fd_samples_vs_train"] = float(frechet_distance(*sample_stats, *train_stats))
     out["fd_train_vs_test"] = float(frechet_distance(*train_stats, *test_stats))
   first, second = split_in_halves(len(test["features"]))
-  out["fd_test_halves"] = float(frechet_distance(*feature_statistics(test["features"][first]),
-                                                 *feature_statistics(test["features"][second])))
+  out["fd_test_halves"] = float(
+    frechet_distance(
+      *feature_statistics(test["features"][first]), *feature_statistics(test["features"][second])
+    )
+  )
   for name, probs in (("is_samples", samples["probs"]), ("is_test", test["probs"])):
     mean, std = inception_score_splits(probs, num_splits)
     out[name] = mean
@@ -374,15 +444,18 @@ def split_description(num_examples: int) -> str:
   return f"2 x {half} of the test split's {num_examples} examples (fixed permutation, seed {_HALVES_SEED})"
 
 
-
 # ----------------------------------------------------------------------------
 # The console summary of eval.json
 # ----------------------------------------------------------------------------
 
 _LIKELIHOOD_NAMES = {
-    "bits_per_dim": "bits/dim (variational bound)",
-    "ode_bits_per_dim": "bits/dim (probability-flow ODE)", "loss": "L_simple", "nll_iwae": "NLL (IWAE bound), nats",
-    "elbo": "ELBO, nats", "log_likelihood": "  reconstruction E_q log p(x|z)", "kl": "  KL(q(z|x) || p(z))",
+  "bits_per_dim": "bits/dim (variational bound)",
+  "ode_bits_per_dim": "bits/dim (probability-flow ODE)",
+  "loss": "L_simple",
+  "nll_iwae": "NLL (IWAE bound), nats",
+  "elbo": "ELBO, nats",
+  "log_likelihood": "  reconstruction E_q log p(x|z)",
+  "kl": "  KL(q(z|x) || p(z))",
 }
 
 
@@ -398,11 +471,17 @@ def _quality_lines(section: dict, title: str, distance: str, score: str) -> list
     head += f"; classifier test accuracy {100 * space['test_accuracy']:.1f}%"
   lines = [head + ":"]
   prefix = "fid" if "fid_samples_vs_test" in section else "fd"
-  rows = [("samples vs test", section[f"{prefix}_samples_vs_test"], reference["test"]),
-          ("samples vs train", section[f"{prefix}_samples_vs_train"], reference["train"]),
-          ("train vs test", section[f"{prefix}_train_vs_test"], "real data of the samples' size"),
-          ("test halves", section[f"{prefix}_test_halves"],
-           "the floor at half the test split's size (small sets bias it upwards): " + reference["test_halves"])]
+  rows = [
+    ("samples vs test", section[f"{prefix}_samples_vs_test"], reference["test"]),
+    ("samples vs train", section[f"{prefix}_samples_vs_train"], reference["train"]),
+    ("train vs test", section[f"{prefix}_train_vs_test"], "real data of the samples' size"),
+    (
+      "test halves",
+      section[f"{prefix}_test_halves"],
+      "the floor at half the test split's size (small sets bias it upwards): "
+      + reference["test_halves"],
+    ),
+  ]
   for label, value, note in rows:
     lines.append(f"    {distance:<8} {label:<17} {value:10.4f}   {note}")
   for label, key in (("samples", "is_samples"), ("test data", "is_test")):
@@ -413,22 +492,32 @@ def _quality_lines(section: dict, title: str, distance: str, score: str) -> list
 
 def summary(results: dict, workdir: str = "") -> str:
   """A readable summary of the results `gen_jax.train.evaluate` writes to eval.json."""
-  lines = [f"Evaluation of {workdir or 'the run'}: checkpoint step {results['checkpoint_step']}, "
-           f"{results['parameters'].upper()} parameters"]
+  lines = [
+    f"Evaluation of {workdir or 'the run'}: checkpoint step {results['checkpoint_step']}, "
+    f"{results['parameters'].upper()} parameters"
+  ]
   likelihood = results["likelihood"]
   lines.append(f"  likelihood on {likelihood['data']} ({likelihood['num_examples']} examples):")
   for key, label in _LIKELIHOOD_NAMES.items():
     if key in likelihood:
       lines.append(f"    {label:<34} {likelihood[key]:10.4f}")
-  lines += _quality_lines(results["sample_quality"], "sample quality in the evaluation classifier's "
-                         "feature space", "FD", "IS-like")
+  lines += _quality_lines(
+    results["sample_quality"],
+    "sample quality in the evaluation classifier's feature space",
+    "FD",
+    "IS-like",
+  )
   if "conditional" in results:
     conditional = results["conditional"]
-    lines.append(f"  class-conditional samples labelled as their class by the classifier: "
-                 f"{100 * conditional['accuracy']:.1f}% (guidance scale "
-                 f"{conditional['samples']['guidance_scale']})")
+    lines.append(
+      f"  class-conditional samples labelled as their class by the classifier: "
+      f"{100 * conditional['accuracy']:.1f}% (guidance scale "
+      f"{conditional['samples']['guidance_scale']})"
+    )
   if "inception" in results:
-    lines += _quality_lines(results["inception"], "FID and Inception score (Inception-v3)", "FID", "IS")
+    lines += _quality_lines(
+      results["inception"], "FID and Inception score (Inception-v3)", "FID", "IS"
+    )
   seconds = results.get("seconds", {})
   if seconds:
     lines.append("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))

@@ -24,7 +24,7 @@ the .pth without PyTorch; see the README).
 """
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -36,8 +36,9 @@ INPUT_SIZE = 299
 NUM_CLASSES = 1008
 POOL_FEATURES = 2048
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-               + WEIGHTS_FILE)
+WEIGHTS_URL = (
+  "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILE
+)
 
 
 class InceptionWeightsError(ValueError):
@@ -50,6 +51,7 @@ def _pairs(value):
 
 class BasicConv2d(nn.Module):
   """Convolution without bias, BatchNorm (eps 1e-3, running statistics), ReLU."""
+
   features: int
   kernel_size: int | Sequence[int]
   strides: int = 1
@@ -58,8 +60,14 @@ class BasicConv2d(nn.Module):
   @nn.compact
   def __call__(self, x):
     pad_h, pad_w = _pairs(self.padding)
-    x = nn.Conv(self.features, _pairs(self.kernel_size), strides=_pairs(self.strides),
-                padding=((pad_h, pad_h), (pad_w, pad_w)), use_bias=False, name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      _pairs(self.kernel_size),
+      strides=_pairs(self.strides),
+      padding=((pad_h, pad_h), (pad_w, pad_w)),
+      use_bias=False,
+      name="conv",
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
     return nn.relu(x)
 
@@ -70,8 +78,9 @@ def _avg_pool_3x3(x):
 
 
 def _max_pool(x, stride, padding=0):
-  return nn.max_pool(x, (3, 3), strides=(stride, stride),
-                     padding=((padding, padding), (padding, padding)))
+  return nn.max_pool(
+    x, (3, 3), strides=(stride, stride), padding=((padding, padding), (padding, padding))
+  )
 
 
 class InceptionA(nn.Module):
@@ -132,20 +141,29 @@ class InceptionD(nn.Module):
 
 class InceptionE(nn.Module):
   """pool: 'avg' (padding excluded; Mixed_7b) or 'max' (the FID graph's Mixed_7c)."""
+
   pool: str
 
   @nn.compact
   def __call__(self, x):
     branch1x1 = BasicConv2d(320, 1, name="branch1x1")(x)
     branch3x3 = BasicConv2d(384, 1, name="branch3x3_1")(x)
-    branch3x3 = jnp.concatenate([
+    branch3x3 = jnp.concatenate(
+      [
         BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(branch3x3),
-        BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(branch3x3)], axis=-1)
+        BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(branch3x3),
+      ],
+      axis=-1,
+    )
     dbl = BasicConv2d(448, 1, name="branch3x3dbl_1")(x)
     dbl = BasicConv2d(384, 3, padding=1, name="branch3x3dbl_2")(dbl)
-    dbl = jnp.concatenate([
+    dbl = jnp.concatenate(
+      [
         BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(dbl),
-        BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(dbl)], axis=-1)
+        BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(dbl),
+      ],
+      axis=-1,
+    )
     pooled = _avg_pool_3x3(x) if self.pool == "avg" else _max_pool(x, 1, padding=1)
     branch_pool = BasicConv2d(192, 1, name="branch_pool")(pooled)
     return jnp.concatenate([branch1x1, branch3x3, dbl, branch_pool], axis=-1)
@@ -163,6 +181,7 @@ class FIDInceptionV3(nn.Module):
   resize_input: resize to 299x299 first (pytorch-fid's default). Without it
   the network takes any size >= 75x75 (the pool is global).
   """
+
   resize_input: bool = True
 
   @nn.compact
@@ -203,12 +222,12 @@ class FIDInceptionV3(nn.Module):
 
 # Flax leaf name -> (PyTorch parameter name, how the array is laid out there).
 _LEAVES = {
-    ("params", "kernel", 4): ("weight", "conv"),      # torch (O, I, kh, kw) -> flax (kh, kw, I, O)
-    ("params", "kernel", 2): ("weight", "linear"),    # torch (O, I) -> flax (I, O)
-    ("params", "bias", 1): ("bias", None),
-    ("params", "scale", 1): ("weight", None),         # BatchNorm gamma
-    ("batch_stats", "mean", 1): ("running_mean", None),
-    ("batch_stats", "var", 1): ("running_var", None),
+  ("params", "kernel", 4): ("weight", "conv"),  # torch (O, I, kh, kw) -> flax (kh, kw, I, O)
+  ("params", "kernel", 2): ("weight", "linear"),  # torch (O, I) -> flax (I, O)
+  ("params", "bias", 1): ("bias", None),
+  ("params", "scale", 1): ("weight", None),  # BatchNorm gamma
+  ("batch_stats", "mean", 1): ("running_mean", None),
+  ("batch_stats", "var", 1): ("running_var", None),
 }
 
 
@@ -234,8 +253,9 @@ def state_dict_names(variables) -> dict[str, tuple]:
   return out
 
 
-def variables_from_state_dict(state_dict: dict, model: FIDInceptionV3 | None = None,
-                              source: str = "the state dict"):
+def variables_from_state_dict(
+  state_dict: dict, model: FIDInceptionV3 | None = None, source: str = "the state dict"
+):
   """Flax variables {'params', 'batch_stats'} from pytorch-fid's state dict
   (name -> numpy array, PyTorch layouts). Every variable must be present with
   its shape; BatchNorm's num_batches_tracked counters are ignored.
@@ -250,9 +270,10 @@ def variables_from_state_dict(state_dict: dict, model: FIDInceptionV3 | None = N
   unexpected = sorted(set(given) - set(expected))
   if missing or unexpected:
     raise InceptionWeightsError(
-        f"{source} is not the FID Inception-v3 state dict: {len(missing)} missing entries "
-        f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
-        f"use pytorch-fid's {WEIGHTS_FILE} converted with scripts/convert_inception_weights.py")
+      f"{source} is not the FID Inception-v3 state dict: {len(missing)} missing entries "
+      f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+      f"use pytorch-fid's {WEIGHTS_FILE} converted with scripts/convert_inception_weights.py"
+    )
   flat = {"params": {}, "batch_stats": {}}
   for torch_name, (collection, path) in expected.items():
     leaf = traverse_util.flatten_dict(abstract[collection])[path]
@@ -263,8 +284,10 @@ def variables_from_state_dict(state_dict: dict, model: FIDInceptionV3 | None = N
     elif layout == "linear":
       value = value.T
     if value.shape != leaf.shape:
-      raise InceptionWeightsError(f"{source}: {torch_name} has shape {given[torch_name].shape}, "
-                                  f"which does not fit the FID Inception-v3 ({leaf.shape} in Flax layout)")
+      raise InceptionWeightsError(
+        f"{source}: {torch_name} has shape {given[torch_name].shape}, "
+        f"which does not fit the FID Inception-v3 ({leaf.shape} in Flax layout)"
+      )
     flat[collection][path] = value
   return {c: traverse_util.unflatten_dict(tree) for c, tree in flat.items()}
 
@@ -291,15 +314,17 @@ def load_variables(path: str, model: FIDInceptionV3 | None = None):
     raise InceptionWeightsError(f"--inception_weights={path} is not a file")
   if path.endswith(".pth"):
     raise InceptionWeightsError(
-        f"--inception_weights={path} is a PyTorch file; convert it once with "
-        f"`python scripts/convert_inception_weights.py {path} pt_inception-2015-12-05.npz` "
-        "and pass the .npz")
+      f"--inception_weights={path} is a PyTorch file; convert it once with "
+      f"`python scripts/convert_inception_weights.py {path} pt_inception-2015-12-05.npz` "
+      "and pass the .npz"
+    )
   try:
     with np.load(path, allow_pickle=False) as f:
       state_dict = {name: f[name] for name in f.files}
   except Exception as e:  # zipfile / format errors: not a readable npz
-    raise InceptionWeightsError(f"--inception_weights={path}: cannot read as .npz "
-                                f"({type(e).__name__}: {e})") from None
+    raise InceptionWeightsError(
+      f"--inception_weights={path}: cannot read as .npz ({type(e).__name__}: {e})"
+    ) from None
   return variables_from_state_dict(state_dict, model, f"--inception_weights={path}")
 
 
@@ -310,4 +335,5 @@ def outputs_fn(model: FIDInceptionV3 | None = None):
   def apply(variables, x):
     pool, logits = model.apply(variables, x)
     return {"features": pool, "probs": jax.nn.softmax(logits)}
+
   return apply

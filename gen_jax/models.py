@@ -30,8 +30,7 @@ Array = jax.Array
 # Sampler names for DiffusionModel.sample / --sampler, and the step count
 # each uses when num_steps is None (None: all T steps).
 SAMPLERS = ("ddpm", "ddim", "respaced", "dpm++2m", "heun")
-DEFAULT_SAMPLER_STEPS = {"ddpm": None, "ddim": None, "respaced": None,
-                         "dpm++2m": 20, "heun": 18}
+DEFAULT_SAMPLER_STEPS = {"ddpm": None, "ddim": None, "respaced": None, "dpm++2m": 20, "heun": 18}
 
 
 def _mean(values, mask=None):
@@ -59,6 +58,7 @@ class DiffusionModel:
     cond_drop_prob: in training, each label is replaced by the null label K
       with this probability, so one network learns p(x|c) and p(x).
   """
+
   net: nn.Module
   schedule: diffusion.Schedule
   example_shape: tuple[int, ...]
@@ -90,13 +90,15 @@ class DiffusionModel:
     rngs = {"dropout": dropout_key} if dropout_key is not None else None
     if not self.num_classes:
       if labels is not None:
-        raise ValueError("class labels given to an unconditional model; train "
-                         "with --config.model.num_classes=K")
+        raise ValueError(
+          "class labels given to an unconditional model; train with --config.model.num_classes=K"
+        )
       return lambda x_t, t: self.net.apply(params, x_t, t, train=train, rngs=rngs)
     return lambda x_t, t: self.net.apply(params, x_t, t, labels, train=train, rngs=rngs)
 
-  def eps_fn(self, params, train: bool = False, dropout_key=None, labels=None,
-             guidance_scale: float = 0.0):
+  def eps_fn(
+    self, params, train: bool = False, dropout_key=None, labels=None, guidance_scale: float = 0.0
+  ):
     """The network as an eps_fn(x_t, t) for the math core, whatever it predicts.
 
     With labels and guidance_scale w != 0: the classifier-free guided
@@ -104,7 +106,7 @@ class DiffusionModel:
     """
     as_eps = lambda fn: diffusion.as_eps_fn(fn, self.schedule, self.prediction)
     cond = as_eps(self.model_fn(params, train, dropout_key, labels))
-    if labels is None or isinstance(guidance_scale, (int, float)) and guidance_scale == 0:
+    if labels is None or (isinstance(guidance_scale, (int, float)) and guidance_scale == 0):
       return cond
     uncond = as_eps(self.model_fn(params, train, dropout_key, None))
     return diffusion.guided_eps_fn(cond, uncond, guidance_scale)
@@ -114,20 +116,26 @@ class DiffusionModel:
     labels = None
     if self.num_classes:
       if "label" not in batch:
-        raise ValueError("a class-conditional model needs labelled data "
-                         "(batches without 'label')")
-      drop = jax.random.bernoulli(drop_label_key, self.cond_drop_prob,
-                                  batch["label"].shape)
+        raise ValueError("a class-conditional model needs labelled data (batches without 'label')")
+      drop = jax.random.bernoulli(drop_label_key, self.cond_drop_prob, batch["label"].shape)
       labels = jnp.where(drop, self.num_classes, batch["label"])
     model_fn = self.model_fn(params, train, dropout_key if train else None, labels)
-    losses = diffusion.simple_loss(loss_key, model_fn, self.schedule,
-                                   batch["x"], self.prediction)
+    losses = diffusion.simple_loss(loss_key, model_fn, self.schedule, batch["x"], self.prediction)
     loss = _mean(losses, batch.get("mask"))
     return loss, {"loss": loss}
 
-  def sample(self, params, key, num_samples: int, sampler: str = "ddpm",
-             num_steps: int | None = None, eta: float = 0.0,
-             s_churn: float = 0.0, labels=None, guidance_scale: float = 0.0) -> Array:
+  def sample(
+    self,
+    params,
+    key,
+    num_samples: int,
+    sampler: str = "ddpm",
+    num_steps: int | None = None,
+    eta: float = 0.0,
+    s_churn: float = 0.0,
+    labels=None,
+    guidance_scale: float = 0.0,
+  ) -> Array:
     """Draws num_samples examples with one of SAMPLERS.
 
     ddpm: ancestral, all T steps (num_steps is ignored); ddim: num_steps
@@ -146,24 +154,25 @@ class DiffusionModel:
     num_timesteps = schedule.num_timesteps
     steps = num_steps or DEFAULT_SAMPLER_STEPS[sampler] or num_timesteps
     if sampler != "ddpm" and not 1 <= steps <= num_timesteps:
-      raise ValueError(f"num_steps (--sampling_steps) for sampler {sampler!r} "
-                       f"must be in [1, {num_timesteps}], got {steps}")
+      raise ValueError(
+        f"num_steps (--sampling_steps) for sampler {sampler!r} "
+        f"must be in [1, {num_timesteps}], got {steps}"
+      )
     shape = (num_samples,) + tuple(self.example_shape)
     eps_fn = self.eps_fn(params, labels=labels, guidance_scale=guidance_scale)
     if sampler == "ddpm":
-      return diffusion.ddpm_sample(key, eps_fn, schedule, shape,
-                                   self.variance, self.clip)
+      return diffusion.ddpm_sample(key, eps_fn, schedule, shape, self.variance, self.clip)
     if sampler == "ddim":
-      return diffusion.ddim_sample(key, eps_fn, schedule, shape, steps, eta,
-                                   self.clip)
+      return diffusion.ddim_sample(key, eps_fn, schedule, shape, steps, eta, self.clip)
     if sampler == "respaced":
-      return diffusion.respaced_ddpm_sample(key, eps_fn, schedule, shape, steps,
-                                            self.variance, self.clip)
+      return diffusion.respaced_ddpm_sample(
+        key, eps_fn, schedule, shape, steps, self.variance, self.clip
+      )
     if sampler == "dpm++2m":
-      return diffusion.dpmpp_2m_sample(key, eps_fn, schedule, shape, steps,
-                                       self.clip)
-    return diffusion.heun_sample(key, eps_fn, schedule, shape, steps,
-                                 s_churn=s_churn, clip=self.clip)
+      return diffusion.dpmpp_2m_sample(key, eps_fn, schedule, shape, steps, self.clip)
+    return diffusion.heun_sample(
+      key, eps_fn, schedule, shape, steps, s_churn=s_churn, clip=self.clip
+    )
 
   def evaluate(self, params, batch, key, ode_steps: int = 0) -> dict[str, Array]:
     """Per-example denoising loss and, for 8-bit images, the bound in bits/dim
@@ -171,22 +180,31 @@ class DiffusionModel:
     x = batch["x"]
     simple_key, vlb_key, ode_key = jax.random.split(key, 3)
     eps_fn = self.eps_fn(params)
-    out = {"loss": diffusion.simple_loss(simple_key, self.model_fn(params),
-                                         self.schedule, x, self.prediction)}
+    out = {
+      "loss": diffusion.simple_loss(
+        simple_key, self.model_fn(params), self.schedule, x, self.prediction
+      )
+    }
     if len(self.example_shape) == 3:
       out["bits_per_dim"] = diffusion.vlb_bits_per_dim(
-          vlb_key, eps_fn, self.schedule, x, self.variance, clip=False)
+        vlb_key, eps_fn, self.schedule, x, self.variance, clip=False
+      )
       if ode_steps:
         out["ode_bits_per_dim"] = diffusion.ode_bits_per_dim(
-            ode_key, eps_fn, self.schedule, x, self._ode_steps(ode_steps))
+          ode_key, eps_fn, self.schedule, x, self._ode_steps(ode_steps)
+        )
     return out
 
-  def describe_sample(self, sampler: str = "ddpm", num_steps: int | None = None,
-                      eta: float = 0.0) -> dict:
+  def describe_sample(
+    self, sampler: str = "ddpm", num_steps: int | None = None, eta: float = 0.0
+  ) -> dict:
     """The sampler and its settings as `sample` uses them."""
     if sampler == "ddpm":
-      return {"sampler": "ddpm", "num_steps": self.schedule.num_timesteps,
-              "variance": self.variance}
+      return {
+        "sampler": "ddpm",
+        "num_steps": self.schedule.num_timesteps,
+        "variance": self.variance,
+      }
     return {"sampler": sampler, "num_steps": num_steps or self.schedule.num_timesteps, "eta": eta}
 
   def _ode_steps(self, ode_steps: int) -> int:
@@ -195,21 +213,25 @@ class DiffusionModel:
 
   def describe_evaluate(self, ode_steps: int = 0) -> dict[str, str]:
     """How each figure of `evaluate` is computed."""
-    out = {"loss": "L_simple: mean over dimensions of (eps - eps_model(x_t, t))^2, one t ~ U{0..T-1} "
-                   "and one eps per example"}
+    out = {
+      "loss": "L_simple: mean over dimensions of (eps - eps_model(x_t, t))^2, one t ~ U{0..T-1} "
+      "and one eps per example"
+    }
     if len(self.example_shape) == 3:
       out["bits_per_dim"] = (
-          f"the full variational bound (Ho et al. 2020, Table 2): KL of the prior plus all "
-          f"T={self.schedule.num_timesteps} terms, each at one x_t ~ q(x_t | x_0), the t=0 term a "
-          f"discretized Gaussian on the 8-bit grid, reverse variance '{self.variance}'; "
-          f"divided by D ln 2")
+        f"the full variational bound (Ho et al. 2020, Table 2): KL of the prior plus all "
+        f"T={self.schedule.num_timesteps} terms, each at one x_t ~ q(x_t | x_0), the t=0 term a "
+        f"discretized Gaussian on the 8-bit grid, reverse variance '{self.variance}'; "
+        f"divided by D ln 2"
+      )
       if ode_steps:
         out["ode_bits_per_dim"] = (
-            f"the exact likelihood of the probability-flow ODE (diffusion.ode_bits_per_dim): data "
-            f"dequantized uniformly within each 8-bit bin (one draw), "
-            f"{self._ode_steps(ode_steps)} Heun steps in "
-            f"log-sigma, Hutchinson's trace with one Rademacher probe; -(log p - D log 127.5) / "
-            f"(D ln 2)")
+          f"the exact likelihood of the probability-flow ODE (diffusion.ode_bits_per_dim): data "
+          f"dequantized uniformly within each 8-bit bin (one draw), "
+          f"{self._ode_steps(ode_steps)} Heun steps in "
+          f"log-sigma, Hutchinson's trace with one Rademacher probe; -(log p - D log 127.5) / "
+          f"(D ln 2)"
+        )
     return out
 
 
@@ -228,6 +250,7 @@ class VAEModel:
       batch: dynamic binarization) or 'discretized_gaussian' (8-bit images).
     iwae_samples: K for the importance-weighted bound in `evaluate`.
   """
+
   encoder: nn.Module
   decoder: nn.Module
   example_shape: tuple[int, ...]
@@ -241,8 +264,7 @@ class VAEModel:
     enc_key, dec_key = jax.random.split(key)
     x = jnp.zeros((1,) + tuple(self.example_shape), jnp.float32)
     z = jnp.zeros((1, self.latent_dim), jnp.float32)
-    return {"encoder": self.encoder.init(enc_key, x),
-            "decoder": self.decoder.init(dec_key, z)}
+    return {"encoder": self.encoder.init(enc_key, x), "decoder": self.decoder.init(dec_key, z)}
 
   def _targets(self, x, key):
     if self.likelihood == "bernoulli":
@@ -261,6 +283,7 @@ class VAEModel:
         mean, log_scale = out
         logp = distributions.discretized_gaussian_log_prob(x, mean, log_scale)
       return jnp.sum(logp.reshape(logp.shape[0], -1), axis=-1)
+
     return log_likelihood
 
   def _encode_fn(self, params):
@@ -270,13 +293,15 @@ class VAEModel:
     del train
     binarize_key, elbo_key = jax.random.split(key)
     x = self._targets(batch["x"], binarize_key)
-    terms = vae.elbo(elbo_key, x, self._encode_fn(params),
-                     self._log_likelihood_fn(params))
+    terms = vae.elbo(elbo_key, x, self._encode_fn(params), self._log_likelihood_fn(params))
     mask = batch.get("mask")
     loss = -_mean(terms.elbo, mask)
-    metrics = {"loss": loss, "elbo": -loss,
-               "log_likelihood": _mean(terms.log_likelihood, mask),
-               "kl": _mean(terms.kl, mask)}
+    metrics = {
+      "loss": loss,
+      "elbo": -loss,
+      "log_likelihood": _mean(terms.log_likelihood, mask),
+      "kl": _mean(terms.kl, mask),
+    }
     if self.likelihood == "discretized_gaussian":
       metrics["bits_per_dim"] = loss / (math.prod(self.example_shape) * math.log(2))
     return loss, metrics
@@ -297,10 +322,13 @@ class VAEModel:
     x = self._targets(batch["x"], binarize_key)
     encode, log_likelihood = self._encode_fn(params), self._log_likelihood_fn(params)
     terms = vae.elbo(elbo_key, x, encode, log_likelihood)
-    iwae = vae.iwae_bound(iwae_key, x, encode, log_likelihood,
-                          self.iwae_samples, self.iwae_chunk)
-    out = {"elbo": terms.elbo, "log_likelihood": terms.log_likelihood,
-           "kl": terms.kl, "nll_iwae": -iwae}
+    iwae = vae.iwae_bound(iwae_key, x, encode, log_likelihood, self.iwae_samples, self.iwae_chunk)
+    out = {
+      "elbo": terms.elbo,
+      "log_likelihood": terms.log_likelihood,
+      "kl": terms.kl,
+      "nll_iwae": -iwae,
+    }
     if self.likelihood == "discretized_gaussian":
       out["bits_per_dim"] = -iwae / (math.prod(self.example_shape) * math.log(2))
     return out
@@ -313,38 +341,55 @@ class VAEModel:
   def describe_evaluate(self, **unused) -> dict[str, str]:
     """How each figure of `evaluate` is computed."""
     del unused
-    data = ("dynamically binarized test data (one Bernoulli draw of each image per evaluation)"
-            if self.likelihood == "bernoulli" and self.binarize else "the test data")
+    data = (
+      "dynamically binarized test data (one Bernoulli draw of each image per evaluation)"
+      if self.likelihood == "bernoulli" and self.binarize
+      else "the test data"
+    )
     chunks = f", in chunks of {self.iwae_chunk}" if self.iwae_chunk else ""
-    out = {"elbo": f"ELBO in nats on {data}: one z ~ q(z|x), analytic KL",
-           "log_likelihood": "the ELBO's reconstruction term log p(x|z), one z ~ q(z|x)",
-           "kl": "the ELBO's KL(q(z|x) || N(0, I)), analytic",
-           "nll_iwae": f"test negative log-likelihood in nats: -L_K, the importance-weighted bound "
-                       f"with K={self.iwae_samples} samples per example{chunks}, on {data}"}
+    out = {
+      "elbo": f"ELBO in nats on {data}: one z ~ q(z|x), analytic KL",
+      "log_likelihood": "the ELBO's reconstruction term log p(x|z), one z ~ q(z|x)",
+      "kl": "the ELBO's KL(q(z|x) || N(0, I)), analytic",
+      "nll_iwae": f"test negative log-likelihood in nats: -L_K, the importance-weighted bound "
+      f"with K={self.iwae_samples} samples per example{chunks}, on {data}",
+    }
     if self.likelihood == "discretized_gaussian":
       out["bits_per_dim"] = "nll_iwae / (D ln 2), D the number of dimensions (8-bit data)"
     return out
 
 
-def diffusion_config(num_timesteps: int = 1000, beta_schedule: str = "linear",
-                     beta_start: float = 1e-4, beta_end: float = 0.02,
-                     variance: str = "small", clip: bool = True,
-                     prediction: str = "eps"):
+def diffusion_config(
+  num_timesteps: int = 1000,
+  beta_schedule: str = "linear",
+  beta_start: float = 1e-4,
+  beta_end: float = 0.02,
+  variance: str = "small",
+  clip: bool = True,
+  prediction: str = "eps",
+):
   """The `config.diffusion` section of a diffusion experiment (DDPM defaults).
 
   prediction (eps | x0 | v) is the network's target, trained with its loss
   (`diffusion.simple_loss`) and used by every sampler:
   --config.diffusion.prediction=v.
   """
-  return ml_collections.ConfigDict(dict(
-      num_timesteps=num_timesteps, beta_schedule=beta_schedule,
-      beta_start=beta_start, beta_end=beta_end, variance=variance, clip=clip,
-      prediction=prediction))
+  return ml_collections.ConfigDict(
+    dict(
+      num_timesteps=num_timesteps,
+      beta_schedule=beta_schedule,
+      beta_start=beta_start,
+      beta_end=beta_end,
+      variance=variance,
+      clip=clip,
+      prediction=prediction,
+    )
+  )
 
 
-def make_diffusion_model(diffusion_cfg, net: nn.Module, example_shape,
-                         num_classes: int = 0,
-                         cond_drop_prob: float = 0.0) -> DiffusionModel:
+def make_diffusion_model(
+  diffusion_cfg, net: nn.Module, example_shape, num_classes: int = 0, cond_drop_prob: float = 0.0
+) -> DiffusionModel:
   """A DiffusionModel from a `config.diffusion` section and a network.
 
   num_classes (config.model.num_classes) > 0 makes it class-conditional, with
@@ -352,30 +397,42 @@ def make_diffusion_model(diffusion_cfg, net: nn.Module, example_shape,
   (config.train.cond_drop_prob); the network must then take labels.
   """
   if diffusion_cfg.beta_schedule == "linear":
-    betas = diffusion.linear_betas(diffusion_cfg.num_timesteps,
-                                   diffusion_cfg.beta_start, diffusion_cfg.beta_end)
+    betas = diffusion.linear_betas(
+      diffusion_cfg.num_timesteps, diffusion_cfg.beta_start, diffusion_cfg.beta_end
+    )
   elif diffusion_cfg.beta_schedule == "cosine":
     betas = diffusion.cosine_betas(diffusion_cfg.num_timesteps)
   else:
-    raise ValueError("--config.diffusion.beta_schedule must be 'linear' or "
-                     f"'cosine', got {diffusion_cfg.beta_schedule!r}")
+    raise ValueError(
+      "--config.diffusion.beta_schedule must be 'linear' or "
+      f"'cosine', got {diffusion_cfg.beta_schedule!r}"
+    )
   if diffusion_cfg.variance not in diffusion.VARIANCES:
-    raise ValueError(f"--config.diffusion.variance must be one of "
-                     f"{diffusion.VARIANCES}, got {diffusion_cfg.variance!r}")
+    raise ValueError(
+      f"--config.diffusion.variance must be one of "
+      f"{diffusion.VARIANCES}, got {diffusion_cfg.variance!r}"
+    )
   prediction = diffusion_cfg.get("prediction", "eps")
   if prediction not in diffusion.PREDICTIONS:
-    raise ValueError(f"--config.diffusion.prediction must be one of "
-                     f"{diffusion.PREDICTIONS}, got {prediction!r}")
+    raise ValueError(
+      f"--config.diffusion.prediction must be one of {diffusion.PREDICTIONS}, got {prediction!r}"
+    )
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-    raise ValueError(f"--config.model.num_classes must be an integer >= 0 (0: "
-                     f"unconditional), got {num_classes!r}")
+    raise ValueError(
+      f"--config.model.num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}"
+    )
   if not 0.0 <= cond_drop_prob < 1.0:
     raise ValueError(f"--config.train.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
-  return DiffusionModel(net=net, schedule=diffusion.make_schedule(betas),
-                        example_shape=tuple(example_shape),
-                        variance=diffusion_cfg.variance, clip=diffusion_cfg.clip,
-                        prediction=prediction, num_classes=num_classes,
-                        cond_drop_prob=cond_drop_prob)
+  return DiffusionModel(
+    net=net,
+    schedule=diffusion.make_schedule(betas),
+    example_shape=tuple(example_shape),
+    variance=diffusion_cfg.variance,
+    clip=diffusion_cfg.clip,
+    prediction=prediction,
+    num_classes=num_classes,
+    cond_drop_prob=cond_drop_prob,
+  )
 
 
 def make_mlp_vae(model_config, example_shape) -> VAEModel:
@@ -386,9 +443,12 @@ def make_mlp_vae(model_config, example_shape) -> VAEModel:
   """
   m = model_config
   return VAEModel(
-      encoder=nets.MLPEncoder(hidden=tuple(m.hidden), latent_dim=m.latent_dim),
-      decoder=nets.MLPDecoder(out_shape=tuple(example_shape),
-                              hidden=tuple(m.hidden)[::-1]),
-      example_shape=tuple(example_shape), latent_dim=m.latent_dim,
-      likelihood="bernoulli", binarize=True,
-      iwae_samples=m.iwae_samples, iwae_chunk=m.iwae_chunk)
+    encoder=nets.MLPEncoder(hidden=tuple(m.hidden), latent_dim=m.latent_dim),
+    decoder=nets.MLPDecoder(out_shape=tuple(example_shape), hidden=tuple(m.hidden)[::-1]),
+    example_shape=tuple(example_shape),
+    latent_dim=m.latent_dim,
+    likelihood="bernoulli",
+    binarize=True,
+    iwae_samples=m.iwae_samples,
+    iwae_chunk=m.iwae_chunk,
+  )

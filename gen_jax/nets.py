@@ -17,7 +17,8 @@ float32, so the loss is computed in float32.
 """
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -45,8 +46,7 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0) -> Array:
   if dim % 2:
     raise ValueError(f"timestep_embedding: dim must be even, got {dim}")
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
-                  / max(half - 1, 1))
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
   args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
@@ -58,6 +58,7 @@ def _group_norm(num_groups: int, x) -> Array:
 
 class ResBlock(nn.Module):
   """GroupNorm-swish-conv twice, with the time embedding added in between."""
+
   out_channels: int
   dropout: float
   num_groups: int
@@ -65,12 +66,12 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, train: bool):
-    conv = lambda name=None, **kw: nn.Conv(self.out_channels, (3, 3),
-                                           dtype=self.dtype, name=name, **kw)
+    conv = lambda name=None, **kw: nn.Conv(
+      self.out_channels, (3, 3), dtype=self.dtype, name=name, **kw
+    )
     h = nn.swish(_group_norm(self.num_groups, x))
     h = conv()(h)
-    h = h + nn.Dense(self.out_channels, dtype=self.dtype)(
-        nn.swish(temb))[:, None, None, :]
+    h = h + nn.Dense(self.out_channels, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]
     h = nn.swish(_group_norm(self.num_groups, h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv(kernel_init=zeros_init)(h)
@@ -81,6 +82,7 @@ class ResBlock(nn.Module):
 
 class AttnBlock(nn.Module):
   """Single-head self-attention over all pixels, with a residual connection."""
+
   num_groups: int
   dtype: Any = jnp.float32
 
@@ -92,8 +94,7 @@ class AttnBlock(nn.Module):
     logits = jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(channels)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     h = jnp.einsum("bqk,bkc->bqc", weights, v)
-    h = nn.Dense(channels, kernel_init=zeros_init, dtype=self.dtype,
-                 name="proj_out")(h)
+    h = nn.Dense(channels, kernel_init=zeros_init, dtype=self.dtype, name="proj_out")(h)
     return x + h.reshape(x.shape)
 
 
@@ -115,6 +116,7 @@ class UNet(nn.Module):
   (jax.checkpoint) instead of storing them: less memory, about one more
   forward pass of compute.
   """
+
   ch: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
   num_res_blocks: int = 2
@@ -143,8 +145,7 @@ class UNet(nn.Module):
 
     def block(channels):
       count["res"] += 1
-      return res_block(channels, self.dropout, groups, dtype,
-                       name=f"ResBlock_{count['res'] - 1}")
+      return res_block(channels, self.dropout, groups, dtype, name=f"ResBlock_{count['res'] - 1}")
 
     def attention():
       count["attn"] += 1
@@ -161,8 +162,9 @@ class UNet(nn.Module):
       # An embedding table as one-hot @ table: a gather with batch-sharded
       # labels has no unambiguous output sharding; a matmul does.
       one_hot = jax.nn.one_hot(label, self.num_classes + 1, dtype=dtype)
-      temb = temb + nn.Dense(4 * self.ch, use_bias=False, dtype=dtype,
-                             name="class_embedding")(one_hot)
+      temb = temb + nn.Dense(4 * self.ch, use_bias=False, dtype=dtype, name="class_embedding")(
+        one_hot
+      )
     elif label is not None:
       raise ValueError("UNet: got class labels but num_classes = 0")
 
@@ -186,7 +188,8 @@ class UNet(nn.Module):
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = block(self.ch * mult)(
-            jnp.concatenate([h, hs.pop().astype(h.dtype)], axis=-1), temb, train)
+          jnp.concatenate([h, hs.pop().astype(h.dtype)], axis=-1), temb, train
+        )
         if resolution in self.attn_resolutions:
           h = attention()(h)
       if level != 0:
@@ -197,8 +200,9 @@ class UNet(nn.Module):
     assert not hs, "skip connections left over"
 
     h = nn.swish(_group_norm(groups, h))
-    return nn.Conv(self.out_channels or x.shape[-1], (3, 3),
-                   kernel_init=zeros_init, dtype=jnp.float32)(h)
+    return nn.Conv(
+      self.out_channels or x.shape[-1], (3, 3), kernel_init=zeros_init, dtype=jnp.float32
+    )(h)
 
 
 class MLPDenoiser(nn.Module):
@@ -208,6 +212,7 @@ class MLPDenoiser(nn.Module):
   embedding, Dense back; the input is flattened and the output reshaped, so
   it serves 2-D toy data and flattened images alike.
   """
+
   width: int = 256
   num_blocks: int = 3
   time_embedding_dim: int = 64
@@ -223,13 +228,13 @@ class MLPDenoiser(nn.Module):
       r = nn.LayerNorm()(h)
       r = nn.swish(nn.Dense(self.width)(r) + nn.Dense(self.width)(temb))
       h = h + nn.Dense(self.width)(r)
-    out = nn.Dense(math.prod(shape[1:]), kernel_init=zeros_init)(
-        nn.swish(nn.LayerNorm()(h)))
+    out = nn.Dense(math.prod(shape[1:]), kernel_init=zeros_init)(nn.swish(nn.LayerNorm()(h)))
     return out.reshape(shape)
 
 
 class MLPEncoder(nn.Module):
   """q(z|x): flattened x -> hidden layers -> (mean, logvar), each (B, latent_dim)."""
+
   hidden: Sequence[int] = (512, 512)
   latent_dim: int = 50
 
@@ -243,6 +248,7 @@ class MLPEncoder(nn.Module):
 
 class MLPDecoder(nn.Module):
   """p(x|z): z -> hidden layers -> per-pixel outputs of `out_shape` (e.g. logits)."""
+
   out_shape: Sequence[int]
   hidden: Sequence[int] = (512, 512)
 
@@ -257,6 +263,7 @@ class MLPDecoder(nn.Module):
 
 class ConvEncoder(nn.Module):
   """q(z|x) for images: strided convolutions, then (mean, logvar) (B, latent_dim)."""
+
   channels: Sequence[int] = (64, 128, 256)
   latent_dim: int = 128
 
@@ -272,6 +279,7 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
   """p(x|z) for images: z -> transposed convolutions -> per-pixel means in
   [-1, 1] (tanh) and a learned per-channel log-scale, each (B, H, W, C)."""
+
   image_shape: Sequence[int]
   channels: Sequence[int] = (256, 128, 64)
 
@@ -300,6 +308,7 @@ class ImageClassifier(nn.Module):
   __call__(x): x (B, H, W, C) in [-1, 1] -> (logits (B, num_classes),
   features (B, feature_dim)).
   """
+
   num_classes: int
   channels: Sequence[int] = (32, 64, 128)
   feature_dim: int = 64
@@ -316,16 +325,23 @@ class ImageClassifier(nn.Module):
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-def unet_from_config(model_config, compute_dtype: str = "float32",
-                     remat: bool = False) -> UNet:
+def unet_from_config(model_config, compute_dtype: str = "float32", remat: bool = False) -> UNet:
   """A UNet from a config section with fields ch, ch_mult, num_res_blocks,
   attn_resolutions, dropout, num_groups and (optionally) num_classes;
   compute_dtype and remat as in the config's `train` section (see UNet)."""
   if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"--config.train.compute_dtype must be one of "
-                     f"{COMPUTE_DTYPES}, got {compute_dtype!r}")
+    raise ValueError(
+      f"--config.train.compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}"
+    )
   m = model_config
-  return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-              num_groups=m.num_groups, num_classes=m.get("num_classes", 0),
-              dtype=jnp.dtype(compute_dtype), remat=remat)
+  return UNet(
+    ch=m.ch,
+    ch_mult=tuple(m.ch_mult),
+    num_res_blocks=m.num_res_blocks,
+    attn_resolutions=tuple(m.attn_resolutions),
+    dropout=m.dropout,
+    num_groups=m.num_groups,
+    num_classes=m.get("num_classes", 0),
+    dtype=jnp.dtype(compute_dtype),
+    remat=remat,
+  )

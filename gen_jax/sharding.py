@@ -7,7 +7,8 @@ and EMA are replicated. With one device everything degenerates to plain jit.
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -31,12 +32,14 @@ def check_batch_size(batch_size: int, mesh, name: str = "data.batch_size") -> No
   devices = mesh.devices.size
   if batch_size <= 0 or batch_size % devices:
     raise ValueError(
-        f"--config.{name}={batch_size} must be a positive multiple of the "
-        f"number of devices ({devices})")
+      f"--config.{name}={batch_size} must be a positive multiple of the "
+      f"number of devices ({devices})"
+    )
 
 
 def shard_batch(batch: dict, mesh) -> dict:
   """Turns this process' slice of the global batch (numpy) into global arrays."""
   sharding = data_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 
-
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -45,6 +44,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter  # Imported here: tests never need it.
+
     self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 

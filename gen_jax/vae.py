@@ -17,7 +17,8 @@ dimensions, (B, D), would be broadcast against the KL's (B,) when D == B.
 """
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,10 @@ def reparameterize(key, mean, logvar) -> Array:
   """
   mean = jnp.asarray(mean)
   if jnp.broadcast_shapes(mean.shape, jnp.shape(logvar)) != mean.shape:
-    raise ValueError(f"reparameterize: logvar of shape {jnp.shape(logvar)} does not fit mean of "
-                     f"shape {mean.shape}; give them the same shape")
+    raise ValueError(
+      f"reparameterize: logvar of shape {jnp.shape(logvar)} does not fit mean of "
+      f"shape {mean.shape}; give them the same shape"
+    )
   eps = jax.random.normal(key, jnp.shape(mean), dtype=mean.dtype)
   return mean + jnp.exp(0.5 * logvar) * eps
 
@@ -56,9 +59,10 @@ class ELBO(NamedTuple):
 
   elbo = log_likelihood - kl <= log p(x); the training loss is -elbo.
   """
-  elbo: Array            # (...,)  E_q[log p(x|z)] - KL(q(z|x) || p(z)), one draw
+
+  elbo: Array  # (...,)  E_q[log p(x|z)] - KL(q(z|x) || p(z)), one draw
   log_likelihood: Array  # (...,)  reconstruction term log p(x|z), z ~ q(z|x)
-  kl: Array              # (...,)  analytic KL(q(z|x) || N(0, I))
+  kl: Array  # (...,)  analytic KL(q(z|x) || N(0, I))
 
 
 def elbo(key, x, encode: Encoder, log_likelihood: LogLikelihood) -> ELBO:
@@ -84,8 +88,14 @@ def elbo(key, x, encode: Encoder, log_likelihood: LogLikelihood) -> ELBO:
   return ELBO(elbo=rec - kl, log_likelihood=rec, kl=kl)
 
 
-def iwae_bound(key, x, encode: Encoder, log_likelihood: LogLikelihood,
-               num_samples: int, chunk_size: int | None = None) -> Array:
+def iwae_bound(
+  key,
+  x,
+  encode: Encoder,
+  log_likelihood: LogLikelihood,
+  num_samples: int,
+  chunk_size: int | None = None,
+) -> Array:
   """The importance-weighted bound on log p(x) (Burda et al. 2016).
 
   Formula: L_K(x) = log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),
@@ -110,8 +120,7 @@ def iwae_bound(key, x, encode: Encoder, log_likelihood: LogLikelihood,
     raise ValueError(f"iwae_bound: num_samples must be >= 1, got {num_samples}")
   chunk = num_samples if chunk_size is None else chunk_size
   if chunk < 1 or num_samples % chunk:
-    raise ValueError(f"iwae_bound: chunk_size={chunk_size} must divide "
-                     f"num_samples={num_samples}")
+    raise ValueError(f"iwae_bound: chunk_size={chunk_size} must divide num_samples={num_samples}")
   mean, logvar = _encoding(encode, x)
 
   def log_weights(chunk_key):
@@ -126,9 +135,11 @@ def iwae_bound(key, x, encode: Encoder, log_likelihood: LogLikelihood,
   if num_chunks == 1:
     total = jax.nn.logsumexp(log_weights(key), axis=0)
   else:
+
     def body(running, chunk_key):
       lse = jax.nn.logsumexp(log_weights(chunk_key), axis=0)
       return jnp.logaddexp(running, lse), None
+
     init = jnp.full(mean.shape[:-1], -jnp.inf, mean.dtype)
     total, _ = jax.lax.scan(body, init, jax.random.split(key, num_chunks))
   return total - math.log(num_samples)
@@ -138,15 +149,19 @@ def _encoding(encode: Encoder, x) -> tuple[Array, Array]:
   """encode(x), checked: mean and logvar of one shape (..., latent_dim)."""
   mean, logvar = (jnp.asarray(a) for a in encode(x))
   if mean.shape != logvar.shape or mean.ndim < 1:
-    raise ValueError(f"encode(x) returned mean of shape {mean.shape} and logvar of shape "
-                     f"{logvar.shape}; both must have the shape (..., latent_dim)")
+    raise ValueError(
+      f"encode(x) returned mean of shape {mean.shape} and logvar of shape "
+      f"{logvar.shape}; both must have the shape (..., latent_dim)"
+    )
   return mean, logvar
 
 
 def _check_per_example(log_lik, batch_shape) -> Array:
   """log_likelihood(x, z) must give one value per example: the encoder's batch shape."""
   if jnp.shape(log_lik) != tuple(batch_shape):
-    raise ValueError(f"log_likelihood(x, z) returned shape {jnp.shape(log_lik)}; it must return "
-                     f"one value per example, shape {tuple(batch_shape)} (sum over the data "
-                     "dimensions)")
+    raise ValueError(
+      f"log_likelihood(x, z) returned shape {jnp.shape(log_lik)}; it must return "
+      f"one value per example, shape {tuple(batch_shape)} (sum over the data "
+      "dimensions)"
+    )
   return log_lik

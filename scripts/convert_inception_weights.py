@@ -26,12 +26,20 @@ import zipfile
 import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-EXPECTED_SHA256_PREFIX = "6726825d"  # pytorch-fid's file name carries its sha256's first 8 hex digits
+EXPECTED_SHA256_PREFIX = (
+  "6726825d"  # pytorch-fid's file name carries its sha256's first 8 hex digits
+)
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
-    "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+  "FloatStorage": np.float32,
+  "DoubleStorage": np.float64,
+  "HalfStorage": np.float16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 
 
@@ -65,7 +73,9 @@ class _Tensor:
     if needed > len(data):
       raise ValueError(f"a tensor of size {self.size} reads past the end of its storage")
     item = data.itemsize
-    view = np.lib.stride_tricks.as_strided(data[self.offset:], self.size, [s * item for s in self.stride])
+    view = np.lib.stride_tricks.as_strided(
+      data[self.offset :], self.size, [s * item for s in self.stride]
+    )
     return np.array(view)  # a contiguous copy
 
 
@@ -96,7 +106,9 @@ class _Unpickler(pickle.Unpickler):
       return _rebuild_parameter
     if module in ("torch", "torch.cuda") and name in _STORAGE_DTYPES:
       return _StorageType(name)
-    raise pickle.UnpicklingError(f"refusing {module}.{name}: not part of a plain state dict of tensors")
+    raise pickle.UnpicklingError(
+      f"refusing {module}.{name}: not part of a plain state dict of tensors"
+    )
 
 
 def _storage_dtype(storage_type) -> np.dtype:
@@ -111,8 +123,10 @@ def _read_zip(path: str):
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
       raise ValueError(f"{path}: a PyTorch zip file has one data.pkl, found {pickles}")
-    prefix = pickles[0][:-len("data.pkl")]
-    byteorder = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
+    prefix = pickles[0][: -len("data.pkl")]
+    byteorder = (
+      archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
+    )
     storages = {}
 
     def persistent_load(pid):
@@ -122,7 +136,9 @@ def _read_zip(path: str):
       if key not in storages:
         dtype = _storage_dtype(storage_type).newbyteorder("<" if byteorder == "little" else ">")
         storage = _Storage(dtype, numel)
-        storage.array = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype).astype(dtype.newbyteorder("="))
+        storage.array = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype).astype(
+          dtype.newbyteorder("=")
+        )
         storages[key] = storage
       return storages[key]
 
@@ -134,7 +150,9 @@ def _read_legacy(path: str):
     load = lambda: pickle.Unpickler(f).load()
     magic = load()
     if magic != LEGACY_MAGIC:
-      raise ValueError(f"{path} is neither a zip archive nor a legacy PyTorch file (magic {magic!r})")
+      raise ValueError(
+        f"{path} is neither a zip archive nor a legacy PyTorch file (magic {magic!r})"
+      )
     load()  # protocol version
     sys_info = load()
     if not sys_info.get("little_endian", True):
@@ -197,14 +215,21 @@ def main(argv=None) -> int:
   digest = sha256(args.pth)
   print(f"sha256 {digest}")
   if not digest.startswith(EXPECTED_SHA256_PREFIX):
-    print(f"warning: pytorch-fid's file has a sha256 starting with {EXPECTED_SHA256_PREFIX}; this one does not, "
-          "so figures made with it are not the published FID", file=sys.stderr)
-  state_dict = {k: v for k, v in read_state_dict(args.pth).items() if not k.endswith("num_batches_tracked")}
-  state_dict = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-                for k, v in state_dict.items()}
+    print(
+      f"warning: pytorch-fid's file has a sha256 starting with {EXPECTED_SHA256_PREFIX}; this one does not, "
+      "so figures made with it are not the published FID",
+      file=sys.stderr,
+    )
+  state_dict = {
+    k: v for k, v in read_state_dict(args.pth).items() if not k.endswith("num_batches_tracked")
+  }
+  state_dict = {
+    k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+    for k, v in state_dict.items()
+  }
   try:  # Check names and shapes against the Flax network when gen_jax is importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from gen_jax import inception  # pylint: disable=g-import-not-at-top
+    from gen_jax import inception
   except ImportError:
     print("gen_jax not importable: names and shapes not checked")
   else:

@@ -57,27 +57,26 @@ def _as_params(weights, means, stds):
 # Exact epsilon predictor
 # ----------------------------------------------------------------------------
 
+
 def gmm_eps_fn(schedule, weights, means, stds):
   """The exact E[eps | x_t] of a Gaussian mixture, as a batched JAX eps_fn."""
   weights, means, stds = _as_params(weights, means, stds)
   log_w = np.log(weights)
-  var0 = stds ** 2
+  var0 = stds**2
   num_dims = means.shape[1]
 
   def eps_fn(x_t, t):
     dtype = x_t.dtype
     shape = x_t.shape
-    x = x_t.reshape(shape[0], -1)                              # (B, D)
+    x = x_t.reshape(shape[0], -1)  # (B, D)
     a = jnp.asarray(schedule.alphas_cumprod)[t].astype(dtype)  # (B,)
-    a = a[:, None]                                             # (B, 1)
-    var = a * jnp.asarray(var0, dtype) + (1.0 - a)             # (B, K)
+    a = a[:, None]  # (B, 1)
+    var = a * jnp.asarray(var0, dtype) + (1.0 - a)  # (B, K)
     diff = x[:, None, :] - jnp.sqrt(a)[:, :, None] * jnp.asarray(means, dtype)
-    sq = jnp.sum(jnp.square(diff), axis=-1)                    # (B, K)
-    logits = (jnp.asarray(log_w, dtype) - 0.5 * num_dims * jnp.log(var)
-              - 0.5 * sq / var)
-    resp = jax.nn.softmax(logits, axis=-1)                     # (B, K)
-    eps = jnp.sqrt(1.0 - a) * jnp.sum(
-        (resp / var)[:, :, None] * diff, axis=1)               # (B, D)
+    sq = jnp.sum(jnp.square(diff), axis=-1)  # (B, K)
+    logits = jnp.asarray(log_w, dtype) - 0.5 * num_dims * jnp.log(var) - 0.5 * sq / var
+    resp = jax.nn.softmax(logits, axis=-1)  # (B, K)
+    eps = jnp.sqrt(1.0 - a) * jnp.sum((resp / var)[:, :, None] * diff, axis=1)  # (B, D)
     return eps.reshape(shape)
 
   return eps_fn
@@ -88,10 +87,9 @@ def gmm_eps_np(x_t, alpha_bar, weights, means, stds):
   weights, means, stds = _as_params(weights, means, stds)
   x = np.asarray(x_t, np.float64)
   a = np.broadcast_to(np.asarray(alpha_bar, np.float64), x.shape[:1])[:, None]
-  var = a * stds ** 2 + (1.0 - a)                              # (B, K)
-  diff = x[:, None, :] - np.sqrt(a)[:, :, None] * means        # (B, K, D)
-  logits = (np.log(weights) - 0.5 * x.shape[1] * np.log(var)
-            - 0.5 * np.sum(diff ** 2, -1) / var)
+  var = a * stds**2 + (1.0 - a)  # (B, K)
+  diff = x[:, None, :] - np.sqrt(a)[:, :, None] * means  # (B, K, D)
+  logits = np.log(weights) - 0.5 * x.shape[1] * np.log(var) - 0.5 * np.sum(diff**2, -1) / var
   resp = special.softmax(logits, axis=-1)
   return np.sqrt(1.0 - a) * np.sum((resp / var)[:, :, None] * diff, axis=1)
 
@@ -100,12 +98,12 @@ def gmm_eps_np(x_t, alpha_bar, weights, means, stds):
 # Data: sampler, densities
 # ----------------------------------------------------------------------------
 
+
 def gmm_sample(rng, n, weights, means, stds):
   """n draws of the mixture: (x (n, D) float64, labels (n,) int)."""
   weights, means, stds = _as_params(weights, means, stds)
   labels = rng.choice(len(weights), size=n, p=weights)
-  x = means[labels] + stds[labels, None] * rng.standard_normal(
-      (n, means.shape[1]))
+  x = means[labels] + stds[labels, None] * rng.standard_normal((n, means.shape[1]))
   return x, labels
 
 
@@ -114,8 +112,8 @@ def gmm_log_density(x, weights, means, stds):
   weights, means, stds = _as_params(weights, means, stds)
   x = np.asarray(x, np.float64)
   d = means.shape[1]
-  sq = np.sum((x[:, None, :] - means) ** 2, -1)                # (n, K)
-  log_comp = (-0.5 * d * np.log(2 * np.pi * stds ** 2) - 0.5 * sq / stds ** 2)
+  sq = np.sum((x[:, None, :] - means) ** 2, -1)  # (n, K)
+  log_comp = -0.5 * d * np.log(2 * np.pi * stds**2) - 0.5 * sq / stds**2
   return special.logsumexp(np.log(weights) + log_comp, axis=-1)
 
 
@@ -125,11 +123,13 @@ def gmm_noised_score_fd(x, alpha_bar, weights, means, stds, h=1e-5):
   components N(sqrt(ab) mu_k, (ab s_k^2 + 1 - ab) I)."""
   weights, means, stds = _as_params(weights, means, stds)
   x = np.asarray(x, np.float64)[None]
-  params = (weights, math.sqrt(alpha_bar) * means,
-            np.sqrt(alpha_bar * stds ** 2 + 1 - alpha_bar))
-  return np.array([(gmm_log_density(x + h * e, *params)
-                    - gmm_log_density(x - h * e, *params))[0] / (2 * h)
-                   for e in np.eye(x.shape[1])])
+  params = (weights, math.sqrt(alpha_bar) * means, np.sqrt(alpha_bar * stds**2 + 1 - alpha_bar))
+  return np.array(
+    [
+      (gmm_log_density(x + h * e, *params) - gmm_log_density(x - h * e, *params))[0] / (2 * h)
+      for e in np.eye(x.shape[1])
+    ]
+  )
 
 
 def quantize(x, num_bins=256):
@@ -167,14 +167,14 @@ def gmm_discrete_log_prob(x, weights, means, stds, num_bins=256):
 # Two-sample distance
 # ----------------------------------------------------------------------------
 
+
 def sliced_wasserstein(x, y, num_projections=128, seed=0):
   """Sliced 1-Wasserstein distance between equal-size samples (n, D)."""
   x = np.asarray(x, np.float64)
   y = np.asarray(y, np.float64)
   if x.shape != y.shape:
     raise ValueError("samples must have the same shape")
-  dirs = np.random.default_rng(seed).standard_normal(
-      (x.shape[1], num_projections))
+  dirs = np.random.default_rng(seed).standard_normal((x.shape[1], num_projections))
   dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
   px = np.sort(x @ dirs, axis=0)
   py = np.sort(y @ dirs, axis=0)
@@ -189,8 +189,8 @@ def bits(nats):
 # Exact sampler law on one-Gaussian data
 # ----------------------------------------------------------------------------
 
-def gaussian_sampler_law(betas, mu, s, sampler="ddpm", variance="small",
-                         timesteps=None, eta=0.0):
+
+def gaussian_sampler_law(betas, mu, s, sampler="ddpm", variance="small", timesteps=None, eta=0.0):
   """Exact (mean, std) per dimension of a sampler's output, for data N(mu, s^2)
   and the exact eps, x_T ~ N(0, 1). float64, from the papers' formulas:
 
@@ -211,7 +211,7 @@ def gaussian_sampler_law(betas, mu, s, sampler="ddpm", variance="small",
 
   def linear_parts(t):
     a = abar[t]
-    g = math.sqrt(1 - a) / (a * s * s + 1 - a)     # eps = g x - g sqrt(a) mu
+    g = math.sqrt(1 - a) / (a * s * s + 1 - a)  # eps = g x - g sqrt(a) mu
     p = (1 - math.sqrt(1 - a) * g) / math.sqrt(a)  # x0_pred = p x + q
     q = math.sqrt(1 - a) * g * mu
     return a, g, p, q
@@ -234,12 +234,12 @@ def gaussian_sampler_law(betas, mu, s, sampler="ddpm", variance="small",
     for i, t in enumerate(ts):
       a, g, p, q = linear_parts(t)
       a_next = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
-      sig2 = eta ** 2 * (1 - a_next) / (1 - a) * (1 - a / a_next)
+      sig2 = eta**2 * (1 - a_next) / (1 - a) * (1 - a / a_next)
       c = math.sqrt(max(1 - a_next - sig2, 0.0))
       big_a = math.sqrt(a_next) * p + c * g
       big_b = math.sqrt(a_next) * q - c * g * math.sqrt(a) * mu
       mean = big_a * mean + big_b
-      var = big_a ** 2 * var + sig2
+      var = big_a**2 * var + sig2
   else:
     raise ValueError(sampler)
   return mean, math.sqrt(var)

@@ -15,12 +15,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "compare_vae_diffusion.py")
 
 VAE_HIDDEN, VAE_LATENT = 16, 2
-TINY_VAE = [f"--vae_override=model.hidden=({VAE_HIDDEN},)", f"--vae_override=model.latent_dim={VAE_LATENT}",
-            "--vae_override=model.iwae_samples=4", "--vae_override=model.iwae_chunk=2"]
-TINY_DDPM = [f"--ddpm_override={o}" for o in (
-    "model.ch=8", "model.ch_mult=(1,)", "model.num_res_blocks=1", "model.num_groups=4",
-    "model.attn_resolutions=()", "diffusion.num_timesteps=20", "sample.num_steps=2")]
-TINY_BOTH = [f"--override={o}" for o in ("data.batch_size=8", "train.num_sample_images=4", "eval.batch_size=8")]
+TINY_VAE = [
+  f"--vae_override=model.hidden=({VAE_HIDDEN},)",
+  f"--vae_override=model.latent_dim={VAE_LATENT}",
+  "--vae_override=model.iwae_samples=4",
+  "--vae_override=model.iwae_chunk=2",
+]
+TINY_DDPM = [
+  f"--ddpm_override={o}"
+  for o in (
+    "model.ch=8",
+    "model.ch_mult=(1,)",
+    "model.num_res_blocks=1",
+    "model.num_groups=4",
+    "model.attn_resolutions=()",
+    "diffusion.num_timesteps=20",
+    "sample.num_steps=2",
+  )
+]
+TINY_BOTH = [
+  f"--override={o}" for o in ("data.batch_size=8", "train.num_sample_images=4", "eval.batch_size=8")
+]
 
 
 def load_script():
@@ -37,12 +52,24 @@ def compared(tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:  # for the run.py processes
     for name in [k for k in os.environ if k.startswith(("XLA_", "JAX_", "TFDS_"))]:
       patch.delenv(name)
-    for name, value in dict(JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-                            JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1").items():
+    for name, value in dict(
+      JAX_PLATFORMS="cpu",
+      JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+      JAX_COMPILATION_CACHE_DIR=cache,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    ).items():
       patch.setenv(name, value)
-    argv = ["--budget_seconds=0.5", f"--workdir={workdir}", "--num_samples=32", "--num_examples=8",
-            "--classifier_steps=20", *TINY_VAE, *TINY_DDPM, *TINY_BOTH]
+    argv = [
+      "--budget_seconds=0.5",
+      f"--workdir={workdir}",
+      "--num_samples=32",
+      "--num_examples=8",
+      "--classifier_steps=20",
+      *TINY_VAE,
+      *TINY_DDPM,
+      *TINY_BOTH,
+    ]
     runs = load_script().main(argv)
   evals = {}
   for name in ("vae_digits", "ddpm_digits"):
@@ -73,8 +100,10 @@ def test_both_runs_stop_on_the_budget_and_share_the_classifier(compared):
     assert os.listdir(os.path.join(workdir, "samples")) == [f"step_{step:07d}.png"]
     assert results["sample_quality"]["samples"]["num_samples"] == 32
     assert results["likelihood"]["num_examples"] == 8
-  spaces = [{k: v for k, v in r["sample_quality"]["feature_space"].items() if k != "path"}
-            for r in compared["evals"].values()]
+  spaces = [
+    {k: v for k, v in r["sample_quality"]["feature_space"].items() if k != "path"}
+    for r in compared["evals"].values()
+  ]
   assert spaces[0] == spaces[1] and spaces[0]["num_steps"] == 20
   # One classifier, the same real data: the real-data floors agree to the last digit.
   vae, ddpm = (r["sample_quality"] for r in compared["evals"].values())
@@ -85,25 +114,36 @@ def test_both_runs_stop_on_the_budget_and_share_the_classifier(compared):
 def test_table_holds_the_eval_json_figures(compared):
   rows = table(compared["workdir"])
   vae, ddpm = compared["evals"]["vae_digits"], compared["evals"]["ddpm_digits"]
-  figures = {"FD samples vs test (lower is better)": "fd_samples_vs_test", "FD samples vs train": "fd_samples_vs_train",
-             "floor: FD real train vs test, as many examples": "fd_train_vs_test",
-             "floor: FD test halves": "fd_test_halves",
-             "IS-like score of the samples (higher is better, at most 10)": "is_samples",
-             "IS-like score of the test data": "is_test"}
+  figures = {
+    "FD samples vs test (lower is better)": "fd_samples_vs_test",
+    "FD samples vs train": "fd_samples_vs_train",
+    "floor: FD real train vs test, as many examples": "fd_train_vs_test",
+    "floor: FD test halves": "fd_test_halves",
+    "IS-like score of the samples (higher is better, at most 10)": "is_samples",
+    "IS-like score of the test data": "is_test",
+  }
   for label, key in figures.items():
     for cell, results in zip(rows[label], (vae, ddpm)):
-      np.testing.assert_allclose(first_number(cell), results["sample_quality"][key], rtol=1e-3, atol=0.006)
+      np.testing.assert_allclose(
+        first_number(cell), results["sample_quality"][key], rtol=1e-3, atol=0.006
+      )
   for cell, results in zip(rows["training steps reached in the budget"], (vae, ddpm)):
     assert first_number(cell) == results["checkpoint_step"]
   for cell, results in zip(rows["sampling wall time, s (compilation included)"], (vae, ddpm)):
-    np.testing.assert_allclose(first_number(cell), results["sample_quality"]["samples"]["seconds"], atol=0.051)
+    np.testing.assert_allclose(
+      first_number(cell), results["sample_quality"]["samples"]["seconds"], atol=0.051
+    )
 
   # The likelihoods, each in its own units: IWAE nats (and bits per binary pixel) against DDPM's bits/dim.
   vae_cell, ddpm_cell = rows["likelihood (as each model defines it)"]
   nll = vae["likelihood"]["nll_iwae"]
-  assert re.fullmatch(rf"{nll:,.2f} nats/image = {nll / (64 * math.log(2)):.3f} bits/dim \(IWAE bound; binarized .*",
-                      vae_cell), vae_cell
-  assert ddpm_cell.startswith(f"{ddpm['likelihood']['bits_per_dim']:.3f} bits/dim (variational bound; 8-bit")
+  assert re.fullmatch(
+    rf"{nll:,.2f} nats/image = {nll / (64 * math.log(2)):.3f} bits/dim \(IWAE bound; binarized .*",
+    vae_cell,
+  ), vae_cell
+  assert ddpm_cell.startswith(
+    f"{ddpm['likelihood']['bits_per_dim']:.3f} bits/dim (variational bound; 8-bit"
+  )
 
   # Parameters: the MLP VAE's count in closed form (encoder 64 -> h -> 2 x latent, decoder latent -> h -> 64).
   h, z, d = VAE_HIDDEN, VAE_LATENT, 64
@@ -118,14 +158,16 @@ def test_table_holds_the_eval_json_figures(compared):
 def test_picture_puts_the_two_final_grids_side_by_side(compared):
   grids = []
   for name, results in compared["evals"].items():
-    path = os.path.join(compared["workdir"], name, "samples", f"step_{results['checkpoint_step']:07d}.png")
+    path = os.path.join(
+      compared["workdir"], name, "samples", f"step_{results['checkpoint_step']:07d}.png"
+    )
     grids.append(np.asarray(Image.open(path).convert("L")))
   with Image.open(os.path.join(compared["workdir"], "compare.png")) as im:
     picture = np.asarray(im.convert("L"))
   header = picture.shape[0] - max(g.shape[0] for g in grids)
   assert header > 0 and picture.shape[1] > grids[0].shape[1] + grids[1].shape[1]
-  left = picture[header:header + grids[0].shape[0], :grids[0].shape[1]]
-  right = picture[header:header + grids[1].shape[0], -grids[1].shape[1]:]
+  left = picture[header : header + grids[0].shape[0], : grids[0].shape[1]]
+  right = picture[header : header + grids[1].shape[0], -grids[1].shape[1] :]
   np.testing.assert_array_equal(left, grids[0])
   np.testing.assert_array_equal(right, grids[1])
   assert picture[:header].min() < 128  # the labels are drawn
@@ -133,9 +175,11 @@ def test_picture_puts_the_two_final_grids_side_by_side(compared):
 
 def test_bad_arguments_and_a_used_workdir_are_refused(tmp_path, capsys):
   script = load_script()
-  for argv, text in ((["--budget_seconds=0"], "--budget_seconds"),
-                     (["--vae_override=train.max_seconds=3"], "train.max_seconds is set by this script"),
-                     (["--override=--config.seed=1"], "PATH=VALUE")):
+  for argv, text in (
+    (["--budget_seconds=0"], "--budget_seconds"),
+    (["--vae_override=train.max_seconds=3"], "train.max_seconds is set by this script"),
+    (["--override=--config.seed=1"], "PATH=VALUE"),
+  ):
     with pytest.raises(SystemExit):
       script.main(argv)
     assert text in capsys.readouterr().err

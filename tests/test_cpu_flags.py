@@ -42,8 +42,9 @@ def test_installed_jaxlib_accepts_the_flags_and_convolves_correctly():
   one computed here (an unknown flag would abort XLA)."""
   x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32)
   w = np.random.default_rng(1).normal(size=(3, 3, 3, 4)).astype(np.float32)
-  reference = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  reference = jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   code = f"""
 import os, sys, numpy as np
 sys.path.insert(0, {ROOT!r})
@@ -58,8 +59,14 @@ np.save(sys.argv[1], np.asarray(y))
 """
   out_file = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"cpu_flags_{os.getpid()}.npy")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GEN_JAX_CPU_FLAGS")}
-  result = subprocess.run([sys.executable, "-c", code, out_file], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+  result = subprocess.run(
+    [sys.executable, "-c", code, out_file],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   for flag in cpu_flags.default_cpu_flags(""):
     assert flag in result.stdout

@@ -27,6 +27,7 @@ F32 = jnp.float32
 # float64 numpy references (from the papers, independent of the code)
 # ----------------------------------------------------------------------------
 
+
 def np_linear_betas(num, start=1e-4, end=0.02):
   if num == 1:
     return np.array([start])
@@ -36,8 +37,7 @@ def np_linear_betas(num, start=1e-4, end=0.02):
 def np_cosine_betas(num, s=0.008, max_beta=0.999):
   f = lambda t: math.cos((t / num + s) / (1 + s) * math.pi / 2) ** 2
   abar = lambda t: f(t) / f(0)
-  return np.array([min(1 - abar(t + 1) / abar(t), max_beta)
-                   for t in range(num)])
+  return np.array([min(1 - abar(t + 1) / abar(t), max_beta) for t in range(num)])
 
 
 def np_abar(betas):
@@ -110,13 +110,11 @@ def np_vlb_term(betas, x0, x_t, t, eps_pred, variance, clip=False):
     model_mean, _ = np_posterior(betas, x0_pred[None], x_t[i][None], [ti])
     if ti == 0:
       model_var = np_tilde_beta(betas, 1)
-      out.append(-np.sum(np_discretized_log_prob(
-          x0[i], model_mean[0], math.sqrt(model_var))))
+      out.append(-np.sum(np_discretized_log_prob(x0[i], model_mean[0], math.sqrt(model_var))))
     else:
       model_var = np_tilde_beta(betas, ti) if variance == "small" else betas[ti]
       true_mean, true_var = np_posterior(betas, x0[i][None], x_t[i][None], [ti])
-      out.append(np.sum(np_normal_kl(true_mean[0], true_var[0],
-                                     model_mean[0], model_var)))
+      out.append(np.sum(np_normal_kl(true_mean[0], true_var[0], model_mean[0], model_var)))
   return np.array(out)
 
 
@@ -145,27 +143,26 @@ def sched1000():
   return diffusion.make_schedule(diffusion.linear_betas(1000))
 
 
-
-
 # ----------------------------------------------------------------------------
 # Schedules
 # ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("num", [1, 2, 10, 1000])
 def test_linear_betas_formula(num):
   betas = diffusion.linear_betas(num)
   assert betas.dtype == np.float64 and betas.shape == (num,)
   np.testing.assert_allclose(betas, np_linear_betas(num), rtol=1e-13)
-  np.testing.assert_allclose(diffusion.linear_betas(num, 0.1, 0.3),
-                             np_linear_betas(num, 0.1, 0.3), rtol=1e-13)
+  np.testing.assert_allclose(
+    diffusion.linear_betas(num, 0.1, 0.3), np_linear_betas(num, 0.1, 0.3), rtol=1e-13
+  )
 
 
 @pytest.mark.parametrize("num", [1, 10, 1000])
 def test_cosine_betas_formula(num):
   betas = diffusion.cosine_betas(num)
   assert betas.dtype == np.float64 and betas.shape == (num,)
-  np.testing.assert_allclose(betas, np_cosine_betas(num), rtol=1e-10,
-                             atol=1e-15)
+  np.testing.assert_allclose(betas, np_cosine_betas(num), rtol=1e-10, atol=1e-15)
   assert np.all(betas <= 0.999) and np.all(betas > 0)
   # f(T) = 0, so the last beta is the clipped one.
   assert betas[-1] == pytest.approx(0.999)
@@ -173,13 +170,16 @@ def test_cosine_betas_formula(num):
   f = lambda t: np.cos((t / num + 0.008) / 1.008 * np.pi / 2) ** 2
   ts = np.arange(num - 1)
   np.testing.assert_allclose(np_abar(betas)[:-1], f(ts + 1) / f(0), rtol=1e-10)
-  np.testing.assert_allclose(diffusion.cosine_betas(num, s=0.02, max_beta=0.5),
-                             np_cosine_betas(num, 0.02, 0.5), rtol=1e-10)
+  np.testing.assert_allclose(
+    diffusion.cosine_betas(num, s=0.02, max_beta=0.5), np_cosine_betas(num, 0.02, 0.5), rtol=1e-10
+  )
 
 
-@pytest.mark.parametrize("betas", [
-    BETAS20, np_cosine_betas(50), np_linear_betas(1000)],
-    ids=["linear20", "cosine50", "linear1000"])
+@pytest.mark.parametrize(
+  "betas",
+  [BETAS20, np_cosine_betas(50), np_linear_betas(1000)],
+  ids=["linear20", "cosine50", "linear1000"],
+)
 def test_make_schedule_fields(betas):
   sched = diffusion.make_schedule(betas)
   assert sched.betas.dtype == jnp.result_type(float)
@@ -194,19 +194,26 @@ def test_make_schedule_fields(betas):
   coef1 = np_posterior(betas, ones, zeros, np.arange(num))[0][:, 0]
   coef2 = np_posterior(betas, zeros, ones, np.arange(num))[0][:, 0]
   expected = dict(
-      betas=betas, alphas=1 - betas, alphas_cumprod=abar,
-      alphas_cumprod_prev=abar_prev, sqrt_alphas_cumprod=np.sqrt(abar),
-      sqrt_one_minus_alphas_cumprod=np.sqrt(1 - abar),
-      posterior_variance=tilde,
-      posterior_log_variance_clipped=np.log(np.append(tilde[1], tilde[1:])),
-      posterior_mean_coef1=coef1, posterior_mean_coef2=coef2)
+    betas=betas,
+    alphas=1 - betas,
+    alphas_cumprod=abar,
+    alphas_cumprod_prev=abar_prev,
+    sqrt_alphas_cumprod=np.sqrt(abar),
+    sqrt_one_minus_alphas_cumprod=np.sqrt(1 - abar),
+    posterior_variance=tilde,
+    posterior_log_variance_clipped=np.log(np.append(tilde[1], tilde[1:])),
+    posterior_mean_coef1=coef1,
+    posterior_mean_coef2=coef2,
+  )
   for name, ref in expected.items():
     got = np.asarray(getattr(sched, name), np.float64)
     assert got.shape == (num,), name
     np.testing.assert_allclose(got, ref, rtol=3e-6, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("call", [
+@pytest.mark.parametrize(
+  "call",
+  [
     lambda: diffusion.linear_betas(0),
     lambda: diffusion.linear_betas(-3),
     lambda: diffusion.linear_betas(2.5),
@@ -219,7 +226,8 @@ def test_make_schedule_fields(betas):
     lambda: diffusion.make_schedule([0.1, np.nan]),
     lambda: diffusion.ddim_timesteps(10, 0),
     lambda: diffusion.ddim_timesteps(10, 11),
-])
+  ],
+)
 def test_bad_inputs_raise(call):
   with pytest.raises(ValueError):
     call()
@@ -234,8 +242,7 @@ def test_bad_variance_raises(sched20):
   with pytest.raises(ValueError):
     diffusion.vlb_term(sched20, x, x, t, x, variance="fixed")
   with pytest.raises(ValueError):
-    diffusion.ddpm_sample(jax.random.key(0), eps_fn, sched20, (2, 3),
-                          variance="learned")
+    diffusion.ddpm_sample(jax.random.key(0), eps_fn, sched20, (2, 3), variance="learned")
   for steps in (0, 21):
     with pytest.raises(ValueError):
       diffusion.ddim_sample(jax.random.key(0), eps_fn, sched20, (2, 3), steps)
@@ -244,6 +251,7 @@ def test_bad_variance_raises(sched20):
 # ----------------------------------------------------------------------------
 # Forward process
 # ----------------------------------------------------------------------------
+
 
 def test_q_sample_formula_and_moments(sched1000):
   betas = np_linear_betas(1000)
@@ -254,20 +262,20 @@ def test_q_sample_formula_and_moments(sched1000):
   noise = jax.random.normal(jax.random.key(0), (5, 3))
   t = jnp.array([0, 1, 250, 700, 999])
   got = q_sample(jnp.broadcast_to(x0, (5, 3)), t, noise)
-  ref = (np.sqrt(abar[t])[:, None] * np.asarray(x0, np.float64)
-         + np.sqrt(1 - abar[t])[:, None] * np.asarray(noise, np.float64))
+  ref = np.sqrt(abar[t])[:, None] * np.asarray(x0, np.float64) + np.sqrt(1 - abar[t])[
+    :, None
+  ] * np.asarray(noise, np.float64)
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
   # Monte Carlo: mean sqrt(ab) x0, variance 1 - ab.
   n = 40000
   for ti in (3, 400, 999):
     noise = jax.random.normal(jax.random.fold_in(jax.random.key(1), ti), (n, 3))
-    x = np.asarray(q_sample(jnp.broadcast_to(x0, (n, 3)),
-                            jnp.full((n,), ti), noise), np.float64)
+    x = np.asarray(q_sample(jnp.broadcast_to(x0, (n, 3)), jnp.full((n,), ti), noise), np.float64)
     v = 1 - abar[ti]
     mean_se = math.sqrt(v / n)
     np.testing.assert_array_less(
-        np.abs(x.mean(0) - math.sqrt(abar[ti]) * np.asarray(x0[0])),
-        5 * mean_se)
+      np.abs(x.mean(0) - math.sqrt(abar[ti]) * np.asarray(x0[0])), 5 * mean_se
+    )
     var_se = v * math.sqrt(2 / n)
     np.testing.assert_array_less(np.abs(x.var(0) - v), 5 * var_se)
 
@@ -295,25 +303,25 @@ def test_q_step_chain_matches_q_sample(sched20):
     def body(x, s):
       noise = jax.random.normal(jax.random.fold_in(key, s), x.shape)
       return diffusion.q_step(sched20, x, jnp.full((n,), s), noise), None
+
     x, _ = jax.lax.scan(body, x0, jnp.arange(t_final + 1))
     return x
 
   x_chain = np.asarray(chain(jax.random.key(2)), np.float64)
   noise = jax.random.normal(jax.random.key(3), (n, dims))
-  x_direct = np.asarray(diffusion.make_q_sample(sched20)(
-      x0, jnp.full((n,), t_final), noise), np.float64)
+  x_direct = np.asarray(
+    diffusion.make_q_sample(sched20)(x0, jnp.full((n,), t_final), noise), np.float64
+  )
   mean_ref = math.sqrt(abar[t_final]) * np.array([0.8, -0.5])
   var_ref = 1 - abar[t_final]
   for x in (x_chain, x_direct):
-    np.testing.assert_array_less(np.abs(x.mean(0) - mean_ref),
-                                 5 * math.sqrt(var_ref / n))
-    np.testing.assert_array_less(np.abs(x.var(0) - var_ref),
-                                 5 * var_ref * math.sqrt(2 / n))
+    np.testing.assert_array_less(np.abs(x.mean(0) - mean_ref), 5 * math.sqrt(var_ref / n))
+    np.testing.assert_array_less(np.abs(x.var(0) - var_ref), 5 * var_ref * math.sqrt(2 / n))
   # q_step at one example with a scalar t is the paper's kernel.
-  got = diffusion.q_step(sched20, jnp.array([0.5, 1.0]), jnp.int32(4),
-                         jnp.array([1.0, -2.0]))
-  ref = (math.sqrt(1 - BETAS20[4]) * np.array([0.5, 1.0])
-         + math.sqrt(BETAS20[4]) * np.array([1.0, -2.0]))
+  got = diffusion.q_step(sched20, jnp.array([0.5, 1.0]), jnp.int32(4), jnp.array([1.0, -2.0]))
+  ref = math.sqrt(1 - BETAS20[4]) * np.array([0.5, 1.0]) + math.sqrt(BETAS20[4]) * np.array(
+    [1.0, -2.0]
+  )
   np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
@@ -328,7 +336,8 @@ def _posterior_inputs(shape=(19, 3), seed=0):
 def test_q_posterior_bayes(sched20):
   x0, x_t, t = _posterior_inputs((40, 3))
   mean, var, log_var = jax.jit(diffusion.q_posterior)(
-      sched20, jnp.asarray(x0, F32), jnp.asarray(x_t, F32), jnp.asarray(t))
+    sched20, jnp.asarray(x0, F32), jnp.asarray(x_t, F32), jnp.asarray(t)
+  )
   ref_mean, ref_var = np_posterior(BETAS20, x0, x_t, t)
   assert mean.shape == var.shape == log_var.shape == x0.shape
   np.testing.assert_allclose(mean, ref_mean, rtol=2e-5, atol=2e-6)
@@ -361,15 +370,20 @@ def test_predict_x0_inverts_q_sample(sched1000):
 # Reverse step, variational bound
 # ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variance", ["small", "large"])
 @pytest.mark.parametrize("clip", [False, True])
 def test_p_mean_variance(sched20, variance, clip):
   x0, x_t, t = _posterior_inputs((20, 3), seed=1)
   eps = np.random.default_rng(2).standard_normal(x0.shape)
-  mean, log_var, x0_pred = jax.jit(
-      diffusion.p_mean_variance, static_argnames=("variance", "clip"))(
-          sched20, jnp.asarray(x_t, F32), jnp.asarray(t), jnp.asarray(eps, F32),
-          variance=variance, clip=clip)
+  mean, log_var, x0_pred = jax.jit(diffusion.p_mean_variance, static_argnames=("variance", "clip"))(
+    sched20,
+    jnp.asarray(x_t, F32),
+    jnp.asarray(t),
+    jnp.asarray(eps, F32),
+    variance=variance,
+    clip=clip,
+  )
   abar = np_abar(BETAS20)[t][:, None]
   ref_x0 = (x_t - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
   if clip:
@@ -380,8 +394,7 @@ def test_p_mean_variance(sched20, variance, clip):
   ref_var = (tilde if variance == "small" else large)[:, None]
   np.testing.assert_allclose(x0_pred, ref_x0, rtol=2e-5, atol=2e-5)
   np.testing.assert_allclose(mean, ref_mean, rtol=2e-5, atol=2e-5)
-  np.testing.assert_allclose(log_var, np.broadcast_to(np.log(ref_var),
-                                                      x0.shape), rtol=1e-5)
+  np.testing.assert_allclose(log_var, np.broadcast_to(np.log(ref_var), x0.shape), rtol=1e-5)
 
 
 @pytest.mark.parametrize("variance", ["small", "large"])
@@ -399,16 +412,17 @@ def test_vlb_term_vs_numpy(variance, schedule_name, sched20, sched1000):
   x0[0, 0], x0[1, 1] = -1.0, 1.0
   noise = rng.standard_normal((b, d))
   t = np.array(ts)
-  x_t = (np.sqrt(abar[t])[:, None] * x0 + np.sqrt(1 - abar[t])[:, None] * noise)
+  x_t = np.sqrt(abar[t])[:, None] * x0 + np.sqrt(1 - abar[t])[:, None] * noise
   # eps predictions: the true noise perturbed, by amounts from tiny to large.
-  eps_pred = noise + rng.standard_normal((b, d)) * np.array(
-      [0.0, 0.01, 1.0, 0.05, 0.3, 0.5, 1.0])[:, None]
+  eps_pred = (
+    noise + rng.standard_normal((b, d)) * np.array([0.0, 0.01, 1.0, 0.05, 0.3, 0.5, 1.0])[:, None]
+  )
   x0_32, x_t32, eps32 = (jnp.asarray(a, F32) for a in (x0, x_t, eps_pred))
   # Reference on the float32-rounded inputs, in float64.
-  ref = np_vlb_term(betas, np.asarray(x0_32), np.asarray(x_t32), t,
-                    np.asarray(eps32), variance)
+  ref = np_vlb_term(betas, np.asarray(x0_32), np.asarray(x_t32), t, np.asarray(eps32), variance)
   got = jax.jit(diffusion.vlb_term, static_argnames=("variance", "clip"))(
-      sched, x0_32, x_t32, jnp.asarray(t), eps32, variance=variance)
+    sched, x0_32, x_t32, jnp.asarray(t), eps32, variance=variance
+  )
   assert got.shape == (b,)
   assert np.all(np.isfinite(got))
   # Decoder terms (t = 0) are positive NLLs; KLs are >= 0.
@@ -429,10 +443,17 @@ def test_vlb_term_clip_and_zero_kl(sched20):
   np.testing.assert_allclose(kl, 0.0, atol=1e-3)
   # clip=True matches the reference with the predicted x0 clipped.
   eps = noise + 2.0 * rng.standard_normal((4, 5))
-  got = diffusion.vlb_term(sched20, *args, jnp.asarray(t),
-                           jnp.asarray(eps, F32), "small", clip=True)
-  ref = np_vlb_term(BETAS20, *(np.asarray(a) for a in args), t,
-                    np.asarray(jnp.asarray(eps, F32)), "small", clip=True)
+  got = diffusion.vlb_term(
+    sched20, *args, jnp.asarray(t), jnp.asarray(eps, F32), "small", clip=True
+  )
+  ref = np_vlb_term(
+    BETAS20,
+    *(np.asarray(a) for a in args),
+    t,
+    np.asarray(jnp.asarray(eps, F32)),
+    "small",
+    clip=True,
+  )
   np.testing.assert_allclose(got, ref, rtol=2e-3)
 
 
@@ -441,21 +462,23 @@ def test_prior_kl_vs_numpy(sched20, sched1000):
   for sched, betas in ((sched20, BETAS20), (sched1000, np_linear_betas(1000))):
     got = jax.jit(diffusion.prior_kl)(sched, x0)
     assert got.shape == (5,)
-    np.testing.assert_allclose(got, np_prior_kl(betas, np.asarray(x0)),
-                               rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(got, np_prior_kl(betas, np.asarray(x0)), rtol=1e-3, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------
 # The Gaussian-mixture oracle itself
 # ----------------------------------------------------------------------------
 
-GMM2 = dict(weights=[0.5, 0.3, 0.2],
-            means=np.array([[-0.6, -0.4], [0.5, 0.5], [0.4, -0.6]]),
-            stds=[0.08, 0.12, 0.10])
-GMM4 = dict(weights=[0.5, 0.3, 0.2],
-            means=np.array([[-0.4, 0.3, 0.1, -0.2], [0.4, -0.3, 0.2, 0.3],
-                            [0.1, 0.4, -0.4, 0.0]]),
-            stds=[0.15, 0.15, 0.15])
+GMM2 = dict(
+  weights=[0.5, 0.3, 0.2],
+  means=np.array([[-0.6, -0.4], [0.5, 0.5], [0.4, -0.6]]),
+  stds=[0.08, 0.12, 0.10],
+)
+GMM4 = dict(
+  weights=[0.5, 0.3, 0.2],
+  means=np.array([[-0.4, 0.3, 0.1, -0.2], [0.4, -0.3, 0.2, 0.3], [0.1, 0.4, -0.4, 0.0]]),
+  stds=[0.15, 0.15, 0.15],
+)
 
 
 def test_oracle_eps_is_scaled_score(sched1000):
@@ -470,8 +493,9 @@ def test_oracle_eps_is_scaled_score(sched1000):
     a = abar[ti]
     ref = -math.sqrt(1 - a) * oracles.gmm_noised_score_fd(x[i], a, **GMM2)
     np.testing.assert_allclose(got[i], ref, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(oracles.gmm_eps_np(x[i:i + 1], a, **GMM2)[0],
-                               ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      oracles.gmm_eps_np(x[i : i + 1], a, **GMM2)[0], ref, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_oracle_discrete_mass():
@@ -488,6 +512,7 @@ def test_oracle_discrete_mass():
 # ----------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------
+
 
 def test_simple_loss(sched1000):
   b = 4096
@@ -506,8 +531,7 @@ def test_simple_loss(sched1000):
   assert np.all(np.isfinite(l_oracle))
   assert l_oracle.mean() < 0.5 * l_zero.mean()
   # A wrong mixture (shifted means) predicts worse than the exact one.
-  wrong = oracles.gmm_eps_fn(sched1000, GMM4["weights"], GMM4["means"] + 0.3,
-                             GMM4["stds"])
+  wrong = oracles.gmm_eps_fn(sched1000, GMM4["weights"], GMM4["means"] + 0.3, GMM4["stds"])
   assert np.asarray(loss(key, wrong, sched1000, x0)).mean() > l_oracle.mean()
 
 
@@ -523,10 +547,8 @@ def test_simple_loss_uses_its_noise_and_t():
   tagged = lambda x, t: exact(x, t) + jnp.sqrt(t / num)[:, None]
   x0 = jnp.zeros((4000, 3))
   loss = jax.jit(diffusion.simple_loss, static_argnums=1)
-  np.testing.assert_allclose(loss(jax.random.key(1), exact, sched, x0), 0.0,
-                             atol=1e-10)
-  t_seen = np.round(np.asarray(loss(jax.random.key(2), tagged, sched, x0))
-                    * num).astype(int)
+  np.testing.assert_allclose(loss(jax.random.key(1), exact, sched, x0), 0.0, atol=1e-10)
+  t_seen = np.round(np.asarray(loss(jax.random.key(2), tagged, sched, x0)) * num).astype(int)
   counts = np.bincount(t_seen, minlength=num)
   assert len(counts) == num and np.all(counts > 0)
   expected = 4000 / num
@@ -547,20 +569,22 @@ def test_vlb_bits_per_dim_gmm_oracle(sched1000):
   x0_32 = jnp.asarray(x0, F32)
   eps_fn = oracles.gmm_eps_fn(sched1000, **GMM4)
   key = jax.random.key(7)
-  terms = jax.jit(diffusion.vlb_terms, static_argnums=1)(
-      key, eps_fn, sched1000, x0_32)
-  bpd = np.asarray(jax.jit(diffusion.vlb_bits_per_dim, static_argnums=1)(
-      key, eps_fn, sched1000, x0_32))
+  terms = jax.jit(diffusion.vlb_terms, static_argnums=1)(key, eps_fn, sched1000, x0_32)
+  bpd = np.asarray(
+    jax.jit(diffusion.vlb_bits_per_dim, static_argnums=1)(key, eps_fn, sched1000, x0_32)
+  )
   assert terms.terms.shape == (b, 1000) and bpd.shape == (b,)
   assert np.all(np.isfinite(bpd))
-  np.testing.assert_allclose(terms.total, terms.terms.sum(-1) + terms.prior,
-                             rtol=1e-5)
+  np.testing.assert_allclose(terms.total, terms.terms.sum(-1) + terms.prior, rtol=1e-5)
   np.testing.assert_allclose(bpd, terms.total / (d * math.log(2)), rtol=1e-5)
 
   # Independent float64 bound with the documented noise (fold_in(key, t)).
-  noise = np.asarray(jax.jit(jax.vmap(
-      lambda t: jax.random.normal(jax.random.fold_in(key, t), (b, d))))(
-          jnp.arange(1000)), np.float64)                      # (T, B, D)
+  noise = np.asarray(
+    jax.jit(jax.vmap(lambda t: jax.random.normal(jax.random.fold_in(key, t), (b, d))))(
+      jnp.arange(1000)
+    ),
+    np.float64,
+  )  # (T, B, D)
   ref_terms = np.empty((b, 1000))
   x0_64 = np.asarray(x0_32, np.float64)
   for t in range(1000):
@@ -569,8 +593,9 @@ def test_vlb_bits_per_dim_gmm_oracle(sched1000):
     eps = oracles.gmm_eps_np(x_t, a, **GMM4)
     x0_pred = (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
     if t == 0:
-      ref_terms[:, 0] = -np.sum(np_discretized_log_prob(
-          x0_64, x0_pred, math.sqrt(np_tilde_beta(betas, 1))), 1)
+      ref_terms[:, 0] = -np.sum(
+        np_discretized_log_prob(x0_64, x0_pred, math.sqrt(np_tilde_beta(betas, 1))), 1
+      )
     else:
       v = np_tilde_beta(betas, t)
       c_x0 = v * math.sqrt(abar[t - 1]) / (1 - abar[t - 1])
@@ -578,23 +603,24 @@ def test_vlb_bits_per_dim_gmm_oracle(sched1000):
       # means differing only through x0 (Bayes' rule weight c_x0 on x0).
       ref_terms[:, t] = np.sum((c_x0 * (x0_64 - x0_pred)) ** 2 / (2 * v), 1)
   ref_bpd = (ref_terms.sum(1) + np_prior_kl(betas, x0_64)) / (d * math.log(2))
-  np.testing.assert_allclose(np.asarray(terms.terms)[:, 0], ref_terms[:, 0],
-                             rtol=1e-3)
+  np.testing.assert_allclose(np.asarray(terms.terms)[:, 0], ref_terms[:, 0], rtol=1e-3)
   np.testing.assert_allclose(bpd, ref_bpd, rtol=3e-3)
 
   nll = -oracles.gmm_discrete_log_prob(x0_64, **GMM4) / (d * math.log(2))
   gap = bpd - nll
   se = gap.std() / math.sqrt(b)
-  print(f"bits/dim {bpd.mean():.3f} (numpy {ref_bpd.mean():.3f}), true NLL "
-        f"{nll.mean():.3f}, gap {gap.mean():.3f} +- {se:.3f}")
+  print(
+    f"bits/dim {bpd.mean():.3f} (numpy {ref_bpd.mean():.3f}), true NLL "
+    f"{nll.mean():.3f}, gap {gap.mean():.3f} +- {se:.3f}"
+  )
   slack = 1.0  # bits/dim; the measured gap is ~0.76 (STACK.md: ~0.75).
-  assert gap.mean() > -3 * se           # an upper bound, up to MC error
+  assert gap.mean() > -3 * se  # an upper bound, up to MC error
   assert gap.mean() < slack
   # A wrong predictor gives a clearly looser bound.
-  wrong = oracles.gmm_eps_fn(sched1000, GMM4["weights"], GMM4["means"] + 0.1,
-                             GMM4["stds"])
-  bpd_wrong = np.asarray(jax.jit(diffusion.vlb_bits_per_dim, static_argnums=1)(
-      key, wrong, sched1000, x0_32))
+  wrong = oracles.gmm_eps_fn(sched1000, GMM4["weights"], GMM4["means"] + 0.1, GMM4["stds"])
+  bpd_wrong = np.asarray(
+    jax.jit(diffusion.vlb_bits_per_dim, static_argnums=1)(key, wrong, sched1000, x0_32)
+  )
   assert bpd_wrong.mean() - nll.mean() > slack
 
 
@@ -605,8 +631,7 @@ def test_vlb_bits_per_dim_gmm_oracle(sched1000):
 N_SAMPLES = 2000
 
 
-def _mixture_failures(samples, weights, means, stds, std_band, sw_base,
-                      sw_factor):
+def _mixture_failures(samples, weights, means, stds, std_band, sw_base, sw_factor):
   """The criteria a sampler must meet to reproduce the mixture; returns the
   list of failed ones (empty = pass) and the measured numbers."""
   samples = np.asarray(samples, np.float64)
@@ -626,28 +651,30 @@ def _mixture_failures(samples, weights, means, stds, std_band, sw_base,
       failures.append(f"mode {k} empty")
       continue
     # Mode means within 5 standard errors (+0.01 for sampler bias).
-    if np.any(np.abs(mode.mean(0) - means[k])
-              > 5 * stds[k] / math.sqrt(len(mode)) + 0.01):
+    if np.any(np.abs(mode.mean(0) - means[k]) > 5 * stds[k] / math.sqrt(len(mode)) + 0.01):
       failures.append(f"mode {k} mean {mode.mean(0)} vs {means[k]}")
     ratios.append(mode.std(0).mean() / stds[k])
   if not all(std_band[0] <= r <= std_band[1] for r in ratios):
     failures.append(f"std ratios {ratios} outside {std_band}")
-  ref, _ = oracles.gmm_sample(np.random.default_rng(123), n, weights, means,
-                              stds)
+  ref, _ = oracles.gmm_sample(np.random.default_rng(123), n, weights, means, stds)
   sw = oracles.sliced_wasserstein(samples, ref)
   if sw > sw_factor * sw_base + 0.005:
     failures.append(f"sliced W1 {sw:.4f} vs baseline {sw_base:.4f}")
-  return failures, dict(weights=w_hat, std_ratios=np.round(ratios, 3),
-                        sw=round(sw, 4), sw_base=round(sw_base, 4))
+  return failures, dict(
+    weights=w_hat, std_ratios=np.round(ratios, 3), sw=round(sw, 4), sw_base=round(sw_base, 4)
+  )
 
 
 @pytest.fixture(scope="module")
 def sw_baseline():
   """Mean sliced W1 between independent data samples of size N_SAMPLES."""
   ref, _ = oracles.gmm_sample(np.random.default_rng(123), N_SAMPLES, **GMM2)
-  vals = [oracles.sliced_wasserstein(
-      oracles.gmm_sample(np.random.default_rng(s), N_SAMPLES, **GMM2)[0], ref)
-          for s in range(4)]
+  vals = [
+    oracles.sliced_wasserstein(
+      oracles.gmm_sample(np.random.default_rng(s), N_SAMPLES, **GMM2)[0], ref
+    )
+    for s in range(4)
+  ]
   return float(np.mean(vals))
 
 
@@ -666,8 +693,8 @@ def _run_sampler(kind, sched, eps_fn, key, n=N_SAMPLES, **kw):
 # The sliced-W1 allowance is 1.5x the data-vs-data baseline for DDPM and 2x
 # for DDIM-50, whose narrower modes alone cost ~1.9x (measured 0.021 vs 0.011).
 SAMPLERS = {
-    "ddpm": (dict(variance="small"), (0.88, 1.06), 1.5),
-    "ddim": (dict(num_steps=50, eta=0.0), (0.68, 1.06), 2.0),
+  "ddpm": (dict(variance="small"), (0.88, 1.06), 1.5),
+  "ddim": (dict(num_steps=50, eta=0.0), (0.68, 1.06), 2.0),
 }
 
 
@@ -677,15 +704,14 @@ def test_sampler_reproduces_mixture(kind, sched1000, sw_baseline):
   eps_fn = oracles.gmm_eps_fn(sched1000, **GMM2)
   samples = _run_sampler(kind, sched1000, eps_fn, jax.random.key(3), **kw)
   assert samples.shape == (N_SAMPLES, 2) and np.all(np.isfinite(samples))
-  failures, numbers = _mixture_failures(samples, **GMM2, std_band=band,
-                                        sw_base=sw_baseline,
-                                        sw_factor=sw_factor)
+  failures, numbers = _mixture_failures(
+    samples, **GMM2, std_band=band, sw_base=sw_baseline, sw_factor=sw_factor
+  )
   print(kind, numbers)
   assert not failures, failures
 
 
-@pytest.mark.parametrize("wrong", ["shifted_means", "swapped_weights",
-                                   "wide_stds"])
+@pytest.mark.parametrize("wrong", ["shifted_means", "swapped_weights", "wide_stds"])
 def test_sampler_negative_control(wrong, sched1000, sw_baseline):
   """The exact eps of a different mixture must fail the same criteria."""
   params = dict(GMM2)
@@ -699,19 +725,22 @@ def test_sampler_negative_control(wrong, sched1000, sw_baseline):
   for kind in ("ddpm", "ddim"):
     kw, band, sw_factor = SAMPLERS[kind]
     samples = _run_sampler(kind, sched1000, eps_fn, jax.random.key(3), **kw)
-    failures, numbers = _mixture_failures(samples, **GMM2, std_band=band,
-                                          sw_base=sw_baseline,
-                                          sw_factor=sw_factor)
+    failures, numbers = _mixture_failures(
+      samples, **GMM2, std_band=band, sw_base=sw_baseline, sw_factor=sw_factor
+    )
     print(wrong, kind, numbers, failures)
     assert failures, f"{kind} passed with a wrong predictor ({wrong})"
 
 
-@pytest.mark.parametrize("kind,kw", [
+@pytest.mark.parametrize(
+  "kind,kw",
+  [
     ("ddpm", dict(variance="small")),
     ("ddpm", dict(variance="large")),
     ("ddim", dict(num_steps=50, eta=0.0)),
     ("ddim", dict(num_steps=20, eta=1.0)),
-])
+  ],
+)
 def test_sampler_exact_law_one_gaussian(kind, kw, sched1000):
   """On one-Gaussian data the samplers' output law is known exactly (a
   linear-Gaussian chain); compare its mean and std with 40000 samples."""
@@ -719,18 +748,29 @@ def test_sampler_exact_law_one_gaussian(kind, kw, sched1000):
   eps_fn = oracles.gmm_eps_fn(sched1000, [1.0], mu[None], [s])
   x = _run_sampler(kind, sched1000, eps_fn, jax.random.key(4), n=n, **kw)
   betas = np_linear_betas(1000)
-  law_kw = (dict(sampler="ddpm", variance=kw["variance"]) if kind == "ddpm"
-            else dict(sampler="ddim", eta=kw["eta"], timesteps=np.round(
-                np.linspace(999, 0, kw["num_steps"])).astype(int)))
+  law_kw = (
+    dict(sampler="ddpm", variance=kw["variance"])
+    if kind == "ddpm"
+    else dict(
+      sampler="ddim",
+      eta=kw["eta"],
+      timesteps=np.round(np.linspace(999, 0, kw["num_steps"])).astype(int),
+    )
+  )
   for dim in range(2):
     mean, std = oracles.gaussian_sampler_law(betas, mu[dim], s, **law_kw)
     assert abs(x[:, dim].mean() - mean) < 5 * std / math.sqrt(n)
     assert abs(x[:, dim].std() / std - 1) < 5 / math.sqrt(2 * n)
 
 
-@pytest.mark.parametrize("kind,kw", [
-    ("ddpm", dict(variance="small")), ("ddpm", dict(variance="large")),
-    ("ddim", dict(num_steps=10, eta=1.0))])
+@pytest.mark.parametrize(
+  "kind,kw",
+  [
+    ("ddpm", dict(variance="small")),
+    ("ddpm", dict(variance="large")),
+    ("ddim", dict(num_steps=10, eta=1.0)),
+  ],
+)
 def test_sampler_point_mass_returns_the_point(kind, kw, sched20):
   """Data = a point mass at mu: the exact eps predicts x0 = mu at every step,
   so the last step (the mean, no noise; DDIM: the x0 prediction) returns mu
@@ -743,16 +783,14 @@ def test_sampler_point_mass_returns_the_point(kind, kw, sched20):
 
 def test_ddim_eta1_smoke(sched1000):
   eps_fn = oracles.gmm_eps_fn(sched1000, **GMM2)
-  x = _run_sampler("ddim", sched1000, eps_fn, jax.random.key(5), n=1000,
-                   num_steps=50, eta=1.0)
+  x = _run_sampler("ddim", sched1000, eps_fn, jax.random.key(5), n=1000, num_steps=50, eta=1.0)
   assert x.shape == (1000, 2) and np.all(np.isfinite(x))
   labels = np.argmin(((x[:, None] - GMM2["means"]) ** 2).sum(-1), 1)
   w_hat = np.bincount(labels, minlength=3) / 1000
   np.testing.assert_allclose(w_hat, GMM2["weights"], atol=0.07)
   # Stochastic: another key gives other samples; eta = 0 is deterministic
   # given x_T, eta = 1 is not the eta = 0 result.
-  x0 = _run_sampler("ddim", sched1000, eps_fn, jax.random.key(5), n=1000,
-                    num_steps=50, eta=0.0)
+  x0 = _run_sampler("ddim", sched1000, eps_fn, jax.random.key(5), n=1000, num_steps=50, eta=0.0)
   assert np.max(np.abs(x - x0)) > 1e-2
 
 
@@ -766,16 +804,17 @@ def test_ddim_timesteps_properties():
       assert ts[0] == num - 1
       if steps > 1:
         assert ts[-1] == 0
-      assert np.all(np.diff(ts) < 0), (num, steps, ts)   # distinct, decreasing
+      assert np.all(np.diff(ts) < 0), (num, steps, ts)  # distinct, decreasing
       assert np.issubdtype(ts.dtype, np.integer)
   ts = diffusion.ddim_timesteps(1000, 50)
   gaps = -np.diff(ts)
-  assert gaps.min() >= 20 and gaps.max() <= 21       # evenly spaced
+  assert gaps.min() >= 20 and gaps.max() <= 21  # evenly spaced
 
 
 # ----------------------------------------------------------------------------
 # jit, scan, float64
 # ----------------------------------------------------------------------------
+
 
 def test_jit_matches_eager(sched20):
   key = jax.random.key(0)
@@ -788,29 +827,28 @@ def test_jit_matches_eager(sched20):
   eps_fn = lambda x, t: 0.5 * x + 0.01 * t[:, None]
   q_sample = diffusion.make_q_sample(sched20)
   cases = {
-      "q_sample": (q_sample, (x0, t, eps)),
-      "q_step": (lambda *a: diffusion.q_step(sched20, *a), (x_t, t, eps)),
-      "q_posterior": (lambda *a: diffusion.q_posterior(sched20, *a),
-                      (x0, x_t, t)),
-      "predict_x0_from_eps": (
-          lambda *a: diffusion.predict_x0_from_eps(sched20, *a), (x_t, t, eps)),
-      "predict_eps_from_x0": (
-          lambda *a: diffusion.predict_eps_from_x0(sched20, *a), (x_t, t, x0)),
-      "p_mean_variance": (lambda *a: diffusion.p_mean_variance(
-          sched20, *a, variance="large", clip=True), (x_t, t, eps)),
-      "simple_loss": (lambda k, x: diffusion.simple_loss(k, eps_fn, sched20, x),
-                      (key, x0)),
-      "vlb_term": (lambda *a: diffusion.vlb_term(sched20, *a, "small"),
-                   (x0, x_t, t, eps)),
-      "prior_kl": (lambda x: diffusion.prior_kl(sched20, x), (x0,)),
-      "vlb_terms": (lambda k, x: diffusion.vlb_terms(k, eps_fn, sched20, x),
-                    (key, x0)),
-      "vlb_bits_per_dim": (lambda k, x: diffusion.vlb_bits_per_dim(
-          k, eps_fn, sched20, x, "large"), (key, x0)),
-      "ddpm_sample": (lambda k: diffusion.ddpm_sample(
-          k, eps_fn, sched20, (4, 3)), (key,)),
-      "ddim_sample": (lambda k: diffusion.ddim_sample(
-          k, eps_fn, sched20, (4, 3), 7, eta=0.5, clip=True), (key,)),
+    "q_sample": (q_sample, (x0, t, eps)),
+    "q_step": (lambda *a: diffusion.q_step(sched20, *a), (x_t, t, eps)),
+    "q_posterior": (lambda *a: diffusion.q_posterior(sched20, *a), (x0, x_t, t)),
+    "predict_x0_from_eps": (lambda *a: diffusion.predict_x0_from_eps(sched20, *a), (x_t, t, eps)),
+    "predict_eps_from_x0": (lambda *a: diffusion.predict_eps_from_x0(sched20, *a), (x_t, t, x0)),
+    "p_mean_variance": (
+      lambda *a: diffusion.p_mean_variance(sched20, *a, variance="large", clip=True),
+      (x_t, t, eps),
+    ),
+    "simple_loss": (lambda k, x: diffusion.simple_loss(k, eps_fn, sched20, x), (key, x0)),
+    "vlb_term": (lambda *a: diffusion.vlb_term(sched20, *a, "small"), (x0, x_t, t, eps)),
+    "prior_kl": (lambda x: diffusion.prior_kl(sched20, x), (x0,)),
+    "vlb_terms": (lambda k, x: diffusion.vlb_terms(k, eps_fn, sched20, x), (key, x0)),
+    "vlb_bits_per_dim": (
+      lambda k, x: diffusion.vlb_bits_per_dim(k, eps_fn, sched20, x, "large"),
+      (key, x0),
+    ),
+    "ddpm_sample": (lambda k: diffusion.ddpm_sample(k, eps_fn, sched20, (4, 3)), (key,)),
+    "ddim_sample": (
+      lambda k: diffusion.ddim_sample(k, eps_fn, sched20, (4, 3), 7, eta=0.5, clip=True),
+      (key,),
+    ),
   }
   for name, (fn, args) in cases.items():
     eager = fn(*args)
@@ -844,18 +882,15 @@ def test_one_scan_and_size_independent_of_t(sampler):
     sched = diffusion.make_schedule(diffusion.linear_betas(num))
     eps_fn = oracles.gmm_eps_fn(sched, **GMM2)
     fn = {
-        "ddpm": lambda k: diffusion.ddpm_sample(k, eps_fn, sched, (8, 2)),
-        "ddim": lambda k: diffusion.ddim_sample(k, eps_fn, sched, (8, 2),
-                                                num_steps=num),
-        "vlb_terms": lambda k: diffusion.vlb_terms(
-            k, eps_fn, sched, jnp.zeros((8, 2))).total,
+      "ddpm": lambda k: diffusion.ddpm_sample(k, eps_fn, sched, (8, 2)),
+      "ddim": lambda k: diffusion.ddim_sample(k, eps_fn, sched, (8, 2), num_steps=num),
+      "vlb_terms": lambda k: diffusion.vlb_terms(k, eps_fn, sched, jnp.zeros((8, 2))).total,
     }[sampler]
     closed = jax.make_jaxpr(fn)(jax.random.key(0))
     scans = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
     assert len(scans) == 1 and scans[0].params["length"] == num
     assert _count_primitive(closed.jaxpr, "scan") == 1
-    sizes[num] = len(closed.jaxpr.eqns) + len(
-        scans[0].params["jaxpr"].jaxpr.eqns)
+    sizes[num] = len(closed.jaxpr.eqns) + len(scans[0].params["jaxpr"].jaxpr.eqns)
     if num == 1000:
       start = time.perf_counter()
       jax.jit(fn).lower(jax.random.key(0)).compile()
@@ -880,5 +915,4 @@ def test_float64(x64):
   # predict_x0_from_eps inverts q_sample to float64 precision.
   noise = rng.standard_normal((30, 3))
   xt = diffusion.make_q_sample(sched)(jnp.asarray(x0), t, noise)
-  np.testing.assert_allclose(
-      diffusion.predict_x0_from_eps(sched, xt, t, noise), x0, atol=1e-12)
+  np.testing.assert_allclose(diffusion.predict_x0_from_eps(sched, xt, t, noise), x0, atol=1e-12)

@@ -22,8 +22,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 # Jitted once at module level (eager dispatch of the many small ops is slow).
 disc = jax.jit(D.discretized_gaussian_log_prob, static_argnames="num_bins")
-disc_grad = jax.jit(jax.vmap(jax.grad(D.discretized_gaussian_log_prob,
-                                      argnums=(1, 2))))
+disc_grad = jax.jit(jax.vmap(jax.grad(D.discretized_gaussian_log_prob, argnums=(1, 2))))
 
 
 def f64(a):
@@ -37,6 +36,7 @@ def f32(a):
 # ---------------------------------------------------------------------------
 # Independent float64 references.
 # ---------------------------------------------------------------------------
+
 
 def ref_expm1_minus(d):
   """exp(d) - 1 - d in float64: a 30-term Taylor series near 0, else expm1."""
@@ -71,8 +71,7 @@ def ref_log_normal_interval(a, b):
   a, b = np.broadcast_arrays(f64(a), f64(b))
   h, c = 0.5 * (b - a), 0.5 * (a + b)
   t = c[..., None] + h[..., None] * _GL_X
-  quad = special.logsumexp(stats.norm.logpdf(t), b=_GL_W * h[..., None],
-                           axis=-1)
+  quad = special.logsumexp(stats.norm.logpdf(t), b=_GL_W * h[..., None], axis=-1)
   flip = a > 0
   aa, bb = np.where(flip, -b, a), np.where(flip, -a, b)
   la, lb = special.log_ndtr(aa), special.log_ndtr(bb)
@@ -87,10 +86,10 @@ def ref_discretized(x, mean, log_scale, num_bins=256):
   s = np.exp(log_scale)
   up, lo = (x - mean + hb) / s, (x - mean - hb) / s
   first, last = x < -1 + hb, x > 1 - hb
-  interior = ref_log_normal_interval(np.where(first | last, -1.0, lo),
-                                     np.where(first | last, 1.0, up))
-  return np.where(first, stats.norm.logcdf(up),
-                  np.where(last, stats.norm.logsf(lo), interior))
+  interior = ref_log_normal_interval(
+    np.where(first | last, -1.0, lo), np.where(first | last, 1.0, up)
+  )
+  return np.where(first, stats.norm.logcdf(up), np.where(last, stats.norm.logsf(lo), interior))
 
 
 def ref_discretized_grad(x, mean, log_scale, num_bins=256):
@@ -121,11 +120,12 @@ def test_reference_discretized_is_a_distribution():
     assert abs(special.logsumexp(lp)) < 1e-13
   # quadrature and log_ndtr branches agree where both are valid
   a = np.array([-30.0, -3.0, -0.2, 2.0])
-  np.testing.assert_allclose(ref_log_normal_interval(a, a + 0.9),
-                             _ref_wide(a, a + 0.9), rtol=1e-13)
+  np.testing.assert_allclose(ref_log_normal_interval(a, a + 0.9), _ref_wide(a, a + 0.9), rtol=1e-13)
   np.testing.assert_allclose(
-      ref_log_normal_interval(-0.2, 0.7),
-      math.log(stats.norm.cdf(0.7) - stats.norm.cdf(-0.2)), rtol=1e-14)
+    ref_log_normal_interval(-0.2, 0.7),
+    math.log(stats.norm.cdf(0.7) - stats.norm.cdf(-0.2)),
+    rtol=1e-14,
+  )
 
 
 def _ref_wide(a, b):
@@ -138,6 +138,7 @@ def _ref_wide(a, b):
 # ---------------------------------------------------------------------------
 # normal / bernoulli / categorical log-probabilities.
 # ---------------------------------------------------------------------------
+
 
 def test_normal_log_prob_vs_scipy():
   rng = np.random.default_rng(0)
@@ -155,8 +156,7 @@ def test_bernoulli_log_prob_vs_float64_formula():
   x = f32(np.concatenate([rng.integers(0, 2, 100), rng.uniform(0, 1, 100)]))
   p = 1 / (1 + np.exp(-f64(logits)))
   ref = f64(x) * np.log(p) + (1 - f64(x)) * np.log1p(-p)
-  np.testing.assert_allclose(f64(D.bernoulli_log_prob(x, logits)), ref,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(f64(D.bernoulli_log_prob(x, logits)), ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("logit", [1000.0, -1000.0, 90.0, -90.0])
@@ -167,11 +167,9 @@ def test_bernoulli_extreme_logits_finite(logit, x):
   exact = x * logit - max(logit, 0.0) - math.log1p(math.exp(-abs(logit)))
   assert val.dtype == jnp.float32
   np.testing.assert_allclose(float(val), exact, rtol=1e-6, atol=1e-30)
-  g_logit, g_x = jax.grad(D.bernoulli_log_prob, argnums=(1, 0))(
-      jnp.float32(x), jnp.float32(logit))
+  g_logit, g_x = jax.grad(D.bernoulli_log_prob, argnums=(1, 0))(jnp.float32(x), jnp.float32(logit))
   # d/dl = x - sigmoid(l); d/dx = l
-  np.testing.assert_allclose(float(g_logit), x - special.expit(logit),
-                             atol=1e-6)
+  np.testing.assert_allclose(float(g_logit), x - special.expit(logit), atol=1e-6)
   np.testing.assert_allclose(float(g_x), logit, rtol=1e-6)
 
 
@@ -190,13 +188,14 @@ def test_categorical_integer_and_one_hot():
   assert out_int.shape == (4, 6)
   np.testing.assert_allclose(f64(out_int), ref, rtol=1e-5, atol=1e-5)
   one_hot = np.eye(10, dtype=np.float32)[labels]
-  np.testing.assert_allclose(f64(D.categorical_log_prob(one_hot, logits)), ref,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    f64(D.categorical_log_prob(one_hot, logits)), ref, rtol=1e-5, atol=1e-5
+  )
   # soft targets: the cross-entropy sum_k p_k log softmax_k
   soft = f32(special.softmax(rng.normal(size=(4, 6, 10)), axis=-1))
-  np.testing.assert_allclose(f64(D.categorical_log_prob(soft, logits)),
-                             np.sum(f64(soft) * ls, axis=-1), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    f64(D.categorical_log_prob(soft, logits)), np.sum(f64(soft) * ls, axis=-1), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_categorical_other_axis():
@@ -206,12 +205,12 @@ def test_categorical_other_axis():
   ls = _ref_log_softmax(logits, axis=0)
   ref = np.take_along_axis(ls, labels[None], axis=0)[0]
   np.testing.assert_allclose(
-      f64(D.categorical_log_prob(jnp.asarray(labels), logits, axis=0)), ref,
-      rtol=1e-5, atol=1e-5)
+    f64(D.categorical_log_prob(jnp.asarray(labels), logits, axis=0)), ref, rtol=1e-5, atol=1e-5
+  )
   one_hot = np.moveaxis(np.eye(7, dtype=np.float32)[labels], -1, 0)
   np.testing.assert_allclose(
-      f64(D.categorical_log_prob(one_hot, logits, axis=0)), ref, rtol=1e-5,
-      atol=1e-5)
+    f64(D.categorical_log_prob(one_hot, logits, axis=0)), ref, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_categorical_extreme_logits_finite():
@@ -226,6 +225,7 @@ def test_categorical_extreme_logits_finite():
 # Correspondences documented at the top of distributions.py: each loss against
 # its float64 formula written here and against optax's own loss.
 
+
 @pytest.mark.parametrize("variance", [0.5, 1.0, 0.01, 7.0])
 def test_squared_error_is_gaussian_nll_with_fixed_variance(variance):
   rng = np.random.default_rng(4)
@@ -234,10 +234,12 @@ def test_squared_error_is_gaussian_nll_with_fixed_variance(variance):
   nll = f64(-D.normal_log_prob(x, m, logvar))
   s2 = f64(np.exp(logvar))  # the float32 variance actually used
   sq = (f64(x) - f64(m)) ** 2
-  np.testing.assert_allclose(nll, sq / (2 * s2) + 0.5 * np.log(2 * np.pi * s2),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(nll, -stats.norm.logpdf(f64(x), f64(m), np.sqrt(s2)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    nll, sq / (2 * s2) + 0.5 * np.log(2 * np.pi * s2), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    nll, -stats.norm.logpdf(f64(x), f64(m), np.sqrt(s2)), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_mse_is_gaussian_nll_at_variance_half():
@@ -247,15 +249,14 @@ def test_mse_is_gaussian_nll_at_variance_half():
   # s^2 = 1/2: (x - m)^2 = -log N(x; m, 1/2) - 0.5 log(pi), per dimension
   nll_half = f64(-D.normal_log_prob(x, m, -math.log(2.0)))
   np.testing.assert_allclose(nll_half - 0.5 * math.log(math.pi), sq, atol=2e-5)
-  np.testing.assert_allclose(nll_half - 0.5 * math.log(math.pi),
-                             f64(optax.squared_error(m, x)), atol=2e-5)
+  np.testing.assert_allclose(
+    nll_half - 0.5 * math.log(math.pi), f64(optax.squared_error(m, x)), atol=2e-5
+  )
   # the mean squared error of a batch is the mean per-dimension NLL minus the constant
-  np.testing.assert_allclose(nll_half.mean() - 0.5 * math.log(math.pi), sq.mean(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(nll_half.mean() - 0.5 * math.log(math.pi), sq.mean(), rtol=1e-5)
   # unit variance: optax.l2_loss = 0.5 (x - m)^2 = NLL - 0.5 log(2 pi)
   nll_unit = f64(-D.normal_log_prob(x, m, 0.0))
-  np.testing.assert_allclose(nll_unit - 0.5 * LOG_2PI, f64(optax.l2_loss(m, x)),
-                             atol=2e-5)
+  np.testing.assert_allclose(nll_unit - 0.5 * LOG_2PI, f64(optax.l2_loss(m, x)), atol=2e-5)
   np.testing.assert_allclose(2 * nll_unit - LOG_2PI, sq, atol=2e-5)
 
 
@@ -266,12 +267,14 @@ def test_bce_is_bernoulli_nll():
   labels[:100] = np.round(labels[:100])
   nll = f64(-D.bernoulli_log_prob(labels, logits))
   # float64: -(x log sigmoid(l) + (1 - x) log sigmoid(-l))
-  ref = -(f64(labels) * special.log_expit(f64(logits))
-          + (1 - f64(labels)) * special.log_expit(-f64(logits)))
+  ref = -(
+    f64(labels) * special.log_expit(f64(logits))
+    + (1 - f64(labels)) * special.log_expit(-f64(logits))
+  )
   np.testing.assert_allclose(nll, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      nll, f64(optax.sigmoid_binary_cross_entropy(logits, labels)), rtol=1e-5,
-      atol=1e-5)
+    nll, f64(optax.sigmoid_binary_cross_entropy(logits, labels)), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_categorical_ce_is_categorical_nll():
@@ -283,14 +286,14 @@ def test_categorical_ce_is_categorical_nll():
   nll = f64(-D.categorical_log_prob(jnp.asarray(labels), logits))
   np.testing.assert_allclose(nll, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      nll, f64(optax.softmax_cross_entropy_with_integer_labels(logits, labels)),
-      rtol=1e-5, atol=1e-5)
+    nll, f64(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), rtol=1e-5, atol=1e-5
+  )
   one_hot = jax.nn.one_hot(labels, 12)
   nll_one_hot = f64(-D.categorical_log_prob(one_hot, logits))
   np.testing.assert_allclose(nll_one_hot, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      nll_one_hot, f64(optax.softmax_cross_entropy(logits, one_hot)), rtol=1e-5,
-      atol=1e-5)
+    nll_one_hot, f64(optax.softmax_cross_entropy(logits, one_hot)), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_categorical_masked_classes_and_bad_labels():
@@ -311,12 +314,15 @@ def test_categorical_masked_classes_and_bad_labels():
   assert np.all(np.isnan(out))
 
 
-@pytest.mark.parametrize("x,logits,match", [
+@pytest.mark.parametrize(
+  "x,logits,match",
+  [
     (np.zeros((4,), np.float32), np.zeros((4, 4)), "one-hot or soft targets"),
     (np.zeros((4, 3)), np.zeros((4, 4)), "class axis -1|class axis 1"),
     (np.zeros((4, 1), np.int32), np.zeros((4, 4)), "integer labels"),
     (np.zeros((), np.int32), np.zeros(()), "class axis, got a scalar"),
-])
+  ],
+)
 def test_categorical_bad_shapes_raise(x, logits, match):
   with pytest.raises(ValueError, match=match):
     D.categorical_log_prob(x, logits)
@@ -328,15 +334,20 @@ def test_categorical_bad_shapes_raise(x, logits, match):
 # Gaussian mixtures and Monte Carlo KL.
 # ---------------------------------------------------------------------------
 
+
 def ref_mixture_log_prob(x, weights, means, stds):
   """float64 log sum_k w_k N(x; mu_k, s_k^2) for 1-D x, via scipy."""
   x = f64(x)[..., None]
   return special.logsumexp(
-      np.log(f64(weights)) + stats.norm.logpdf(x, f64(means), f64(stds)), axis=-1)
+    np.log(f64(weights)) + stats.norm.logpdf(x, f64(means), f64(stds)), axis=-1
+  )
 
 
-MIX = dict(weights=np.array([0.2, 0.5, 0.3]), means=np.array([-3.0, 0.5, 4.0]),
-           stds=np.array([0.4, 1.3, 0.7]))
+MIX = dict(
+  weights=np.array([0.2, 0.5, 0.3]),
+  means=np.array([-3.0, 0.5, 4.0]),
+  stds=np.array([0.4, 1.3, 0.7]),
+)
 
 
 def _mix_params(weights, means, stds):
@@ -351,8 +362,9 @@ def test_gaussian_mixture_log_prob_vs_scipy():
   x = f32(np.concatenate([rng.normal(size=500) * 4, [-60.0, 45.0, 200.0]]))
   out = D.gaussian_mixture_log_prob(x, *_mix_params(**MIX))
   assert out.shape == x.shape and out.dtype == jnp.float32
-  ref = ref_mixture_log_prob(x, MIX["weights"], f32(MIX["means"]),
-                             np.exp(0.5 * f64(f32(2 * np.log(MIX["stds"])))))
+  ref = ref_mixture_log_prob(
+    x, MIX["weights"], f32(MIX["means"]), np.exp(0.5 * f64(f32(2 * np.log(MIX["stds"]))))
+  )
   assert np.all(np.isfinite(f64(out))) and ref.min() < -1e4
   np.testing.assert_allclose(f64(out), ref, rtol=1e-5, atol=1e-5)
   # a density: integrates to 1 (float64 trapezoid on a fine grid)
@@ -361,8 +373,11 @@ def test_gaussian_mixture_log_prob_vs_scipy():
   np.testing.assert_allclose(np.trapezoid(density, grid_x), 1.0, rtol=1e-5)
   # one component is the Gaussian
   np.testing.assert_allclose(
-      f64(D.gaussian_mixture_log_prob(x, f32([0.3]), f32([0.5]), f32([0.2]))),
-      f64(D.normal_log_prob(x, 0.5, 0.2)), rtol=1e-6, atol=1e-6)
+    f64(D.gaussian_mixture_log_prob(x, f32([0.3]), f32([0.5]), f32([0.2]))),
+    f64(D.normal_log_prob(x, 0.5, 0.2)),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
 def test_gaussian_mixture_log_prob_broadcasts_and_jits():
@@ -373,19 +388,20 @@ def test_gaussian_mixture_log_prob_broadcasts_and_jits():
   assert out.shape == (5, 3)
   w = special.softmax(f64(logits), -1)
   ref = special.logsumexp(
-      np.log(w) + stats.norm.logpdf(f64(x)[..., None], f64(means),
-                                    np.exp(0.5 * f64(logvars))), axis=-1)
+    np.log(w) + stats.norm.logpdf(f64(x)[..., None], f64(means), np.exp(0.5 * f64(logvars))),
+    axis=-1,
+  )
   np.testing.assert_allclose(f64(out), ref, rtol=1e-5, atol=1e-5)
   vmapped = jax.vmap(D.gaussian_mixture_log_prob, in_axes=(0, None, None, None))(
-      x[:, 0], logits[0], means[0], logvars[0])
+    x[:, 0], logits[0], means[0], logvars[0]
+  )
   np.testing.assert_allclose(f64(vmapped), f64(out[:, 0]), rtol=1e-6)
 
 
 def test_gaussian_mixture_sample_law():
   params = _mix_params(**MIX)
   n = 200_000
-  x = f64(jax.jit(D.gaussian_mixture_sample, static_argnums=4)(
-      jax.random.key(22), *params, (n,)))
+  x = f64(jax.jit(D.gaussian_mixture_sample, static_argnums=4)(jax.random.key(22), *params, (n,)))
   assert x.shape == (n,)
   w, mu, s = MIX["weights"], MIX["means"], MIX["stds"]
   mean = np.sum(w * mu)
@@ -398,8 +414,7 @@ def test_gaussian_mixture_sample_law():
   # and a wrong law is rejected by the same test (the test has power)
   assert stats.kstest(x[:20_000] + 0.1, cdf).pvalue < 1e-6
   with pytest.raises(ValueError, match="vectors of one length K"):
-    D.gaussian_mixture_sample(jax.random.key(0), params[0], params[1][:2],
-                              params[2], (3,))
+    D.gaussian_mixture_sample(jax.random.key(0), params[0], params[1][:2], params[2], (3,))
 
 
 def test_monte_carlo_kl_terms_gaussians_vs_closed_form():
@@ -407,9 +422,11 @@ def test_monte_carlo_kl_terms_gaussians_vs_closed_form():
   n = 100_000
   for m1, lv1, m2, lv2 in [(0.3, 0.5, -0.4, -0.3), (-1.0, -1.0, 0.5, 1.0)]:
     x = f32(rng.normal(m1, math.exp(lv1 / 2), size=n))
-    terms = f64(D.monte_carlo_kl_terms(
-        lambda v: D.normal_log_prob(v, m1, lv1),
-        lambda v: D.normal_log_prob(v, m2, lv2), x))
+    terms = f64(
+      D.monte_carlo_kl_terms(
+        lambda v: D.normal_log_prob(v, m1, lv1), lambda v: D.normal_log_prob(v, m2, lv2), x
+      )
+    )
     assert terms.shape == (n,)
     se = terms.std() / math.sqrt(n)
     assert abs(terms.mean() - ref_normal_kl(m1, lv1, m2, lv2)) < 5 * se
@@ -418,17 +435,17 @@ def test_monte_carlo_kl_terms_gaussians_vs_closed_form():
 def test_monte_carlo_kl_terms_mixtures_vs_quadrature():
   """KL(p || q) between mixtures, both directions, against float64 quadrature."""
   p = MIX
-  q = dict(weights=np.array([0.6, 0.4]), means=np.array([-1.0, 2.0]),
-           stds=np.array([1.5, 2.0]))
+  q = dict(weights=np.array([0.6, 0.4]), means=np.array([-1.0, 2.0]), stds=np.array([1.5, 2.0]))
   grid_x = np.linspace(-20, 25, 200_001)
   log_p_ref, log_q_ref = (ref_mixture_log_prob(grid_x, **d) for d in (p, q))
   log_p = lambda v: D.gaussian_mixture_log_prob(v, *_mix_params(**p))
   log_q = lambda v: D.gaussian_mixture_log_prob(v, *_mix_params(**q))
-  for (a, b, log_a, log_b, params_a) in [(log_p_ref, log_q_ref, log_p, log_q, p),
-                                         (log_q_ref, log_p_ref, log_q, log_p, q)]:
+  for a, b, log_a, log_b, params_a in [
+    (log_p_ref, log_q_ref, log_p, log_q, p),
+    (log_q_ref, log_p_ref, log_q, log_p, q),
+  ]:
     kl_ref = np.trapezoid(np.exp(a) * (a - b), grid_x)
-    x = D.gaussian_mixture_sample(jax.random.key(24), *_mix_params(**params_a),
-                                  (200_000,))
+    x = D.gaussian_mixture_sample(jax.random.key(24), *_mix_params(**params_a), (200_000,))
     terms = f64(D.monte_carlo_kl_terms(log_a, log_b, x))
     se = terms.std() / math.sqrt(terms.size)
     assert kl_ref > 20 * se
@@ -439,6 +456,7 @@ def test_monte_carlo_kl_terms_mixtures_vs_quadrature():
 # KL divergences.
 # ---------------------------------------------------------------------------
 
+
 def test_normal_kl_vs_closed_form():
   rng = np.random.default_rng(7)
   m1, m2 = f32(rng.normal(size=(2, 500)) * 2)
@@ -446,8 +464,7 @@ def test_normal_kl_vs_closed_form():
   out = D.normal_kl(m1, lv1, m2, lv2)
   ref = ref_normal_kl(m1, lv1, m2, lv2)
   # the two float64 references agree (away from near-equal pairs)
-  np.testing.assert_allclose(ref, ref_normal_kl_textbook(m1, lv1, m2, lv2),
-                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(ref, ref_normal_kl_textbook(m1, lv1, m2, lv2), rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(f64(out), ref, rtol=2e-5, atol=1e-6)
   assert np.all(f64(out) >= 0)
 
@@ -491,26 +508,24 @@ def test_normal_kl_near_equal(base_lv, ratio):
   # nearly equal means too: KL = dm^2 / (2 var2)
   dm = np.float32(1e-4)
   ref_m = ref_normal_kl(dm, lv1, 0.0, lv1)
-  np.testing.assert_allclose(float(D.normal_kl(dm, lv1, 0.0, lv1)), ref_m,
-                             rtol=1e-5)
+  np.testing.assert_allclose(float(D.normal_kl(dm, lv1, 0.0, lv1)), ref_m, rtol=1e-5)
 
 
 def test_standard_normal_kl():
   rng = np.random.default_rng(10)
   m = f32(rng.normal(size=(300,)) * 2)
-  lv = f32(np.concatenate([rng.uniform(-8, 5, 290), [1e-5, -1e-5, 0.0] * 3,
-                           [2e-4]]))
+  lv = f32(np.concatenate([rng.uniform(-8, 5, 290), [1e-5, -1e-5, 0.0] * 3, [2e-4]]))
   out = D.standard_normal_kl(m, lv)
-  np.testing.assert_allclose(f64(out), f64(D.normal_kl(m, lv, 0.0, 0.0)),
-                             rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(f64(out), f64(D.normal_kl(m, lv, 0.0, 0.0)), rtol=1e-6, atol=1e-12)
   np.testing.assert_allclose(
-      f64(out), 0.5 * (f64(m) ** 2 + ref_expm1_minus(f64(lv))), rtol=2e-5,
-      atol=1e-12)
+    f64(out), 0.5 * (f64(m) ** 2 + ref_expm1_minus(f64(lv))), rtol=2e-5, atol=1e-12
+  )
 
 
 # ---------------------------------------------------------------------------
 # Discretized Gaussian.
 # ---------------------------------------------------------------------------
+
 
 def test_discretized_random_realistic():
   rng = np.random.default_rng(11)
@@ -535,8 +550,9 @@ def test_discretized_end_bins():
   out = f64(disc(x, mean, log_scale))
   hb = 1 / 255
   s = np.exp(f64(log_scale))
-  ref = np.where(x < 0, stats.norm.logcdf((f64(x) - mean + hb) / s),
-                 stats.norm.logsf((f64(x) - mean - hb) / s))
+  ref = np.where(
+    x < 0, stats.norm.logcdf((f64(x) - mean + hb) / s), stats.norm.logsf((f64(x) - mean - hb) / s)
+  )
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
   # an end bin at the mean holds more than half the mass (half-open bin)
   assert out[0] > math.log(0.5) and out[3] > math.log(0.5)
@@ -546,11 +562,26 @@ def test_discretized_end_bins():
   assert out[2] > nxt
 
 
-@pytest.mark.parametrize("mean,log_scale", [
-    (0.0, -8.0), (0.3, -6.0), (-1.0, -5.0), (0.999, -4.6), (0.2, -3.0),
-    (-0.5, -1.0), (0.0, 0.0), (0.7, 2.0), (0.0, 2.1), (-0.4, 4.0), (0.1, 6.0),
-    (-0.3, 8.0), (0.2, 14.0), (1.5, -2.0), (-4.0, 0.5),
-])
+@pytest.mark.parametrize(
+  "mean,log_scale",
+  [
+    (0.0, -8.0),
+    (0.3, -6.0),
+    (-1.0, -5.0),
+    (0.999, -4.6),
+    (0.2, -3.0),
+    (-0.5, -1.0),
+    (0.0, 0.0),
+    (0.7, 2.0),
+    (0.0, 2.1),
+    (-0.4, 4.0),
+    (0.1, 6.0),
+    (-0.3, 8.0),
+    (0.2, 14.0),
+    (1.5, -2.0),
+    (-4.0, 0.5),
+  ],
+)
 def test_discretized_sums_to_one(mean, log_scale):
   # bins much narrower and much wider than the scale (bin width 2/255 ~ 7.8e-3)
   x = f32(grid())
@@ -559,17 +590,18 @@ def test_discretized_sums_to_one(mean, log_scale):
   assert abs(special.logsumexp(f64(lp))) < 1e-5
   # float32: ~1e-4 nats near scale 7 (the wide-interval branch just above
   # its 1e-3-scale switch), else less; relative ~1e-6 for the huge values
-  np.testing.assert_allclose(f64(lp), ref_discretized(x, f32(mean),
-                                                       f32(log_scale)),
-                             rtol=2e-6, atol=3e-4)
+  np.testing.assert_allclose(
+    f64(lp), ref_discretized(x, f32(mean), f32(log_scale)), rtol=2e-6, atol=3e-4
+  )
   # gradients: finite (no NaN leaking from the branch not taken) and right.
   # Known float32 limits, hence the masks/atol: jax's log_ndtr gradient loses
   # accuracy beyond ~300 scales (0.4% at 3000); and when the bin is much
   # narrower than the scale, d/dmean is formed as d/dhi + d/dlo = +-1/width
   # cancelling, leaving an absolute error ~ eps / bin_width ~ 1e-5.
   n = x.size
-  g_mean, g_ls = (f64(g) for g in disc_grad(x, np.full(n, mean, np.float32),
-                                            np.full(n, log_scale, np.float32)))
+  g_mean, g_ls = (
+    f64(g) for g in disc_grad(x, np.full(n, mean, np.float32), np.full(n, log_scale, np.float32))
+  )
   assert np.all(np.isfinite(g_mean)) and np.all(np.isfinite(g_ls))
   r_mean, r_ls = ref_discretized_grad(x, f32(mean), f32(log_scale))
   ok = (np.abs(x - mean) + 1 / 255) / math.exp(log_scale) < 300
@@ -619,14 +651,14 @@ def test_discretized_other_num_bins():
   # 5 levels: {-1, -0.5, 0, 0.5, 1}
   x = f32(grid(5))
   lp = f64(disc(x, 0.2, -1.0, num_bins=5))
-  np.testing.assert_allclose(lp, ref_discretized(x, f32(0.2), -1.0, 5),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(lp, ref_discretized(x, f32(0.2), -1.0, 5), rtol=1e-5, atol=1e-6)
   assert abs(special.logsumexp(lp)) < 1e-6
 
 
 # ---------------------------------------------------------------------------
 # jit, broadcasting, float64.
 # ---------------------------------------------------------------------------
+
 
 def _all_calls(rng, dtype):
   x = rng.normal(size=(3, 4)).astype(dtype)
@@ -635,13 +667,13 @@ def _all_calls(rng, dtype):
   xb = (rng.integers(0, 256, size=(3, 4)) / 127.5 - 1).astype(dtype)
   labels = rng.integers(0, 4, size=(3,))
   return [
-      (D.normal_log_prob, (x, m, lv)),
-      (D.bernoulli_log_prob, ((x > 0).astype(dtype), m)),
-      (D.categorical_log_prob, (labels, m)),
-      (D.gaussian_mixture_log_prob, (x[:, 0], m, x, lv)),
-      (D.normal_kl, (x, m, lv, x * 0.5)),
-      (D.standard_normal_kl, (m, lv)),
-      (D.discretized_gaussian_log_prob, (xb, m * 0.5, lv - 3)),
+    (D.normal_log_prob, (x, m, lv)),
+    (D.bernoulli_log_prob, ((x > 0).astype(dtype), m)),
+    (D.categorical_log_prob, (labels, m)),
+    (D.gaussian_mixture_log_prob, (x[:, 0], m, x, lv)),
+    (D.normal_kl, (x, m, lv, x * 0.5)),
+    (D.standard_normal_kl, (m, lv)),
+    (D.discretized_gaussian_log_prob, (xb, m * 0.5, lv - 3)),
   ]
 
 
@@ -649,8 +681,7 @@ def test_jit_equals_eager():
   for fn, args in _all_calls(np.random.default_rng(13), np.float32):
     eager, jitted = fn(*args), jax.jit(fn)(*args)
     assert eager.shape == jitted.shape and jitted.dtype == jnp.float32
-    np.testing.assert_allclose(f64(jitted), f64(eager), rtol=1e-6, atol=1e-6,
-                               err_msg=fn.__name__)
+    np.testing.assert_allclose(f64(jitted), f64(eager), rtol=1e-6, atol=1e-6, err_msg=fn.__name__)
 
 
 def test_broadcasting():
@@ -661,14 +692,15 @@ def test_broadcasting():
   scalar_lv = np.float32(-1.0)
   mb, xb, lvb = np.broadcast_arrays(m, x, lv)
   cases = [
-      (D.normal_log_prob(x, m, lv), stats.norm.logpdf(xb, mb, np.exp(lvb / 2))),
-      (D.normal_log_prob(x, m, scalar_lv),
-       stats.norm.logpdf(xb, mb, math.exp(scalar_lv / 2))),
-      (D.bernoulli_log_prob(x > 0, m),
-       np.where(xb > 0, special.log_expit(mb), special.log_expit(-mb))),
-      (D.normal_kl(m, lv, x, 0.0), ref_normal_kl(mb, lvb, xb, 0.0)),
-      (D.standard_normal_kl(m, x), ref_normal_kl(mb, xb, 0.0, 0.0)),
-      (D.discretized_gaussian_log_prob(x, m, lv), ref_discretized(xb, mb, lvb)),
+    (D.normal_log_prob(x, m, lv), stats.norm.logpdf(xb, mb, np.exp(lvb / 2))),
+    (D.normal_log_prob(x, m, scalar_lv), stats.norm.logpdf(xb, mb, math.exp(scalar_lv / 2))),
+    (
+      D.bernoulli_log_prob(x > 0, m),
+      np.where(xb > 0, special.log_expit(mb), special.log_expit(-mb)),
+    ),
+    (D.normal_kl(m, lv, x, 0.0), ref_normal_kl(mb, lvb, xb, 0.0)),
+    (D.standard_normal_kl(m, x), ref_normal_kl(mb, xb, 0.0, 0.0)),
+    (D.discretized_gaussian_log_prob(x, m, lv), ref_discretized(xb, mb, lvb)),
   ]
   for out, ref in cases:
     assert out.shape == (3, 4)
@@ -681,34 +713,44 @@ def test_float64_matches_reference(x64):
   x = rng.normal(size=n) * 2
   m = rng.normal(size=n)
   lv = rng.uniform(-6, 4, size=n)
-  lv2 = np.concatenate([rng.uniform(-6, 4, n - 400),
-                        lv[:400] + rng.normal(size=400) * 1e-3])
-  jfn = {f: jax.jit(getattr(D, f)) for f in
-         ["normal_log_prob", "bernoulli_log_prob", "categorical_log_prob",
-          "normal_kl", "standard_normal_kl", "discretized_gaussian_log_prob"]}
+  lv2 = np.concatenate([rng.uniform(-6, 4, n - 400), lv[:400] + rng.normal(size=400) * 1e-3])
+  jfn = {
+    f: jax.jit(getattr(D, f))
+    for f in [
+      "normal_log_prob",
+      "bernoulli_log_prob",
+      "categorical_log_prob",
+      "normal_kl",
+      "standard_normal_kl",
+      "discretized_gaussian_log_prob",
+    ]
+  }
   checks = [
-      (jfn["normal_log_prob"](x, m, lv),
-       stats.norm.logpdf(x, m, np.exp(lv / 2))),
-      (jfn["bernoulli_log_prob"](x > 0, m * 5),
-       np.where(x > 0, special.log_expit(m * 5), special.log_expit(-m * 5))),
-      (jfn["normal_kl"](m, lv, x, lv2), ref_normal_kl(m, lv, x, lv2)),
-      (jfn["standard_normal_kl"](m, lv), ref_normal_kl(m, lv, 0.0, 0.0)),
+    (jfn["normal_log_prob"](x, m, lv), stats.norm.logpdf(x, m, np.exp(lv / 2))),
+    (
+      jfn["bernoulli_log_prob"](x > 0, m * 5),
+      np.where(x > 0, special.log_expit(m * 5), special.log_expit(-m * 5)),
+    ),
+    (jfn["normal_kl"](m, lv, x, lv2), ref_normal_kl(m, lv, x, lv2)),
+    (jfn["standard_normal_kl"](m, lv), ref_normal_kl(m, lv, 0.0, 0.0)),
   ]
   # nearly equal Gaussians: KL ~ 1e-15 .. 1e-9, relative accuracy required
   lv_near = lv + np.geomspace(1e-7, 1e-4, n) * np.sign(rng.normal(size=n))
   kl_near = jfn["normal_kl"](m, lv, m, lv_near)
   assert kl_near.dtype == jnp.float64
-  np.testing.assert_allclose(f64(kl_near), ref_normal_kl(m, lv, m, lv_near),
-                             rtol=1e-12, atol=0)
+  np.testing.assert_allclose(f64(kl_near), ref_normal_kl(m, lv, m, lv_near), rtol=1e-12, atol=0)
   kl_near = jfn["standard_normal_kl"](0.0, lv_near - lv)
-  np.testing.assert_allclose(f64(kl_near),
-                             ref_normal_kl(0.0, lv_near - lv, 0.0, 0.0),
-                             rtol=1e-12, atol=0)
+  np.testing.assert_allclose(
+    f64(kl_near), ref_normal_kl(0.0, lv_near - lv, 0.0, 0.0), rtol=1e-12, atol=0
+  )
   logits = rng.normal(size=(50, 7))
   labels = rng.integers(0, 7, size=50)
-  checks.append((jfn["categorical_log_prob"](labels, logits),
-                 np.take_along_axis(_ref_log_softmax(logits),
-                                    labels[:, None], -1)[:, 0]))
+  checks.append(
+    (
+      jfn["categorical_log_prob"](labels, logits),
+      np.take_along_axis(_ref_log_softmax(logits), labels[:, None], -1)[:, 0],
+    )
+  )
   # discretized, realistic range (bins narrower and wider than the scale)
   xb = rng.integers(0, 256, size=n) / 127.5 - 1
   mb = np.clip(xb + rng.normal(size=n) * 0.3, -1.3, 1.3)
@@ -719,13 +761,15 @@ def test_float64_matches_reference(x64):
   z = (np.abs(xb - mb) + 1 / 255) / np.exp(lsb)
   near = z < 19
   assert near.sum() > 1500
-  checks.append((jfn["discretized_gaussian_log_prob"](xb[near], mb[near],
-                                                      lsb[near]),
-                 ref_discretized(xb[near], mb[near], lsb[near])))
+  checks.append(
+    (
+      jfn["discretized_gaussian_log_prob"](xb[near], mb[near], lsb[near]),
+      ref_discretized(xb[near], mb[near], lsb[near]),
+    )
+  )
   for i, (out, ref) in enumerate(checks):
     assert out.dtype == jnp.float64, i
-    np.testing.assert_allclose(f64(out), ref, rtol=1e-12, atol=1e-13,
-                               err_msg=str(i))
+    np.testing.assert_allclose(f64(out), ref, rtol=1e-12, atol=1e-13, err_msg=str(i))
 
 
 def test_float64_discretized_tails(x64):
@@ -738,7 +782,6 @@ def test_float64_discretized_tails(x64):
   mean = x - sign * k * np.exp(ls)
   out = disc(x, mean, ls)
   assert out.dtype == jnp.float64
-  np.testing.assert_allclose(f64(out), ref_discretized(x, mean, ls),
-                             rtol=5e-11, atol=1e-12)
+  np.testing.assert_allclose(f64(out), ref_discretized(x, mean, ls), rtol=5e-11, atol=1e-12)
   lp = disc(grid(), 0.1, -3.0)
   assert abs(special.logsumexp(f64(lp))) < 1e-13

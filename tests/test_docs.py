@@ -18,8 +18,11 @@ def _text():
 
 def _links(text):
   """(link text, target) of every markdown link, external ones excepted."""
-  return [(label, target) for label, target in re.findall(r"\[([^\]]+)\]\(([^)\s]+)\)", text)
-          if not re.match(r"[a-z]+:", target)]
+  return [
+    (label, target)
+    for label, target in re.findall(r"\[([^\]]+)\]\(([^)\s]+)\)", text)
+    if not re.match(r"[a-z]+:", target)
+  ]
 
 
 def _defines(path, name):
@@ -33,7 +36,7 @@ def test_python_blocks_run_in_order(monkeypatch):
   assert len(blocks) >= 10
   namespace = {}
   for index, code in enumerate(blocks):
-    exec(compile(code, f"docs/math.md python block {index}", "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(code, f"docs/math.md python block {index}", "exec"), namespace)
 
 
 def test_links_resolve_and_name_real_definitions():
@@ -50,8 +53,9 @@ def test_links_resolve_and_name_real_definitions():
     if anchor:  # a line anchor must point at the line that defines the linked name
       line = int(re.fullmatch(r"L(\d+)", anchor).group(1))
       with open(full) as f:
-        assert code and re.search(rf"(def|class)\s+{code.group(1).split('.')[-1]}\b",
-                                  f.readlines()[line - 1]), target
+        assert code and re.search(
+          rf"(def|class)\s+{code.group(1).split('.')[-1]}\b", f.readlines()[line - 1]
+        ), target
 
 
 def test_the_checker_catches_a_wrong_name():
@@ -60,15 +64,38 @@ def test_the_checker_catches_a_wrong_name():
   assert not _defines(os.path.join(REPO, "gen_jax", "diffusion.py"), "normal_kl")
 
 
-@pytest.mark.parametrize("path,names", [
-    ("gen_jax/distributions.py", ["normal_log_prob", "bernoulli_log_prob", "categorical_log_prob",
-                                  "normal_kl", "monte_carlo_kl_terms", "gaussian_mixture_log_prob",
-                                  "discretized_gaussian_log_prob"]),
+@pytest.mark.parametrize(
+  "path,names",
+  [
+    (
+      "gen_jax/distributions.py",
+      [
+        "normal_log_prob",
+        "bernoulli_log_prob",
+        "categorical_log_prob",
+        "normal_kl",
+        "monte_carlo_kl_terms",
+        "gaussian_mixture_log_prob",
+        "discretized_gaussian_log_prob",
+      ],
+    ),
     ("experiments/mle_toy.py", ["negative_log_likelihood", "forward_kl", "reverse_kl"]),
     ("gen_jax/vae.py", ["elbo", "reparameterize", "iwae_bound"]),
-    ("gen_jax/diffusion.py", ["q_step", "make_q_sample", "q_posterior", "p_mean_variance",
-                              "simple_loss", "vlb_term", "prior_kl", "vlb_bits_per_dim"]),
-])
+    (
+      "gen_jax/diffusion.py",
+      [
+        "q_step",
+        "make_q_sample",
+        "q_posterior",
+        "p_mean_variance",
+        "simple_loss",
+        "vlb_term",
+        "prior_kl",
+        "vlb_bits_per_dim",
+      ],
+    ),
+  ],
+)
 def test_covers_every_equation(path, names):
   """Each equation's implementation is linked, and each section links a test."""
   links = _links(_text())

@@ -21,118 +21,138 @@ from gen_jax import data, train
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
-EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith('_'))
+EXPERIMENTS = sorted(
+  m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")
+)
 # An experiment either plugs a model into the shared trainer (build) or runs itself (run(config, workdir), tested
 # in its own file, e.g. tests/test_mle_toy.py).
-RUNS_ITSELF = [n for n in EXPERIMENTS if hasattr(importlib.import_module(f'experiments.{n}'), 'run')]
+RUNS_ITSELF = [
+  n for n in EXPERIMENTS if hasattr(importlib.import_module(f"experiments.{n}"), "run")
+]
 TRAINED = [n for n in EXPERIMENTS if n not in RUNS_ITSELF]
 
 
 def mock_tfds():
-    return tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE)
+  return tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE)
 
 
 def tiny(config, example_shape):
-    """Shrinks an experiment's config in place to a model that compiles and runs in seconds on a CPU."""
-    m = config.model
-    if 'ch' in m:  # U-Net
-        m.ch, m.ch_mult, m.num_res_blocks, m.num_groups = 8, (1,), 1, 4
-        m.attn_resolutions = (example_shape[0],)  # keep an attention block in the test
-    elif 'width' in m:  # MLP denoiser
-        m.width, m.num_blocks = 16, 1
-    elif 'hidden' in m:  # MLP VAE
-        m.hidden, m.latent_dim, m.iwae_samples, m.iwae_chunk = (16,), 2, 4, 2
-    elif 'channels' in m:  # conv VAE
-        m.channels, m.latent_dim, m.iwae_samples, m.iwae_chunk = (4,), 2, 4, 2
-    else:
-        raise AssertionError(f'tiny(): unknown model config {sorted(m.keys())}; teach this test the new experiment')
-    if 'diffusion' in config:
-        config.diffusion.num_timesteps = 20
-    config.data.batch_size = 4
-    config.train.num_steps = 2
-    config.train.log_every = 1
-    config.train.checkpoint_every = 2
-    config.train.sample_every = 2
-    config.train.num_sample_images = 4
-    config.sample.sampler = 'ddim'
-    config.sample.num_steps = 2
-    config.sample.batch_size = 4
-    config.eval.batch_size = 8
-    config.eval.num_examples = 8
-    return config
+  """Shrinks an experiment's config in place to a model that compiles and runs in seconds on a CPU."""
+  m = config.model
+  if "ch" in m:  # U-Net
+    m.ch, m.ch_mult, m.num_res_blocks, m.num_groups = 8, (1,), 1, 4
+    m.attn_resolutions = (example_shape[0],)  # keep an attention block in the test
+  elif "width" in m:  # MLP denoiser
+    m.width, m.num_blocks = 16, 1
+  elif "hidden" in m:  # MLP VAE
+    m.hidden, m.latent_dim, m.iwae_samples, m.iwae_chunk = (16,), 2, 4, 2
+  elif "channels" in m:  # conv VAE
+    m.channels, m.latent_dim, m.iwae_samples, m.iwae_chunk = (4,), 2, 4, 2
+  else:
+    raise AssertionError(
+      f"tiny(): unknown model config {sorted(m.keys())}; teach this test the new experiment"
+    )
+  if "diffusion" in config:
+    config.diffusion.num_timesteps = 20
+  config.data.batch_size = 4
+  config.train.num_steps = 2
+  config.train.log_every = 1
+  config.train.checkpoint_every = 2
+  config.train.sample_every = 2
+  config.train.num_sample_images = 4
+  config.sample.sampler = "ddim"
+  config.sample.num_steps = 2
+  config.sample.batch_size = 4
+  config.eval.batch_size = 8
+  config.eval.num_examples = 8
+  return config
 
 
 def test_experiments_are_discovered():
-    assert {'ddpm_cifar', 'ddpm_digits', 'ddpm_mnist', 'ddpm_toy2d', 'vae_cifar', 'vae_digits',
-            'vae_mnist'} <= set(TRAINED)
-    assert 'mle_toy' in RUNS_ITSELF
+  assert {
+    "ddpm_cifar",
+    "ddpm_digits",
+    "ddpm_mnist",
+    "ddpm_toy2d",
+    "vae_cifar",
+    "vae_digits",
+    "vae_mnist",
+  } <= set(TRAINED)
+  assert "mle_toy" in RUNS_ITSELF
 
 
-@pytest.mark.parametrize('name', EXPERIMENTS)
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_has_build_or_run(name):
-    module = importlib.import_module(f'experiments.{name}')
-    assert callable(getattr(module, 'get_config', None)), name
-    assert hasattr(module, 'build') != hasattr(module, 'run'), f'{name} must define exactly one of build() and run()'
+  module = importlib.import_module(f"experiments.{name}")
+  assert callable(getattr(module, "get_config", None)), name
+  assert hasattr(module, "build") != hasattr(module, "run"), (
+    f"{name} must define exactly one of build() and run()"
+  )
 
 
-@pytest.mark.parametrize('name', TRAINED)
+@pytest.mark.parametrize("name", TRAINED)
 def test_experiment_builds_trains_two_steps_and_evaluates(name):
-    module = importlib.import_module(f'experiments.{name}')
-    assert (module.__doc__ or '').strip(), f'{name} needs a docstring: its first line is the --helpfull entry'
-    config = module.get_config()
-    train.validate_config(config)  # the full-size config is valid as shipped
-    with mock_tfds():
-        dataset = data.load_dataset(config.data, 'train')
-        config = tiny(config, dataset.example_shape)
-        batch = {'x': dataset.get_batch(0, config.seed, 4)['x']}
-    model = module.build(config, tuple(dataset.example_shape))
+  module = importlib.import_module(f"experiments.{name}")
+  assert (module.__doc__ or "").strip(), (
+    f"{name} needs a docstring: its first line is the --helpfull entry"
+  )
+  config = module.get_config()
+  train.validate_config(config)  # the full-size config is valid as shipped
+  with mock_tfds():
+    dataset = data.load_dataset(config.data, "train")
+    config = tiny(config, dataset.example_shape)
+    batch = {"x": dataset.get_batch(0, config.seed, 4)["x"]}
+  model = module.build(config, tuple(dataset.example_shape))
 
-    tx = train.make_optimizer(config.optim, config.train.num_steps)
-    state = jax.jit(functools.partial(train.init_state, model, tx))(jax.random.key(0))
-    step = jax.jit(train.make_train_step(model, tx, config.train.ema_decay, config.train.ema_warmup))
-    params0 = jax.device_get(state.params)
-    key = jax.random.key(1)
-    losses = []
-    for _ in range(2):
-        state, metrics = step(state, batch, key)
-        losses.append(float(metrics['loss']))
-    assert int(state.step) == 2
-    assert all(math.isfinite(l) for l in losses), losses
-    assert math.isfinite(float(metrics['grad_norm']))
-    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), params0,
-                                           jax.device_get(state.params)))
-    assert any(changed), 'two training steps left every parameter unchanged'
+  tx = train.make_optimizer(config.optim, config.train.num_steps)
+  state = jax.jit(functools.partial(train.init_state, model, tx))(jax.random.key(0))
+  step = jax.jit(train.make_train_step(model, tx, config.train.ema_decay, config.train.ema_warmup))
+  params0 = jax.device_get(state.params)
+  key = jax.random.key(1)
+  losses = []
+  for _ in range(2):
+    state, metrics = step(state, batch, key)
+    losses.append(float(metrics["loss"]))
+  assert int(state.step) == 2
+  assert all(math.isfinite(l) for l in losses), losses
+  assert math.isfinite(float(metrics["grad_norm"]))
+  changed = jax.tree.leaves(
+    jax.tree.map(lambda a, b: not np.array_equal(a, b), params0, jax.device_get(state.params))
+  )
+  assert any(changed), "two training steps left every parameter unchanged"
 
-    out = jax.jit(model.evaluate)(state.ema_params, batch, jax.random.key(2))
-    assert out, 'evaluate returned no metrics'
-    for k, v in out.items():
-        assert v.shape == (4,), (k, v.shape)
-        assert np.all(np.isfinite(np.asarray(v))), (k, v)
-    if len(dataset.example_shape) == 3:
-        assert 'bits_per_dim' in out or 'nll_iwae' in out
+  out = jax.jit(model.evaluate)(state.ema_params, batch, jax.random.key(2))
+  assert out, "evaluate returned no metrics"
+  for k, v in out.items():
+    assert v.shape == (4,), (k, v.shape)
+    assert np.all(np.isfinite(np.asarray(v))), (k, v)
+  if len(dataset.example_shape) == 3:
+    assert "bits_per_dim" in out or "nll_iwae" in out
 
 
 def test_ddpm_cifar_has_the_papers_35_7m_parameters():
-    from experiments import ddpm_cifar
-    config = ddpm_cifar.get_config()
-    model = ddpm_cifar.build(config, (32, 32, 3))
-    shapes = jax.eval_shape(model.init, jax.random.key(0))  # no allocation
-    assert sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)) == 35_746_307
+  from experiments import ddpm_cifar
+
+  config = ddpm_cifar.get_config()
+  model = ddpm_cifar.build(config, (32, 32, 3))
+  shapes = jax.eval_shape(model.init, jax.random.key(0))  # no allocation
+  assert sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)) == 35_746_307
 
 
 def test_tfds_experiment_trains_through_train_loop_with_mock_data(tmp_path):
-    from experiments import vae_mnist
-    config = vae_mnist.get_config()
-    workdir = str(tmp_path / 'wd')
-    with mock_tfds():
-        tiny(config, (28, 28, 1))
-        dataset = data.load_dataset(config.data, 'train')
-        assert dataset.example_shape == (28, 28, 1) and dataset.num_examples == 16
-        state = train.train(config, workdir, vae_mnist.build)
-    assert int(state.step) == 2
-    assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2'))
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        records = [json.loads(line) for line in f]
-    assert [r['step'] for r in records] == [1, 2]
-    assert all(math.isfinite(r['loss']) for r in records)
-    assert os.path.isfile(os.path.join(workdir, 'samples', 'step_0000002.png'))
+  from experiments import vae_mnist
+
+  config = vae_mnist.get_config()
+  workdir = str(tmp_path / "wd")
+  with mock_tfds():
+    tiny(config, (28, 28, 1))
+    dataset = data.load_dataset(config.data, "train")
+    assert dataset.example_shape == (28, 28, 1) and dataset.num_examples == 16
+    state = train.train(config, workdir, vae_mnist.build)
+  assert int(state.step) == 2
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [1, 2]
+  assert all(math.isfinite(r["loss"]) for r in records)
+  assert os.path.isfile(os.path.join(workdir, "samples", "step_0000002.png"))

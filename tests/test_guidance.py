@@ -64,6 +64,7 @@ def test_label_dropout_replaces_labels_by_the_null_class():
 
   class Spy:
     """Records the labels the network is called with."""
+
     def __getattr__(self, name):
       return getattr(model.net, name)
 
@@ -92,13 +93,32 @@ def test_conditional_training_and_sampling_end_to_end(tmp_path):
 
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
   env.update(JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-  overrides = ["--config.model.ch=8", "--config.model.ch_mult=(1,)", "--config.model.num_res_blocks=1",
-               "--config.model.num_groups=4", "--config.model.attn_resolutions=(8,)",
-               "--config.model.num_classes=10", "--config.diffusion.num_timesteps=20"]
+  overrides = [
+    "--config.model.ch=8",
+    "--config.model.ch_mult=(1,)",
+    "--config.model.num_res_blocks=1",
+    "--config.model.num_groups=4",
+    "--config.model.attn_resolutions=(8,)",
+    "--config.model.num_classes=10",
+    "--config.diffusion.num_timesteps=20",
+  ]
   result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "run.py"), "--experiment=ddpm_digits", f"--workdir={workdir}",
-       "--mode=sample", "--num_samples=20", "--guidance_scale=2", *overrides],
-      cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      os.path.join(REPO, "run.py"),
+      "--experiment=ddpm_digits",
+      f"--workdir={workdir}",
+      "--mode=sample",
+      "--num_samples=20",
+      "--guidance_scale=2",
+      *overrides,
+    ],
+    cwd=str(tmp_path),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   with np.load(os.path.join(workdir, "samples.npz")) as f:
     assert f["images"].shape == (20, 8, 8, 1)

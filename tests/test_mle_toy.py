@@ -42,16 +42,22 @@ def integral(values):
 def as_numpy(theta):
   """{weights, means, stds} in float64 from the experiment's {logits, means, logvars}."""
   theta = {k: np.asarray(v, np.float64) for k, v in theta.items()}
-  return dict(weights=special.softmax(theta["logits"]), means=theta["means"],
-              stds=np.exp(0.5 * theta["logvars"]))
+  return dict(
+    weights=special.softmax(theta["logits"]),
+    means=theta["means"],
+    stds=np.exp(0.5 * theta["logvars"]),
+  )
 
 
 def quadrature(p, q):
   """(H(p), KL(p || q), E_p[-log q]) in float64."""
   log_p, log_q = log_mixture(GRID, **p), log_mixture(GRID, **q)
   density = np.exp(log_p)
-  return (integral(-density * log_p), integral(density * (log_p - log_q)),
-          integral(-density * log_q))
+  return (
+    integral(-density * log_p),
+    integral(density * (log_p - log_q)),
+    integral(-density * log_q),
+  )
 
 
 def theta_of(weights, means, stds):
@@ -66,8 +72,13 @@ def random_thetas(rng):
   for _ in range(2):  # Gaussians
     thetas.append(theta_of([1.0], rng.normal(size=1) * 2, np.exp(rng.uniform(-0.7, 0.7, 1))))
   for _ in range(2):  # 3-component mixtures
-    thetas.append(theta_of(special.softmax(rng.normal(size=3)), rng.normal(size=3) * 2,
-                           np.exp(rng.uniform(-0.7, 0.7, 3))))
+    thetas.append(
+      theta_of(
+        special.softmax(rng.normal(size=3)),
+        rng.normal(size=3) * 2,
+        np.exp(rng.uniform(-0.7, 0.7, 3)),
+      )
+    )
   return thetas
 
 
@@ -96,11 +107,14 @@ def test_cross_entropy_is_kl_plus_entropy_for_every_theta(samples_of_p):
   entropy_ref = quadrature(P, P)[0]
   nll = jax.jit(mle_toy.negative_log_likelihood)
   kl = jax.jit(lambda theta, x: mle_toy.forward_kl(theta, TARGET, x))
-  grad_nll, grad_kl = jax.jit(jax.grad(mle_toy.negative_log_likelihood)), jax.jit(jax.grad(
-      lambda theta, x: mle_toy.forward_kl(theta, TARGET, x)))
+  grad_nll, grad_kl = (
+    jax.jit(jax.grad(mle_toy.negative_log_likelihood)),
+    jax.jit(jax.grad(lambda theta, x: mle_toy.forward_kl(theta, TARGET, x))),
+  )
   # per-sample gradients of -log q(x), for the Monte Carlo standard error
-  per_sample_grads = jax.jit(jax.vmap(jax.grad(lambda theta, xi: -mle_toy.log_density(theta, xi)),
-                                      in_axes=(None, 0)))
+  per_sample_grads = jax.jit(
+    jax.vmap(jax.grad(lambda theta, xi: -mle_toy.log_density(theta, xi)), in_axes=(None, 0))
+  )
   log_p = log_mixture(samples_of_p, **P)
   for theta in random_thetas(np.random.default_rng(1)):
     q = as_numpy(theta)
@@ -118,8 +132,9 @@ def test_cross_entropy_is_kl_plus_entropy_for_every_theta(samples_of_p):
 
     g_kl, g_nll = grad_kl(theta, x), grad_nll(theta, x)
     for name in theta:
-      np.testing.assert_allclose(np.asarray(g_kl[name]), np.asarray(g_nll[name]), rtol=1e-4,
-                                 atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(
+        np.asarray(g_kl[name]), np.asarray(g_nll[name]), rtol=1e-4, atol=1e-6, err_msg=name
+      )
     # ... and both are the gradient of the exact E_p[-log q]: central differences
     # of the float64 quadrature, within the Monte Carlo error of the estimate
     per_sample = per_sample_grads(theta, x)
@@ -132,7 +147,13 @@ def test_cross_entropy_is_kl_plus_entropy_for_every_theta(samples_of_p):
         ce_plus, ce_minus = (quadrature(P, as_numpy(s))[2] for s in shifted)
         g_ref = (ce_plus - ce_minus) / (2 * h)
         se = float(np.std(np.asarray(per_sample[name][:, i]))) / math.sqrt(n)
-        assert abs(float(g_nll[name][i]) - g_ref) < 5 * se + 1e-4, (name, i, g_nll[name][i], g_ref, se)
+        assert abs(float(g_nll[name][i]) - g_ref) < 5 * se + 1e-4, (
+          name,
+          i,
+          g_nll[name][i],
+          g_ref,
+          se,
+        )
 
 
 def test_gaussian_gradient_closed_form(samples_of_p):
@@ -178,8 +199,9 @@ def test_reverse_kl_seeks_a_mode_forward_kl_covers_both():
   k = rng.choice(2, size=n, p=P["weights"])
   data = jnp.asarray(P["means"][k] + P["stds"][k] * rng.standard_normal(n), jnp.float32)
   steps, lr = 500, 0.05
-  forward = mle_toy.fit(_forward_loss(data), theta_of([1.0], [0.0], [1.0]), jax.random.key(0),
-                        steps, lr)
+  forward = mle_toy.fit(
+    _forward_loss(data), theta_of([1.0], [0.0], [1.0]), jax.random.key(0), steps, lr
+  )
   f = as_numpy(jax.tree.map(lambda h: h[-1], forward))
   # mode covering: one broad Gaussian over both modes, at p's moments
   assert all(abs(mu - f["means"][0]) < 1.5 * f["stds"][0] for mu in P["means"])
@@ -193,16 +215,18 @@ def test_reverse_kl_seeks_a_mode_forward_kl_covers_both():
   # component: KL(q || p) ~ KL(N_k || w_k N_k) = -log w_k.
   reverse_loss = lambda theta, key: mle_toy.reverse_kl(theta, TARGET, key, 256)
   for init, mode in [(0.0, 1), (-1.5, 0)]:
-    history = mle_toy.fit(reverse_loss, theta_of([1.0], [init], [1.0]), jax.random.key(1),
-                          steps, lr)
+    history = mle_toy.fit(
+      reverse_loss, theta_of([1.0], [init], [1.0]), jax.random.key(1), steps, lr
+    )
     r = as_numpy(jax.tree.map(lambda h: h[-1], history))
     assert abs(r["means"][0] - P["means"][mode]) < 0.1, (init, r)
     assert abs(r["stds"][0] - P["stds"][mode]) < 0.1, (init, r)
     other = P["means"][1 - mode]
     assert abs(other - r["means"][0]) > 4 * r["stds"][0]  # the other mode is left out
     _, kl_qp, _ = quadrature(r, P)
-    component = dict(weights=np.array([1.0]), means=P["means"][mode:mode + 1],
-                     stds=P["stds"][mode:mode + 1])
+    component = dict(
+      weights=np.array([1.0]), means=P["means"][mode : mode + 1], stds=P["stds"][mode : mode + 1]
+    )
     kl_component = quadrature(component, P)[1]
     # p >= w_k N_k, so KL(N_k || p) <= -log w_k, nearly equal for separated modes
     assert -math.log(P["weights"][mode]) - 5e-3 < kl_component <= -math.log(P["weights"][mode])
@@ -229,12 +253,23 @@ def test_forward_mixture_recovers_the_target():
   assert quadrature(P, m)[1] < 0.01
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("target.stds", (0.5, -0.8), "--config.target.weights and --config.target.stds must be positive"),
-    ("target.means", (0.0,), "--config.target.weights, .means and .stds must be tuples of one length"),
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
+    (
+      "target.stds",
+      (0.5, -0.8),
+      "--config.target.weights and --config.target.stds must be positive",
+    ),
+    (
+      "target.means",
+      (0.0,),
+      "--config.target.weights, .means and .stds must be tuples of one length",
+    ),
     ("num_steps", 0, "--config.num_steps must be a positive integer"),
     ("learning_rate", 0.0, "--config.learning_rate must be > 0"),
-])
+  ],
+)
 def test_bad_config_raises(tmp_path, field, value, match):
   config = mle_toy.get_config()
   section, _, key = field.rpartition(".")
@@ -252,13 +287,23 @@ def _run(cwd, *args):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
   # Tiny fits: compilation is the cost, so skip XLA's optimisation passes.
   env.update(JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONUNBUFFERED="1")
-  return subprocess.run([sys.executable, os.path.join(REPO, "run.py"), "--experiment=mle_toy", *args],
-                        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, os.path.join(REPO, "run.py"), "--experiment=mle_toy", *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_run_py_end_to_end(tmp_path):
-  tiny = ["--config.num_steps=40", "--config.log_every=20", "--config.num_eval_samples=4000",
-          "--config.num_train_samples=500"]
+  tiny = [
+    "--config.num_steps=40",
+    "--config.log_every=20",
+    "--config.num_eval_samples=4000",
+    "--config.num_train_samples=500",
+  ]
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     ok = pool.submit(_run, str(tmp_path), "--workdir=wd", *tiny)
     bad_mode = pool.submit(_run, str(tmp_path), "--mode=sample", "--workdir=wd2")
@@ -277,8 +322,9 @@ def test_run_py_end_to_end(tmp_path):
   for r in records:
     for fit in mle_toy.FITS:
       # the logged curves differ by the constant H(p) (estimated on the same samples)
-      np.testing.assert_allclose(r[f"{fit}/cross_entropy"] - r[f"{fit}/kl_p_q"], r["target/entropy"],
-                                 atol=1e-4)
+      np.testing.assert_allclose(
+        r[f"{fit}/cross_entropy"] - r[f"{fit}/kl_p_q"], r["target/entropy"], atol=1e-4
+      )
       assert r[f"{fit}/kl_p_q"] >= -0.01 and r[f"{fit}/kl_q_p"] >= -0.01
   last = results["fits"]
   assert records[-1]["forward_gaussian/kl_p_q"] == pytest.approx(last["forward_gaussian"]["kl_p_q"])

@@ -8,9 +8,9 @@ import pytest
 
 from gen_jax import diffusion, nets
 
-MODEL = ml_collections.ConfigDict(dict(
-    ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,),
-    dropout=0.1, num_groups=4))
+MODEL = ml_collections.ConfigDict(
+  dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1, num_groups=4)
+)
 SCHEDULE = diffusion.make_schedule(diffusion.linear_betas(1000))
 
 
@@ -25,14 +25,16 @@ def setup(compute_dtype="float32", remat=False):
   # parameters so every layer matters.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(2), len(leaves))
-  params = jax.tree.unflatten(tree, [
-      p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+  params = jax.tree.unflatten(
+    tree, [p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+  )
   return net, params, x0
 
 
 def loss_fn(net, params, x0, train=True):
-  eps_fn = lambda x_t, t: net.apply(params, x_t, t, train=train,
-                                    rngs={"dropout": jax.random.key(3)})
+  eps_fn = lambda x_t, t: net.apply(
+    params, x_t, t, train=train, rngs={"dropout": jax.random.key(3)}
+  )
   return diffusion.simple_loss(jax.random.key(4), eps_fn, SCHEDULE, x0).mean()
 
 
@@ -51,8 +53,9 @@ def test_bfloat16_loss_and_grads_match_float32():
   # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2%); a few
   # layers of it compound to about 1% on the loss.
   np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
-  flat32, flat16 = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(g)])
-                    for g in (grads32, grads16))
+  flat32, flat16 = (
+    jnp.concatenate([g.ravel() for g in jax.tree.leaves(g)]) for g in (grads32, grads16)
+  )
   cosine = jnp.dot(flat32, flat16) / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16))
   assert cosine > 0.99
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))

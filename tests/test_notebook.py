@@ -11,10 +11,20 @@ NOTEBOOK = os.path.join(REPO, "notebooks", "colab_tpu.ipynb")
 
 
 def test_colab_notebook_executes(tmp_path, monkeypatch):
-  overrides = {"model.ch": 8, "model.ch_mult": [1, 2], "model.num_res_blocks": 1,
-               "model.num_groups": 4, "diffusion.num_timesteps": 20, "data.batch_size": 8,
-               "train.num_sample_images": 4, "sample.num_steps": 2, "eval.batch_size": 16,
-               "eval.num_examples": 16, "eval.num_samples": 16, "eval.classifier_steps": 20}
+  overrides = {
+    "model.ch": 8,
+    "model.ch_mult": [1, 2],
+    "model.num_res_blocks": 1,
+    "model.num_groups": 4,
+    "diffusion.num_timesteps": 20,
+    "data.batch_size": 8,
+    "train.num_sample_images": 4,
+    "sample.num_steps": 2,
+    "eval.batch_size": 16,
+    "eval.num_examples": 16,
+    "eval.num_samples": 16,
+    "eval.classifier_steps": 20,
+  }
   workdir = tmp_path / "run"
   monkeypatch.setenv("NOTEBOOK_EXPERIMENT", "ddpm_digits")
   monkeypatch.setenv("NOTEBOOK_WORKDIR", str(workdir))
@@ -24,13 +34,16 @@ def test_colab_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   notebook = nbformat.read(NOTEBOOK, as_version=4)
-  NotebookClient(notebook, timeout=300, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  NotebookClient(
+    notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  ).execute()
 
-  outputs = [o for cell in notebook.cells if cell.cell_type == "code"
-             for o in cell.get("outputs", [])]
-  assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-             for o in outputs), "the sample grid is shown inline"
+  outputs = [
+    o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+  ]
+  assert any(
+    o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs
+  ), "the sample grid is shown inline"
   with open(workdir / "eval.json") as f:
     results = json.load(f)
   assert results["likelihood"]["num_examples"] == 16 and results["likelihood"]["bits_per_dim"] > 0

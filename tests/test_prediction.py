@@ -29,8 +29,6 @@ def sched():
   return diffusion.make_schedule(diffusion.linear_betas(1000))
 
 
-
-
 def _inputs(batch=8, dims=(3,), seed=0):
   rng = np.random.default_rng(seed)
   x0 = rng.uniform(-1, 1, (batch,) + dims)
@@ -45,33 +43,40 @@ def _inputs(batch=8, dims=(3,), seed=0):
 # Conversions
 # ----------------------------------------------------------------------------
 
+
 def test_conversions_match_definitions(x64):
   sched = diffusion.make_schedule(diffusion.linear_betas(1000))
   x0, eps, t, a, s = _inputs(dims=(2, 3))
   x_t = a * x0 + s * eps
   v = a * eps - s * x0
   got = {
-      "v_target": diffusion.v_target(sched, x0, t, eps),
-      "predict_eps_from_v": diffusion.predict_eps_from_v(sched, x_t, t, v),
-      "predict_v_from_eps": diffusion.predict_v_from_eps(sched, x_t, t, eps),
-      "predict_x0_from_eps": diffusion.predict_x0_from_eps(sched, x_t, t, eps),
-      "predict_eps_from_x0": diffusion.predict_eps_from_x0(sched, x_t, t, x0),
-      "score_from_eps": diffusion.score_from_eps(sched, x_t, t, eps),
-      "predict_eps_from_score": diffusion.predict_eps_from_score(
-          sched, x_t, t, -eps / s),
+    "v_target": diffusion.v_target(sched, x0, t, eps),
+    "predict_eps_from_v": diffusion.predict_eps_from_v(sched, x_t, t, v),
+    "predict_v_from_eps": diffusion.predict_v_from_eps(sched, x_t, t, eps),
+    "predict_x0_from_eps": diffusion.predict_x0_from_eps(sched, x_t, t, eps),
+    "predict_eps_from_x0": diffusion.predict_eps_from_x0(sched, x_t, t, x0),
+    "score_from_eps": diffusion.score_from_eps(sched, x_t, t, eps),
+    "predict_eps_from_score": diffusion.predict_eps_from_score(sched, x_t, t, -eps / s),
   }
-  ref = {"v_target": v, "predict_eps_from_v": eps, "predict_v_from_eps": v,
-         "predict_x0_from_eps": x0, "predict_eps_from_x0": eps,
-         "score_from_eps": -eps / s, "predict_eps_from_score": eps}
+  ref = {
+    "v_target": v,
+    "predict_eps_from_v": eps,
+    "predict_v_from_eps": v,
+    "predict_x0_from_eps": x0,
+    "predict_eps_from_x0": eps,
+    "score_from_eps": -eps / s,
+    "predict_eps_from_score": eps,
+  }
   for name, value in got.items():
     assert value.shape == x0.shape, name
-    np.testing.assert_allclose(value, ref[name], rtol=1e-9, atol=1e-9,
-                               err_msg=name)
+    np.testing.assert_allclose(value, ref[name], rtol=1e-9, atol=1e-9, err_msg=name)
   for prediction, target in (("eps", eps), ("x0", x0), ("v", v)):
-    np.testing.assert_allclose(diffusion.prediction_from_eps(
-        sched, x_t, t, eps, prediction), target, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(diffusion.eps_from_prediction(
-        sched, x_t, t, target, prediction), eps, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+      diffusion.prediction_from_eps(sched, x_t, t, eps, prediction), target, rtol=1e-9, atol=1e-9
+    )
+    np.testing.assert_allclose(
+      diffusion.eps_from_prediction(sched, x_t, t, target, prediction), eps, rtol=1e-9, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -82,19 +87,21 @@ def test_round_trip_float32(sched, prediction):
   x0, eps, t, a, s = _inputs(batch=64, seed=1)
   x_t = jnp.asarray(a * x0 + s * eps, F32)
   eps32, t32 = jnp.asarray(eps, F32), jnp.asarray(t)
-  there = jax.jit(lambda *args: diffusion.prediction_from_eps(
-      sched, *args, prediction))(x_t, t32, eps32)
-  back = jax.jit(lambda *args: diffusion.eps_from_prediction(
-      sched, *args, prediction))(x_t, t32, there)
+  there = jax.jit(lambda *args: diffusion.prediction_from_eps(sched, *args, prediction))(
+    x_t, t32, eps32
+  )
+  back = jax.jit(lambda *args: diffusion.eps_from_prediction(sched, *args, prediction))(
+    x_t, t32, there
+  )
   cond = {"eps": 1.0, "x0": a / s, "v": 1 / a}[prediction] + 1.0
   tolerance = np.broadcast_to(4e-6 * cond, eps.shape)
   np.testing.assert_array_less(np.abs(back - eps32), tolerance)
   # One example at a time with a scalar t gives the batched values.
-  one = jax.jit(jax.vmap(lambda x, tt, e: diffusion.prediction_from_eps(
-      sched, x, tt, e, prediction)))(x_t, t32, eps32)
+  one = jax.jit(
+    jax.vmap(lambda x, tt, e: diffusion.prediction_from_eps(sched, x, tt, e, prediction))
+  )(x_t, t32, eps32)
   target_cond = {"eps": 1.0, "x0": 1 / a, "v": 1 / a}[prediction] + 1.0
-  np.testing.assert_array_less(np.abs(one - there),
-                               np.broadcast_to(4e-6 * target_cond, eps.shape))
+  np.testing.assert_array_less(np.abs(one - there), np.broadcast_to(4e-6 * target_cond, eps.shape))
 
 
 def test_score_is_gradient_of_log_density(sched):
@@ -104,8 +111,7 @@ def test_score_is_gradient_of_log_density(sched):
   x = rng.standard_normal((6, 2))
   t = np.array([0, 3, 50, 300, 700, 999])
   eps = oracles.gmm_eps_fn(sched, **GMM2)(jnp.asarray(x, F32), jnp.asarray(t))
-  score = np.asarray(diffusion.score_from_eps(sched, jnp.asarray(x, F32),
-                                              jnp.asarray(t), eps))
+  score = np.asarray(diffusion.score_from_eps(sched, jnp.asarray(x, F32), jnp.asarray(t), eps))
   for i, ti in enumerate(t):
     a = ABAR[ti]
     grad = oracles.gmm_noised_score_fd(x[i], a, **GMM2)
@@ -116,11 +122,13 @@ def test_bad_prediction_raises(sched):
   x = jnp.zeros((2, 3))
   t = jnp.array([1, 2])
   for call in (
-      lambda: diffusion.as_eps_fn(lambda x, t: x, sched, "score"),
-      lambda: diffusion.eps_from_prediction(sched, x, t, x, "noise"),
-      lambda: diffusion.prediction_from_eps(sched, x, t, x, "x_0"),
-      lambda: diffusion.simple_loss(jax.random.key(0), lambda x, t: x, sched,
-                                    x, prediction="velocity")):
+    lambda: diffusion.as_eps_fn(lambda x, t: x, sched, "score"),
+    lambda: diffusion.eps_from_prediction(sched, x, t, x, "noise"),
+    lambda: diffusion.prediction_from_eps(sched, x, t, x, "x_0"),
+    lambda: diffusion.simple_loss(
+      jax.random.key(0), lambda x, t: x, sched, x, prediction="velocity"
+    ),
+  ):
     with pytest.raises(ValueError, match="prediction must be one of"):
       call()
 
@@ -128,6 +136,7 @@ def test_bad_prediction_raises(sched):
 # ----------------------------------------------------------------------------
 # as_eps_fn on the oracle: the posterior means of x0 and v
 # ----------------------------------------------------------------------------
+
 
 def gmm_x0_fn(schedule, weights, means, stds):
   """E[x0 | x_t] of the mixture, derived per component (not from eps):
@@ -138,20 +147,21 @@ def gmm_x0_fn(schedule, weights, means, stds):
   log_w = jnp.log(jnp.asarray(weights, F32))
 
   def x0_fn(x_t, t):
-    a = schedule.alphas_cumprod[t][:, None]                        # (B, 1)
-    var = a * var0 + 1 - a                                         # (B, K)
-    diff = x_t[:, None, :] - jnp.sqrt(a)[:, :, None] * means       # (B, K, D)
-    logits = (log_w - 0.5 * x_t.shape[1] * jnp.log(var)
-              - 0.5 * jnp.sum(diff**2, -1) / var)
+    a = schedule.alphas_cumprod[t][:, None]  # (B, 1)
+    var = a * var0 + 1 - a  # (B, K)
+    diff = x_t[:, None, :] - jnp.sqrt(a)[:, :, None] * means  # (B, K, D)
+    logits = log_w - 0.5 * x_t.shape[1] * jnp.log(var) - 0.5 * jnp.sum(diff**2, -1) / var
     resp = jax.nn.softmax(logits, -1)
-    gain = jnp.sqrt(a) * var0 / var                                # (B, K)
+    gain = jnp.sqrt(a) * var0 / var  # (B, K)
     post = means + gain[:, :, None] * diff
     return jnp.sum(resp[:, :, None] * post, axis=1)
+
   return x0_fn
 
 
 def test_as_eps_fn_of_oracle_x0_and_v_predictors(sched):
   x0_fn = gmm_x0_fn(sched, **GMM2)
+
   # E[v | x_t] = (sqrt(a) x_t - E[x0 | x_t]) / sqrt(1 - a), since v =
   # sqrt(a) eps - sqrt(1 - a) x0 and eps = (x_t - sqrt(a) x0) / sqrt(1 - a).
   def v_fn(x_t, t):
@@ -175,6 +185,7 @@ def test_as_eps_fn_of_oracle_x0_and_v_predictors(sched):
 # Losses
 # ----------------------------------------------------------------------------
 
+
 def _np_loss(key, x0, prediction, pred_np):
   """float64 reference: t and noise drawn as documented (split(key): t, noise)."""
   t_key, noise_key = jax.random.split(key)
@@ -196,12 +207,13 @@ def test_simple_loss_each_target_vs_numpy(sched, prediction):
   # A t-dependent predictor that is wrong by a known amount.
   model_fn = lambda x, t: 0.7 * x + 1e-3 * t.reshape((-1,) + (1,) * (x.ndim - 1))
   pred_np = lambda x, t: 0.7 * x + 1e-3 * t.reshape((-1,) + (1,) * (x.ndim - 1))
-  got = jax.jit(lambda k, x: diffusion.simple_loss(
-      k, model_fn, sched, x, prediction=prediction))(key, x0)
+  got = jax.jit(lambda k, x: diffusion.simple_loss(k, model_fn, sched, x, prediction=prediction))(
+    key, x0
+  )
   ref, *_ = _np_loss(key, x0, prediction, pred_np)
   assert got.shape == (64,)
   np.testing.assert_allclose(got, ref, rtol=2e-5, atol=1e-6)
-  if prediction == "eps":   # the default is the old L_simple
+  if prediction == "eps":  # the default is the old L_simple
     default = jax.jit(lambda k, x: diffusion.simple_loss(k, model_fn, sched, x))
     np.testing.assert_allclose(default(key, x0), got, rtol=1e-6)
 
@@ -216,21 +228,22 @@ def test_loss_weighting_relations(sched):
   losses, t = {}, None
   for prediction in ("eps", "x0", "v"):
     model_fn = lambda x, tt, p=prediction: diffusion.prediction_from_eps(
-        sched, x, tt, eps_hat(x, tt), p)
+      sched, x, tt, eps_hat(x, tt), p
+    )
     losses[prediction] = np.asarray(
-        diffusion.simple_loss(key, model_fn, sched, x0, prediction), np.float64)
+      diffusion.simple_loss(key, model_fn, sched, x0, prediction), np.float64
+    )
   t = np.asarray(jax.random.randint(jax.random.split(key)[0], (256,), 0, 1000))
   snr = ABAR[t] / (1 - ABAR[t])
-  keep = t < 900   # x0 from eps is ill-conditioned where sqrt(ac) ~ 0.01
-  np.testing.assert_allclose(losses["x0"][keep], (losses["eps"] / snr)[keep],
-                             rtol=1e-3)
-  np.testing.assert_allclose(losses["v"][keep], (losses["eps"] / ABAR[t])[keep],
-                             rtol=1e-3)
+  keep = t < 900  # x0 from eps is ill-conditioned where sqrt(ac) ~ 0.01
+  np.testing.assert_allclose(losses["x0"][keep], (losses["eps"] / snr)[keep], rtol=1e-3)
+  np.testing.assert_allclose(losses["v"][keep], (losses["eps"] / ABAR[t])[keep], rtol=1e-3)
 
 
 # ----------------------------------------------------------------------------
 # Guidance
 # ----------------------------------------------------------------------------
+
 
 def test_guided_eps_fn_formula():
   rng = np.random.default_rng(8)
@@ -239,18 +252,19 @@ def test_guided_eps_fn_formula():
   cond = lambda x, t: jnp.sin(x) + 0.1 * t[:, None]
   uncond = lambda x, t: jnp.cos(x)
   for w in (0.0, 1.0, 3.5):
-    got = jax.jit(lambda x, t, w: diffusion.guided_eps_fn(cond, uncond, w)(x, t))(
-        x, t, w)
+    got = jax.jit(lambda x, t, w: diffusion.guided_eps_fn(cond, uncond, w)(x, t))(x, t, w)
     xn, tn = np.asarray(x, np.float64), np.arange(5)[:, None]
     ref = (1 + w) * (np.sin(xn) + 0.1 * tn) - w * np.cos(xn)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(diffusion.guided_eps_fn(cond, uncond, 0.0)(x, t),
-                             cond(x, t), rtol=1e-7)
+  np.testing.assert_allclose(
+    diffusion.guided_eps_fn(cond, uncond, 0.0)(x, t), cond(x, t), rtol=1e-7
+  )
 
 
 # ----------------------------------------------------------------------------
 # DiffusionModel.prediction
 # ----------------------------------------------------------------------------
+
 
 class Zeros(nn.Module):
   """A network that predicts 0 (plus a parameter so init has something)."""
@@ -269,8 +283,7 @@ def test_model_trains_and_samples_its_prediction():
   x = jnp.asarray(np.random.default_rng(9).uniform(-1, 1, (32, 3)), F32)
   # Predicting x0 = 0: the x0-loss is mean(x0^2) whatever t and the noise.
   loss, _ = model.loss(params, {"x": x}, jax.random.key(1))
-  np.testing.assert_allclose(loss, np.mean(np.asarray(x, np.float64) ** 2),
-                             rtol=1e-5)
+  np.testing.assert_allclose(loss, np.mean(np.asarray(x, np.float64) ** 2), rtol=1e-5)
   # Its eps_fn is the x0 = 0 predictor converted: eps = x_t / sqrt(1 - ac).
   t = jnp.array([0, 10, 49] * 10 + [5, 6])
   eps = model.eps_fn(params)(x, t)
@@ -280,8 +293,7 @@ def test_model_trains_and_samples_its_prediction():
   out = model.sample(params, jax.random.key(2), 4, sampler="dpm++2m", num_steps=5)
   np.testing.assert_allclose(out, 0.0, atol=1e-5)
   evaluated = model.evaluate(params, {"x": x}, jax.random.key(3))
-  np.testing.assert_allclose(evaluated["loss"], np.mean(np.asarray(x) ** 2, 1),
-                             rtol=1e-5)
+  np.testing.assert_allclose(evaluated["loss"], np.mean(np.asarray(x) ** 2, 1), rtol=1e-5)
 
 
 def test_config_prediction_checked():

@@ -23,8 +23,12 @@ from scipy import special
 
 from gen_jax import diffusion, distributions, vae
 
-SETTINGS = hypothesis.settings(max_examples=15, deadline=None, derandomize=True,
-                               suppress_health_check=[hypothesis.HealthCheck.too_slow])
+SETTINGS = hypothesis.settings(
+  max_examples=15,
+  deadline=None,
+  derandomize=True,
+  suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
 DTYPES = ["float32", "float64"]
 LOG_2PI = math.log(2 * math.pi)
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=3)
@@ -65,8 +69,10 @@ def check_close(actual, expected, tolerance, dtype):
   assert actual.shape == np.shape(expected)
   assert np.all(np.isfinite(actual)), actual
   # + the smallest normal number: XLA on CPU flushes subnormal results to 0.
-  np.testing.assert_array_less(np.abs(actual.astype(np.float64) - expected),
-                               np.broadcast_to(tolerance + np.finfo(dtype).tiny, actual.shape))
+  np.testing.assert_array_less(
+    np.abs(actual.astype(np.float64) - expected),
+    np.broadcast_to(tolerance + np.finfo(dtype).tiny, actual.shape),
+  )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,8 +122,11 @@ def test_bernoulli_log_prob_value_and_gradient_at_huge_logits(dtype, data, shape
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@hypothesis.given(data=st.data(), batch=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3),
-                  classes=st.integers(2, 6))
+@hypothesis.given(
+  data=st.data(),
+  batch=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3),
+  classes=st.integers(2, 6),
+)
 def test_categorical_log_prob_is_normalised_at_huge_logits(dtype, data, batch, classes):
   logits = data.draw(arrays(batch + (classes,), -1e4, 1e4))
   labels = data.draw(hnp.arrays(np.int32, batch, elements=st.integers(0, classes - 1)))
@@ -126,15 +135,20 @@ def test_categorical_log_prob_is_normalised_at_huge_logits(dtype, data, batch, c
     expected = l64 - special.logsumexp(l64, axis=-1, keepdims=True)  # (..., K)
     # log_softmax subtracts numbers as big as the largest logit.
     scale = 8 * eps * (1 + np.abs(l64).max(axis=-1, keepdims=True))
-    every_label = np.stack([np.asarray(categorical_log_prob(np.full(batch, k), logits))
-                            for k in range(classes)], axis=-1)
+    every_label = np.stack(
+      [np.asarray(categorical_log_prob(np.full(batch, k), logits)) for k in range(classes)], axis=-1
+    )
     check_close(every_label, expected, scale, dt)
     assert np.all(every_label <= 0)
     total = special.logsumexp(every_label.astype(np.float64), axis=-1)
     np.testing.assert_array_less(np.abs(total), scale[..., 0] * classes)
     one_hot = np.eye(classes, dtype=dt)[labels]
-    check_close(categorical_log_prob(one_hot, logits),
-                np.asarray(categorical_log_prob(labels, logits), np.float64), scale[..., 0], dt)
+    check_close(
+      categorical_log_prob(one_hot, logits),
+      np.asarray(categorical_log_prob(labels, logits), np.float64),
+      scale[..., 0],
+      dt,
+    )
 
 
 def test_categorical_log_prob_refuses_labels_of_another_batch_shape():
@@ -183,8 +197,12 @@ def test_normal_kl_nonnegative_and_accurate_for_tiny_and_huge_variances(dtype, d
     check_close(kl, expected, _kl_tolerance(eps, d, sq, lv2_), dt)
     assert np.all(np.asarray(kl) >= 0)
     standard = standard_normal_kl(m1, lv1)
-    check_close(standard, 0.5 * (m1_**2 + exp_minus_one_minus(lv1_)),
-                _kl_tolerance(eps, lv1_, m1_**2, 0.0), dt)
+    check_close(
+      standard,
+      0.5 * (m1_**2 + exp_minus_one_minus(lv1_)),
+      _kl_tolerance(eps, lv1_, m1_**2, 0.0),
+      dt,
+    )
     assert np.all(np.asarray(standard) >= 0)
 
 
@@ -221,8 +239,9 @@ def vae_bounds(x, mean, logvar):
   """vae.elbo and vae.iwae_bound (K = 4, chunks of 2) of an encoder returning (mean, logvar)."""
   encode = lambda _: (mean, logvar)
   terms = vae.elbo(jax.random.key(0), x, encode, gaussian_log_likelihood)
-  iwae = vae.iwae_bound(jax.random.key(1), x, encode, gaussian_log_likelihood, num_samples=4,
-                        chunk_size=2)
+  iwae = vae.iwae_bound(
+    jax.random.key(1), x, encode, gaussian_log_likelihood, num_samples=4, chunk_size=2
+  )
   return terms, iwae
 
 
@@ -261,8 +280,9 @@ def test_vae_refuses_mismatched_shapes(jit):
     for encode in (one_variance, no_latent_axis):
       with pytest.raises(ValueError, match=r"encode\(x\) returned mean of shape .* logvar of"):
         run(encode, gaussian_log_likelihood)
-    with pytest.raises(ValueError,
-                       match=r"log_likelihood\(x, z\) returned shape \(4, 4\).*shape \(4,\)"):
+    with pytest.raises(
+      ValueError, match=r"log_likelihood\(x, z\) returned shape \(4, 4\).*shape \(4,\)"
+    ):
       run(good, not_summed)
   with pytest.raises(ValueError, match=r"logvar of shape \(2, 3\) does not fit mean of shape \(3,"):
     vae.reparameterize(key, jnp.zeros(3), jnp.zeros((2, 3)))
@@ -289,8 +309,9 @@ def check_schedule(schedule, betas, dt):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@hypothesis.given(num_timesteps=st.integers(1, 2000), beta_start=floats(1e-8, 0.5),
-                  spread=floats(0, 1))
+@hypothesis.given(
+  num_timesteps=st.integers(1, 2000), beta_start=floats(1e-8, 0.5), spread=floats(0, 1)
+)
 def test_schedules_are_finite_and_ordered(dtype, num_timesteps, beta_start, spread):
   beta_end = beta_start + spread * (0.999 - beta_start)
   with precision(dtype) as (dt, _):
@@ -303,8 +324,11 @@ def test_schedules_are_finite_and_ordered(dtype, num_timesteps, beta_start, spre
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@hypothesis.given(data=st.data(), batch=st.integers(1, 3),
-                  example=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3))
+@hypothesis.given(
+  data=st.data(),
+  batch=st.integers(1, 3),
+  example=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3),
+)
 def test_q_sample_and_q_posterior_match_float64(dtype, data, batch, example):
   num_timesteps = 50
   t = data.draw(hnp.arrays(np.int32, (batch,), elements=st.integers(0, num_timesteps - 1)))
@@ -325,14 +349,20 @@ def test_q_sample_and_q_posterior_match_float64(dtype, data, batch, example):
     mean, variance, log_variance = diffusion.q_posterior(schedule, x0, x_t, t)
     coef1 = expand(betas * np.sqrt(ac_prev) / (1 - ac))
     coef2 = expand((1 - ac_prev) * np.sqrt(1 - betas) / (1 - ac))
-    check_close(mean, coef1 * x0_64 + coef2 * x_t64,
-                16 * eps * (coef1 * np.abs(x0_64) + coef2 * np.abs(x_t64)), dt)
+    check_close(
+      mean,
+      coef1 * x0_64 + coef2 * x_t64,
+      16 * eps * (coef1 * np.abs(x0_64) + coef2 * np.abs(x_t64)),
+      dt,
+    )
     posterior_variance = betas * (1 - ac_prev) / (1 - ac)
     np.testing.assert_allclose(
-        variance, np.broadcast_to(expand(posterior_variance), x_t.shape), rtol=4 * eps)
+      variance, np.broadcast_to(expand(posterior_variance), x_t.shape), rtol=4 * eps
+    )
     clipped = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
     np.testing.assert_allclose(
-        log_variance, np.broadcast_to(expand(clipped), x_t.shape), rtol=4 * eps)
+      log_variance, np.broadcast_to(expand(clipped), x_t.shape), rtol=4 * eps
+    )
 
 
 def test_q_sample_refuses_a_time_batch_of_another_size():

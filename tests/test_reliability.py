@@ -36,10 +36,17 @@ from gen_jax import checkpoint, data, sharding, summary, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_PY = os.path.join(REPO, "run.py")
 NUM_STEPS = 30
-TOY2D = ["--experiment=ddpm_toy2d", "--config.model.width=16", "--config.model.num_blocks=1",
-         "--config.diffusion.num_timesteps=20", "--config.data.batch_size=8",
-         "--config.train.num_sample_images=4", "--config.train.sample_every=1000000",
-         "--config.train.log_every=1", f"--config.train.num_steps={NUM_STEPS}"]
+TOY2D = [
+  "--experiment=ddpm_toy2d",
+  "--config.model.width=16",
+  "--config.model.num_blocks=1",
+  "--config.diffusion.num_timesteps=20",
+  "--config.data.batch_size=8",
+  "--config.train.num_sample_images=4",
+  "--config.train.sample_every=1000000",
+  "--config.train.log_every=1",
+  f"--config.train.num_steps={NUM_STEPS}",
+]
 TIMEOUT = 120  # seconds, for any one subprocess
 
 
@@ -47,11 +54,14 @@ TIMEOUT = 120  # seconds, for any one subprocess
 def env(tmp_path_factory):
   out = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "TFDS_"))}
   out.update(
-      JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-      # The runs share compiled programs, so a restarted run is training within a few seconds.
-      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    JAX_PLATFORMS="cpu",
+    PYTHONUNBUFFERED="1",
+    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+    # The runs share compiled programs, so a restarted run is training within a few seconds.
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+  )
   return out
 
 
@@ -59,8 +69,14 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def run(env, cwd, *args, check=True):
-  result = subprocess.run([sys.executable, RUN_PY, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+  result = subprocess.run(
+    [sys.executable, RUN_PY, *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+  )
   if check:
     assert result.returncode == 0, f"run.py failed:\n{result.stdout}\n{result.stderr}"
   return result
@@ -69,10 +85,13 @@ def run(env, cwd, *args, check=True):
 @contextlib.contextmanager
 def launched(env, cwd, *args):
   """run.py in the background (output to files, so no pipe fills up); killed if still running."""
-  with open(os.path.join(cwd, "out.txt"), "w") as out, \
-       open(os.path.join(cwd, "err.txt"), "w") as err:
-    proc = subprocess.Popen([sys.executable, RUN_PY, *args], cwd=cwd, env=env, stdout=out,
-                            stderr=err)
+  with (
+    open(os.path.join(cwd, "out.txt"), "w") as out,
+    open(os.path.join(cwd, "err.txt"), "w") as err,
+  ):
+    proc = subprocess.Popen(
+      [sys.executable, RUN_PY, *args], cwd=cwd, env=env, stdout=out, stderr=err
+    )
     try:
       yield proc
     finally:
@@ -132,8 +151,9 @@ def final_state(workdir):
   tx = train.make_optimizer(config.optim, NUM_STEPS)
   replicated = sharding.replicated(sharding.make_mesh())
   shapes = jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0))
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                          shapes)
+  abstract = jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+  )
   mngr = checkpoint.manager(str(workdir), create=False)
   try:
     return checkpoint.restore(mngr, abstract)
@@ -164,19 +184,25 @@ def reference(env, tmp_path_factory):
   cwd = tmp_path_factory.mktemp("reference")
   workdir = cwd / "wd"
   run(env, cwd, *TOY2D, "--config.train.checkpoint_every=1000", f"--workdir={workdir}")
-  return dict(state=final_state(workdir),
-              losses=[(r["loss"], r["grad_norm"]) for r in logged(workdir)])
+  return dict(
+    state=final_state(workdir), losses=[(r["loss"], r["grad_norm"]) for r in logged(workdir)]
+  )
 
 
 # --------------------------------------------------------------------------------------------------
 # SIGKILL, SIGTERM, NaN, mismatch: end to end
 
 
-def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(env, tmp_path,
-                                                                              reference):
+def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(
+  env, tmp_path, reference
+):
   workdir = tmp_path / "wd"
-  args = [*TOY2D, "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2",
-          f"--workdir={workdir}"]
+  args = [
+    *TOY2D,
+    "--config.train.checkpoint_every=1",
+    "--config.train.keep_checkpoints=2",
+    f"--workdir={workdir}",
+  ]
   rng = np.random.default_rng(7)
   faults = []
   outputs = []
@@ -198,8 +224,15 @@ def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(en
         proc.wait(timeout=TIMEOUT)
         done = max([r["step"] for r in logged(workdir)] + [0])
         newest = (saved_steps(workdir) or [0])[-1]
-        faults.append(dict(plan=plan, steps_done=done, newest_checkpoint=newest, lost=done - newest,
-                           unfinished_save_left=unfinished_saves(workdir)))
+        faults.append(
+          dict(
+            plan=plan,
+            steps_done=done,
+            newest_checkpoint=newest,
+            lost=done - newest,
+            unfinished_save_left=unfinished_saves(workdir),
+          )
+        )
         # Logging comes before the save of a step: a kill loses at most that one step.
         assert done - newest <= 1, faults
     outputs.append(read(tmp_path, "out.txt"))
@@ -208,15 +241,17 @@ def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(en
   print("\nSIGKILL faults:", *faults, sep="\n  ")
 
   assert len(faults) >= 3 and any(f["unfinished_save_left"] for f in faults), faults
-  assert any("a save interrupted before it finished; deleting it" in out
-             for out in outputs), outputs
+  assert any("a save interrupted before it finished; deleting it" in out for out in outputs), (
+    outputs
+  )
   assert not unfinished_saves(workdir) and saved_steps(workdir) == [NUM_STEPS - 1, NUM_STEPS]
   assert_same_run(workdir, reference)
 
   # The finished workdir, resumed with another model: refused before anything is written.
   config_before, steps_before = read(workdir, "config.json"), saved_steps(workdir)
-  result = run(env, tmp_path, *args, "--config.model.width=32", "--config.train.num_steps=40",
-               check=False)
+  result = run(
+    env, tmp_path, *args, "--config.model.width=32", "--config.train.num_steps=40", check=False
+  )
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
   message = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(message) == 1 and "model.width: 16 -> 32" in message[0], result.stderr
@@ -224,12 +259,17 @@ def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(en
   assert read(workdir, "config.json") == config_before and saved_steps(workdir) == steps_before
 
 
-def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(env, tmp_path,
-                                                                              reference):
+def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(
+  env, tmp_path, reference
+):
   workdir = tmp_path / "wd"
   # A sample picture at every step slows the loop to tens of steps a second; no periodic checkpoint.
-  args = [*TOY2D, "--config.train.checkpoint_every=1000", "--config.train.sample_every=1",
-          f"--workdir={workdir}"]
+  args = [
+    *TOY2D,
+    "--config.train.checkpoint_every=1000",
+    "--config.train.sample_every=1",
+    f"--workdir={workdir}",
+  ]
   with launched(env, tmp_path, *args) as proc:
     assert wait_for(lambda: len(logged(workdir)) >= 3, proc)
     steps_done = len(logged(workdir))
@@ -245,8 +285,14 @@ def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(env,
   argv = shlex.split(command)
   assert argv[:2] == ["python", RUN_PY] and f"--workdir={workdir}" in argv
 
-  result = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+  result = subprocess.run(
+    [sys.executable, *argv[1:]],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   assert f"from step {stopped}" in result.stdout
   assert_same_run(workdir, reference)
@@ -261,13 +307,22 @@ def test_nan_from_the_data_stops_naming_the_step_then_skip_nonfinite_trains_thro
   in_step_6 = dataset_with(path).get_batch(5, seed=0, batch_size=8)["x"][0]
   points[np.flatnonzero(np.all(points == in_step_6, axis=1))[0]] = 1e30
   np.savez(path, points=points)
-  bad_steps = [s + 1 for s in range(16)
-               if np.any(dataset_with(path).get_batch(s, seed=0, batch_size=8)["x"] > 1e29)]
+  bad_steps = [
+    s + 1
+    for s in range(16)
+    if np.any(dataset_with(path).get_batch(s, seed=0, batch_size=8)["x"] > 1e29)
+  ]
   assert bad_steps[0] == 6 and len(bad_steps) == 2  # and once in the second epoch, steps 9..16
 
-  args = [*TOY2D[:-1], "--config.train.num_steps=16", "--config.train.checkpoint_every=2",
-          "--config.train.log_every=4", "--config.data.source=npz", f"--config.data.path={path}",
-          f"--workdir={tmp_path / 'wd'}"]
+  args = [
+    *TOY2D[:-1],
+    "--config.train.num_steps=16",
+    "--config.train.checkpoint_every=2",
+    "--config.train.log_every=4",
+    "--config.data.source=npz",
+    f"--config.data.path={path}",
+    f"--workdir={tmp_path / 'wd'}",
+  ]
   result = run(env, tmp_path, *args, check=False)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
   assert "error: non-finite loss or gradient at step 6 (loss nan" in result.stderr, result.stderr
@@ -299,11 +354,16 @@ def dataset_with(path):
 
 
 def small_state(k):
-  params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3) * k,
-            "b": jnp.full((3,), -k, jnp.float32)}
-  return train.TrainState(step=jnp.asarray(k, jnp.int32), params=params,
-                          opt_state=optax.adam(1e-3).init(params),
-                          ema_params=jax.tree.map(lambda x: x + 0.5, params))
+  params = {
+    "w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3) * k,
+    "b": jnp.full((3,), -k, jnp.float32),
+  }
+  return train.TrainState(
+    step=jnp.asarray(k, jnp.int32),
+    params=params,
+    opt_state=optax.adam(1e-3).init(params),
+    ema_params=jax.tree.map(lambda x: x + 0.5, params),
+  )
 
 
 def _truncate_data_files(step_dir):
@@ -315,16 +375,17 @@ def _truncate_data_files(step_dir):
 
 
 DAMAGE = {
-    "data files cut short": _truncate_data_files,
-    "manifest deleted": lambda d: os.remove(os.path.join(d, "default", "manifest.ocdbt")),
-    "metadata garbled": lambda d: open(os.path.join(d, "default", "_METADATA"), "w").write("{x"),
-    "emptied": lambda d: [shutil.rmtree(d), os.mkdir(d)],
+  "data files cut short": _truncate_data_files,
+  "manifest deleted": lambda d: os.remove(os.path.join(d, "default", "manifest.ocdbt")),
+  "metadata garbled": lambda d: open(os.path.join(d, "default", "_METADATA"), "w").write("{x"),
+  "emptied": lambda d: [shutil.rmtree(d), os.mkdir(d)],
 }
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE) + ["nan state"])
-def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tmp_path, damage,
-                                                                              caplog):
+def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
+  tmp_path, damage, caplog
+):
   mngr = checkpoint.manager(str(tmp_path), max_to_keep=5)
   for k in (1, 2, 3):
     checkpoint.save(mngr, k, small_state(k))
@@ -335,8 +396,9 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tm
     checkpoint.save(mngr, 4, small_state(4))
     DAMAGE[damage](os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "4"))
   # What a kill -9 in the middle of saving step 5 leaves behind.
-  os.makedirs(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "5.orbax-checkpoint-tmp",
-                           "default"))
+  os.makedirs(
+    os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "5.orbax-checkpoint-tmp", "default")
+  )
   mngr.close()
 
   mngr = checkpoint.manager(str(tmp_path), max_to_keep=5, create=False)
@@ -390,13 +452,13 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
   recorder = lambda signum, frame: calls.append(signum)
   original = signal.signal(signal.SIGTERM, recorder)
   try:
-    with train._StopOnSignal(announce=False) as stop:  # pylint: disable=protected-access
+    with train._StopOnSignal(announce=False) as stop:
       assert signal.getsignal(signal.SIGTERM) is not recorder
       _deliver(signal.SIGTERM)
       assert stop.signal_number == signal.SIGTERM and calls == []
       _deliver(signal.SIGTERM)  # at once: the previous handler, which is back in place
       assert calls == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is recorder
-    with train._StopOnSignal(announce=False) as stop:  # pylint: disable=protected-access
+    with train._StopOnSignal(announce=False) as stop:
       _deliver(signal.SIGINT)
       assert stop.signal_number == signal.SIGINT
       with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler
@@ -404,7 +466,7 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is recorder
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. nohup: an ignored signal stays ignored
-    with train._StopOnSignal(announce=False):  # pylint: disable=protected-access
+    with train._StopOnSignal(announce=False):
       assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
   finally:
     signal.signal(signal.SIGTERM, original)
@@ -415,14 +477,16 @@ def toy_config(num_steps=6):
   config.model.width, config.model.num_blocks = 16, 1
   config.diffusion.num_timesteps = 20
   config.data.batch_size = 8
-  config.train.update(num_steps=num_steps, log_every=1, checkpoint_every=1000, sample_every=1000,
-                      num_sample_images=4)
+  config.train.update(
+    num_steps=num_steps, log_every=1, checkpoint_every=1000, sample_every=1000, num_sample_images=4
+  )
   config.sample.sampler, config.sample.num_steps = "ddim", 2
   return config
 
 
-def test_train_stops_after_the_signalled_step_and_restores_the_handlers(tmp_path, monkeypatch,
-                                                                        capsys):
+def test_train_stops_after_the_signalled_step_and_restores_the_handlers(
+  tmp_path, monkeypatch, capsys
+):
   """A SIGTERM delivered while step 3 is logged: step 3 is saved, TrainingInterrupted says so."""
   write_scalars = summary.MetricWriter.write_scalars
 
@@ -448,16 +512,26 @@ def test_train_stops_after_the_signalled_step_and_restores_the_handlers(tmp_path
 def test_resume_config_check_lists_changed_keys_and_allows_harmless_ones(tmp_path):
   saved = json.loads(toy_config().to_json_best_effort())
   harmless = toy_config()
-  harmless.train.update(num_steps=99, log_every=7, checkpoint_every=7, sample_every=7,
-                        keep_checkpoints=9, skip_nonfinite=True, remat=True)
+  harmless.train.update(
+    num_steps=99,
+    log_every=7,
+    checkpoint_every=7,
+    sample_every=7,
+    keep_checkpoints=9,
+    skip_nonfinite=True,
+    remat=True,
+  )
   harmless.sample.num_steps, harmless.eval.batch_size = 5, 3
   assert train.config_changes(saved, harmless) == []
   changed = toy_config()
   changed.model.width, changed.data.name, changed.optim.learning_rate = 32, "two_moons", 0.5
   changed.train.compute_dtype = "bfloat16"  # other numbers: another run
   assert train.config_changes(saved, changed) == [
-      'data.name: "eight_gaussians" -> "two_moons"', "model.width: 16 -> 32",
-      "optim.learning_rate: 0.001 -> 0.5", 'train.compute_dtype: "float32" -> "bfloat16"']
+    'data.name: "eight_gaussians" -> "two_moons"',
+    "model.width: 16 -> 32",
+    "optim.learning_rate: 0.001 -> 0.5",
+    'train.compute_dtype: "float32" -> "bfloat16"',
+  ]
   del saved["model"]["num_blocks"]
   assert train.config_changes(saved, toy_config()) == ["model.num_blocks: <absent> -> 1"]
 
@@ -477,12 +551,13 @@ def test_resume_with_data_of_another_shape_fails(tmp_path):
 def test_full_disk_and_unwritable_workdir_fail_at_start_up(tmp_path, monkeypatch):
   workdir = tmp_path / "wd"
   real = shutil.disk_usage
-  monkeypatch.setattr(train.shutil, "disk_usage",
-                      lambda path: real(path)._replace(free=2 * 2**20))
-  with pytest.raises(train.ConfigError,
-                     match=r"--workdir=.*wd has 2.0 MB free, but its checkpoints need about "
-                           r"16.\d MB \(4 x the [\d.]+ kB train state, for "
-                           r"--config.train.keep_checkpoints=3\)"):
+  monkeypatch.setattr(train.shutil, "disk_usage", lambda path: real(path)._replace(free=2 * 2**20))
+  with pytest.raises(
+    train.ConfigError,
+    match=r"--workdir=.*wd has 2.0 MB free, but its checkpoints need about "
+    r"16.\d MB \(4 x the [\d.]+ kB train state, for "
+    r"--config.train.keep_checkpoints=3\)",
+  ):
     train.train(toy_config(), str(workdir), ddpm_toy2d.build)
   assert not workdir.exists()
   monkeypatch.setattr(train.shutil, "disk_usage", real)

@@ -18,11 +18,18 @@ from gen_jax import checkpoint, sharding, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_PY = os.path.join(REPO, "run.py")
 
-TOY2D = ["--experiment=ddpm_toy2d", "--config.model.width=32", "--config.model.num_blocks=2",
-         "--config.diffusion.num_timesteps=20", "--config.data.batch_size=16",
-         "--config.train.num_sample_images=8", "--config.train.sample_every=1000",
-         "--config.train.checkpoint_every=3", "--config.train.log_every=1",
-         "--config.optim.learning_rate=1e-2"]
+TOY2D = [
+  "--experiment=ddpm_toy2d",
+  "--config.model.width=32",
+  "--config.model.num_blocks=2",
+  "--config.diffusion.num_timesteps=20",
+  "--config.data.batch_size=16",
+  "--config.train.num_sample_images=8",
+  "--config.train.sample_every=1000",
+  "--config.train.checkpoint_every=3",
+  "--config.train.log_every=1",
+  "--config.optim.learning_rate=1e-2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +41,13 @@ def env():
 
 def run(env, cwd, devices, *args):
   result = subprocess.run(
-      [sys.executable, RUN_PY, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-      env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
+    [sys.executable, RUN_PY, *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
+  )
   return result
 
 
@@ -51,7 +63,8 @@ def losses(workdir):
 
 def restored_params(workdir):
   """Restores a checkpoint written on any number of devices onto this process' one device."""
-  from experiments import ddpm_toy2d  # pylint: disable=import-outside-toplevel
+  from experiments import ddpm_toy2d
+
   config = ddpm_toy2d.get_config()
   config.model.width, config.model.num_blocks = 32, 2
   config.diffusion.num_timesteps = 20
@@ -60,7 +73,8 @@ def restored_params(workdir):
   abstract = jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0))
   replicated = sharding.replicated(sharding.make_mesh())
   abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
+  )
   mngr = checkpoint.manager(workdir, create=False)
   state = checkpoint.restore(mngr, abstract)
   mngr.close()
@@ -77,15 +91,20 @@ def runs(tmp_path_factory, env):
   """Six steps on 1 and on 8 devices, and the two runs that switch device count at step 3."""
   root = tmp_path_factory.mktemp("sharding")
   out = {}
-  for name, first, second in (("one", 1, None), ("eight", 8, None),
-                              ("eight_then_one", 8, 1), ("one_then_eight", 1, 8)):
+  for name, first, second in (
+    ("one", 1, None),
+    ("eight", 8, None),
+    ("eight_then_one", 8, 1),
+    ("one_then_eight", 1, 8),
+  ):
     workdir = str(root / name)
     if second is None:
       ok(run(env, root, first, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=6"))
     else:
       ok(run(env, root, first, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=3"))
-      resumed = ok(run(env, root, second, *TOY2D, f"--workdir={workdir}",
-                       "--config.train.num_steps=6"))
+      resumed = ok(
+        run(env, root, second, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=6")
+      )
       assert "Resuming" in resumed.stdout
     out[name] = workdir
   out["root"] = root
@@ -101,8 +120,9 @@ def test_eight_devices_match_one_device(runs):
 
 
 def test_log_reports_devices(runs, env):
-  result = ok(run(env, runs["root"], 8, *TOY2D, f"--workdir={runs['eight']}",
-                  "--config.train.num_steps=6"))
+  result = ok(
+    run(env, runs["root"], 8, *TOY2D, f"--workdir={runs['eight']}", "--config.train.num_steps=6")
+  )
   assert "8 devices" in result.stdout
 
 
@@ -118,8 +138,17 @@ def test_restore_across_device_counts(runs, name):
 def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
   samples = {}
   for devices in (1, 8):  # Each run rewrites the workdir's samples.npz.
-    ok(run(env, tmp_path, devices, *TOY2D, f"--workdir={runs['one']}", "--mode=sample",
-           "--num_samples=24"))
+    ok(
+      run(
+        env,
+        tmp_path,
+        devices,
+        *TOY2D,
+        f"--workdir={runs['one']}",
+        "--mode=sample",
+        "--num_samples=24",
+      )
+    )
     with np.load(os.path.join(runs["one"], "samples.npz")) as f:
       samples[devices] = f["points"]
   assert samples[1].shape == (24, 2)
@@ -128,12 +157,21 @@ def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
 
 def test_eval_is_independent_of_device_count(env, tmp_path):
   """--mode=eval on 8 devices (bound, sampling, classifier training, features) gives what 1 device gives."""
-  digits = ["--experiment=ddpm_digits", "--config.model.ch=8", "--config.model.ch_mult=(1,)",
-            "--config.model.num_groups=4", "--config.model.attn_resolutions=()",
-            "--config.diffusion.num_timesteps=10", "--config.data.batch_size=8",
-            "--config.train.num_sample_images=8", "--config.sample.num_steps=2",
-            "--config.eval.batch_size=16", "--config.eval.num_examples=32",
-            "--config.eval.num_samples=24", "--config.eval.classifier_steps=10"]
+  digits = [
+    "--experiment=ddpm_digits",
+    "--config.model.ch=8",
+    "--config.model.ch_mult=(1,)",
+    "--config.model.num_groups=4",
+    "--config.model.attn_resolutions=()",
+    "--config.diffusion.num_timesteps=10",
+    "--config.data.batch_size=8",
+    "--config.train.num_sample_images=8",
+    "--config.sample.num_steps=2",
+    "--config.eval.batch_size=16",
+    "--config.eval.num_examples=32",
+    "--config.eval.num_samples=24",
+    "--config.eval.classifier_steps=10",
+  ]
   fast = dict(env, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
   ok(run(fast, tmp_path, 1, *digits, f"--workdir={tmp_path / 'wd'}", "--config.train.num_steps=1"))
   results = {}
@@ -151,8 +189,15 @@ def test_eval_is_independent_of_device_count(env, tmp_path):
 
 
 def test_batch_not_divisible_by_devices_fails_clearly(env, tmp_path):
-  result = run(env, tmp_path, 8, *TOY2D, "--config.data.batch_size=12",
-               f"--workdir={tmp_path / 'wd'}", "--config.train.num_steps=2")
+  result = run(
+    env,
+    tmp_path,
+    8,
+    *TOY2D,
+    "--config.data.batch_size=12",
+    f"--workdir={tmp_path / 'wd'}",
+    "--config.train.num_steps=2",
+  )
   assert result.returncode != 0
   assert "--config.data.batch_size=12" in result.stderr and "(8)" in result.stderr
   assert not (tmp_path / "wd").exists()

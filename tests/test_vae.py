@@ -32,7 +32,7 @@ def _model():
 W, B = _model()
 COV_X = W @ W.T + SIGMA**2 * np.eye(D_OBS)
 S_FULL = np.linalg.inv(np.eye(D_LAT) + W.T @ W / SIGMA**2)
-A_POST = S_FULL @ W.T / SIGMA**2            # m = A_POST (x - b)
+A_POST = S_FULL @ W.T / SIGMA**2  # m = A_POST (x - b)
 S_DIAG = np.diag(S_FULL).copy()
 
 
@@ -47,8 +47,7 @@ def exact_params():
 
 def wrong_params(shift=0.5, var_factor=2.0):
   a, c, lv = exact_params()
-  return (a, c + shift * np.sqrt(S_DIAG) * np.array([1.0, -1.0]),
-          lv + math.log(var_factor))
+  return (a, c + shift * np.sqrt(S_DIAG) * np.array([1.0, -1.0]), lv + math.log(var_factor))
 
 
 def analytic_elbo(x, params):
@@ -58,8 +57,10 @@ def analytic_elbo(x, params):
   mu = x @ a.T + c
   v = np.exp(lv)
   resid = x - mu @ W.T - B
-  exp_ll = (-0.5 * D_OBS * (LOG_2PI + 2 * math.log(SIGMA))
-            - 0.5 * (np.sum(resid**2, -1) + np.sum(W**2 @ v)) / SIGMA**2)
+  exp_ll = (
+    -0.5 * D_OBS * (LOG_2PI + 2 * math.log(SIGMA))
+    - 0.5 * (np.sum(resid**2, -1) + np.sum(W**2 @ v)) / SIGMA**2
+  )
   kl = 0.5 * np.sum(mu**2 + v - 1 - lv, -1)
   return exp_ll - kl
 
@@ -70,6 +71,7 @@ def make_encoder(params):
   def encode(x):
     mean = x @ a.T + c
     return mean, jnp.broadcast_to(lv, mean.shape)
+
   return encode
 
 
@@ -79,8 +81,9 @@ W32, B32 = jnp.asarray(W, jnp.float32), jnp.asarray(B, jnp.float32)
 def log_likelihood(x, z):
   """log N(x; W z + b, sigma^2 I), summed over the D_OBS axis (written out)."""
   mu = z @ W32.T + B32
-  return jnp.sum(-0.5 * (LOG_2PI + 2 * math.log(SIGMA))
-                 - 0.5 * jnp.square(x - mu) / SIGMA**2, axis=-1)
+  return jnp.sum(
+    -0.5 * (LOG_2PI + 2 * math.log(SIGMA)) - 0.5 * jnp.square(x - mu) / SIGMA**2, axis=-1
+  )
 
 
 def sample_x(n, seed):
@@ -94,16 +97,14 @@ def elbo_fn(key, x, params):
 
 
 def _iwae(key, x, params, num_samples, chunk_size=None):
-  return vae.iwae_bound(key, x, make_encoder(params), log_likelihood,
-                        num_samples, chunk_size)
+  return vae.iwae_bound(key, x, make_encoder(params), log_likelihood, num_samples, chunk_size)
 
 
 iwae_fn = jax.jit(_iwae, static_argnames=("num_samples", "chunk_size"))
 
 # Over a leading axis of keys; compiled once per shape / num_samples / chunk.
 elbo_keys = jax.jit(jax.vmap(elbo_fn, in_axes=(0, None, None)))
-iwae_keys = jax.jit(jax.vmap(_iwae, in_axes=(0, None, None, None, None)),
-                    static_argnums=(3, 4))
+iwae_keys = jax.jit(jax.vmap(_iwae, in_axes=(0, None, None, None, None)), static_argnums=(3, 4))
 
 
 def keys(seed, num_keys):
@@ -118,21 +119,22 @@ def to64(a):
 # Sanity of the oracle itself.
 # ---------------------------------------------------------------------------
 
+
 def test_oracle_is_consistent():
   # orthogonal columns: the exact posterior covariance is diagonal
   assert np.max(np.abs(S_FULL - np.diag(S_DIAG))) < 1e-12
   x = sample_x(7, 1).astype(np.float64)
   # ELBO at the exact posterior is log p(x); with the wrong one it is lower
-  np.testing.assert_allclose(analytic_elbo(x, exact_params()), exact_log_px(x),
-                             rtol=1e-12)
+  np.testing.assert_allclose(analytic_elbo(x, exact_params()), exact_log_px(x), rtol=1e-12)
   assert np.all(analytic_elbo(x, wrong_params()) < exact_log_px(x) - 0.1)
   # Bayes: log p(x) = log p(x|z) + log p(z) - log p(z|x) at any z
   z = np.array([0.3, -1.2])
   m = x @ A_POST.T - A_POST @ B
-  lhs = (stats.multivariate_normal(W @ z + B, SIGMA**2 * np.eye(D_OBS)).logpdf(x)
-         + stats.multivariate_normal(np.zeros(2), np.eye(2)).logpdf(z)
-         - np.array([stats.multivariate_normal(mi, S_FULL).logpdf(z)
-                     for mi in m]))
+  lhs = (
+    stats.multivariate_normal(W @ z + B, SIGMA**2 * np.eye(D_OBS)).logpdf(x)
+    + stats.multivariate_normal(np.zeros(2), np.eye(2)).logpdf(z)
+    - np.array([stats.multivariate_normal(mi, S_FULL).logpdf(z) for mi in m])
+  )
   np.testing.assert_allclose(lhs, exact_log_px(x), rtol=1e-12)
 
 
@@ -140,12 +142,12 @@ def test_oracle_is_consistent():
 # reparameterize
 # ---------------------------------------------------------------------------
 
+
 def test_reparameterize_moments():
   mean = jnp.array([0.5, -2.0, 3.0], jnp.float32)
   logvar = jnp.array([0.0, -3.0, 1.5], jnp.float32)
   n = 100_000
-  z = to64(jax.jit(jax.vmap(vae.reparameterize, in_axes=(0, None, None)))(
-      keys(2, n), mean, logvar))
+  z = to64(jax.jit(jax.vmap(vae.reparameterize, in_axes=(0, None, None)))(keys(2, n), mean, logvar))
   assert z.shape == (n, 3)
   var = np.exp(to64(logvar))
   se_mean = np.sqrt(var / n)
@@ -156,8 +158,9 @@ def test_reparameterize_moments():
   assert abs(np.corrcoef(z[:, 0], z[:, 1])[0, 1]) < 5 / math.sqrt(n)
   # same key -> same draw; different keys -> different draws
   k = jax.random.key(3)
-  np.testing.assert_array_equal(vae.reparameterize(k, mean, logvar),
-                                vae.reparameterize(k, mean, logvar))
+  np.testing.assert_array_equal(
+    vae.reparameterize(k, mean, logvar), vae.reparameterize(k, mean, logvar)
+  )
   assert not np.allclose(z[0], z[1])
 
 
@@ -179,13 +182,14 @@ def test_reparameterize_gradients():
   np.testing.assert_allclose(to64(jac_mean), np.eye(3), atol=1e-7)
   jac_lv = jax.jacobian(vae.reparameterize, argnums=2)(key, mean, logvar)
   np.testing.assert_allclose(
-      to64(jac_lv), np.diag(0.5 * np.exp(0.5 * to64(logvar)) * eps),
-      rtol=1e-5, atol=1e-6)
+    to64(jac_lv), np.diag(0.5 * np.exp(0.5 * to64(logvar)) * eps), rtol=1e-5, atol=1e-6
+  )
 
 
 # ---------------------------------------------------------------------------
 # elbo
 # ---------------------------------------------------------------------------
+
 
 def test_elbo_fields():
   x = sample_x(8, 5)
@@ -195,9 +199,9 @@ def test_elbo_fields():
   assert set(out._fields) == {"elbo", "log_likelihood", "kl"}
   for f in out:
     assert f.shape == (8,) and f.dtype == jnp.float32
-  np.testing.assert_allclose(to64(out.elbo),
-                             to64(out.log_likelihood) - to64(out.kl),
-                             rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(
+    to64(out.elbo), to64(out.log_likelihood) - to64(out.kl), rtol=1e-6, atol=1e-5
+  )
   # analytic KL(N(mu, diag v) || N(0, I))
   a, c, lv = params
   mu = x.astype(np.float64) @ a.T + c
@@ -205,8 +209,9 @@ def test_elbo_fields():
   np.testing.assert_allclose(to64(out.kl), kl, rtol=1e-5, atol=1e-6)
   # the reconstruction term is log p(x|z) at the reparameterized draw
   z = vae.reparameterize(jax.random.key(6), *make_encoder(params)(x))
-  np.testing.assert_allclose(to64(out.log_likelihood),
-                             to64(log_likelihood(x, z)), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(
+    to64(out.log_likelihood), to64(log_likelihood(x, z)), rtol=1e-5, atol=1e-4
+  )
 
 
 @pytest.mark.parametrize("which", ["exact", "wrong"])
@@ -214,7 +219,7 @@ def test_elbo_mean_is_analytic_elbo(which):
   params = exact_params() if which == "exact" else wrong_params()
   x = sample_x(64, 7)
   vals = to64(elbo_keys(keys(8, 2000), x, params).elbo)
-  target = analytic_elbo(x, params)          # (64,)
+  target = analytic_elbo(x, params)  # (64,)
   mc = vals.mean(0)
   se = vals.std(0) / math.sqrt(vals.shape[0])
   assert np.all(se > 1e-3)  # the estimator is random (analytic KL, one draw)
@@ -245,18 +250,17 @@ def test_elbo_per_draw_identity_at_exact_posterior():
 # iwae_bound
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("num_samples,chunk_size", [
-    (1, None), (10, None), (10, 2), (1000, 100)])
+
+@pytest.mark.parametrize("num_samples,chunk_size", [(1, None), (10, None), (10, 2), (1000, 100)])
 def test_iwae_exact_posterior_is_log_px(num_samples, chunk_size):
   """With the exact posterior the importance weight is the constant p(x)."""
   x = sample_x(64, 10)
   num_keys = 16 if num_samples == 1000 else 64  # shapes shared with others
-  vals = iwae_keys(keys(11, num_keys), x, exact_params(), num_samples,
-                   chunk_size)
+  vals = iwae_keys(keys(11, num_keys), x, exact_params(), num_samples, chunk_size)
   assert vals.shape == (num_keys, 64) and vals.dtype == jnp.float32
-  np.testing.assert_allclose(to64(vals), np.broadcast_to(exact_log_px(x),
-                                                         vals.shape),
-                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(
+    to64(vals), np.broadcast_to(exact_log_px(x), vals.shape), rtol=1e-5, atol=1e-4
+  )
 
 
 def test_iwae_ordering_with_wrong_encoder():
@@ -306,9 +310,11 @@ def test_iwae_chunked_matches_unchunked_in_distribution():
   se_ex = np.hypot(d_full.std(0), d_chunk.std(0)) / math.sqrt(64)
   assert np.mean(np.abs(d_full.mean(0) - d_chunk.mean(0)) < 4 * se_ex) > 0.95
   # chunk_size = num_samples is the unchunked computation
-  np.testing.assert_allclose(to64(iwae_keys(keys(20, 64), x, params, 10, 10)),
-                             to64(iwae_keys(keys(20, 64), x, params, 10, None)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    to64(iwae_keys(keys(20, 64), x, params, 10, 10)),
+    to64(iwae_keys(keys(20, 64), x, params, 10, None)),
+    rtol=1e-6,
+  )
 
 
 def test_iwae_chunked_gradient_finite():
@@ -325,8 +331,9 @@ def test_iwae_chunked_gradient_finite():
   assert np.all(np.abs(to64(g)) > 1e-4)
 
 
-@pytest.mark.parametrize("num_samples,chunk_size", [
-    (0, None), (-3, None), (10, 3), (10, 0), (10, -2), (10, 20), (10, -10)])
+@pytest.mark.parametrize(
+  "num_samples,chunk_size", [(0, None), (-3, None), (10, 3), (10, 0), (10, -2), (10, 20), (10, -10)]
+)
 def test_iwae_bad_arguments_raise(num_samples, chunk_size):
   x = sample_x(2, 23)
   with pytest.raises(ValueError):
@@ -337,6 +344,7 @@ def test_iwae_bad_arguments_raise(num_samples, chunk_size):
 # jit and vmap
 # ---------------------------------------------------------------------------
 
+
 def test_jit_equals_eager():
   x = sample_x(8, 24)
   params = wrong_params()
@@ -345,9 +353,9 @@ def test_jit_equals_eager():
   jitted = elbo_fn(key, x, params)
   for e, j in zip(eager, jitted):
     np.testing.assert_allclose(to64(j), to64(e), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(to64(iwae_fn(key, x, params, 10, 2)),
-                             to64(_iwae(key, x, params, 10, 2)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    to64(iwae_fn(key, x, params, 10, 2)), to64(_iwae(key, x, params, 10, 2)), rtol=1e-5, atol=1e-5
+  )
 
 
 def _nearly_deterministic_params():
@@ -372,8 +380,10 @@ def test_vmap_equals_batched():
   x = sample_x(6, 26).reshape(2, 3, D_OBS)  # batch shape (2, 3)
   key = jax.random.key(27)
   params = _nearly_deterministic_params()
-  (elbo_b, iwae_b), (elbo_v, iwae_v) = (_both_batched(key, x, params),
-                                        _both_vmapped(key, x, params))
+  (elbo_b, iwae_b), (elbo_v, iwae_v) = (
+    _both_batched(key, x, params),
+    _both_vmapped(key, x, params),
+  )
   for f_b, f_v in zip(elbo_b + (iwae_b,), elbo_v + (iwae_v,)):
     assert f_b.shape == f_v.shape == (2, 3)
     np.testing.assert_allclose(to64(f_v), to64(f_b), rtol=1e-5, atol=1e-3)
@@ -384,7 +394,9 @@ def test_vmap_equals_batched():
   kl = 0.5 * np.sum(mu**2 + np.exp(lv) - 1 - lv, -1)
   np.testing.assert_allclose(to64(elbo_b.elbo), rec - kl, rtol=1e-5, atol=1e-4)
   # exact posterior: both routes give log p(x) (elbo only in expectation)
-  (_, iwae_b), (_, iwae_v) = (_both_batched(key, x, exact_params()),
-                              _both_vmapped(key, x, exact_params()))
+  (_, iwae_b), (_, iwae_v) = (
+    _both_batched(key, x, exact_params()),
+    _both_vmapped(key, x, exact_params()),
+  )
   np.testing.assert_allclose(to64(iwae_b), exact_log_px(x), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(to64(iwae_v), exact_log_px(x), rtol=1e-5, atol=1e-4)
