@@ -1,6 +1,6 @@
 """Class-conditional diffusion and classifier-free guidance through the model, the trainer and run.py.
 
-The guidance formula itself is tested against numpy on a labelled Gaussian mixture in tests/test_samplers.py;
+The guidance formula itself is tested against numpy on a labelled Gaussian mixture in tests/diffusion/test_guidance.py;
 here: the model combines its own conditional and null-class predictions by that formula, label dropout, the
 training loop and `--mode=sample --class_label/--guidance_scale`.
 """

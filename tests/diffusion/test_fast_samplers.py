@@ -40,6 +40,7 @@ F32 = jnp.float32
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variance", ["small", "large"])
 def test_respaced_exact_law_one_gaussian(sched, variance):
   """On N(mu, s^2) data with the exact eps the chain is linear-Gaussian:
@@ -67,6 +68,7 @@ def test_respaced_exact_law_one_gaussian(sched, variance):
     assert abs(x[:, dim].std() / std - 1) < 5 / math.sqrt(2 * n)
 
 
+@pytest.mark.slow
 def test_respaced_all_steps_is_ddpm(sched):
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   key = jax.random.key(1)
@@ -80,6 +82,7 @@ def test_respaced_all_steps_is_ddpm(sched):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [1, 2, 3, 10, 20])
 def test_dpmpp_2m_matches_numpy(x64, steps):
   sched = diffusion.make_schedule(diffusion.linear_betas(1000))
@@ -91,6 +94,7 @@ def test_dpmpp_2m_matches_numpy(x64, steps):
   assert_trajectories_close(got, ref)
 
 
+@pytest.mark.slow
 def test_dpmpp_first_order_step_is_ddim(sched):
   """With two steps DPM-Solver++ is first order throughout, so it is DDIM
   (eta = 0) on the same two timesteps (DDIM's are 999 and 0 as well)."""
@@ -101,6 +105,7 @@ def test_dpmpp_first_order_step_is_ddim(sched):
   np.testing.assert_allclose(dpm, ddim, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "churn", [dict(), dict(s_churn=40.0), dict(s_churn=10.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)]
 )
@@ -119,6 +124,7 @@ def test_heun_matches_numpy(x64, churn):
   assert_trajectories_close(got, ref, tight=1e-7)
 
 
+@pytest.mark.slow
 def test_heun_churn_gating(sched):
   """Churn outside [s_tmin, s_tmax] is no churn; inside it changes the output."""
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
@@ -136,6 +142,7 @@ def test_heun_churn_gating(sched):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "name,steps,calls", [("respaced", 50, 50), ("dpm++2m", 20, 20), ("heun", 18, 35), ("heun", 1, 1)]
 )
@@ -154,11 +161,11 @@ def test_network_calls(sched, name, steps, calls):
 @pytest.mark.parametrize(
   "name,kw",
   [
-    ("respaced", dict(num_steps=7)),
-    ("respaced", dict(num_steps=7, variance="large")),
+    pytest.param("respaced", dict(num_steps=7), marks=pytest.mark.slow),
+    pytest.param("respaced", dict(num_steps=7, variance="large"), marks=pytest.mark.slow),
     ("dpm++2m", dict(num_steps=7)),
-    ("heun", dict(num_steps=7)),
-    ("heun", dict(num_steps=7, s_churn=20.0)),
+    pytest.param("heun", dict(num_steps=7), marks=pytest.mark.slow),
+    pytest.param("heun", dict(num_steps=7, s_churn=20.0), marks=pytest.mark.slow),
   ],
 )
 def test_point_mass_returns_the_point(name, kw):
@@ -177,6 +184,7 @@ def test_point_mass_returns_the_point(name, kw):
   np.testing.assert_allclose(x, np.broadcast_to(mu, x.shape), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["respaced", "dpm++2m", "heun", "ode_log_likelihood"])
 def test_one_scan_and_size_independent_of_steps(sched, name):
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
@@ -202,6 +210,7 @@ def test_one_scan_and_size_independent_of_steps(sched, name):
   assert sizes[10] == sizes[300]
 
 
+@pytest.mark.slow
 def test_jit_matches_eager():
   sched = diffusion.make_schedule(diffusion.linear_betas(20, 1e-3, 0.2))
   key = jax.random.key(0)
@@ -274,6 +283,7 @@ ADVERTISED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ADVERTISED))
 def test_sampler_reproduces_mixture(sched, sw_baseline, name):
   run, band, sw_factor = ADVERTISED[name]
@@ -296,6 +306,7 @@ def test_sampler_reproduces_mixture(sched, sw_baseline, name):
   assert failures
 
 
+@pytest.mark.slow
 def test_dpmpp_20_steps_as_good_as_ddpm_1000(sched):
   """DPM-Solver++(2M) at 20 calls against ancestral DDPM at 1000, on 10000
   samples against one reference set. Measured (keys 3, 4): sliced W1 0.012 /

@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gen_jax import diffusion
 from tests.support.diffusion import (
@@ -49,6 +50,7 @@ def test_q_sample_formula_and_moments(sched1000):
     np.testing.assert_array_less(np.abs(x.var(0) - v), 5 * var_se)
 
 
+@pytest.mark.slow
 def test_make_q_sample_vmap_matches_batch(sched20):
   q_sample = diffusion.make_q_sample(sched20)
   x0 = jax.random.normal(jax.random.key(0), (6, 4, 4, 2))
@@ -111,6 +113,7 @@ def test_q_posterior_bayes(sched20):
   np.testing.assert_allclose(log_var, log_ref, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_x0_inverts_q_sample(sched1000):
   x0 = jax.random.uniform(jax.random.key(0), (6, 5), minval=-1, maxval=1)
   noise = jax.random.normal(jax.random.key(1), (6, 5))

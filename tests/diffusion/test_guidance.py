@@ -53,6 +53,7 @@ def _labelled(sched, component):
   return (testing.gmm_eps_fn(sched, **cond), testing.gmm_eps_fn(sched, **GMM2), cond)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["dpm++2m", "heun"])
 def test_guided_sampler_matches_numpy(x64, sampler):
   sched = diffusion.make_schedule(diffusion.linear_betas(1000))
@@ -82,6 +83,7 @@ def test_guided_sampler_matches_numpy(x64, sampler):
     assert np.max(np.abs(np.asarray(unguided) - np.asarray(got))) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("component", [0, 1, 2])
 def test_guidance_zero_samples_the_component(sched, component):
   """At w = 0 the guided eps is the conditional one: samples follow

@@ -66,6 +66,7 @@ def test_vlb_term_vs_numpy(variance, schedule_name, sched20, sched1000):
   np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_vlb_term_clip_and_zero_kl(sched20):
   rng = np.random.default_rng(4)
   x0 = testing.quantize(rng.uniform(-1, 1, (4, 5)))
@@ -101,6 +102,7 @@ def test_prior_kl_vs_numpy(sched20, sched1000):
     np.testing.assert_allclose(got, np_prior_kl(betas, np.asarray(x0)), rtol=1e-3, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_vlb_bits_per_dim_gmm_oracle(sched1000):
   """Exact predictor on 8-bit 4-D mixture data: finite, matches a float64
   numpy bound with the same noise, and lies within 1 bit/dim above the true
@@ -174,6 +176,7 @@ def test_vlb_bits_per_dim_gmm_oracle(sched1000):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_simple_loss(sched1000):
   b = 4096
   key = jax.random.key(0)
@@ -230,6 +233,7 @@ def _np_loss(key, x0, prediction, pred_np):
   return err.reshape(len(x0), -1).mean(1), t, x_t, noise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_simple_loss_each_target_vs_numpy(sched, prediction):
   x0 = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (64, 2, 3)), F32)
@@ -248,6 +252,7 @@ def test_simple_loss_each_target_vs_numpy(sched, prediction):
     np.testing.assert_allclose(default(key, x0), got, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_loss_weighting_relations(sched):
   """For the same underlying eps estimate, per example:
   x0-MSE = eps-MSE / SNR_t and v-MSE = eps-MSE / ac_t (the docstring's

@@ -76,6 +76,7 @@ def test_exact_trace_matches_closed_form(exact_gmm2):
   _assert_close_per_dim(log_p, ref, 192)
 
 
+@pytest.mark.slow
 def test_other_mixture_gives_its_own_density(sched):
   """The ODE of a different mixture's eps returns that mixture's density (not
   the data's): the likelihood follows the model."""
@@ -91,6 +92,7 @@ def test_other_mixture_gives_its_own_density(sched):
   assert np.mean(np.abs(log_p - _smoothed_log_density(x, **GMM2))) > 0.5
 
 
+@pytest.mark.slow
 def test_hutchinson_agrees_with_exact_trace(sched, exact_gmm2):
   x, exact = exact_gmm2
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
@@ -115,6 +117,7 @@ def test_hutchinson_agrees_with_exact_trace(sched, exact_gmm2):
   assert np.max(np.abs(other - hutchinson)) > 1e-3
 
 
+@pytest.mark.slow
 def test_convergence_in_num_steps(sched):
   """Heun on the log-sigma grid: the error falls with the step count."""
   x = _points(n_data=48, n_spread=16, seed=2)
@@ -130,6 +133,7 @@ def test_convergence_in_num_steps(sched):
   assert errors[1] < errors[0] / 4
 
 
+@pytest.mark.slow
 def test_bits_per_dim_dequantized(sched):
   """ode_bits_per_dim on 8-bit GMM4 data (4-D): equals the closed-form
   smoothed density at the documented dequantized points y = x + (u - 1/2)

@@ -97,6 +97,7 @@ def test_round_trip_float32(sched, prediction):
   np.testing.assert_array_less(np.abs(one - there), np.broadcast_to(4e-6 * target_cond, eps.shape))
 
 
+@pytest.mark.slow
 def test_score_is_gradient_of_log_density(sched):
   """score_from_eps(oracle eps) = grad log p_t, p_t the noised mixture
   (central finite differences of its closed-form log-density)."""

@@ -12,6 +12,9 @@ import pytest
 from gen_jax import diffusion, testing
 from tests.support.diffusion import GMM2, counting
 
+# Dispatch and bookkeeping, not numerics: XLA's optimisation passes only cost time here.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def test_registry_entries():
   """The names, functions and default steps the README and run.py document;
@@ -55,6 +58,7 @@ def test_sampler_num_steps():
     diffusion.sampler_num_steps("euler", None, 50)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(diffusion.SAMPLERS))
 @pytest.mark.parametrize("num_steps", [1, 7])
 def test_network_calls_as_registered(name, num_steps):
@@ -69,6 +73,7 @@ def test_network_calls_as_registered(name, num_steps):
   assert len(counter) == diffusion.SAMPLERS[name].network_calls(steps)
 
 
+@pytest.mark.slow
 def test_run_sampler_passes_only_the_options_that_apply():
   sched = diffusion.make_schedule(diffusion.linear_betas(20, 1e-3, 0.2))
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)

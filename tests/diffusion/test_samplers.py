@@ -45,6 +45,7 @@ CRITERIA = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])
 def test_sampler_reproduces_mixture(kind, sched1000, sw_baseline):
   kw, band, sw_factor = CRITERIA[kind]
@@ -58,6 +59,7 @@ def test_sampler_reproduces_mixture(kind, sched1000, sw_baseline):
   assert not failures, failures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrong", ["shifted_means", "swapped_weights", "wide_stds"])
 def test_sampler_negative_control(wrong, sched1000, sw_baseline):
   """The exact eps of a different mixture must fail the same criteria."""
@@ -79,6 +81,7 @@ def test_sampler_negative_control(wrong, sched1000, sw_baseline):
     assert failures, f"{kind} passed with a wrong predictor ({wrong})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "kind,kw",
   [
@@ -113,8 +116,8 @@ def test_sampler_exact_law_one_gaussian(kind, kw, sched1000):
 @pytest.mark.parametrize(
   "kind,kw",
   [
-    ("ddpm", dict(variance="small")),
-    ("ddpm", dict(variance="large")),
+    pytest.param("ddpm", dict(variance="small"), marks=pytest.mark.slow),
+    pytest.param("ddpm", dict(variance="large"), marks=pytest.mark.slow),
     ("ddim", dict(num_steps=10, eta=1.0)),
   ],
 )
@@ -128,6 +131,7 @@ def test_sampler_point_mass_returns_the_point(kind, kw, sched20):
   np.testing.assert_allclose(x, np.broadcast_to(mu, x.shape), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ddim_eta1_smoke(sched1000):
   eps_fn = testing.gmm_eps_fn(sched1000, **GMM2)
   x = _run_sampler("ddim", sched1000, eps_fn, jax.random.key(5), n=1000, num_steps=50, eta=1.0)
@@ -146,6 +150,7 @@ def test_ddim_eta1_smoke(sched1000):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jit_matches_eager(sched20):
   key = jax.random.key(0)
   x0 = testing.quantize(np.random.default_rng(0).uniform(-1, 1, (4, 3)))
@@ -188,6 +193,7 @@ def test_jit_matches_eager(sched20):
       np.testing.assert_allclose(j, e, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "vlb_terms"])
 def test_one_scan_and_size_independent_of_t(sampler):
   sizes = {}

@@ -58,7 +58,7 @@ def test_edm_timesteps(sched):
     assert len(ts) == num and ts[0] == 999 and np.all(np.diff(ts) < 0)
 
 
-@pytest.mark.parametrize("num_timesteps", [10, 1000])
+@pytest.mark.parametrize("num_timesteps", [10, pytest.param(1000, marks=pytest.mark.slow)])
 def test_log_sigma_timesteps(num_timesteps):
   sched = diffusion.make_schedule(diffusion.linear_betas(num_timesteps))
   sigmas = np.sqrt(
