@@ -20,7 +20,8 @@ from gen_jax import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+# Each test builds a U-Net and most train or run run.py: 4-70 s each, so all are slow.
+pytestmark = [pytest.mark.usefixtures("fast_compile"), pytest.mark.slow]
 
 
 def tiny_config(num_classes=10, num_steps=2):
