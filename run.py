@@ -105,7 +105,7 @@ def define_flags(argv):
   """Defines the flags; --config comes from the chosen experiment's get_config()."""
   from ml_collections import config_flags
 
-  from gen_jax import models
+  from gen_jax import diffusion
 
   name = _experiment_from_argv(argv)
   known = list_experiments()
@@ -127,17 +127,21 @@ def define_flags(argv):
   flags.DEFINE_enum(
     "sampler",
     None,
-    list(models.SAMPLERS),
-    "--mode=sample|eval, diffusion models: ddpm (all T steps, ancestral) "
-    "| ddim | respaced (ancestral on fewer steps) | dpm++2m "
-    "(DPM-Solver++, 20 steps) | heun (EDM, 18 steps = 35 network "
-    "calls); default: the config's sample.sampler.",
+    list(diffusion.SAMPLERS),
+    "--mode=sample|eval, diffusion models: "
+    + " | ".join(f"{name} ({spec.summary})" for name, spec in diffusion.SAMPLERS.items())
+    + "; default: the config's sample.sampler.",
   )
   flags.DEFINE_integer(
     "sampling_steps",
     None,
-    "--mode=sample|eval: number of steps for ddim, respaced, dpm++2m "
-    "and heun (default: config, else T, 20 and 18).",
+    "--mode=sample|eval: number of steps (default: the config's sample.num_steps, else "
+    + ", ".join(
+      f"{name} {spec.default_steps or 'T'}"
+      for name, spec in diffusion.SAMPLERS.items()
+      if spec.takes_num_steps
+    )
+    + "; ddpm always runs all T).",
   )
   flags.DEFINE_integer(
     "class_label",

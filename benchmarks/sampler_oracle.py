@@ -1,7 +1,7 @@
 """Sample quality against network calls for every sampler, on the Gaussian-mixture oracle.
 
 The eps-predictor is the exact E[eps | x_t] of a 2-D, 3-component Gaussian
-mixture (tests/oracles.py), T = 1000 linear betas, so every difference
+mixture (gen_jax/testing.py), T = 1000 linear betas, so every difference
 between rows is the sampler's own error. Quality: sliced 1-Wasserstein
 distance (128 projections) between N samples and N fresh data points, the
 mean over seeds; the floor is the same distance between two independent
@@ -26,8 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gen_jax import diffusion
-from tests import oracles
+from gen_jax import diffusion, testing
 
 MIXTURE = dict(
   weights=[0.5, 0.3, 0.2],
@@ -77,14 +76,14 @@ def main():
   args = parser.parse_args()
   n = args.num_samples
   schedule = diffusion.make_schedule(diffusion.linear_betas(1000))
-  eps_fn = oracles.gmm_eps_fn(schedule, **MIXTURE)
+  eps_fn = testing.gmm_eps_fn(schedule, **MIXTURE)
   references = [
-    oracles.gmm_sample(np.random.default_rng(1000 + s), n, **MIXTURE)[0] for s in range(args.seeds)
+    testing.gmm_sample(np.random.default_rng(1000 + s), n, **MIXTURE)[0] for s in range(args.seeds)
   ]
   floor = np.mean(
     [
-      oracles.sliced_wasserstein(
-        oracles.gmm_sample(np.random.default_rng(2000 + s), n, **MIXTURE)[0], ref
+      testing.sliced_wasserstein(
+        testing.gmm_sample(np.random.default_rng(2000 + s), n, **MIXTURE)[0], ref
       )
       for s, ref in enumerate(references)
     ]
@@ -112,7 +111,7 @@ def main():
         start = time.perf_counter()
         x = jax.block_until_ready(fn(jax.random.key(s)))
         times.append(time.perf_counter() - start)
-        dists.append(oracles.sliced_wasserstein(np.asarray(x), ref))
+        dists.append(testing.sliced_wasserstein(np.asarray(x), ref))
         ratios.append(std_ratio(np.asarray(x, np.float64)))
       cells.append(f"{np.mean(dists):.4f} ({1000 * np.median(times):.0f} ms)")
       ratio_cells.append(f"{np.mean(ratios):.3f}")

@@ -27,10 +27,6 @@ import ml_collections
 from gen_jax import diffusion, distributions, nets, vae
 
 Array = jax.Array
-# Sampler names for DiffusionModel.sample / --sampler, and the step count
-# each uses when num_steps is None (None: all T steps).
-SAMPLERS = ("ddpm", "ddim", "respaced", "dpm++2m", "heun")
-DEFAULT_SAMPLER_STEPS = {"ddpm": None, "ddim": None, "respaced": None, "dpm++2m": 20, "heun": 18}
 
 
 def _mean(values, mask=None):
@@ -91,7 +87,7 @@ class DiffusionModel:
     if not self.num_classes:
       if labels is not None:
         raise ValueError(
-          "class labels given to an unconditional model; train with --config.model.num_classes=K"
+          "class labels given to an unconditional model; train with config.model.num_classes=K"
         )
       return lambda x_t, t: self.net.apply(params, x_t, t, train=train, rngs=rngs)
     return lambda x_t, t: self.net.apply(params, x_t, t, labels, train=train, rngs=rngs)
@@ -136,42 +132,33 @@ class DiffusionModel:
     labels=None,
     guidance_scale: float = 0.0,
   ) -> Array:
-    """Draws num_samples examples with one of SAMPLERS.
+    """Draws num_samples examples with the sampler registered as `sampler`
+    in `diffusion.SAMPLERS` (which holds each one's default step count).
 
     ddpm: ancestral, all T steps (num_steps is ignored); ddim: num_steps
     (default T) DDIM steps with `eta`; respaced: ancestral on num_steps
     (default T) respaced timesteps; dpm++2m: DPM-Solver++(2M), num_steps
     (default 20) network calls; heun: EDM's Heun sampler, num_steps
     (default 18) sigmas, 2 num_steps - 1 calls, stochastic with s_churn > 0.
+    Options that do not apply to the sampler (eta, s_churn) are ignored.
 
     labels: (num_samples,) int classes for a conditional model (None: the
     null class); guidance_scale: w of classifier-free guidance (every
     sampler; w != 0 doubles the network calls).
     """
-    if sampler not in SAMPLERS:
-      raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    schedule = self.schedule
-    num_timesteps = schedule.num_timesteps
-    steps = num_steps or DEFAULT_SAMPLER_STEPS[sampler] or num_timesteps
-    if sampler != "ddpm" and not 1 <= steps <= num_timesteps:
-      raise ValueError(
-        f"num_steps (--sampling_steps) for sampler {sampler!r} "
-        f"must be in [1, {num_timesteps}], got {steps}"
-      )
     shape = (num_samples,) + tuple(self.example_shape)
     eps_fn = self.eps_fn(params, labels=labels, guidance_scale=guidance_scale)
-    if sampler == "ddpm":
-      return diffusion.ddpm_sample(key, eps_fn, schedule, shape, self.variance, self.clip)
-    if sampler == "ddim":
-      return diffusion.ddim_sample(key, eps_fn, schedule, shape, steps, eta, self.clip)
-    if sampler == "respaced":
-      return diffusion.respaced_ddpm_sample(
-        key, eps_fn, schedule, shape, steps, self.variance, self.clip
-      )
-    if sampler == "dpm++2m":
-      return diffusion.dpmpp_2m_sample(key, eps_fn, schedule, shape, steps, self.clip)
-    return diffusion.heun_sample(
-      key, eps_fn, schedule, shape, steps, s_churn=s_churn, clip=self.clip
+    return diffusion.run_sampler(
+      sampler,
+      key,
+      eps_fn,
+      self.schedule,
+      shape,
+      num_steps,
+      self.clip,
+      variance=self.variance,
+      eta=eta,
+      s_churn=s_churn,
     )
 
   def evaluate(self, params, batch, key, ode_steps: int = 0) -> dict[str, Array]:
@@ -196,16 +183,27 @@ class DiffusionModel:
     return out
 
   def describe_sample(
-    self, sampler: str = "ddpm", num_steps: int | None = None, eta: float = 0.0
+    self,
+    sampler: str = "ddpm",
+    num_steps: int | None = None,
+    eta: float = 0.0,
+    s_churn: float = 0.0,
+    guidance_scale: float = 0.0,
   ) -> dict:
-    """The sampler and its settings as `sample` uses them."""
-    if sampler == "ddpm":
-      return {
-        "sampler": "ddpm",
-        "num_steps": self.schedule.num_timesteps,
-        "variance": self.variance,
-      }
-    return {"sampler": sampler, "num_steps": num_steps or self.schedule.num_timesteps, "eta": eta}
+    """What `sample` runs with these arguments (`diffusion.describe_sampler`):
+    the sampler, the steps and network calls per sample that actually run,
+    and only the options that apply to it (variance: ddpm and respaced; eta:
+    ddim; s_churn: heun). guidance_scale w != 0 (sampling with labels) is
+    recorded and doubles the calls."""
+    return diffusion.describe_sampler(
+      sampler,
+      num_steps,
+      self.schedule.num_timesteps,
+      guidance_scale,
+      variance=self.variance,
+      eta=eta,
+      s_churn=s_churn,
+    )
 
   def _ode_steps(self, ode_steps: int) -> int:
     """The ODE's grid has at most T levels, so at most T - 1 steps."""
@@ -404,25 +402,25 @@ def make_diffusion_model(
     betas = diffusion.cosine_betas(diffusion_cfg.num_timesteps)
   else:
     raise ValueError(
-      "--config.diffusion.beta_schedule must be 'linear' or "
+      "config.diffusion.beta_schedule must be 'linear' or "
       f"'cosine', got {diffusion_cfg.beta_schedule!r}"
     )
   if diffusion_cfg.variance not in diffusion.VARIANCES:
     raise ValueError(
-      f"--config.diffusion.variance must be one of "
+      f"config.diffusion.variance must be one of "
       f"{diffusion.VARIANCES}, got {diffusion_cfg.variance!r}"
     )
   prediction = diffusion_cfg.get("prediction", "eps")
   if prediction not in diffusion.PREDICTIONS:
     raise ValueError(
-      f"--config.diffusion.prediction must be one of {diffusion.PREDICTIONS}, got {prediction!r}"
+      f"config.diffusion.prediction must be one of {diffusion.PREDICTIONS}, got {prediction!r}"
     )
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
     raise ValueError(
-      f"--config.model.num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}"
+      f"config.model.num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}"
     )
   if not 0.0 <= cond_drop_prob < 1.0:
-    raise ValueError(f"--config.train.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+    raise ValueError(f"config.train.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
   return DiffusionModel(
     net=net,
     schedule=diffusion.make_schedule(betas),

@@ -429,11 +429,13 @@ def test_models_describe_their_sampler_and_figures():
   assert model.describe_sample(sampler="ddpm") == {
     "sampler": "ddpm",
     "num_steps": 1000,
+    "network_calls": 1000,
     "variance": "small",
   }
   assert model.describe_sample(sampler="ddim", num_steps=50, eta=0.5) == {
     "sampler": "ddim",
     "num_steps": 50,
+    "network_calls": 50,
     "eta": 0.5,
   }
   assert "T=1000" in model.describe_evaluate()["bits_per_dim"]

@@ -1,6 +1,6 @@
 """Class-conditional diffusion and classifier-free guidance through the model, the trainer and run.py.
 
-The guidance formula itself is tested against numpy on a labelled Gaussian mixture in tests/test_samplers.py;
+The guidance formula itself is tested against numpy on a labelled Gaussian mixture in tests/diffusion/test_guidance.py;
 here: the model combines its own conditional and null-class predictions by that formula, label dropout, the
 training loop and `--mode=sample --class_label/--guidance_scale`.
 """
@@ -20,7 +20,8 @@ from gen_jax import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+# Each test builds a U-Net and most train or run run.py: 4-70 s each, so all are slow.
+pytestmark = [pytest.mark.usefixtures("fast_compile"), pytest.mark.slow]
 
 
 def tiny_config(num_classes=10, num_steps=2):

@@ -1,4 +1,10 @@
-"""Analytic oracles for testing diffusion models (no dependence on gen_jax code).
+"""Analytic oracles for testing diffusion models: a Gaussian mixture's exact eps,
+its densities and 8-bit bin masses, the exact output law of the DDPM / DDIM
+samplers on one Gaussian, and a two-sample distance.
+
+Public so that tests, benchmarks and users' own models can check themselves
+against closed forms. It does not depend on the rest of gen_jax (numpy, scipy
+and jax only), so it can be an independent reference for gen_jax.diffusion.
 
 Gaussian-mixture oracle. Data x0 ~ sum_k w_k N(mu_k, s_k^2 I) in D dimensions.
 Under q(x_t | x_0) = N(sqrt(a) x_0, (1 - a) I), a = alphas_cumprod[t], x_t is a

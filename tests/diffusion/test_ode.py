@@ -1,10 +1,10 @@
-"""Tests for `ode_log_likelihood` and `ode_bits_per_dim` (gen_jax/diffusion.py).
+"""Tests for `ode_log_likelihood` and `ode_bits_per_dim` (gen_jax/diffusion/ode.py).
 
 Oracle: for Gaussian-mixture data and the mixture's exact eps, the
 probability-flow ODE carries the exact noised marginals, so the density it
 returns at the smallest noise level sigma_0 = sqrt((1 - ac_0) / ac_0) is the
 mixture convolved with N(0, sigma_0^2 I): the same mixture with variances
-s_k^2 + sigma_0^2, in closed form (oracles.gmm_log_density).
+s_k^2 + sigma_0^2, in closed form (testing.gmm_log_density).
 """
 
 import math
@@ -14,29 +14,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax import diffusion
-from tests import oracles
-from tests.test_diffusion import GMM2, GMM4, np_abar, np_linear_betas
+from gen_jax import diffusion, testing
+from tests.support.diffusion import (
+  ABAR,
+  GMM2,
+  GMM4,
+)
 
 F32 = jnp.float32
-ABAR = np_abar(np_linear_betas(1000))
+
+
 SIGMA_MIN2 = (1 - ABAR[0]) / ABAR[0]
-
-
-@pytest.fixture(scope="module")
-def sched():
-  return diffusion.make_schedule(diffusion.linear_betas(1000))
 
 
 def _smoothed_log_density(x, weights, means, stds):
   """log of the mixture convolved with N(0, sigma_0^2 I), float64."""
-  return oracles.gmm_log_density(x, weights, means, np.sqrt(np.square(stds) + SIGMA_MIN2))
+  return testing.gmm_log_density(x, weights, means, np.sqrt(np.square(stds) + SIGMA_MIN2))
 
 
 def _points(n_data=192, n_spread=64, seed=0):
   """Data draws plus points spread over the square, where the density is low."""
   rng = np.random.default_rng(seed)
-  x, _ = oracles.gmm_sample(rng, n_data, **GMM2)
+  x, _ = testing.gmm_sample(rng, n_data, **GMM2)
   return np.concatenate([x, rng.uniform(-1.0, 1.0, (n_spread, 2))])
 
 
@@ -44,7 +43,7 @@ def _points(n_data=192, n_spread=64, seed=0):
 def exact_gmm2(sched):
   """Exact-trace log-likelihoods of _points() under GMM2's exact eps."""
   x = _points()
-  eps_fn = oracles.gmm_eps_fn(sched, **GMM2)
+  eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   fn = jax.jit(lambda k, x: diffusion.ode_log_likelihood(k, eps_fn, sched, x, exact_trace=True))
   return x, np.asarray(fn(jax.random.key(0), jnp.asarray(x, F32)), np.float64)
 
@@ -77,12 +76,13 @@ def test_exact_trace_matches_closed_form(exact_gmm2):
   _assert_close_per_dim(log_p, ref, 192)
 
 
+@pytest.mark.slow
 def test_other_mixture_gives_its_own_density(sched):
   """The ODE of a different mixture's eps returns that mixture's density (not
   the data's): the likelihood follows the model."""
   wide = dict(GMM2, stds=list(1.5 * np.array(GMM2["stds"])), weights=[0.2, 0.3, 0.5])
   x = _points(n_data=64, n_spread=32, seed=1)
-  eps_fn = oracles.gmm_eps_fn(sched, **wide)
+  eps_fn = testing.gmm_eps_fn(sched, **wide)
   log_p = np.asarray(
     jax.jit(lambda k, x: diffusion.ode_log_likelihood(k, eps_fn, sched, x, exact_trace=True))(
       jax.random.key(0), jnp.asarray(x, F32)
@@ -92,9 +92,10 @@ def test_other_mixture_gives_its_own_density(sched):
   assert np.mean(np.abs(log_p - _smoothed_log_density(x, **GMM2))) > 0.5
 
 
+@pytest.mark.slow
 def test_hutchinson_agrees_with_exact_trace(sched, exact_gmm2):
   x, exact = exact_gmm2
-  eps_fn = oracles.gmm_eps_fn(sched, **GMM2)
+  eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   hutchinson = np.asarray(
     jax.jit(lambda k, x: diffusion.ode_log_likelihood(k, eps_fn, sched, x))(
       jax.random.key(1), jnp.asarray(x, F32)
@@ -116,11 +117,12 @@ def test_hutchinson_agrees_with_exact_trace(sched, exact_gmm2):
   assert np.max(np.abs(other - hutchinson)) > 1e-3
 
 
+@pytest.mark.slow
 def test_convergence_in_num_steps(sched):
   """Heun on the log-sigma grid: the error falls with the step count."""
   x = _points(n_data=48, n_spread=16, seed=2)
   ref = _smoothed_log_density(x, **GMM2)
-  eps_fn = oracles.gmm_eps_fn(sched, **GMM2)
+  eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   errors = []
   for steps in (32, 128):
     log_p = jax.jit(
@@ -131,15 +133,16 @@ def test_convergence_in_num_steps(sched):
   assert errors[1] < errors[0] / 4
 
 
+@pytest.mark.slow
 def test_bits_per_dim_dequantized(sched):
   """ode_bits_per_dim on 8-bit GMM4 data (4-D): equals the closed-form
   smoothed density at the documented dequantized points y = x + (u - 1/2)
   2/255, u from split(key)[0], and bounds the data's true discrete NLL."""
   rng = np.random.default_rng(3)
-  x, _ = oracles.gmm_sample(rng, 256, **GMM4)
-  x = oracles.quantize(x)
+  x, _ = testing.gmm_sample(rng, 256, **GMM4)
+  x = testing.quantize(x)
   key = jax.random.key(4)
-  eps_fn = oracles.gmm_eps_fn(sched, **GMM4)
+  eps_fn = testing.gmm_eps_fn(sched, **GMM4)
   bpd = np.asarray(
     jax.jit(lambda k, x: diffusion.ode_bits_per_dim(k, eps_fn, sched, x, exact_trace=True))(
       key, jnp.asarray(x, F32)
@@ -151,7 +154,7 @@ def test_bits_per_dim_dequantized(sched):
   d = x.shape[1]
   ref = -(_smoothed_log_density(y, **GMM4) - d * math.log(127.5)) / (d * math.log(2))
   np.testing.assert_allclose(bpd, ref, atol=0.02 / math.log(2))
-  nll = -oracles.gmm_discrete_log_prob(x, **GMM4) / (d * math.log(2))
+  nll = -testing.gmm_discrete_log_prob(x, **GMM4) / (d * math.log(2))
   gap = bpd - nll
   se = gap.std() / math.sqrt(len(gap))
   print(

@@ -1,0 +1,141 @@
+"""Gaussian diffusion (DDPM, Ho et al. 2020) and its samplers, as pure functions.
+
+One module per question; every public name is re-exported here, so
+`from gen_jax import diffusion; diffusion.ddim_sample(...)` works:
+  schedules   the betas, `Schedule`, respacing, the noise levels sigma_t
+  forward     q(x_t | x_0), q(x_{t-1} | x_t, x_0), the targets eps / x0 / v / score, `as_eps_fn`
+  guidance    classifier-free guidance, `guided_eps_fn`
+  reverse     the model's step p(x_{t-1} | x_t), `p_mean_variance`
+  losses      L_simple and the variational bound (terms, prior KL, bits/dim)
+  ode         the exact likelihood of the probability-flow ODE
+  timesteps   the time grids (DDIM's, uniform in log-sigma, Karras et al.'s rho-grid)
+  samplers    ddpm, ddim, respaced, dpm++2m, heun, and `SAMPLERS`, their one registry
+
+Conventions:
+  * t is 0-based: t = 0 is the first noising step (the paper's x_1) and
+    t = T - 1 the last; x_0 is the data. `alphas_cumprod[t] = prod_{s<=t} (1 - beta_s)`
+    so q(x_t | x_0) = N(sqrt(alphas_cumprod[t]) x_0, (1 - alphas_cumprod[t]) I)
+    is the distribution of the paper's x_{t+1}.
+  * An epsilon-predictor is any batched function `eps_fn(x_t, t) -> eps` with
+    x_t of shape (B, ...) and t int32 of shape (B,): a Flax model's `apply`
+    with bound parameters, an analytic predictor, or a guided combination.
+  * Per-example values are returned with shape (B,); "data dimensions" are the
+    axes after the batch axis. Likelihoods are in nats unless the name says
+    bits per dimension.
+  * The schedule is built once on the host (float64 numpy, then cast to the
+    default float dtype: float32, or float64 under `jax_enable_x64`) and
+    passed to jitted functions as an ordinary pytree argument.
+"""
+
+from gen_jax.diffusion.forward import (
+  PREDICTIONS,
+  Array,
+  EpsFn,
+  as_eps_fn,
+  check_prediction,
+  eps_from_prediction,
+  make_q_sample,
+  predict_eps_from_score,
+  predict_eps_from_v,
+  predict_eps_from_x0,
+  predict_v_from_eps,
+  predict_x0_from_eps,
+  prediction_from_eps,
+  q_posterior,
+  q_step,
+  score_from_eps,
+  v_target,
+)
+from gen_jax.diffusion.guidance import guided_eps_fn
+from gen_jax.diffusion.losses import (
+  VLBTerms,
+  prior_kl,
+  simple_loss,
+  vlb_bits_per_dim,
+  vlb_term,
+  vlb_terms,
+)
+from gen_jax.diffusion.ode import ode_bits_per_dim, ode_log_likelihood
+from gen_jax.diffusion.reverse import VARIANCES, check_variance, p_mean_variance
+from gen_jax.diffusion.samplers import (
+  SAMPLERS,
+  SamplerSpec,
+  ddim_sample,
+  ddpm_sample,
+  describe_sampler,
+  dpmpp_2m_sample,
+  heun_sample,
+  respaced_ddpm_sample,
+  run_sampler,
+  sampler_num_steps,
+  sampler_spec,
+)
+from gen_jax.diffusion.schedules import (
+  Schedule,
+  cosine_betas,
+  linear_betas,
+  make_schedule,
+  respace_schedule,
+  schedule_sigmas,
+  sigma_to_timestep,
+)
+from gen_jax.diffusion.timesteps import (
+  ddim_timesteps,
+  edm_timesteps,
+  karras_sigmas,
+  log_sigma_timesteps,
+)
+
+__all__ = [
+  "PREDICTIONS",
+  "SAMPLERS",
+  "VARIANCES",
+  "Array",
+  "EpsFn",
+  "SamplerSpec",
+  "Schedule",
+  "VLBTerms",
+  "as_eps_fn",
+  "check_prediction",
+  "check_variance",
+  "cosine_betas",
+  "ddim_sample",
+  "ddim_timesteps",
+  "ddpm_sample",
+  "describe_sampler",
+  "dpmpp_2m_sample",
+  "edm_timesteps",
+  "eps_from_prediction",
+  "guided_eps_fn",
+  "heun_sample",
+  "karras_sigmas",
+  "linear_betas",
+  "log_sigma_timesteps",
+  "make_q_sample",
+  "make_schedule",
+  "ode_bits_per_dim",
+  "ode_log_likelihood",
+  "p_mean_variance",
+  "predict_eps_from_score",
+  "predict_eps_from_v",
+  "predict_eps_from_x0",
+  "predict_v_from_eps",
+  "predict_x0_from_eps",
+  "prediction_from_eps",
+  "prior_kl",
+  "q_posterior",
+  "q_step",
+  "respace_schedule",
+  "respaced_ddpm_sample",
+  "run_sampler",
+  "sampler_num_steps",
+  "sampler_spec",
+  "schedule_sigmas",
+  "score_from_eps",
+  "sigma_to_timestep",
+  "simple_loss",
+  "v_target",
+  "vlb_bits_per_dim",
+  "vlb_term",
+  "vlb_terms",
+]

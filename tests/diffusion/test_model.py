@@ -1,0 +1,242 @@
+"""Tests for DiffusionModel (gen_jax/models.py) as the diffusion package sees it: the
+sampler dispatch through `diffusion.SAMPLERS`, what `describe_sample` records, and
+the `prediction` field (eps | x0 | v) in training, sampling and evaluation.
+"""
+
+import dataclasses
+import inspect
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gen_jax import diffusion, models
+from tests.support.diffusion import np_abar, np_linear_betas
+
+F32 = jnp.float32
+
+# Dispatch and bookkeeping, not numerics: XLA's optimisation passes only cost time here.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+class ZerosStub:
+  """Stands in for a Flax module: apply(params, x, t) = 0."""
+
+  def apply(self, params, x, t, train=False, rngs=None):
+    del params, t, train, rngs
+    return jnp.zeros_like(x)
+
+
+class CountingZeros:
+  """apply(params, x, t[, labels]) = 0, counting its calls as they run (also
+  inside a compiled scan or lax.cond)."""
+
+  def __init__(self, counter):
+    self.counter = counter
+
+  def apply(self, params, x, t, labels=None, train=False, rngs=None):
+    del params, t, labels, train, rngs
+    jax.debug.callback(lambda: self.counter.append(1))
+    return jnp.zeros_like(x)
+
+
+class Zeros(nn.Module):
+  """A network that predicts 0 (plus a parameter so init has something)."""
+
+  @nn.compact
+  def __call__(self, x, t, train=False):
+    del t, train
+    return 0.0 * self.param("b", nn.initializers.zeros, ()) + jnp.zeros_like(x)
+
+
+# ----------------------------------------------------------------------------
+# DiffusionModel.sample dispatch
+# ----------------------------------------------------------------------------
+
+
+def test_model_sample_dispatch(monkeypatch):
+  """DiffusionModel.sample routes each name to its sampler with the model's
+  eps_fn, variance and clip and the documented step counts (spies stand in
+  for the samplers, which are tested elsewhere; the arguments they get must
+  bind to the real samplers' signatures)."""
+  sched = diffusion.make_schedule(diffusion.linear_betas(50, 1e-3, 0.1))
+  model = models.DiffusionModel(
+    net=ZerosStub(),
+    schedule=sched,
+    example_shape=(2,),
+    variance="large",
+    clip=False,
+    prediction="v",
+  )
+  calls = []
+  real = {
+    "ddpm": diffusion.ddpm_sample,
+    "ddim": diffusion.ddim_sample,
+    "respaced": diffusion.respaced_ddpm_sample,
+    "dpm++2m": diffusion.dpmpp_2m_sample,
+    "heun": diffusion.heun_sample,
+  }
+
+  def spy(name):
+    def record(key, eps_fn, schedule, shape, **kwargs):
+      calls.append((name, eps_fn, schedule, shape, kwargs))
+      return jnp.zeros(shape)
+
+    return record
+
+  for name, spec in diffusion.SAMPLERS.items():
+    assert spec.fn is real[name]
+    monkeypatch.setitem(diffusion.SAMPLERS, name, dataclasses.replace(spec, fn=spy(name)))
+  key = jax.random.key(0)
+  expected = {
+    ("ddpm", None): dict(variance="large", clip=False),
+    ("ddpm", 7): dict(variance="large", clip=False),  # all T steps
+    ("ddim", None): dict(num_steps=50, eta=0.5, clip=False),
+    ("ddim", 7): dict(num_steps=7, eta=0.5, clip=False),
+    ("respaced", None): dict(num_steps=50, variance="large", clip=False),
+    ("respaced", 7): dict(num_steps=7, variance="large", clip=False),
+    ("dpm++2m", None): dict(num_steps=20, clip=False),
+    ("dpm++2m", 7): dict(num_steps=7, clip=False),
+    ("heun", None): dict(num_steps=18, s_churn=3.0, clip=False),
+    ("heun", 7): dict(num_steps=7, s_churn=3.0, clip=False),
+  }
+  assert {name for name, _ in expected} == set(diffusion.SAMPLERS)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 2)), F32)
+  t = jnp.array([0, 10, 30, 49])
+  for (name, steps), kwargs in expected.items():
+    calls.clear()
+    out = model.sample({}, key, 4, sampler=name, num_steps=steps, eta=0.5, s_churn=3.0)
+    assert out.shape == (4, 2)
+    [(called, eps_fn, schedule, shape, got_kwargs)] = calls
+    assert (called, schedule, shape) == (name, sched, (4, 2)), name
+    assert got_kwargs == kwargs, (name, steps)
+    inspect.signature(real[name]).bind(key, eps_fn, schedule, shape, **got_kwargs)
+    # The eps_fn is the network seen through its prediction target.
+    np.testing.assert_allclose(
+      eps_fn(x, t), diffusion.eps_from_prediction(sched, x, t, 0 * x, "v"), rtol=1e-6
+    )
+  with pytest.raises(ValueError, match="sampler must be one of"):
+    model.sample({}, key, 4, sampler="euler")
+  for name in ("ddim", "respaced", "dpm++2m", "heun"):
+    with pytest.raises(ValueError, match="num_steps"):
+      model.sample({}, key, 4, sampler=name, num_steps=51)
+
+
+# ----------------------------------------------------------------------------
+# describe_sample: what eval.json records
+# ----------------------------------------------------------------------------
+
+# T = 50: what each sampler runs without a step count and with 7 steps.
+DESCRIBED = {
+  ("ddpm", None): {"sampler": "ddpm", "num_steps": 50, "network_calls": 50, "variance": "large"},
+  ("ddpm", 7): {"sampler": "ddpm", "num_steps": 50, "network_calls": 50, "variance": "large"},
+  ("ddim", None): {"sampler": "ddim", "num_steps": 50, "network_calls": 50, "eta": 0.5},
+  ("ddim", 7): {"sampler": "ddim", "num_steps": 7, "network_calls": 7, "eta": 0.5},
+  ("respaced", None): {
+    "sampler": "respaced",
+    "num_steps": 50,
+    "network_calls": 50,
+    "variance": "large",
+  },
+  ("respaced", 7): {"sampler": "respaced", "num_steps": 7, "network_calls": 7, "variance": "large"},
+  ("dpm++2m", None): {"sampler": "dpm++2m", "num_steps": 20, "network_calls": 20},
+  ("dpm++2m", 7): {"sampler": "dpm++2m", "num_steps": 7, "network_calls": 7},
+  ("heun", None): {"sampler": "heun", "num_steps": 18, "network_calls": 35, "s_churn": 0.0},
+  ("heun", 7): {"sampler": "heun", "num_steps": 7, "network_calls": 13, "s_churn": 0.0},
+}
+
+
+def _counting_model(**fields):
+  """A DiffusionModel on T = 50 whose network predicts 0 and counts its calls."""
+  counter = []
+  sched = diffusion.make_schedule(diffusion.linear_betas(50, 1e-3, 0.1))
+  model = models.DiffusionModel(
+    net=CountingZeros(counter), schedule=sched, example_shape=(2,), clip=False, **fields
+  )
+  return model, counter
+
+
+@pytest.mark.parametrize("sampler,num_steps", list(DESCRIBED))
+def test_describe_sample_records_what_sample_runs(sampler, num_steps):
+  """The record holds the steps and the network calls that `sample` makes
+  and only the options that apply. Issue 15: dpm++2m and heun without a step
+  count were recorded as T steps while they ran 20 and 18, and every sampler
+  but ddpm was recorded with eta."""
+  model, _ = _counting_model(variance="large")
+  record = model.describe_sample(sampler=sampler, num_steps=num_steps, eta=0.5)
+  assert record == DESCRIBED[sampler, num_steps]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler,num_steps", list(DESCRIBED))
+def test_describe_sample_counts_the_calls_sample_makes(sampler, num_steps):
+  """The recorded network calls are the calls `sample` makes, counted at the network."""
+  model, counter = _counting_model(variance="large")
+  record = model.describe_sample(sampler=sampler, num_steps=num_steps, eta=0.5)
+  samples = model.sample({}, jax.random.key(0), 3, sampler=sampler, num_steps=num_steps, eta=0.5)
+  jax.block_until_ready(samples)
+  jax.effects_barrier()
+  assert len(counter) == record["network_calls"]
+
+
+def test_describe_sample_with_guidance_counts_both_calls():
+  """Guided sampling calls the network with the label and with the null
+  label: twice the calls, and the scale is recorded."""
+  model, counter = _counting_model(num_classes=3)
+  record = model.describe_sample(sampler="heun", num_steps=5, s_churn=1.0, guidance_scale=2.0)
+  assert record == {
+    "sampler": "heun",
+    "num_steps": 5,
+    "network_calls": 18,
+    "s_churn": 1.0,
+    "guidance_scale": 2.0,
+  }
+  samples = model.sample(
+    {},
+    jax.random.key(0),
+    3,
+    sampler="heun",
+    num_steps=5,
+    s_churn=1.0,
+    labels=jnp.array([0, 1, 2]),
+    guidance_scale=2.0,
+  )
+  jax.block_until_ready(samples)
+  jax.effects_barrier()
+  assert len(counter) == record["network_calls"]
+
+
+# ----------------------------------------------------------------------------
+# DiffusionModel.prediction
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_model_trains_and_samples_its_prediction():
+  cfg = models.diffusion_config(num_timesteps=50, clip=False, prediction="x0")
+  model = models.make_diffusion_model(cfg, Zeros(), (3,))
+  assert model.prediction == "x0"
+  params = model.init(jax.random.key(0))
+  x = jnp.asarray(np.random.default_rng(9).uniform(-1, 1, (32, 3)), F32)
+  # Predicting x0 = 0: the x0-loss is mean(x0^2) whatever t and the noise.
+  loss, _ = model.loss(params, {"x": x}, jax.random.key(1))
+  np.testing.assert_allclose(loss, np.mean(np.asarray(x, np.float64) ** 2), rtol=1e-5)
+  # Its eps_fn is the x0 = 0 predictor converted: eps = x_t / sqrt(1 - ac).
+  t = jnp.array([0, 10, 49] * 10 + [5, 6])
+  eps = model.eps_fn(params)(x, t)
+  ref = np.asarray(x) / np.sqrt(1 - np_abar(np_linear_betas(50))[np.asarray(t)])[:, None]
+  np.testing.assert_allclose(eps, ref, rtol=1e-5)
+  # The x0 = 0 model samples 0 with a deterministic sampler.
+  out = model.sample(params, jax.random.key(2), 4, sampler="dpm++2m", num_steps=5)
+  np.testing.assert_allclose(out, 0.0, atol=1e-5)
+  evaluated = model.evaluate(params, {"x": x}, jax.random.key(3))
+  np.testing.assert_allclose(evaluated["loss"], np.mean(np.asarray(x) ** 2, 1), rtol=1e-5)
+
+
+def test_config_prediction_checked():
+  cfg = models.diffusion_config(prediction="noise")
+  with pytest.raises(ValueError, match=r"^config\.diffusion\.prediction"):
+    models.make_diffusion_model(cfg, Zeros(), (3,))
+  assert models.diffusion_config().prediction == "eps"
