@@ -177,8 +177,15 @@ class DiffusionModel:
         vlb_key, eps_fn, self.schedule, x, self.variance, clip=False
       )
       if ode_steps:
+        # The raw output with its prediction type: the ODE takes x0 from it
+        # without dividing by sqrt(ac_t) (zero terminal SNR, v-prediction).
         out["ode_bits_per_dim"] = diffusion.ode_bits_per_dim(
-          ode_key, eps_fn, self.schedule, x, self._ode_steps(ode_steps)
+          ode_key,
+          self.model_fn(params),
+          self.schedule,
+          x,
+          self._ode_steps(ode_steps),
+          prediction=self.prediction,
         )
     return out
 
@@ -226,9 +233,10 @@ class DiffusionModel:
         out["ode_bits_per_dim"] = (
           f"the exact likelihood of the probability-flow ODE (diffusion.ode_bits_per_dim): data "
           f"dequantized uniformly within each 8-bit bin (one draw), "
-          f"{self._ode_steps(ode_steps)} Heun steps in "
-          f"log-sigma, Hutchinson's trace with one Rademacher probe; -(log p - D log 127.5) / "
-          f"(D ln 2)"
+          f"{self._ode_steps(ode_steps)} second-order steps uniform in log-SNR (Heun in "
+          f"x_t / sqrt(1 - ac) against sqrt(SNR) where SNR < 1, in x_t / sqrt(ac) against "
+          f"sigma where SNR >= 1), Hutchinson's trace with one Rademacher probe; "
+          f"-(log p - D log 127.5) / (D ln 2)"
         )
     return out
 

@@ -55,7 +55,12 @@ from gen_jax.diffusion.losses import (
   vlb_term,
   vlb_terms,
 )
-from gen_jax.diffusion.ode import ode_bits_per_dim, ode_log_likelihood
+from gen_jax.diffusion.ode import (
+  default_ode_steps,
+  ode_bits_per_dim,
+  ode_log_likelihood,
+  ode_timesteps,
+)
 from gen_jax.diffusion.reverse import VARIANCES, check_variance, p_mean_variance
 from gen_jax.diffusion.samplers import (
   SAMPLERS,
@@ -102,6 +107,7 @@ __all__ = [
   "ddim_sample",
   "ddim_timesteps",
   "ddpm_sample",
+  "default_ode_steps",
   "describe_sampler",
   "dpmpp_2m_sample",
   "edm_timesteps",
@@ -115,6 +121,7 @@ __all__ = [
   "make_schedule",
   "ode_bits_per_dim",
   "ode_log_likelihood",
+  "ode_timesteps",
   "p_mean_variance",
   "predict_eps_from_score",
   "predict_eps_from_v",

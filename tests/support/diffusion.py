@@ -304,3 +304,73 @@ def count_primitive(jaxpr, name):
       elif hasattr(getattr(param, "jaxpr", None), "eqns"):
         count += count_primitive(param.jaxpr, name)
   return count
+
+
+# ----------------------------------------------------------------------------
+# Schedules off the default path, and one-Gaussian data with its exact model
+# (the likelihood oracles: tests/diffusion/test_ode.py, test_schedule_oracles.py)
+# ----------------------------------------------------------------------------
+
+
+def np_rescale_zero_terminal_snr(betas):
+  """Lin et al. 2024, Algorithm 1, in float64: shift sqrt(ac) so that its last
+  value is 0 and scale it so that its first is unchanged; betas from the ratios."""
+  sqrt_ac = np.sqrt(np_abar(betas))
+  first, last = sqrt_ac[0], sqrt_ac[-1]
+  sqrt_ac = (sqrt_ac - last) * first / (first - last)
+  ac = sqrt_ac**2
+  alphas = np.concatenate([ac[:1], ac[1:] / ac[:-1]])
+  return 1.0 - alphas
+
+
+def np_sigmoid_alphas_cumprod(num, lambda_max=6.0, lambda_min=-10.0):
+  """A user-given alphas_cumprod: log-SNR linear in t from lambda_max to lambda_min
+  (ac = sigmoid(lambda)), the kind of schedule a paper specifies by ac directly."""
+  lam = lambda_max + (lambda_min - lambda_max) * np.arange(1, num + 1) / num
+  return 1.0 / (1.0 + np.exp(-lam))
+
+
+GAUSS_MU, GAUSS_STD = 0.2, 0.3  # the issue's one-Gaussian data N(0.2, 0.3^2)
+
+
+def gaussian_model_fn(schedule, mu, std, prediction):
+  """The exact E[eps | x_t], E[x0 | x_t] or v = a eps - s x0 of data N(mu, std^2)
+  per dimension, a batched JAX model_fn(x_t, t). With a = sqrt(ac_t), s =
+  sqrt(1 - ac_t), var_t = a^2 std^2 + s^2:
+    E[eps | x_t] = s (x_t - a mu) / var_t,  E[x0 | x_t] = mu + a std^2 (x_t - a mu) / var_t,
+  neither dividing by a (finite at ac = 0)."""
+
+  def fn(x_t, t):
+    ac = jnp.asarray(schedule.alphas_cumprod)[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+    a, s = jnp.sqrt(ac), jnp.sqrt(1.0 - ac)
+    var_t = ac * std**2 + (1.0 - ac)
+    eps = s * (x_t - a * mu) / var_t
+    x0 = mu + a * std**2 * (x_t - a * mu) / var_t
+    return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[prediction]
+
+  return fn
+
+
+def np_gaussian_ode_log_density(y, mu, std, alphas_cumprod):
+  """float64 log-density (nats, per example) that the probability-flow ODE of
+  the exact model of data N(mu, std^2) assigns to y (n, D) at sigma_0, with
+  the prior N(0, I) on u = x_{T-1} / sqrt(1 - ac_{T-1}).
+
+  The flow of Gaussian data is affine and keeps z = (y - mu) / sqrt(std^2 +
+  sigma^2) per dimension, so with r = sqrt(ac / (1 - ac)):
+    u_T = r_T mu + sqrt(1 + r_T^2 std^2) z,
+    log p(y) = sum_d [log N(u_T; 0, 1) + 0.5 log(1 + r_T^2 std^2)
+                      - 0.5 log(std^2 + sigma_0^2)].
+  Returns (model, data): the above, and the data's own smoothed density
+  log N(y; mu, std^2 + sigma_0^2) (they differ by the prior mismatch)."""
+  ac = np.asarray(alphas_cumprod, np.float64)
+  y = np.asarray(y, np.float64)
+  sigma0_sq = (1 - ac[0]) / ac[0]
+  r_top = math.sqrt(ac[-1] / (1 - ac[-1]))
+  var0 = std * std
+  z = (y - mu) / math.sqrt(var0 + sigma0_sq)
+  u_top = r_top * mu + math.sqrt(1 + r_top**2 * var0) * z
+  log_norm = -0.5 * math.log(var0 + sigma0_sq)
+  model = -0.5 * (math.log(2 * math.pi) + u_top**2) + 0.5 * math.log1p(r_top**2 * var0) + log_norm
+  data = -0.5 * (math.log(2 * math.pi) + z**2) + log_norm
+  return model.sum(-1), data.sum(-1)
