@@ -2,7 +2,7 @@
 
 One module per question; every public name is re-exported here, so
 `from gen_jax import diffusion; diffusion.ddim_sample(...)` works:
-  schedules   the betas, `Schedule`, respacing, the noise levels sigma_t
+  schedules   the betas (linear, cosine, zero terminal SNR), `Schedule`, respacing, sigma_t
   forward     q(x_t | x_0), q(x_{t-1} | x_t, x_0), the targets eps / x0 / v / score, `as_eps_fn`
   guidance    classifier-free guidance, `guided_eps_fn`
   reverse     the model's step p(x_{t-1} | x_t), `p_mean_variance`
@@ -76,11 +76,15 @@ from gen_jax.diffusion.samplers import (
   sampler_spec,
 )
 from gen_jax.diffusion.schedules import (
+  PRIOR_KL_WARNING,
   Schedule,
   cosine_betas,
   linear_betas,
   make_schedule,
+  prior_kl_per_dim,
+  rescale_zero_terminal_snr,
   respace_schedule,
+  schedule_from_alphas_cumprod,
   schedule_sigmas,
   sigma_to_timestep,
 )
@@ -93,6 +97,7 @@ from gen_jax.diffusion.timesteps import (
 
 __all__ = [
   "PREDICTIONS",
+  "PRIOR_KL_WARNING",
   "SAMPLERS",
   "VARIANCES",
   "Array",
@@ -130,13 +135,16 @@ __all__ = [
   "predict_x0_from_eps",
   "prediction_from_eps",
   "prior_kl",
+  "prior_kl_per_dim",
   "q_posterior",
   "q_step",
+  "rescale_zero_terminal_snr",
   "respace_schedule",
   "respaced_ddpm_sample",
   "run_sampler",
   "sampler_num_steps",
   "sampler_spec",
+  "schedule_from_alphas_cumprod",
   "schedule_sigmas",
   "score_from_eps",
   "sigma_to_timestep",
