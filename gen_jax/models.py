@@ -166,7 +166,6 @@ class DiffusionModel:
     and (ode_steps > 0) the probability-flow ODE's bits/dim beside it."""
     x = batch["x"]
     simple_key, vlb_key, ode_key = jax.random.split(key, 3)
-    eps_fn = self.eps_fn(params)
     out = {
       "loss": diffusion.simple_loss(
         simple_key, self.model_fn(params), self.schedule, x, self.prediction
@@ -174,7 +173,13 @@ class DiffusionModel:
     }
     if len(self.example_shape) == 3:
       out["bits_per_dim"] = diffusion.vlb_bits_per_dim(
-        vlb_key, eps_fn, self.schedule, x, self.variance, clip=False
+        vlb_key,
+        self.model_fn(params),
+        self.schedule,
+        x,
+        self.variance,
+        clip=False,
+        prediction=self.prediction,
       )
       if ode_steps:
         # The raw output with its prediction type: the ODE takes x0 from it

@@ -6,7 +6,7 @@ One module per question; every public name is re-exported here, so
   forward     q(x_t | x_0), q(x_{t-1} | x_t, x_0), the targets eps / x0 / v / score, `as_eps_fn`
   guidance    classifier-free guidance, `guided_eps_fn`
   reverse     the model's step p(x_{t-1} | x_t), `p_mean_variance`
-  losses      L_simple and the variational bound (terms, prior KL, bits/dim)
+  losses      L_simple and the variational bound (terms, prior KL, bits/dim, continuous nats/dim)
   ode         the exact likelihood of the probability-flow ODE
   timesteps   the time grids (DDIM's, uniform in log-sigma, Karras et al.'s rho-grid)
   samplers    ddpm, ddim, respaced, dpm++2m, heun, and `SAMPLERS`, their one registry
@@ -48,10 +48,13 @@ from gen_jax.diffusion.forward import (
 )
 from gen_jax.diffusion.guidance import guided_eps_fn
 from gen_jax.diffusion.losses import (
+  DECODERS,
   VLBTerms,
+  check_decoder,
   prior_kl,
   simple_loss,
   vlb_bits_per_dim,
+  vlb_nats_per_dim,
   vlb_term,
   vlb_terms,
 )
@@ -96,6 +99,7 @@ from gen_jax.diffusion.timesteps import (
 )
 
 __all__ = [
+  "DECODERS",
   "PREDICTIONS",
   "PRIOR_KL_WARNING",
   "SAMPLERS",
@@ -106,6 +110,7 @@ __all__ = [
   "Schedule",
   "VLBTerms",
   "as_eps_fn",
+  "check_decoder",
   "check_prediction",
   "check_variance",
   "cosine_betas",
@@ -151,6 +156,7 @@ __all__ = [
   "simple_loss",
   "v_target",
   "vlb_bits_per_dim",
+  "vlb_nats_per_dim",
   "vlb_term",
   "vlb_terms",
 ]

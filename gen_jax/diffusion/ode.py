@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from gen_jax import checks, distributions
 from gen_jax.diffusion._helpers import at, sum_data_dims
 from gen_jax.diffusion.forward import check_prediction
+from gen_jax.diffusion.losses import _refuse_eps_at_zero_snr
 from gen_jax.diffusion.schedules import Schedule
 
 Array = jax.Array
@@ -227,22 +228,6 @@ def ode_log_likelihood(
   )
   prior = sum_data_dims(distributions.normal_log_prob(u_end, 0.0, 0.0), 1)
   return prior + integral + num_dims * jnp.log(r[0])
-
-
-def _refuse_eps_at_zero_snr(schedule: Schedule, prediction: str, name: str) -> None:
-  """ValueError for eps-prediction on a concrete zero-terminal-SNR schedule."""
-  if prediction != "eps":
-    return
-  try:
-    last = float(schedule.alphas_cumprod[-1])
-  except jax.errors.ConcretizationTypeError:
-    return  # traced: x0 = (x_t - s eps) / 0 gives inf / NaN, visibly.
-  if last == 0.0:
-    raise ValueError(
-      f"{name}: eps-prediction is undefined on a zero-terminal-SNR schedule "
-      "(alphas_cumprod[T-1] = 0: x0 = (x_t - sqrt(1 - ac) eps) / sqrt(ac) divides by 0); "
-      "use prediction='v' or 'x0'"
-    )
 
 
 def ode_bits_per_dim(

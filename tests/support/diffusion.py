@@ -374,3 +374,43 @@ def np_gaussian_ode_log_density(y, mu, std, alphas_cumprod):
   model = -0.5 * (math.log(2 * math.pi) + u_top**2) + 0.5 * math.log1p(r_top**2 * var0) + log_norm
   data = -0.5 * (math.log(2 * math.pi) + z**2) + log_norm
   return model.sum(-1), data.sum(-1)
+
+
+def np_gaussian_vlb(alphas_cumprod, mu, std, variance="small", decoder_std=None):
+  """float64 expected terms of the variational bound, per dimension, for data
+  N(mu, std^2) and its exact model, with the Gaussian decoder at t = 0.
+
+  With x_t = a_t x0 + s_t eps, the posterior of x0 given x_t is Gaussian with
+  variance pv_t = std^2 s_t^2 / (a_t^2 std^2 + s_t^2) whatever x_t, so for the
+  exact x0-prediction E[(x0 - x0_hat)^2] = pv_t and, for t >= 1, with
+  coef1_t = beta_t sqrt(ac_{t-1}) / (1 - ac_t) and beta~_t the posterior variance,
+    small: E[L_t] = coef1_t^2 pv_t / (2 beta~_t),
+    large: E[L_t] = 0.5 (log(beta_t / beta~_t) + beta~_t / beta_t + coef1_t^2 pv_t / beta_t - 1);
+  t = 0 (coef1_0 = 1, coef2_0 = 0, so the decoder's mean is x0_hat):
+    E[L_0] = 0.5 log(2 pi v) + pv_0 / (2 v),  v = decoder_std^2 or beta~_1;
+  prior: 0.5 (ac_T (mu^2 + std^2) + (1 - ac_T) - 1 - log(1 - ac_T)).
+  Returns (terms (T,), prior, total, exact_nll), the last the data's entropy
+  0.5 log(2 pi std^2) + 0.5 (the bound's floor), all nats per dimension."""
+  ac = np.asarray(alphas_cumprod, np.float64)
+  ac_prev = np.append(1.0, ac[:-1])
+  betas = 1.0 - ac / ac_prev
+  var0 = std * std
+  pv = var0 * (1 - ac) / (ac * var0 + 1 - ac)
+  tilde = betas * (1 - ac_prev) / (1 - ac)
+  coef1 = betas * np.sqrt(ac_prev) / (1 - ac)
+  terms = np.empty_like(ac)
+  if variance == "small":
+    terms[1:] = coef1[1:] ** 2 * pv[1:] / (2 * tilde[1:])
+  else:
+    terms[1:] = 0.5 * (
+      np.log(betas[1:] / tilde[1:])
+      + tilde[1:] / betas[1:]
+      + coef1[1:] ** 2 * pv[1:] / betas[1:]
+      - 1
+    )
+  v = tilde[1] if decoder_std is None else decoder_std**2
+  terms[0] = 0.5 * math.log(2 * math.pi * v) + pv[0] / (2 * v)
+  a_last = ac[-1]
+  prior = 0.5 * (a_last * (mu * mu + var0) - a_last - math.log1p(-a_last))
+  exact = 0.5 * math.log(2 * math.pi * var0) + 0.5
+  return terms, prior, terms.sum() + prior, exact
