@@ -289,10 +289,11 @@ class VAEModel:
     def log_likelihood(x, z):
       out = self.decoder.apply(params["decoder"], z)
       if self.likelihood == "bernoulli":
-        logp = distributions.bernoulli_log_prob(x, out)
+        logp = distributions.bernoulli_log_prob(x, logits=out)
       else:
         mean, log_scale = out
-        logp = distributions.discretized_gaussian_log_prob(x, mean, log_scale)
+        # The network's parameter is log sigma; the distribution takes log sigma^2.
+        logp = distributions.discretized_gaussian_log_prob(x, mean=mean, logvar=2.0 * log_scale)
       return jnp.sum(logp.reshape(logp.shape[0], -1), axis=-1)
 
     return log_likelihood

@@ -80,12 +80,17 @@ def _on_grid(x0, batch_ndim: int) -> Array:
   return jnp.all(ok, axis=tuple(range(batch_ndim, jnp.ndim(ok))))
 
 
-def _check_grid(x0, name: str) -> None:
-  """ValueError when a concrete x0 is off the 8-bit grid in [-1, 1]; traced x0
-  is checked per example by `_on_grid` (the example's result becomes NaN)."""
-  if isinstance(x0, jax.core.Tracer):
+def _check_grid(x0, name: str, rows=None) -> None:
+  """ValueError when a concrete x0 (its examples where `rows`, if given) is off
+  the 8-bit grid in [-1, 1]; traced x0 is checked per example by `_on_grid`
+  (the example's result becomes NaN)."""
+  if isinstance(x0, jax.core.Tracer) or isinstance(rows, jax.core.Tracer):
     return
   x = np.asarray(x0, np.float64)
+  if rows is not None:
+    x = x[np.broadcast_to(np.asarray(rows), x.shape[: np.ndim(rows)])]
+    if x.size == 0:
+      return
   k = (x + 1.0) * 127.5
   off = (np.abs(k - np.round(k)) >= _GRID_TOLERANCE) | (k <= -0.5) | (k >= 255.5)
   if np.any(off) or not np.all(np.isfinite(x)):
@@ -153,8 +158,8 @@ def vlb_term(
   reverse step's mean (Ho et al. 2020, eqs. 5 and 13):
     decoder="discretized": the mass of x0's bin under N(mean, sigma_0^2),
       sigma_0 the reverse step's standard deviation at t = 0 (sqrt(beta~_1));
-      x0 must lie on the 8-bit grid in [-1, 1] (ValueError when concrete,
-      NaN for the example when traced);
+      x0 must then lie on the 8-bit grid in [-1, 1] (ValueError when
+      concrete, NaN for the example when traced);
     decoder="gaussian": the density -log N(x0; mean, decoder_std^2) for
       continuous data (the bound is then on -log p(x0), a density, in nats);
       decoder_std None is sigma_0 as above.
@@ -172,7 +177,7 @@ def vlb_term(
   check_decoder(decoder)
   check_variance(variance)
   if decoder == "discretized":
-    _check_grid(x0, "vlb_term")
+    _check_grid(x0, "vlb_term", rows=jnp.asarray(t) == 0)  # the decoder's examples
   batch_ndim = jnp.ndim(t)
   true_mean, _, true_log_var = q_posterior(schedule, x0=x0, x_t=x_t, t=t)
   x0_pred = _x0_from_output(schedule, x_t, t, output, prediction)
@@ -184,7 +189,7 @@ def vlb_term(
   )
   if decoder == "discretized":
     decoder_nll = -sum_data_dims(
-      distributions.discretized_gaussian_log_prob(x0, model_mean, 0.5 * model_log_var),
+      distributions.discretized_gaussian_log_prob(x0, mean=model_mean, logvar=model_log_var),
       batch_ndim,
     )
     decoder_nll = jnp.where(_on_grid(x0, batch_ndim), decoder_nll, jnp.nan)

@@ -428,3 +428,13 @@ def test_gaussian_decoder_std():
     np.testing.assert_allclose(out[std], ref, rtol=1e-4)
   with pytest.raises(ValueError, match="decoder"):
     diffusion.vlb_term(sched, x0, x_t, t, x_t, decoder="logistic")
+
+
+def test_vlb_term_checks_the_grid_only_where_it_decodes(sched20):
+  """The KL terms (t > 0) are defined for any x0; the discretized decoder
+  (t = 0) is not: a concrete off-grid x0 there raises."""
+  x0 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 4)), F32)
+  t = jnp.array([1, 5, 19])
+  assert np.all(np.isfinite(diffusion.vlb_term(sched20, x0, x0, t, x0)))
+  with pytest.raises(ValueError, match="vlb_term: x0 must lie on the 8-bit grid"):
+    diffusion.vlb_term(sched20, x0, x0, jnp.array([1, 0, 19]), x0)
