@@ -17,8 +17,8 @@ from tqdm import tqdm
 from gen_jax import data, evaluation, fileio, inception, sharding
 from gen_jax.configs import ConfigError
 from gen_jax.train import classifier, rng
-from gen_jax.train.run_setup import BuildFn, Run, open_run
-from gen_jax.train.sampling import check_sampler, class_grid_labels, draw_samples
+from gen_jax.train.run_setup import BuildFn, Run, check_sampler, open_run
+from gen_jax.train.sampling import class_grid_labels, draw_samples
 from gen_jax.train.step import TrainState
 
 
@@ -56,7 +56,8 @@ def evaluate(
   sampler = sampler or config.sample.sampler
   num_steps = num_steps or config.sample.num_steps
   if config.eval.num_samples and run.kind == "image":
-    check_sampler(run, sampler, num_steps, config.sample.eta)  # now, not after the likelihood
+    # Now, not after the likelihood.
+    check_sampler(run.model, run.abstract_state, sampler, num_steps, config.sample.eta)
   state = run.restore()
   run.checkpoints.close()
 

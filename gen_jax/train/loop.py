@@ -22,12 +22,7 @@ from gen_jax.train import faults, rng
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, open_run
-from gen_jax.train.sampling import (
-  check_sampler,
-  class_grid_labels,
-  reference_points,
-  save_samples_picture,
-)
+from gen_jax.train.sampling import class_grid_labels, reference_points, save_samples_picture
 
 
 def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
@@ -65,7 +60,6 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
   """
   run = open_run(config, workdir, build, mode="train")
   tc = config.train
-  check_sampler(run, config.sample.sampler, config.sample.num_steps, config.sample.eta)
   if run.is_writer:
     devices, processes = jax.device_count(), jax.process_count()
     print(

@@ -99,8 +99,9 @@ def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
   """Opens `workdir` for `mode`; raises ConfigError, DataError or NoCheckpointError first.
 
   train: the train split; the workdir's config and data must be those of its
-    checkpoints (resume.check_resume_config / check_resume_data), the disk
-    must hold the checkpoints, and the workdir is created.
+    checkpoints (resume.check_resume_config / check_resume_data), the model
+    must sample with config.sample, the disk must hold the checkpoints; then
+    the workdir is created.
   sample: needs a checkpoint; no data is read.
   eval: needs a checkpoint; the test split, config.eval.batch_size checked.
   """
@@ -133,7 +134,9 @@ def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
   abstract_state = jax.tree.map(
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
   )
-  if mode == "train":
+  if mode == "train":  # The sample grids' sampler, before training, not at the first grid.
+    sample = config.sample
+    check_sampler(model, abstract_state, sample.sampler, sample.num_steps, sample.eta)
     resume.check_free_space(workdir, abstract_state, config.train.keep_checkpoints)
     workdir_lib.prepare_workdir(workdir)
   checkpoints = checkpoint.manager(workdir, config.train.keep_checkpoints, create=mode == "train")
@@ -152,6 +155,20 @@ def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
     checkpoints=checkpoints,
     is_writer=jax.process_index() == 0,
   )
+
+
+def check_sampler(model, abstract_state, sampler: str, num_steps: int | None, eta: float) -> None:
+  """Raises ConfigError now, naming the arguments, if the model cannot sample with these
+  settings (an unknown sampler, a step count out of range), rather than after minutes of
+  other work. Traces the sampler on abstract values: no computation."""
+  try:
+    jax.eval_shape(
+      functools.partial(model.sample, num_samples=2, sampler=sampler, num_steps=num_steps, eta=eta),
+      abstract_state.ema_params,
+      jax.random.key(0),
+    )
+  except ValueError as e:
+    raise ConfigError(f"sampler={sampler} num_steps={num_steps}: {e}") from None
 
 
 def _check_classes(model, dataset) -> None:

@@ -1,13 +1,13 @@
 """How samples are drawn from a run and saved: sample(), and the pieces train and evaluate share.
 
-sample(config, workdir, build, num_samples=None, ...)  samples.npz + PNG
-check_sampler(run, sampler, num_steps, eta)  a bad sampler fails at once
-draw_samples(run, params, num_samples, key, ...)     in chunks, on the mesh
-class_grid_labels(num_samples, num_classes)          one row per class
-save_samples_picture(path, samples, kind, ...)       grid or scatter plot
+  sample(config, workdir, build, num_samples=None, ...)  samples.npz + PNG
+  draw_samples(run, params, num_samples, key, ...)       in chunks, on the mesh
+  class_grid_labels(num_samples, num_classes)            one row per class
+  save_samples_picture(path, samples, kind, ...)         grid or scatter plot
+
+(run_setup.check_sampler makes a bad sampler fail before any work.)
 """
 
-import functools
 import os
 
 import jax
@@ -17,7 +17,7 @@ from tqdm import tqdm
 from gen_jax import data, fileio, images
 from gen_jax.configs import ConfigError
 from gen_jax.train import rng
-from gen_jax.train.run_setup import BuildFn, Run, open_run
+from gen_jax.train.run_setup import BuildFn, Run, check_sampler, open_run
 
 
 def class_grid_labels(num_samples: int, num_classes: int):
@@ -40,22 +40,6 @@ def save_samples_picture(path, samples, kind, reference=None, num_rows=None) -> 
     images.save_scatter(path, samples, reference)
   else:
     images.save_image_grid(path, samples, num_rows=num_rows)
-
-
-def check_sampler(run: Run, sampler: str, num_steps: int | None, eta: float) -> None:
-  """Raises ConfigError now, naming the arguments, if the model cannot sample with these
-  settings (an unknown sampler, a step count out of range), rather than after minutes of
-  other work. Traces the sampler on abstract values: no computation."""
-  try:
-    jax.eval_shape(
-      functools.partial(
-        run.model.sample, num_samples=2, sampler=sampler, num_steps=num_steps, eta=eta
-      ),
-      run.abstract_state.ema_params,
-      jax.random.key(0),
-    )
-  except ValueError as e:
-    raise ConfigError(f"sampler={sampler} num_steps={num_steps}: {e}") from None
 
 
 def draw_samples(
@@ -118,7 +102,7 @@ def sample(
     raise ConfigError(f"class_label={class_label} must be in [0, {num_classes})")
   sampler = sampler or config.sample.sampler
   num_steps = num_steps or config.sample.num_steps
-  check_sampler(run, sampler, num_steps, config.sample.eta)
+  check_sampler(run.model, run.abstract_state, sampler, num_steps, config.sample.eta)
   labels, rows = None, None
   if num_classes:
     if class_label is None:
