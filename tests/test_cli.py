@@ -57,6 +57,7 @@ def run(cwd, *args, env=None):
   )
 
 
+@pytest.mark.slow
 def test_a_library_config_error_is_one_line_with_the_flag(tmp_path):
   result = run(tmp_path, RUN_PY, "--config.model.compute_dtype=float16", "--workdir=wd")
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -83,6 +84,7 @@ def build(config, example_shape):
 '''
 
 
+@pytest.mark.slow
 def test_a_genuine_bug_keeps_its_traceback(tmp_path):
   """run.py shows the library's own errors in one line; a ValueError from anywhere else is a
   bug and must not be dressed up as an input error."""
@@ -97,6 +99,7 @@ def test_a_genuine_bug_keeps_its_traceback(tmp_path):
   assert not any(line.startswith("error: ") for line in result.stderr.splitlines())
 
 
+@pytest.mark.slow
 def test_experiments_come_from_beside_run_py_not_from_the_working_directory(tmp_path):
   (tmp_path / "experiments").mkdir()
   (tmp_path / "experiments" / "__init__.py").write_text("")

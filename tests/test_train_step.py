@@ -48,6 +48,7 @@ def steps_made(monkeypatch):
   return made, jitted
 
 
+@pytest.mark.slow
 def test_train_runs_the_public_guarded_step(tmp_path, steps_made):
   made, jitted = steps_made
   state = train.train(toy_config(), str(tmp_path / "wd"), ddpm_toy2d.build)
@@ -74,6 +75,7 @@ def test_mle_toy_fits_through_the_same_step(steps_made):
   assert len(made) == 1 and history["means"].shape == (4, 1)
 
 
+@pytest.mark.slow
 def test_the_benchmark_times_the_step_train_runs(steps_made, monkeypatch):
   made, jitted = steps_made
   monkeypatch.setenv("GEN_JAX_CPU_FLAGS", "0")  # importing it must not touch XLA_FLAGS
