@@ -25,7 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
       attn_resolutions=(7,),
       dropout=0.1,
       num_groups=32,
-      num_classes=0,
+      num_classes=0,  # K > 0: class-conditional, with classifier-free guidance
+      cond_drop_prob=0.1,  # class-conditional: P(label -> null class) in training
+      compute_dtype="float32",  # or bfloat16: convolutions and matmuls (float32 params)
+      remat=False,  # jax.checkpoint the U-Net blocks: less memory, more compute
     )
   )
   config.diffusion = models.diffusion_config(num_timesteps=1000)
@@ -42,7 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def build(config, example_shape) -> models.DiffusionModel:
-  net = nets.unet_from_config(config.model, config.train.compute_dtype, config.train.remat)
+  m = config.model
+  net = nets.unet_from_config(m, m.compute_dtype, m.remat)
   return models.make_diffusion_model(
-    config.diffusion, net, example_shape, config.model.num_classes, config.train.cond_drop_prob
+    config.diffusion, net, example_shape, m.num_classes, m.cond_drop_prob
   )

@@ -370,7 +370,7 @@ def diffusion_config(
 
   prediction (eps | x0 | v) is the network's target, trained with its loss
   (`diffusion.simple_loss`) and used by every sampler:
-  --config.diffusion.prediction=v.
+  config.diffusion.prediction = "v" (on the command line: --config.diffusion.prediction=v).
   """
   return ml_collections.ConfigDict(
     dict(

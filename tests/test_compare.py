@@ -34,7 +34,7 @@ TINY_DDPM = [
   )
 ]
 TINY_BOTH = [
-  f"--override={o}" for o in ("data.batch_size=8", "train.num_sample_images=4", "eval.batch_size=8")
+  f"--override={o}" for o in ("data.batch_size=8", "sample.num_samples=4", "eval.batch_size=8")
 ]
 
 

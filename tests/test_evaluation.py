@@ -18,6 +18,7 @@ import scipy.stats
 
 from experiments import ddpm_digits
 from gen_jax import checkpoint, data, evaluation, inception, sharding, train
+from gen_jax.train import classifier as eval_classifier
 from tests.test_inception import random_variables as random_inception_variables
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -238,7 +239,7 @@ def classifier(digits, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("classifier"))
   mesh = sharding.make_mesh()
   with xla_optimizations():
-    net, params, info = evaluation.load_or_train_classifier(
+    net, params, info = eval_classifier.load_or_train_classifier(
       workdir, train_set, test_set, 300, 0, mesh, 120
     )
   return dict(workdir=workdir, net=net, params=params, info=info, mesh=mesh)
@@ -252,8 +253,10 @@ def test_classifier_learns_digits(classifier, digits):
   test_set = digits[1]
   test_images = np.concatenate([b["x"][b["mask"]] for b in test_set.eval_batches(120)])
   labels = np.concatenate([b["label"][b["mask"]] for b in test_set.eval_batches(120)])
-  fn = evaluation.jit_for_mesh(evaluation.classifier_outputs(classifier["net"]), classifier["mesh"])
-  out = evaluation.map_batches(
+  fn = sharding.jit_for_mesh(
+    eval_classifier.classifier_outputs(classifier["net"]), classifier["mesh"]
+  )
+  out = sharding.map_batches(
     fn, classifier["params"], test_images, 64, classifier["mesh"]
   )  # 360 = 5x64 + 40
   assert out["features"].shape == (360, 64) and out["probs"].shape == (360, 10)
@@ -267,7 +270,7 @@ def test_classifier_is_cached_and_retrained_when_its_setup_changes(
   classifier, digits, monkeypatch, capsys
 ):
   workdir, mesh = classifier["workdir"], classifier["mesh"]
-  assert sorted(os.listdir(os.path.join(workdir, evaluation.CLASSIFIER_DIR))) == [
+  assert sorted(os.listdir(os.path.join(workdir, eval_classifier.CLASSIFIER_DIR))) == [
     "info.json",
     "params.npz",
   ]
@@ -275,14 +278,14 @@ def test_classifier_is_cached_and_retrained_when_its_setup_changes(
   def no_training(*args, **kwargs):
     raise AssertionError("trained although the cache fits")
 
-  monkeypatch.setattr(evaluation, "train_classifier", no_training)
-  _, params, info = evaluation.load_or_train_classifier(workdir, *digits, 300, 0, mesh, 120)
+  monkeypatch.setattr(eval_classifier, "train_classifier", no_training)
+  _, params, info = eval_classifier.load_or_train_classifier(workdir, *digits, 300, 0, mesh, 120)
   assert info == classifier["info"]
   jax.tree.map(
     np.testing.assert_array_equal, jax.device_get(params), jax.device_get(classifier["params"])
   )
   with pytest.raises(AssertionError, match="trained although"):
-    evaluation.load_or_train_classifier(workdir, *digits, 301, 0, mesh, 120)
+    eval_classifier.load_or_train_classifier(workdir, *digits, 301, 0, mesh, 120)
   assert "trained differently" in capsys.readouterr().out
 
 
@@ -304,8 +307,8 @@ def test_unlabelled_data_cannot_train_the_classifier(tmp_path):
   config.source, config.path = "npz", str(tmp_path / "x.npz")
   unlabelled = data.load_dataset(config, "train")
   with pytest.raises(ValueError, match="no labels"):
-    evaluation.train_classifier(
-      evaluation.make_classifier(10), unlabelled, 2, 0, sharding.make_mesh()
+    eval_classifier.train_classifier(
+      eval_classifier.make_classifier(10), unlabelled, 2, 0, sharding.make_mesh()
     )
 
 
@@ -321,7 +324,7 @@ def tiny_rgb_config(path):
   config.model.attn_resolutions = ()
   config.diffusion.num_timesteps = 10
   config.train.num_steps = 1
-  config.train.num_sample_images = 4
+  config.sample.num_samples = 4
   config.sample.num_steps = 2
   config.sample.batch_size = 8
   config.eval.batch_size = 4
@@ -350,13 +353,13 @@ def rgb_run(tmp_path_factory):
 def test_eval_of_rgb_data_without_inception_weights_says_so(rgb_run, capsys):
   config, workdir = rgb_run
   results = train.evaluate(config, workdir, ddpm_digits.build)
-  assert "no --inception_weights" in results["inception"]["skipped"]
+  assert "no inception_weights" in results["inception"]["skipped"]
   quality = results["sample_quality"]
   assert quality["samples"]["num_samples"] == 8 and quality["reference"]["train"].startswith(
     "the first 8"
   )
   out = capsys.readouterr().out
-  assert "FID and Inception score (Inception-v3): skipped: no --inception_weights=PATH given" in out
+  assert "FID and Inception score (Inception-v3): skipped: no inception_weights given" in out
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f)["inception"] == results["inception"]
 
@@ -400,24 +403,24 @@ def test_eval_with_inception_weights_reports_fid_and_is(rgb_run, tmp_path, monke
 
 def test_eval_flags_are_checked_before_any_work(tmp_path):
   config = tiny_rgb_config("unused.npz")
-  with pytest.raises(train.ConfigError, match="--inception_weights=.*not a file"):
+  with pytest.raises(train.ConfigError, match="inception_weights=.*not a file"):
     train.evaluate(
       config, str(tmp_path), ddpm_digits.build, inception_weights=str(tmp_path / "none.npz")
     )
   config.eval.num_samples = 1
-  with pytest.raises(train.ConfigError, match="--config.eval.num_samples"):
+  with pytest.raises(train.ConfigError, match="config.eval.num_samples"):
     train.evaluate(config, str(tmp_path), ddpm_digits.build)
   config.eval.num_samples, config.eval.classifier_steps = 8, 0
-  with pytest.raises(train.ConfigError, match="--config.eval.classifier_steps"):
+  with pytest.raises(train.ConfigError, match="config.eval.classifier_steps"):
     train.evaluate(config, str(tmp_path), ddpm_digits.build)
   assert os.listdir(tmp_path) == []
 
 
 def test_eval_rejects_a_bad_sampler_before_the_likelihood(rgb_run):
   config, workdir = rgb_run
-  with pytest.raises(train.ConfigError, match="--sampler=ddim --sampling_steps=50"):
+  with pytest.raises(train.ConfigError, match="sampler=ddim num_steps=50"):
     train.evaluate(config, workdir, ddpm_digits.build, sampler="ddim", num_steps=50)  # T = 10
-  with pytest.raises(train.ConfigError, match="--sampler=nope"):
+  with pytest.raises(train.ConfigError, match="sampler=nope"):
     train.evaluate(config, workdir, ddpm_digits.build, sampler="nope")
 
 

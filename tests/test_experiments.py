@@ -59,7 +59,7 @@ def tiny(config, example_shape):
   config.train.log_every = 1
   config.train.checkpoint_every = 2
   config.train.sample_every = 2
-  config.train.num_sample_images = 4
+  config.sample.num_samples = 4
   config.sample.sampler = "ddim"
   config.sample.num_steps = 2
   config.sample.batch_size = 4

@@ -216,9 +216,7 @@ def test_bad_weight_files_are_named(tmp_path):
   for name, sd in cases.items():
     path = str(tmp_path / f"{name}.npz")
     np.savez(path, **sd)
-    with pytest.raises(
-      inception.InceptionWeightsError, match=f"--inception_weights={path}.*{name}"
-    ):
+    with pytest.raises(inception.InceptionWeightsError, match=f"inception_weights={path}.*{name}"):
       inception.load_variables(path)
   misshaped = dict(state_dict, **{"fc.weight": np.zeros((1000, 2048), np.float32)})
   np.savez(tmp_path / "shape.npz", **misshaped)

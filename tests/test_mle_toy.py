@@ -259,15 +259,15 @@ def test_forward_mixture_recovers_the_target():
     (
       "target.stds",
       (0.5, -0.8),
-      "--config.target.weights and --config.target.stds must be positive",
+      "config.target.weights and config.target.stds must be positive",
     ),
     (
       "target.means",
       (0.0,),
-      "--config.target.weights, .means and .stds must be tuples of one length",
+      "config.target.weights, .means and .stds must be tuples of one length",
     ),
-    ("num_steps", 0, "--config.num_steps must be a positive integer"),
-    ("learning_rate", 0.0, "--config.learning_rate must be > 0"),
+    ("num_steps", 0, "config.num_steps must be a positive integer"),
+    ("learning_rate", 0.0, "config.learning_rate must be > 0"),
   ],
 )
 def test_bad_config_raises(tmp_path, field, value, match):

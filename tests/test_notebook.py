@@ -18,7 +18,7 @@ def test_colab_notebook_executes(tmp_path, monkeypatch):
     "model.num_groups": 4,
     "diffusion.num_timesteps": 20,
     "data.batch_size": 8,
-    "train.num_sample_images": 4,
+    "sample.num_samples": 4,
     "sample.num_steps": 2,
     "eval.batch_size": 16,
     "eval.num_examples": 16,

@@ -42,7 +42,7 @@ TOY2D = [
   "--config.model.num_blocks=1",
   "--config.diffusion.num_timesteps=20",
   "--config.data.batch_size=8",
-  "--config.train.num_sample_images=4",
+  "--config.sample.num_samples=4",
   "--config.train.sample_every=1000000",
   "--config.train.log_every=1",
   f"--config.train.num_steps={NUM_STEPS}",
@@ -432,7 +432,7 @@ def test_when_no_checkpoint_restores_nothing_is_touched(tmp_path):
   mngr.close()
   mngr = checkpoint.manager(str(tmp_path), create=False)
   other_model = {"w": jax.ShapeDtypeStruct((5,), jnp.float32)}  # e.g. code that changed
-  with pytest.raises(checkpoint.UnreadableCheckpointError, match=r"steps 2, 1.*new --workdir"):
+  with pytest.raises(checkpoint.UnreadableCheckpointError, match=r"steps 2, 1.*new workdir"):
     checkpoint.restore_newest(mngr, other_model, report=lambda _: None)
   assert saved_steps(tmp_path) == [1, 2] and not os.path.exists(tmp_path / checkpoint.CORRUPT_DIR)
   mngr.close()
@@ -452,13 +452,13 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
   recorder = lambda signum, frame: calls.append(signum)
   original = signal.signal(signal.SIGTERM, recorder)
   try:
-    with train._StopOnSignal(announce=False) as stop:
+    with train.StopOnSignal(announce=False) as stop:
       assert signal.getsignal(signal.SIGTERM) is not recorder
       _deliver(signal.SIGTERM)
       assert stop.signal_number == signal.SIGTERM and calls == []
       _deliver(signal.SIGTERM)  # at once: the previous handler, which is back in place
       assert calls == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is recorder
-    with train._StopOnSignal(announce=False) as stop:
+    with train.StopOnSignal(announce=False) as stop:
       _deliver(signal.SIGINT)
       assert stop.signal_number == signal.SIGINT
       with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler
@@ -466,7 +466,7 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is recorder
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. nohup: an ignored signal stays ignored
-    with train._StopOnSignal(announce=False):
+    with train.StopOnSignal(announce=False):
       assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
   finally:
     signal.signal(signal.SIGTERM, original)
@@ -477,10 +477,8 @@ def toy_config(num_steps=6):
   config.model.width, config.model.num_blocks = 16, 1
   config.diffusion.num_timesteps = 20
   config.data.batch_size = 8
-  config.train.update(
-    num_steps=num_steps, log_every=1, checkpoint_every=1000, sample_every=1000, num_sample_images=4
-  )
-  config.sample.sampler, config.sample.num_steps = "ddim", 2
+  config.train.update(num_steps=num_steps, log_every=1, checkpoint_every=1000, sample_every=1000)
+  config.sample.sampler, config.sample.num_steps, config.sample.num_samples = "ddim", 2, 4
   return config
 
 
@@ -519,18 +517,18 @@ def test_resume_config_check_lists_changed_keys_and_allows_harmless_ones(tmp_pat
     sample_every=7,
     keep_checkpoints=9,
     skip_nonfinite=True,
-    remat=True,
   )
+  harmless.model.remat = True  # (a new key of this model section: resumable all the same)
   harmless.sample.num_steps, harmless.eval.batch_size = 5, 3
   assert train.config_changes(saved, harmless) == []
   changed = toy_config()
   changed.model.width, changed.data.name, changed.optim.learning_rate = 32, "two_moons", 0.5
-  changed.train.compute_dtype = "bfloat16"  # other numbers: another run
+  changed.model.compute_dtype = "bfloat16"  # other numbers: another run
   assert train.config_changes(saved, changed) == [
     'data.name: "eight_gaussians" -> "two_moons"',
+    'model.compute_dtype: <absent> -> "bfloat16"',
     "model.width: 16 -> 32",
     "optim.learning_rate: 0.001 -> 0.5",
-    'train.compute_dtype: "float32" -> "bfloat16"',
   ]
   del saved["model"]["num_blocks"]
   assert train.config_changes(saved, toy_config()) == ["model.num_blocks: <absent> -> 1"]
@@ -551,16 +549,16 @@ def test_resume_with_data_of_another_shape_fails(tmp_path):
 def test_full_disk_and_unwritable_workdir_fail_at_start_up(tmp_path, monkeypatch):
   workdir = tmp_path / "wd"
   real = shutil.disk_usage
-  monkeypatch.setattr(train.shutil, "disk_usage", lambda path: real(path)._replace(free=2 * 2**20))
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2 * 2**20))
   with pytest.raises(
     train.ConfigError,
-    match=r"--workdir=.*wd has 2.0 MB free, but its checkpoints need about "
+    match=r"workdir=.*wd has 2.0 MB free, but its checkpoints need about "
     r"16.\d MB \(4 x the [\d.]+ kB train state, for "
-    r"--config.train.keep_checkpoints=3\)",
+    r"config.train.keep_checkpoints=3\)",
   ):
     train.train(toy_config(), str(workdir), ddpm_toy2d.build)
   assert not workdir.exists()
-  monkeypatch.setattr(train.shutil, "disk_usage", real)
+  monkeypatch.setattr(shutil, "disk_usage", real)
   (tmp_path / "a_file").write_text("")
-  with pytest.raises(train.ConfigError, match=r"--workdir=.*a_file/wd is not writable"):
+  with pytest.raises(train.ConfigError, match=r"workdir=.*a_file/wd is not writable"):
     train.train(toy_config(), str(tmp_path / "a_file" / "wd"), ddpm_toy2d.build)

@@ -30,7 +30,7 @@ def toy_config(num_steps=4):
   config.train.checkpoint_every = 2
   config.train.sample_every = 2
   config.train.keep_checkpoints = 1
-  config.train.num_sample_images = 4
+  config.sample.num_samples = 4
   config.optim.warmup_steps = (
     1  # the experiment's cosine schedule, with a warm-up that matters here
   )
@@ -157,7 +157,7 @@ def test_spent_time_budget_stops_like_a_last_step_and_the_run_resumes_exactly(
   assert [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))] == [1]
   assert os.listdir(os.path.join(workdir, "samples")) == ["step_0000001.png"]
   out = capsys.readouterr().out
-  assert "Stopped on the time budget (--config.train.max_seconds=1e-09) at step 1 of 4" in out
+  assert "Stopped on the time budget (config.train.max_seconds=1e-09) at step 1 of 4" in out
   assert "Done" not in out
 
   config.train.max_seconds = 0.0  # a resumed run may change its budget
@@ -350,7 +350,7 @@ def test_config_errors_name_the_flag_and_write_nothing(tmp_path):
     section, key = path.split(".")
     config[section][key] = value
     workdir = str(tmp_path / "never")
-    with pytest.raises(train.ConfigError, match=f"--config.{path}"):
+    with pytest.raises(train.ConfigError, match=f"config.{path}"):
       train.train(config, workdir, ddpm_toy2d.build)
     assert not os.path.exists(workdir)
   for path, value in [
@@ -365,9 +365,9 @@ def test_config_errors_name_the_flag_and_write_nothing(tmp_path):
     config = toy_config()
     section, key = path.split(".")
     config[section][key] = value
-    with pytest.raises(train.ConfigError, match=f"--config.{path}"):
+    with pytest.raises(train.ConfigError, match=f"config.{path}"):
       train.validate_config(config)
-  with pytest.raises(train.ConfigError, match="--num_samples"):
+  with pytest.raises(train.ConfigError, match="num_samples"):
     train.sample(toy_config(), str(tmp_path / "never"), ddpm_toy2d.build, num_samples=0)
 
 
@@ -375,10 +375,10 @@ def test_batch_size_must_divide_over_devices():
   class FakeMesh:  # check_batch_size only needs mesh.devices.size
     devices = np.empty((2,), dtype=object)
 
-  with pytest.raises(ValueError, match=r"--config.data.batch_size=3 .*number of devices \(2\)"):
+  with pytest.raises(ValueError, match=r"config.data.batch_size=3 .*number of devices \(2\)"):
     sharding.check_batch_size(3, FakeMesh())
-  with pytest.raises(ValueError, match="--config.eval.batch_size=5"):
-    sharding.check_batch_size(5, FakeMesh(), "eval.batch_size")
+  with pytest.raises(ValueError, match="config.eval.batch_size=5"):
+    sharding.check_batch_size(5, FakeMesh(), "config.eval.batch_size")
   sharding.check_batch_size(4, FakeMesh())
   sharding.check_batch_size(
     3, sharding.make_mesh()
