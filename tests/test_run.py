@@ -190,6 +190,7 @@ def test_digits_train_resume_sample_eval(env, tmp_path):
     "num_samples": 32,
     "sampler": "ddim",
     "num_steps": 3,
+    "network_calls": 3,
     "eta": 0.0,
     "checkpoint_step": 3,
     "parameters": "ema",
