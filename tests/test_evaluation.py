@@ -18,7 +18,8 @@ import scipy.stats
 
 from experiments import ddpm_digits
 from gen_jax import checkpoint, data, evaluation, inception, sharding, train
-from tests.test_inception import random_variables as random_inception_variables
+from tests.support import runs
+from tests.support.inception import random_variables as random_inception_variables
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -314,20 +315,14 @@ def test_unlabelled_data_cannot_train_the_classifier(tmp_path):
 
 
 def tiny_rgb_config(path):
-  config = ddpm_digits.get_config()
-  config.data.source, config.data.path = "npz", path
-  config.data.batch_size = 4
-  config.model.ch, config.model.ch_mult, config.model.num_groups = 8, (1,), 4
-  config.model.attn_resolutions = ()
-  config.diffusion.num_timesteps = 10
-  config.train.num_steps = 1
-  config.train.num_sample_images = 4
-  config.sample.num_steps = 2
-  config.sample.batch_size = 8
-  config.eval.batch_size = 4
-  config.eval.num_samples = 8
-  config.eval.classifier_steps = 3
-  return config
+  return runs.config(
+    "ddpm_digits",
+    runs.UNET,
+    {"data.source": "npz", "data.path": path, "data.batch_size": 4},
+    {"diffusion.num_timesteps": 10, "train.num_steps": 1, "train.num_sample_images": 4},
+    {"sample.num_steps": 2, "sample.batch_size": 8},
+    {"eval.batch_size": 4, "eval.num_samples": 8, "eval.classifier_steps": 3},
+  )
 
 
 @pytest.fixture(scope="module")

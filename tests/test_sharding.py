@@ -7,48 +7,28 @@ so the rest of the suite keeps its single device.
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from gen_jax import checkpoint, sharding, train
+from tests.support import runs as support  # `runs` is a fixture here
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_PY = os.path.join(REPO, "run.py")
+# Wider than support.TOY2D and a batch that 8 devices share, so the comparisons see a real model.
+TOY2D_MODEL = {"model.width": 32, "model.num_blocks": 2, "diffusion.num_timesteps": 20}
+TOY2D = support.flags(
+  "ddpm_toy2d",
+  TOY2D_MODEL,
+  {"data.batch_size": 16, "train.num_sample_images": 8, "train.sample_every": 1000},
+  {"train.checkpoint_every": 3, "train.log_every": 1, "optim.learning_rate": 1e-2},
+)
 
-TOY2D = [
-  "--experiment=ddpm_toy2d",
-  "--config.model.width=32",
-  "--config.model.num_blocks=2",
-  "--config.diffusion.num_timesteps=20",
-  "--config.data.batch_size=16",
-  "--config.train.num_sample_images=8",
-  "--config.train.sample_every=1000",
-  "--config.train.checkpoint_every=3",
-  "--config.train.log_every=1",
-  "--config.optim.learning_rate=1e-2",
-]
-
-
-@pytest.fixture(scope="module")
-def env():
-  out = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  out.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  return out
+env = support.env_fixture(fast_compile=False, cache=False)
 
 
 def run(env, cwd, devices, *args):
-  result = subprocess.run(
-    [sys.executable, RUN_PY, *args],
-    cwd=cwd,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
-  )
-  return result
+  return support.run_py(env, cwd, *args, devices=devices, check=False)
 
 
 def ok(result):
@@ -65,9 +45,7 @@ def restored_params(workdir):
   """Restores a checkpoint written on any number of devices onto this process' one device."""
   from experiments import ddpm_toy2d
 
-  config = ddpm_toy2d.get_config()
-  config.model.width, config.model.num_blocks = 32, 2
-  config.diffusion.num_timesteps = 20
+  config = support.config("ddpm_toy2d", TOY2D_MODEL)
   model = ddpm_toy2d.build(config, (2,))
   tx = train.make_optimizer(config.optim, 6)
   abstract = jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0))
@@ -157,21 +135,13 @@ def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
 
 def test_eval_is_independent_of_device_count(env, tmp_path):
   """--mode=eval on 8 devices (bound, sampling, classifier training, features) gives what 1 device gives."""
-  digits = [
-    "--experiment=ddpm_digits",
-    "--config.model.ch=8",
-    "--config.model.ch_mult=(1,)",
-    "--config.model.num_groups=4",
-    "--config.model.attn_resolutions=()",
-    "--config.diffusion.num_timesteps=10",
-    "--config.data.batch_size=8",
-    "--config.train.num_sample_images=8",
-    "--config.sample.num_steps=2",
-    "--config.eval.batch_size=16",
-    "--config.eval.num_examples=32",
-    "--config.eval.num_samples=24",
-    "--config.eval.classifier_steps=10",
-  ]
+  digits = support.flags(
+    "ddpm_digits",
+    support.UNET,
+    {"diffusion.num_timesteps": 10, "data.batch_size": 8, "train.num_sample_images": 8},
+    {"sample.num_steps": 2, "eval.batch_size": 16, "eval.num_examples": 32},
+    {"eval.num_samples": 24, "eval.classifier_steps": 10},
+  )
   fast = dict(env, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
   ok(run(fast, tmp_path, 1, *digits, f"--workdir={tmp_path / 'wd'}", "--config.train.num_steps=1"))
   results = {}

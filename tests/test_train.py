@@ -16,27 +16,19 @@ import pytest
 
 from experiments import ddpm_toy2d
 from gen_jax import checkpoint, configs, sharding, train
+from tests.support import runs
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def toy_config(num_steps=4):
-  config = ddpm_toy2d.get_config()
-  config.model.width, config.model.num_blocks = 16, 1
-  config.diffusion.num_timesteps = 20
-  config.data.batch_size = 8
-  config.train.num_steps = num_steps
-  config.train.log_every = 1
-  config.train.checkpoint_every = 2
-  config.train.sample_every = 2
-  config.train.keep_checkpoints = 1
-  config.train.num_sample_images = 4
-  config.optim.warmup_steps = (
-    1  # the experiment's cosine schedule, with a warm-up that matters here
+  return runs.config(
+    "ddpm_toy2d",
+    runs.TOY2D,
+    {"train.num_steps": num_steps, "train.checkpoint_every": 2, "train.sample_every": 2},
+    {"train.keep_checkpoints": 1, "sample.sampler": "ddim", "sample.num_steps": 2},
+    {"optim.warmup_steps": 1},  # the experiment's cosine schedule, with a warm-up that matters here
   )
-  config.sample.sampler = "ddim"
-  config.sample.num_steps = 2
-  return config
 
 
 class CountingModel:
