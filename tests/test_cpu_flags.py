@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gen_jax import cpu_flags
+from tests.support import runs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
 
 
@@ -47,7 +47,7 @@ def test_installed_jaxlib_accepts_the_flags_and_convolves_correctly():
   )
   code = f"""
 import os, sys, numpy as np
-sys.path.insert(0, {ROOT!r})
+sys.path.insert(0, {runs.REPO!r})
 from gen_jax import cpu_flags
 added = cpu_flags.set_default_cpu_flags()
 import jax

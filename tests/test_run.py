@@ -20,11 +20,10 @@ TOY2D = runs.flags(
   runs.TOY2D,
   {"train.checkpoint_every": 2, "eval.batch_size": 100, "eval.num_examples": 100},
 )
-# Two levels and an attention block, so the round trip goes through every kind of U-Net layer.
 DIGITS = runs.flags(
   "ddpm_digits",
-  runs.UNET,
-  {"model.ch_mult": (1, 2), "model.attn_resolutions": (4,), "diffusion.num_timesteps": 20},
+  runs.DIGITS_UNET,
+  {"diffusion.num_timesteps": 20},
   {"data.batch_size": 4, "train.num_sample_images": 4, "sample.num_steps": 2},
   {"train.checkpoint_every": 2, "eval.batch_size": 8, "eval.num_examples": 8},
 )

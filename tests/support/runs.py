@@ -42,6 +42,8 @@ UNET = {
   "model.num_groups": 4,
   "model.attn_resolutions": (),
 }
+# ddpm_digits' U-Net with two levels and an attention block: a round trip through every kind of layer.
+DIGITS_UNET = {**UNET, "model.ch_mult": (1, 2), "model.attn_resolutions": (4,)}
 # The MLP VAE of vae_digits / vae_mnist.
 MLP_VAE = {
   "model.hidden": (16,),
