@@ -74,6 +74,7 @@ def first_number(cell):
   return float(re.search(r"-?[\d,]*\.?\d+", cell).group(0).replace(",", ""))
 
 
+@pytest.mark.slow
 def test_both_runs_stop_on_the_budget_and_share_the_classifier(compared):
   for name, results in compared["evals"].items():
     workdir = os.path.join(compared["workdir"], name)
@@ -96,6 +97,7 @@ def test_both_runs_stop_on_the_budget_and_share_the_classifier(compared):
     assert vae[key] == ddpm[key], key
 
 
+@pytest.mark.slow
 def test_table_holds_the_eval_json_figures(compared):
   rows = table(compared["workdir"])
   vae, ddpm = compared["evals"]["vae_digits"], compared["evals"]["ddpm_digits"]
@@ -140,6 +142,7 @@ def test_table_holds_the_eval_json_figures(compared):
   assert "not comparable" in text and "WARNING" not in text
 
 
+@pytest.mark.slow
 def test_picture_puts_the_two_final_grids_side_by_side(compared):
   grids = []
   for name, results in compared["evals"].items():

@@ -37,6 +37,7 @@ def test_opt_out_and_no_change_after_backend_start():
     assert environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
 
 
+@pytest.mark.slow
 def test_installed_jaxlib_accepts_the_flags_and_convolves_correctly():
   """A fresh process sets the flags, then checks a convolution against the
   one computed here (an unknown flag would abort XLA)."""

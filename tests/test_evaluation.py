@@ -245,6 +245,7 @@ def classifier(digits, tmp_path_factory):
   return dict(workdir=workdir, net=net, params=params, info=info, mesh=mesh)
 
 
+@pytest.mark.slow
 def test_classifier_learns_digits(classifier, digits):
   info = classifier["info"]
   assert info["test_accuracy"] > 0.95, info
@@ -264,6 +265,7 @@ def test_classifier_learns_digits(classifier, digits):
   assert 8.0 < evaluation.inception_score(out["probs"]) <= 10.0
 
 
+@pytest.mark.slow
 def test_classifier_is_cached_and_retrained_when_its_setup_changes(
   classifier, digits, monkeypatch, capsys
 ):
@@ -342,6 +344,7 @@ def rgb_run(tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.slow
 def test_eval_of_rgb_data_without_inception_weights_says_so(rgb_run, capsys):
   config, workdir = rgb_run
   results = train.evaluate(config, workdir, ddpm_digits.build)
@@ -356,6 +359,7 @@ def test_eval_of_rgb_data_without_inception_weights_says_so(rgb_run, capsys):
     assert json.load(f)["inception"] == results["inception"]
 
 
+@pytest.mark.slow
 def test_eval_with_inception_weights_reports_fid_and_is(rgb_run, tmp_path, monkeypatch):
   config, workdir = rgb_run
   # Cheaper, same code path: 75x75 inputs (the smallest Inception-v3 takes; 16x cheaper than 299x299), and
@@ -408,6 +412,7 @@ def test_eval_flags_are_checked_before_any_work(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_eval_rejects_a_bad_sampler_before_the_likelihood(rgb_run):
   config, workdir = rgb_run
   with pytest.raises(train.ConfigError, match="--sampler=ddim --sampling_steps=50"):

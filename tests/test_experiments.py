@@ -59,6 +59,7 @@ def test_experiment_has_build_or_run(name):
 
 
 @pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.slow
 def test_experiment_builds_trains_two_steps_and_evaluates(name):
   module = importlib.import_module(f"experiments.{name}")
   assert (module.__doc__ or "").strip(), (
@@ -107,6 +108,7 @@ def test_ddpm_cifar_has_the_papers_35_7m_parameters():
   assert sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)) == 35_746_307
 
 
+@pytest.mark.slow
 def test_tfds_experiment_trains_through_train_loop_with_mock_data(tmp_path):
   from experiments import vae_mnist
 

@@ -48,6 +48,7 @@ def test_parameter_count_is_torchvisions_inception_v3_without_aux_and_with_1008_
   assert sum(name.endswith(".conv.weight") for name in names) == 94
 
 
+@pytest.mark.slow
 def test_output_shapes_for_rgb_and_grayscale():
   variables = inception.abstract_variables()
   model = inception.FIDInceptionV3()
@@ -75,6 +76,7 @@ def numpy_basic_conv(x, weight, gamma, beta, mean, var, stride=1, padding=(0, 0)
   return np.maximum(out, 0.0)
 
 
+@pytest.mark.slow
 def test_network_runs_and_layers_follow_pytorch_conventions():
   variables = random_variables()
   state_dict = inception.state_dict_from_variables(variables)
@@ -166,6 +168,7 @@ def numpy_bilinear(x, size):
   return np.einsum("ih,bhwc,jw->bijc", rows, np.asarray(x, np.float64), cols)
 
 
+@pytest.mark.slow
 def test_resize_is_pytorch_bilinear_without_align_corners():
   rng = np.random.default_rng(4)
   for shape, size in (((2, 8, 8, 3), 19), ((1, 32, 32, 3), 299), ((1, 5, 7, 1), 16)):
@@ -179,6 +182,7 @@ def test_resize_is_pytorch_bilinear_without_align_corners():
 # Weight files
 
 
+@pytest.mark.slow
 def test_state_dict_round_trip_and_npz_loading(tmp_path):
   variables = random_variables(5)
   state_dict = inception.state_dict_from_variables(variables)
@@ -191,6 +195,7 @@ def test_state_dict_round_trip_and_npz_loading(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, variables))
 
 
+@pytest.mark.slow
 def test_bad_weight_files_are_named(tmp_path):
   state_dict = inception.state_dict_from_variables(random_variables(6))
   cases = {
@@ -286,6 +291,7 @@ def test_converter_refuses_code_in_the_pickle(tmp_path):
     converter.read_state_dict(str(tmp_path / "evil_legacy.pth"))
 
 
+@pytest.mark.slow
 def test_converter_checks_names_against_the_network(tmp_path):
   converter = load_converter()
   with pytest.raises(inception.InceptionWeightsError, match="not the FID Inception-v3 state dict"):

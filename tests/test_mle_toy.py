@@ -191,6 +191,7 @@ def test_gaussian_fit_is_the_closed_form_mle():
   np.testing.assert_array_equal(np.asarray(history["means"][0]), [0.0])  # the start
 
 
+@pytest.mark.slow
 def test_reverse_kl_seeks_a_mode_forward_kl_covers_both():
   rng = np.random.default_rng(3)
   n = 2000
@@ -235,6 +236,7 @@ def test_reverse_kl_seeks_a_mode_forward_kl_covers_both():
       assert kl_qp < quadrature(f, P)[1] - 0.3
 
 
+@pytest.mark.slow
 def test_forward_mixture_recovers_the_target():
   rng = np.random.default_rng(4)
   n = 2000
@@ -286,6 +288,7 @@ def _run(cwd, *args):
   return runs.run_py(runs.subprocess_env(), cwd, "--experiment=mle_toy", *args, check=False)
 
 
+@pytest.mark.slow
 def test_run_py_end_to_end(tmp_path):
   tiny = [
     "--config.num_steps=40",

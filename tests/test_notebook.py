@@ -4,12 +4,15 @@ import json
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.support import runs
 
 REPO = runs.REPO
 NOTEBOOK = os.path.join(REPO, "notebooks", "colab_tpu.ipynb")
+
+pytestmark = pytest.mark.slow  # a kernel, a two-step training run and an evaluation
 
 
 def test_colab_notebook_executes(tmp_path, monkeypatch):

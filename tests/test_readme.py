@@ -155,10 +155,12 @@ def _block_with(text):
 
 
 @pytest.mark.parametrize("index", range(len(_blocks("python"))))
+@pytest.mark.slow
 def test_python_block_runs(index):
   _run_block(index)
 
 
+@pytest.mark.slow
 def test_math_core_block_gives_the_shapes_and_values_it_names():
   out = _block_with("vae.iwae_bound")
   assert out["x_t"].shape == out["x0"].shape == (16, 8, 8, 1)

@@ -158,6 +158,7 @@ def reference(env, tmp_path_factory):
 # SIGKILL, SIGTERM, NaN, mismatch: end to end
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(
   env, tmp_path, reference
 ):
@@ -224,6 +225,7 @@ def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(
   assert read(workdir, "config.json") == config_before and saved_steps(workdir) == steps_before
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(
   env, tmp_path, reference
 ):
@@ -263,6 +265,7 @@ def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(
   assert_same_run(workdir, reference)
 
 
+@pytest.mark.slow
 def test_nan_from_the_data_stops_naming_the_step_then_skip_nonfinite_trains_through(env, tmp_path):
   points = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
   path = tmp_path / "points.npz"
@@ -446,6 +449,7 @@ def toy_config(num_steps=6):
   )
 
 
+@pytest.mark.slow
 def test_train_stops_after_the_signalled_step_and_restores_the_handlers(
   tmp_path, monkeypatch, capsys
 ):
@@ -498,6 +502,7 @@ def test_resume_config_check_lists_changed_keys_and_allows_harmless_ones(tmp_pat
   assert train.config_changes(saved, toy_config()) == ["model.num_blocks: <absent> -> 1"]
 
 
+@pytest.mark.slow
 def test_resume_with_data_of_another_shape_fails(tmp_path):
   path = tmp_path / "points.npz"
   np.savez(path, points=np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32))

@@ -77,6 +77,7 @@ def test_toy2d_train_resume_sample_eval_with_default_workdir(env, tmp_path):
   assert "points" in results["sample_quality"]["skipped"]
 
 
+@pytest.mark.slow
 def test_digits_train_resume_sample_eval(env, tmp_path):
   cwd, workdir = str(tmp_path), str(tmp_path / "wd")
   run(env, cwd, *DIGITS, "--config.train.num_steps=2", f"--workdir={workdir}")
@@ -297,6 +298,7 @@ def bad_input_results(env, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
+@pytest.mark.slow
 def test_bad_input_fails_cleanly(bad_input_results, name):
   result, cwd, before = bad_input_results[name]
   texts = BAD_INPUTS[name][2]
@@ -309,12 +311,14 @@ def test_bad_input_fails_cleanly(bad_input_results, name):
     assert os.listdir(os.path.join(cwd, "wd")) == []
 
 
+@pytest.mark.slow
 def test_unknown_experiment_lists_experiments(bad_input_results):
   result = bad_input_results["unknown_experiment"][0]
   for name in EXPERIMENTS:
     assert name in result.stderr
 
 
+@pytest.mark.slow
 def test_helpfull_lists_every_experiment(bad_input_results):
   result = bad_input_results["helpfull"][0]
   out = result.stdout + result.stderr

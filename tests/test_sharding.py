@@ -89,6 +89,7 @@ def runs(tmp_path_factory, env):
   return out
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(runs):
   np.testing.assert_allclose(losses(runs["eight"]), losses(runs["one"]), rtol=1e-5)
   one = restored_params(runs["one"])
@@ -97,6 +98,7 @@ def test_eight_devices_match_one_device(runs):
   assert_trees_close(restored_params(runs["eight"]).ema_params, one.ema_params)
 
 
+@pytest.mark.slow
 def test_log_reports_devices(runs, env):
   result = ok(
     run(env, runs["root"], 8, *TOY2D, f"--workdir={runs['eight']}", "--config.train.num_steps=6")
@@ -105,6 +107,7 @@ def test_log_reports_devices(runs, env):
 
 
 @pytest.mark.parametrize("name", ["eight_then_one", "one_then_eight"])
+@pytest.mark.slow
 def test_restore_across_device_counts(runs, name):
   one = restored_params(runs["one"])
   switched = restored_params(runs[name])
@@ -113,6 +116,7 @@ def test_restore_across_device_counts(runs, name):
   assert_trees_close(switched.opt_state, one.opt_state)
 
 
+@pytest.mark.slow
 def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
   samples = {}
   for devices in (1, 8):  # Each run rewrites the workdir's samples.npz.
@@ -133,6 +137,7 @@ def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
   np.testing.assert_allclose(samples[8], samples[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_is_independent_of_device_count(env, tmp_path):
   """--mode=eval on 8 devices (bound, sampling, classifier training, features) gives what 1 device gives."""
   digits = support.flags(
@@ -158,6 +163,7 @@ def test_eval_is_independent_of_device_count(env, tmp_path):
       np.testing.assert_allclose(results[8][section][key], value, rtol=1e-4, err_msg=key)
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_devices_fails_clearly(env, tmp_path):
   result = run(
     env,

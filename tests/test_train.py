@@ -80,6 +80,7 @@ class Interrupted(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(run_a, tmp_path, monkeypatch, capsys):
   workdir = str(tmp_path / "b")
   real_save = checkpoint.save
@@ -115,6 +116,7 @@ def test_interrupted_run_resumes_exactly(run_a, tmp_path, monkeypatch, capsys):
   assert losses_a == losses_b and [s for s, _ in losses_a] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_rerun_with_more_steps_continues_exactly(tmp_path, capsys):
   """Train to 2 steps, then again to 4 in the same workdir == 4 steps in one go. (A constant learning rate:
   a cosine schedule depends on num_steps, so there raising num_steps changes the schedule itself.)"""
@@ -135,6 +137,7 @@ def test_rerun_with_more_steps_continues_exactly(tmp_path, capsys):
   assert_trees_equal(whole, parts)
 
 
+@pytest.mark.slow
 def test_spent_time_budget_stops_like_a_last_step_and_the_run_resumes_exactly(
   run_a, tmp_path, capsys
 ):
@@ -159,6 +162,7 @@ def test_spent_time_budget_stops_like_a_last_step_and_the_run_resumes_exactly(
   assert [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_time_budget_stops_a_long_run_with_a_consistent_checkpoint_log_and_grid(tmp_path, capsys):
   workdir = str(tmp_path / "wd")
   config = toy_config(num_steps=10**7)
@@ -183,10 +187,12 @@ def test_time_budget_stops_a_long_run_with_a_consistent_checkpoint_log_and_grid(
   assert match and int(match.group(1)) == step and 1.5 <= float(match.group(2)) <= seconds
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once(run_a):
   assert run_a["model"].loss_traces == 1  # 4 steps, one trace of the loss: one compiled train_step
 
 
+@pytest.mark.slow
 def test_logs_config_and_pictures_are_written(run_a):
   workdir = run_a["workdir"]
   records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))

@@ -167,14 +167,20 @@ def subprocess_env(cache_dir: str | None = None, fast_compile: bool = True) -> d
 
 
 def env_fixture(fast_compile: bool = True, cache: bool = True):
-  """A module-scoped fixture giving `subprocess_env`, with a compilation cache private to the module.
+  """A module-scoped fixture giving `subprocess_env`, with a persistent compilation cache.
 
-  Bind it to a name in a test module, `env = runs.env_fixture()`, and tests take `env` as an argument.
+  The cache is the test session's (tests/conftest.py: in .pytest_cache, so the next run of the suite reuses
+  the programs), or one private to the module under `-p no:cacheprovider`. Bind the fixture to a name in a test
+  module, `env = runs.env_fixture()`, and tests take `env` as an argument.
   """
 
   @pytest.fixture(scope="module")
-  def env(tmp_path_factory):
-    cache_dir = tmp_path_factory.mktemp("jax_cache") if cache else None
+  def env(request, tmp_path_factory):
+    cache_dir = None
+    if cache and getattr(request.config, "cache", None) is not None:
+      cache_dir = request.config.cache.mkdir("jax_compilation_cache")
+    elif cache:
+      cache_dir = tmp_path_factory.mktemp("jax_cache")
     return subprocess_env(cache_dir, fast_compile)
 
   return env
