@@ -1,7 +1,6 @@
 """scripts/compare_vae_diffusion.py end to end on tiny models: both runs stop on the budget, both are evaluated with
 one classifier, and compare.md / compare.png hold what the two eval.json files say."""
 
-import importlib.util
 import json
 import math
 import os
@@ -12,8 +11,6 @@ import pytest
 from PIL import Image
 
 from tests.support import runs as support  # `runs` is a local name here
-
-SCRIPT = os.path.join(support.REPO, "scripts", "compare_vae_diffusion.py")
 
 VAE_HIDDEN, VAE_LATENT = support.MLP_VAE["model.hidden"][0], support.MLP_VAE["model.latent_dim"]
 TINY_VAE = [f"--vae_override={path}={value}" for path, value in support.MLP_VAE.items()]
@@ -29,10 +26,7 @@ TINY_BOTH = [
 
 
 def load_script():
-  spec = importlib.util.spec_from_file_location("compare_vae_diffusion", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return support.load_script("scripts/compare_vae_diffusion.py")
 
 
 @pytest.fixture(scope="module")

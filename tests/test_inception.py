@@ -6,7 +6,6 @@ average pooling, PyTorch's bilinear resize) against float64 numpy written here, 
 errors, and the converter on two small PyTorch files written by torch 2.13 (tests/data/, recipe below).
 """
 
-import importlib.util
 import io
 import math
 import os
@@ -19,10 +18,10 @@ import numpy as np
 import pytest
 
 from gen_jax import inception
+from tests.support import runs
 from tests.support.inception import random_variables
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(REPO, "tests", "data")
+DATA = os.path.join(runs.REPO, "tests", "data")
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -228,12 +227,7 @@ def test_bad_weight_files_are_named(tmp_path):
 
 
 def load_converter():
-  spec = importlib.util.spec_from_file_location(
-    "convert_inception_weights", os.path.join(REPO, "scripts", "convert_inception_weights.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return runs.load_script("scripts/convert_inception_weights.py")
 
 
 def expected_small_state_dict():

@@ -6,6 +6,7 @@ the same tiny model cannot drift apart. Overrides given later win, as repeated `
 """
 
 import importlib
+import importlib.util
 import os
 import pkgutil
 import subprocess
@@ -125,6 +126,15 @@ def tiny(config, example_shape):
   if "diffusion" in config:
     config.diffusion.num_timesteps = 20
   return apply(config, TWO_STEPS)
+
+
+def load_script(relative_path: str):
+  """A script of the repository (e.g. "scripts/compare_vae_diffusion.py") imported as a module."""
+  name = os.path.splitext(os.path.basename(relative_path))[0]
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relative_path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def data_config(**fields):
