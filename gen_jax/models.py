@@ -392,7 +392,7 @@ def make_diffusion_model(
 
   num_classes (config.model.num_classes) > 0 makes it class-conditional, with
   labels dropped to the null class with cond_drop_prob
-  (config.train.cond_drop_prob); the network must then take labels.
+  (config.model.cond_drop_prob); the network must then take labels.
   """
   if diffusion_cfg.beta_schedule == "linear":
     betas = diffusion.linear_betas(
@@ -420,7 +420,7 @@ def make_diffusion_model(
       f"config.model.num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}"
     )
   if not 0.0 <= cond_drop_prob < 1.0:
-    raise ValueError(f"config.train.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+    raise ValueError(f"config.model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
   return DiffusionModel(
     net=net,
     schedule=diffusion.make_schedule(betas),

@@ -19,7 +19,8 @@ import scipy.stats
 from experiments import ddpm_digits
 from gen_jax import checkpoint, data, evaluation, inception, sharding, train
 from gen_jax.train import classifier as eval_classifier
-from tests.test_inception import random_variables as random_inception_variables
+from tests.support import runs
+from tests.support.inception import random_variables as random_inception_variables
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -245,6 +246,7 @@ def classifier(digits, tmp_path_factory):
   return dict(workdir=workdir, net=net, params=params, info=info, mesh=mesh)
 
 
+@pytest.mark.slow
 def test_classifier_learns_digits(classifier, digits):
   info = classifier["info"]
   assert info["test_accuracy"] > 0.95, info
@@ -266,6 +268,7 @@ def test_classifier_learns_digits(classifier, digits):
   assert 8.0 < evaluation.inception_score(out["probs"]) <= 10.0
 
 
+@pytest.mark.slow
 def test_classifier_is_cached_and_retrained_when_its_setup_changes(
   classifier, digits, monkeypatch, capsys
 ):
@@ -317,20 +320,14 @@ def test_unlabelled_data_cannot_train_the_classifier(tmp_path):
 
 
 def tiny_rgb_config(path):
-  config = ddpm_digits.get_config()
-  config.data.source, config.data.path = "npz", path
-  config.data.batch_size = 4
-  config.model.ch, config.model.ch_mult, config.model.num_groups = 8, (1,), 4
-  config.model.attn_resolutions = ()
-  config.diffusion.num_timesteps = 10
-  config.train.num_steps = 1
-  config.sample.num_samples = 4
-  config.sample.num_steps = 2
-  config.sample.batch_size = 8
-  config.eval.batch_size = 4
-  config.eval.num_samples = 8
-  config.eval.classifier_steps = 3
-  return config
+  return runs.config(
+    "ddpm_digits",
+    runs.UNET,
+    {"data.source": "npz", "data.path": path, "data.batch_size": 4},
+    {"diffusion.num_timesteps": 10, "train.num_steps": 1, "sample.num_samples": 4},
+    {"sample.num_steps": 2, "sample.batch_size": 8},
+    {"eval.batch_size": 4, "eval.num_samples": 8, "eval.classifier_steps": 3},
+  )
 
 
 @pytest.fixture(scope="module")
@@ -350,6 +347,7 @@ def rgb_run(tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.slow
 def test_eval_of_rgb_data_without_inception_weights_says_so(rgb_run, capsys):
   config, workdir = rgb_run
   results = train.evaluate(config, workdir, ddpm_digits.build)
@@ -364,6 +362,7 @@ def test_eval_of_rgb_data_without_inception_weights_says_so(rgb_run, capsys):
     assert json.load(f)["inception"] == results["inception"]
 
 
+@pytest.mark.slow
 def test_eval_with_inception_weights_reports_fid_and_is(rgb_run, tmp_path, monkeypatch):
   config, workdir = rgb_run
   # Cheaper, same code path: 75x75 inputs (the smallest Inception-v3 takes; 16x cheaper than 299x299), and
@@ -416,6 +415,7 @@ def test_eval_flags_are_checked_before_any_work(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_eval_rejects_a_bad_sampler_before_the_likelihood(rgb_run):
   config, workdir = rgb_run
   with pytest.raises(train.ConfigError, match="sampler=ddim num_steps=50"):
