@@ -84,7 +84,9 @@ def test_run_sampler_passes_only_the_options_that_apply():
   # eta does not apply to DPM-Solver++: the same samples with or without it.
   np.testing.assert_array_equal(run("dpm++2m", eta=1.0, variance="large"), run("dpm++2m"))
   # It applies to DDIM, and is the function's own argument there.
-  direct = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, (8, 2), 5, eta=1.0))(key)
+  direct = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, (8, 2), num_steps=5, eta=1.0))(
+    key
+  )
   np.testing.assert_array_equal(run("ddim", eta=1.0, s_churn=3.0), np.asarray(direct))
   assert np.max(np.abs(run("ddim", eta=1.0) - run("ddim"))) > 1e-3
   with pytest.raises(ValueError, match="unknown sampler options"):
