@@ -92,10 +92,28 @@ class DiffusionModel:
       return lambda x_t, t: self.net.apply(params, x_t, t, train=train, rngs=rngs)
     return lambda x_t, t: self.net.apply(params, x_t, t, labels, train=train, rngs=rngs)
 
+  def guided_model_fn(self, params, labels=None, guidance_scale: float = 0.0):
+    """The network as the samplers' model_fn(x_t, t), predicting `self.prediction`.
+
+    With labels and guidance_scale w != 0: classifier-free guidance of the
+    network's own output, (1 + w) out(x_t, t, c) - w out(x_t, t, null)
+    (`diffusion.guided_eps_fn`: for fixed x_t and t, eps and x0 are affine in
+    the output, so this guides them alike whatever the network predicts).
+    """
+    cond = self.model_fn(params, labels=labels)
+    if labels is None or (isinstance(guidance_scale, (int, float)) and guidance_scale == 0):
+      return cond
+    return diffusion.guided_eps_fn(
+      cond_fn=cond, uncond_fn=self.model_fn(params), guidance_scale=guidance_scale
+    )
+
   def eps_fn(
     self, params, train: bool = False, dropout_key=None, labels=None, guidance_scale: float = 0.0
   ):
-    """The network as an eps_fn(x_t, t) for the math core, whatever it predicts.
+    """The network as an eps_fn(x_t, t) for the bound and the ODE likelihood,
+    whatever it predicts (`diffusion.as_eps_fn`; undefined at a
+    zero-terminal-SNR level for x0 and v, where the samplers use
+    `guided_model_fn` and `diffusion.eps_and_x0` instead).
 
     With labels and guidance_scale w != 0: the classifier-free guided
     (1 + w) eps(x_t, t, c) - w eps(x_t, t, null) (`diffusion.guided_eps_fn`).
@@ -105,7 +123,7 @@ class DiffusionModel:
     if labels is None or (isinstance(guidance_scale, (int, float)) and guidance_scale == 0):
       return cond
     uncond = as_eps(self.model_fn(params, train, dropout_key, None))
-    return diffusion.guided_eps_fn(cond, uncond, guidance_scale)
+    return diffusion.guided_eps_fn(cond_fn=cond, uncond_fn=uncond, guidance_scale=guidance_scale)
 
   def loss(self, params, batch, key, train: bool = True):
     loss_key, dropout_key, drop_label_key = jax.random.split(key, 3)
@@ -144,18 +162,20 @@ class DiffusionModel:
 
     labels: (num_samples,) int classes for a conditional model (None: the
     null class); guidance_scale: w of classifier-free guidance (every
-    sampler; w != 0 doubles the network calls).
+    sampler; w != 0 doubles the network calls). The samplers read the
+    network's output as `self.prediction` (`diffusion.eps_and_x0`), so a
+    v-predictor samples a zero-terminal-SNR schedule exactly.
     """
     shape = (num_samples,) + tuple(self.example_shape)
-    eps_fn = self.eps_fn(params, labels=labels, guidance_scale=guidance_scale)
     return diffusion.run_sampler(
       sampler,
       key,
-      eps_fn,
+      self.guided_model_fn(params, labels, guidance_scale),
       self.schedule,
       shape,
       num_steps,
       self.clip,
+      prediction=self.prediction,
       variance=self.variance,
       eta=eta,
       s_churn=s_churn,

@@ -78,8 +78,10 @@ def vlb_term(
     (B,) values in nats.
   """
   batch_ndim = jnp.ndim(t)
-  true_mean, _, true_log_var = q_posterior(schedule, x0, x_t, t)
-  model_mean, model_log_var, _ = p_mean_variance(schedule, x_t, t, eps_pred, variance, clip)
+  true_mean, _, true_log_var = q_posterior(schedule, x0=x0, x_t=x_t, t=t)
+  model_mean, model_log_var, _ = p_mean_variance(
+    schedule, x_t=x_t, t=t, eps=eps_pred, variance=variance, clip=clip
+  )
   kl = sum_data_dims(
     distributions.normal_kl(true_mean, true_log_var, model_mean, model_log_var), batch_ndim
   )

@@ -304,3 +304,40 @@ def count_primitive(jaxpr, name):
       elif hasattr(getattr(param, "jaxpr", None), "eqns"):
         count += count_primitive(param.jaxpr, name)
   return count
+
+
+# ----------------------------------------------------------------------------
+# Zero terminal SNR and the one-Gaussian oracle in any prediction
+# ----------------------------------------------------------------------------
+
+
+def np_rescale_zero_terminal_snr(betas):
+  """Lin et al. 2024, Algorithm 1, float64: shift and scale sqrt(ac) so that
+  its last value is 0 and its first unchanged, then back to betas (the last
+  beta is then exactly 1)."""
+  betas = np.asarray(betas, np.float64)
+  sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
+  first, last = sqrt_abar[0], sqrt_abar[-1]
+  sqrt_abar = (sqrt_abar - last) * first / (first - last)
+  abar = sqrt_abar**2
+  alphas = np.append(abar[0], abar[1:] / abar[:-1])
+  return 1.0 - alphas
+
+
+def gaussian_model_fn(schedule, mu, s, prediction="eps"):
+  """The exact model of data N(mu, s^2) per dimension, in `prediction`
+  (eps | x0 | v), written with a = sqrt(ac_t), c = sqrt(1 - ac_t) and
+  var_t = a^2 s^2 + c^2 > 0 at every level (also where a = 0):
+    E[x0 | x_t]  = mu + a s^2 (x_t - a mu) / var_t,
+    E[eps | x_t] = c (x_t - a mu) / var_t,
+    v = a eps - c x0."""
+
+  def model_fn(x_t, t):
+    a = jnp.asarray(schedule.sqrt_alphas_cumprod)[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+    c = jnp.asarray(schedule.sqrt_one_minus_alphas_cumprod)[t].reshape(a.shape)
+    var = a * a * s * s + c * c
+    eps = c * (x_t - a * mu) / var
+    x0 = mu + a * s * s * (x_t - a * mu) / var
+    return {"eps": eps, "x0": x0, "v": a * eps - c * x0}[prediction]
+
+  return model_fn
