@@ -438,3 +438,100 @@ def test_heun_agrees_with_k_diffusion(
   if s_churn:  # the churn ran: at least one call above its step's level
     assert np.any(peer.timesteps[0::2] > levels)
   assert_agree(run, trajectory, peer, TOL64, record_property, ve=True)
+
+
+# ----------------------------------------------------------------------------
+# Zero terminal SNR with v-prediction (Lin et al. 2024): diffusers' own recipe
+# ----------------------------------------------------------------------------
+
+
+def zero_snr_betas(betas):
+  """Lin et al. (2024), Algorithm 1, in float64: sqrt(alpha_bar) shifted and
+  scaled to end at exactly 0 while keeping its first value; the last beta is 1."""
+  root = np.sqrt(np.cumprod(1.0 - betas))
+  first, last = root[0], root[-1]
+  alphas_cumprod = ((root - last) * first / (first - last)) ** 2
+  alphas = np.append(alphas_cumprod[0], alphas_cumprod[1:] / alphas_cumprod[:-1])
+  return 1.0 - alphas
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "sampler,eta,guidance",
+  [("ddim", 0.0, 0.0), ("ddim", 1.0, 0.0), ("ddim", 0.0, GUIDANCE), ("ddpm", None, 0.0)],
+)
+def test_zero_terminal_snr_v_prediction_agrees_with_diffusers(
+  sampler, eta, guidance, record_property
+):
+  """On the zero-terminal-SNR rescale of linear betas (alpha_bar_{T-1} = 0
+  exactly), driven by the mixture's exact v (finite there: v = -E[x0]):
+  ddim_sample on diffusers' "trailing" grid (T = 1000, 20 steps, from level 999)
+  against DDIMScheduler, and ddpm_sample (T = 100, fixed_small) against
+  DDPMScheduler. diffusers' DDIM and DDPM steps never divide by sqrt(alpha_bar)
+  with v_prediction, so they are exact references at that end."""
+  num_timesteps = 1000 if sampler == "ddim" else 100
+  betas = zero_snr_betas(linear_betas(num_timesteps))
+  assert betas[-1] == 1.0
+  shape, model = oracle(betas, "2d", guidance, "v")
+  key = jax.random.key(8)
+  x_init = peers.gen_jax_x_T(key, shape)
+  fn = diffusion.ddim_sample if sampler == "ddim" else diffusion.ddpm_sample
+  if not peers.has_option(fn, "prediction"):
+    pytest.skip(f"{fn.__name__} takes no prediction= yet (issue 16)")
+  schedule = diffusion.make_schedule(betas)
+  if sampler == "ddim":
+    if not peers.has_option(fn, "timesteps"):
+      pytest.skip("ddim_sample takes no timesteps= yet (issue 16)")
+    grid = peers.diffusers_ddim_grid(num_timesteps, 20, "trailing")
+    run, trajectory = ours(
+      fn,
+      key,
+      model.jax_fn(guided),
+      schedule,
+      shape,
+      x_init=x_init,
+      prediction="v",
+      timesteps=grid,
+      eta=eta,
+    )
+    peer = peers.diffusers_ddim(
+      model,
+      betas,
+      x_init,
+      lambda i: peers.gen_jax_step_noise(key, shape, i),
+      timesteps=grid,
+      eta=eta,
+      prediction_type="v_prediction",
+    )
+  else:
+    run, trajectory = ours(
+      fn,
+      key,
+      model.jax_fn(guided),
+      schedule,
+      shape,
+      x_init=x_init,
+      prediction="v",
+      variance="small",
+    )
+    peer = peers.diffusers_ddpm(
+      model,
+      betas,
+      x_init,
+      lambda i: peers.gen_jax_step_noise(key, shape, num_timesteps - 1 - i),
+      timesteps=np.arange(num_timesteps - 1, -1, -1),
+      variance_type="fixed_small",
+      prediction_type="v_prediction",
+    )
+  assert np.all(np.isfinite(peer.sample))
+  assert_agree(run, trajectory, peer, TOL64, record_property)
+
+
+def test_k_diffusion_loads_without_torchvision(k_diffusion):
+  """The samplers import without k-diffusion's __init__, and the stand-ins for a
+  missing torchvision do not outlive that import (a test asking for torchvision
+  must still find it missing)."""
+  sampling, external = k_diffusion
+  assert callable(sampling.sample_heun) and callable(external.DiscreteEpsDDPMDenoiser)
+  if importlib.util.find_spec("torchvision") is None:
+    assert not any(name in peers.sys.modules for name in peers._TORCHVISION_STUBS)
