@@ -68,10 +68,8 @@ def linear_betas(num_timesteps):
 
 
 def guided(cond_fn, uncond_fn, w):
-  """gen_jax's guided_eps_fn, keyword-only where it is (issue 16), positional before."""
-  if "cond_fn" in peers.inspect.signature(diffusion.guided_eps_fn).parameters:
-    return diffusion.guided_eps_fn(cond_fn=cond_fn, uncond_fn=uncond_fn, guidance_scale=w)
-  return diffusion.guided_eps_fn(cond_fn, uncond_fn, w)
+  """gen_jax's guided_eps_fn (keyword-only: its two functions must not be swapped silently)."""
+  return diffusion.guided_eps_fn(cond_fn=cond_fn, uncond_fn=uncond_fn, guidance_scale=w)
 
 
 def oracle(betas, data, guidance, prediction="eps"):
@@ -82,20 +80,9 @@ def oracle(betas, data, guidance, prediction="eps"):
 
 
 def ours(sampler, key, model_fn, schedule, shape, *, x_init, prediction="eps", **options):
-  """gen_jax's run, recorded, from x_init (VP coordinates), passed as `x_init=`
-  where the sampler takes it; before issue 16's API the sampler draws the same
-  start from the key itself (peers.gen_jax_x_T; heun: sigma_0 times it, VE).
-  With prediction != "eps" the sampler must take `prediction=` (else the test
-  skips). Where the sampler takes return_trajectory=, its Trajectory comes back
-  too, else None."""
-  if peers.has_option(sampler, "x_init"):
-    options["x_init"] = x_init
-  if prediction != "eps":
-    if not peers.has_option(sampler, "prediction"):
-      pytest.skip(f"{sampler.__name__} takes no prediction= yet (issue 16)")
-    options["prediction"] = prediction
-  if not peers.has_option(sampler, "return_trajectory"):
-    return peers.run_gen_jax(sampler, key, model_fn, schedule, shape, **options), None
+  """gen_jax's run from x_init (VP coordinates), recorded at every network call,
+  and the Trajectory the sampler itself returns."""
+  options.update(x_init=x_init, prediction=prediction)
   return peers.run_gen_jax(
     sampler, key, model_fn, schedule, shape, return_trajectory=True, **options
   )
@@ -238,13 +225,7 @@ def test_ddim_agrees_with_diffusers(spacing, eta, guidance, prediction, record_p
   key = jax.random.key(3)
   x_init = peers.gen_jax_x_T(key, shape)
   grid = peers.diffusers_ddim_grid(1000, 20, spacing)
-  options = dict(eta=eta)
-  if spacing == "linspace" and not peers.has_option(diffusion.ddim_sample, "timesteps"):
-    options["num_steps"] = 20
-  elif peers.has_option(diffusion.ddim_sample, "timesteps"):
-    options["timesteps"] = grid
-  else:
-    pytest.skip("ddim_sample takes no timesteps= yet (issue 16)")
+  options = dict(eta=eta, timesteps=grid)
   run, trajectory = ours(
     diffusion.ddim_sample,
     key,
@@ -483,12 +464,8 @@ def test_zero_terminal_snr_v_prediction_agrees_with_diffusers(
   key = jax.random.key(8)
   x_init = peers.gen_jax_x_T(key, shape)
   fn = diffusion.ddim_sample if sampler == "ddim" else diffusion.ddpm_sample
-  if not peers.has_option(fn, "prediction"):
-    pytest.skip(f"{fn.__name__} takes no prediction= yet (issue 16)")
   schedule = diffusion.make_schedule(betas)
   if sampler == "ddim":
-    if not peers.has_option(fn, "timesteps"):
-      pytest.skip("ddim_sample takes no timesteps= yet (issue 16)")
     grid = peers.diffusers_ddim_grid(num_timesteps, 20, "trailing")
     run, trajectory = ours(
       fn,

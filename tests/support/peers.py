@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
-import inspect
 import sys
 import types
 
@@ -213,11 +212,6 @@ def compare(ours: Run, peer: Run) -> dict:
     "sample": max_rel_error(ours.sample, peer.sample),
     "trajectory": trajectory_rel_error(ours.x, peer.x),
   }
-
-
-def has_option(fn, name: str) -> bool:
-  """Whether `fn` takes the keyword `name` (the sampler API of issue 16)."""
-  return name in inspect.signature(fn).parameters
 
 
 # ----------------------------------------------------------------------------
