@@ -7,7 +7,7 @@ Run (needs TFDS's mnist):
 
 import ml_collections
 
-from gen_jax import configs, models, nets
+from gen_jax import configs, models
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -45,8 +45,4 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def build(config, example_shape) -> models.DiffusionModel:
-  m = config.model
-  net = nets.unet_from_config(m, m.compute_dtype, m.remat)
-  return models.make_diffusion_model(
-    config.diffusion, net, example_shape, m.num_classes, m.cond_drop_prob
-  )
+  return models.make_unet_diffusion(config, example_shape)

@@ -470,3 +470,12 @@ def make_mlp_vae(model_config, example_shape) -> VAEModel:
     iwae_samples=m.iwae_samples,
     iwae_chunk=m.iwae_chunk,
   )
+
+
+def make_unet_diffusion(config, example_shape) -> DiffusionModel:
+  """The U-Net DDPM of the image experiments (ddpm_digits, ddpm_mnist, ddpm_cifar), from a whole
+  config: `config.model` (the U-Net, its compute dtype, remat, num_classes, cond_drop_prob) and
+  `config.diffusion` (see `diffusion_config`)."""
+  m = config.model
+  net = nets.unet_from_config(m, m.compute_dtype, m.remat)
+  return make_diffusion_model(config.diffusion, net, example_shape, m.num_classes, m.cond_drop_prob)
