@@ -5,53 +5,62 @@
   python run.py --experiment=ddpm_cifar --workdir=runs/cifar
   python run.py --experiment=ddpm_toy2d --config.train.num_steps=2000
 
---experiment picks a module of experiments/; every field of its config can be
-overridden as --config.<path>=<value>. Running again with the same --workdir
-resumes from its latest checkpoint. An experiment runs through the shared
-trainer (gen_jax.train) with its build(), or, if it defines run(config,
-workdir) instead, through that function (mle_toy, which fits 1-D densities).
+--experiment picks a module of the experiments/ folder beside this file (the
+experiments are not installed with the library); every field of its config
+can be overridden as --config.<path>=<value>. Running again with the same
+--workdir resumes from its latest checkpoint. An experiment runs through the
+shared trainer (gen_jax.train) with its build(), or, if it defines
+run(config, workdir) instead, through that function (mle_toy, which fits
+1-D densities).
 
-Exit status: 0 done; 1 an error (one line on stderr: `error: ...`);
+Exit status: 0 done; 1 an error in the input (one line on stderr: `error: ...`;
+--debug shows the traceback; any other exception is a bug and shows its own);
 128 + the signal number (143 for SIGTERM, 130 for SIGINT / Ctrl-C) when
 training was stopped by a signal after saving a checkpoint: run the printed
 command to resume.
 """
 
-import datetime
-import glob
 import importlib
 import os
 import pkgutil
+import re
 import shlex
 import sys
 
 from absl import app, flags, logging
 
-# Runs from a checkout without installation, too.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The experiments are the modules of experiments/ beside this file; gen_jax too, without installing.
+REPO = os.path.dirname(os.path.abspath(__file__))
+EXPERIMENTS_DIR = os.path.join(REPO, "experiments")
+sys.path.insert(0, REPO)
 
 # Before any JAX computation: XLA reads its flags once (see gen_jax/cpu_flags.py).
 from gen_jax import cpu_flags
 
 cpu_flags.set_default_cpu_flags()
 
-import experiments
-
 DEFAULT_EXPERIMENT = "ddpm_digits"
+# Library argument names in error messages ("num_steps=5") -> this command's flags.
+ARGUMENT_FLAGS = {
+  "workdir": "workdir",
+  "num_samples": "num_samples",
+  "sampler": "sampler",
+  "num_steps": "sampling_steps",
+  "class_label": "class_label",
+  "guidance_scale": "guidance_scale",
+  "inception_weights": "inception_weights",
+}
 
 
 def list_experiments() -> dict[str, str]:
   """Experiment name -> the first line of its module docstring."""
-  names = sorted(
-    m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")
-  )
   out = {}
-  for name in names:
-    spec = importlib.util.find_spec(f"experiments.{name}")
-    with open(spec.origin) as f:
-      source = f.read()
-    doc = source.split('"""')[1] if source.startswith('"""') else ""
-    out[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+  for module in sorted(pkgutil.iter_modules([EXPERIMENTS_DIR]), key=lambda m: m.name):
+    if not module.name.startswith("_"):
+      with open(os.path.join(EXPERIMENTS_DIR, f"{module.name}.py")) as f:
+        source = f.read()
+      doc = source.split('"""')[1].strip() if source.startswith('"""') else ""
+      out[module.name] = doc.splitlines()[0] if doc else ""
   return out
 
 
@@ -60,13 +69,11 @@ def experiments_help() -> str:
   return "\n".join(f"  {n:<{width}}  {d}" for n, d in list_experiments().items())
 
 
-def _experiment_from_argv(argv) -> str:
-  for i, arg in enumerate(argv):
-    if arg.startswith("--experiment="):
-      return arg.split("=", 1)[1]
-    if arg == "--experiment" and i + 1 < len(argv):
-      return argv[i + 1]
-  return DEFAULT_EXPERIMENT
+def as_flags(message: str) -> str:
+  """The library names config fields `config.x` and arguments `name=value`; here they are flags."""
+  message = re.sub(r"(?<![\w./-])config\.(?!json\b)(?=\w)", "--config.", message)
+  names = "|".join(ARGUMENT_FLAGS)
+  return re.sub(rf"(?<![\w./-])({names})=", lambda m: f"--{ARGUMENT_FLAGS[m[1]]}=", message)
 
 
 def _fail(message: str) -> None:
@@ -74,42 +81,19 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
-def _check_config_keys(argv, config) -> None:
-  """Fails with the valid keys when a --config.<path> override names no field.
-
-  (config_flags would raise a KeyError with a traceback while defining the flag.)
-  """
-  import difflib
-  import re
-
-  for arg in argv[1:]:
-    match = re.match(r"^--?(?:no)?config\.([^=]*)", arg)
-    if not match:
-      continue
-    node, walked = config, "config"
-    for part in match.group(1).split("."):
-      if not hasattr(node, "keys"):
-        _fail(f"unknown config key --{walked}.{part}: --{walked} is a value, not a section")
-      if part not in node:
-        valid = sorted(node.keys())
-        close = difflib.get_close_matches(part, valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        _fail(
-          f"unknown config key --{walked}.{part}{hint}; valid keys of "
-          f"--{walked}: {', '.join(valid)}"
-        )
-      node, walked = node[part], f"{walked}.{part}"
-
-
 def define_flags(argv):
   """Defines the flags; --config comes from the chosen experiment's get_config()."""
   from ml_collections import config_flags
 
-  from gen_jax import diffusion
+  from gen_jax import configs, diffusion
 
-  name = _experiment_from_argv(argv)
-  known = list_experiments()
-  if name not in known:
+  name = DEFAULT_EXPERIMENT
+  for i, arg in enumerate(argv):
+    if arg.startswith("--experiment="):
+      name = arg.split("=", 1)[1]
+    elif arg == "--experiment" and i + 1 < len(argv):
+      name = argv[i + 1]
+  if name not in list_experiments():
     _fail(f"unknown --experiment={name!r}; the experiments are:\n{experiments_help()}")
   module = importlib.import_module(f"experiments.{name}")
   flags.DEFINE_string(
@@ -123,7 +107,11 @@ def define_flags(argv):
     "sample and eval. The same workdir again resumes.",
   )
   flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
-  flags.DEFINE_integer("num_samples", 64, "--mode=sample: number of samples.")
+  flags.DEFINE_integer(
+    "num_samples",
+    None,
+    "--mode=sample: number of samples (default: the config's sample.num_samples).",
+  )
   flags.DEFINE_enum(
     "sampler",
     None,
@@ -171,7 +159,11 @@ def define_flags(argv):
     "pod slice or a SLURM/Open MPI GPU cluster it finds its peers).",
   )
   config = module.get_config()
-  _check_config_keys(argv, config)
+  for path in _overridden_paths(argv):  # config_flags would raise a KeyError with a traceback
+    try:
+      configs.check_path(config, path)
+    except configs.ConfigError as e:
+      _fail(as_flags(str(e)))
   config_flags.DEFINE_config_dict(
     "config",
     config,
@@ -181,108 +173,46 @@ def define_flags(argv):
   return module
 
 
-def _default_workdir(experiment: str, mode: str) -> str:
-  if mode == "train":
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = os.path.join("runs", f"{experiment}-{stamp}")
-    suffix = 1
-    while os.path.exists(path):  # Never resume someone else's run by accident.
-      suffix += 1
-      path = os.path.join("runs", f"{experiment}-{stamp}-{suffix}")
-    return path
-  found = sorted(glob.glob(os.path.join("runs", f"{experiment}-*")), key=os.path.getmtime)
-  if not found:
-    _fail(f"--mode={mode}: no runs/{experiment}-* workdir; train first or pass --workdir")
-  print(f"Using the newest workdir: {found[-1]}")
-  return found[-1]
-
-
-def _resume_command(argv, workdir: str) -> str:
-  """The command that continues this run: argv, with --workdir made explicit
-  (a default workdir is a new folder each time)."""
-  args = list(argv[1:])
-  if not any(a == "--workdir" or a.startswith("--workdir=") for a in args):
-    args.append(f"--workdir={workdir}")
-  return shlex.join(["python", argv[0], *args])
-
-
 def _overridden_paths(argv) -> set[str]:
-  paths = set()
-  for arg in argv[1:]:
-    if arg.startswith(("--config.", "--noconfig.")):
-      paths.add(arg.split("config.", 1)[1].split("=", 1)[0])
-  return paths
-
-
-def _with_saved_config(config, workdir, argv):
-  """The config a run was trained with (workdir/config.json), so sampling and
-  evaluation need no repeated overrides; --config.* flags still win."""
-  import json
-
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return config
-  with open(path) as f:
-    saved = json.load(f)
-  overridden = _overridden_paths(argv)
-  config = config.copy_and_resolve_references()
-
-  def merge(node, values, prefix):
-    for key, value in values.items():
-      name = f"{prefix}{key}"
-      if key not in node or name in overridden:
-        continue
-      if isinstance(value, dict) and hasattr(node[key], "keys"):
-        merge(node[key], value, name + ".")
-      elif isinstance(node[key], tuple) and isinstance(value, list):
-        node[key] = tuple(value)
-      else:
-        node[key] = value
-
-  merge(config, saved, "")
-  return config
-
-
-def _run_itself(module, FLAGS) -> None:
-  """An experiment that is no model for the shared trainer (a toy
-  demonstration) defines run(config, workdir) and runs as a whole."""
-  if FLAGS.mode != "train":
-    _fail(
-      f"--mode={FLAGS.mode} does not apply to --experiment={FLAGS.experiment}: "
-      "it runs as a whole with --mode=train (the default)"
-    )
-  workdir = FLAGS.workdir or _default_workdir(FLAGS.experiment, FLAGS.mode)
-  try:
-    module.run(FLAGS.config, workdir)
-  except ValueError as e:
-    if FLAGS.debug:
-      raise
-    _fail(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+  """The dotted config paths that --config.<path>=... (or --noconfig.<path>) arguments set."""
+  found = (re.match(r"^--?(?:no)?config\.([^=]*)", arg) for arg in argv[1:])
+  return {match[1] for match in found if match}
 
 
 def main(argv, module):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   FLAGS = flags.FLAGS
-  if hasattr(module, "run"):
-    _run_itself(module, FLAGS)
-    return
-  from gen_jax import checkpoint, data, train
+  mode, runs_itself = FLAGS.mode, hasattr(module, "run")
+  if runs_itself and mode != "train":
+    _fail(
+      f"--mode={mode} does not apply to --experiment={FLAGS.experiment}: "
+      "it runs as a whole with --mode=train (the default)"
+    )
+  from gen_jax import train
 
-  if FLAGS.distributed:
+  if FLAGS.distributed and not runs_itself:
     import jax
 
     jax.distributed.initialize()
-  config = FLAGS.config
-  workdir = FLAGS.workdir or _default_workdir(FLAGS.experiment, FLAGS.mode)
-  if FLAGS.mode != "train" and not os.path.isdir(workdir):
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if workdir is None and mode == "train":
+    workdir = train.new_workdir(FLAGS.experiment)
+  elif workdir is None:
+    workdir = train.newest_workdir(FLAGS.experiment)
+    if workdir is None:
+      _fail(f"--mode={mode}: no runs/{FLAGS.experiment}-* workdir; train first or pass --workdir")
+    print(f"Using the newest workdir: {workdir}")
+  if mode != "train" and not os.path.isdir(workdir):
     _fail(f"--workdir={workdir} does not exist; train first")
-  if FLAGS.mode != "train":
-    config = _with_saved_config(config, workdir, sys.argv)
+  if mode != "train":  # the config it was trained with; --config.* flags still win
+    config = train.with_saved_config(config, workdir, keep=_overridden_paths(sys.argv))
   try:
-    if FLAGS.mode == "train":
+    if runs_itself:
+      module.run(config, workdir)
+    elif mode == "train":
       train.train(config, workdir, module.build)
-    elif FLAGS.mode == "sample":
+    elif mode == "sample":
       train.sample(
         config,
         workdir,
@@ -301,20 +231,17 @@ def main(argv, module):
     import jax
 
     if jax.process_index() == 0:
-      print(
-        f"{e}. To resume, run the same command:\n  {_resume_command(sys.argv, workdir)}", flush=True
-      )
+      args = [*sys.argv[1:], *([] if FLAGS["workdir"].present else [f"--workdir={workdir}"])]
+      command = shlex.join(["python", sys.argv[0], *args])
+      print(f"{e}. To resume, run the same command:\n  {command}", flush=True)
     sys.exit(128 + e.signal_number)
-  except (
-    train.ConfigError,
-    data.DataError,
-    checkpoint.NoCheckpointError,
-    train.NonFiniteError,
-    ValueError,
-  ) as e:
+  except train.USER_ERRORS as e:  # Only these: any other exception is a bug, with its traceback.
     if FLAGS.debug:
       raise
-    _fail(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+    message = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    if isinstance(e, train.NoCheckpointError) and mode != "train":
+      message = f"--mode={mode}: {message}"
+    _fail(as_flags(message))
 
 
 if __name__ == "__main__":

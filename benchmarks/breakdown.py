@@ -129,7 +129,7 @@ def profile_ours(batch, forward_batch, repeats):
   step_s = bench.timed(run, repeats)
   config = bench.experiment_config(ddpm_cifar, batch, "float32")
   model = ddpm_cifar.build(config, shape)
-  tx = train.make_optimizer(config.optim, config.train.num_steps)
+  tx, _ = train.train_step_for(config, model)  # the optimizer train() runs
   state = jax.jit(lambda k: train.init_state(model, tx, k))(jax.random.key(0))
   x = jnp.zeros((batch,) + shape)
   inventory, params_of = conv_inventory(

@@ -12,8 +12,9 @@ What is measured:
   * peak: the machine's FLOP/s limit. CPU: the best of a large matmul and a
     large 3x3 convolution timed here (XLA, and torch's when present). GPU: the
     datasheet's dense peak for the compute dtype, from nvidia-smi's model name.
-  * train: images/s of one whole optimizer step (jitted train_step of
-    gen_jax.train, donated state) on random batches; first-call compile time;
+  * train: images/s of one whole optimizer step (the train step train() runs:
+    gen_jax.train.train_step_for, jitted by jit_train_step, donated state,
+    non-finite guard included) on random batches; first-call compile time;
     FLOPs per step from XLA's cost analysis of the compiled step; achieved
     FLOP/s and model-FLOPs utilisation (MFU) = achieved / peak; peak memory.
   * sample: images/s of the DDPM sampler (all T = 1000 steps) and of DDIM at 20
@@ -48,7 +49,7 @@ cpu_flags.set_default_cpu_flags()
 import jax
 
 from experiments import ddpm_cifar, ddpm_digits
-from gen_jax import train
+from gen_jax import sharding, train
 
 # Dense datasheet peaks in TFLOP/s (SXM parts), by the compute dtype.
 GPU_PEAKS = {
@@ -143,20 +144,18 @@ def gpu_peak(compute_dtype):
 def experiment_config(module, batch, compute_dtype):
   config = module.get_config()
   config.data.batch_size = batch
-  config.train.compute_dtype = compute_dtype
+  config.model.compute_dtype = compute_dtype
   return config
 
 
 def ours_train(module, example_shape, batch, compute_dtype):
-  """(step_fn, compile_seconds, flops_per_step, memory_bytes) for one experiment."""
+  """(step_fn, compile_seconds, flops_per_step, memory_bytes) for one experiment: the step
+  train() runs (train.train_step_for, jitted by train.jit_train_step), guard included."""
   config = experiment_config(module, batch, compute_dtype)
   model = module.build(config, example_shape)
-  tx = train.make_optimizer(config.optim, config.train.num_steps)
+  tx, train_step = train.train_step_for(config, model)
   state = jax.jit(lambda k: train.init_state(model, tx, k))(jax.random.key(0))
-  step = jax.jit(
-    train.make_train_step(model, tx, config.train.ema_decay, config.train.ema_warmup),
-    donate_argnums=0,
-  )
+  step = train.jit_train_step(train_step, sharding.make_mesh())
   x = jax.random.uniform(jax.random.key(1), (batch,) + example_shape, minval=-1, maxval=1)
   batch_dict = {"x": x}
   key = jax.random.key(2)

@@ -25,9 +25,9 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import run
 from experiments import ddpm_digits
-from gen_jax import data, evaluation, train
+from gen_jax import data, evaluation, sharding, train
+from gen_jax.train import classifier
 
 SAMPLERS = ("respaced", "ddim", "dpm++2m", "heun")
 
@@ -41,33 +41,27 @@ def main():
   args = parser.parse_args()
   calls = [int(c) for c in args.calls.split(",")]
 
-  config = run._with_saved_config(ddpm_digits.get_config(), args.workdir, [])
-  setup = train._Setup(
-    config,
-    args.workdir,
-    ddpm_digits.build,
-    split="test",
-    create_workdir=False,
-  )
-  state = setup.restore()
+  config = train.with_saved_config(ddpm_digits.get_config(), args.workdir)
+  run = train.open_run(config, args.workdir, ddpm_digits.build, mode="eval")
+  state = run.restore()
   train_dataset = data.load_dataset(config.data, "train")
-  net, params, info = evaluation.load_or_train_classifier(
+  net, params, info = classifier.load_or_train_classifier(
     args.workdir,
     train_dataset,
-    setup.dataset,
+    run.dataset,
     config.eval.classifier_steps,
     config.seed,
-    setup.mesh,
+    run.mesh,
     config.eval.batch_size,
   )
-  features = evaluation.jit_for_mesh(evaluation.classifier_outputs(net), setup.mesh)
+  features = sharding.jit_for_mesh(classifier.classifier_outputs(net), run.mesh)
   stats = lambda images: evaluation.feature_statistics(
-    evaluation.map_batches(features, params, images, config.eval.batch_size, setup.mesh)[
+    sharding.map_batches(features, params, images, config.eval.batch_size, run.mesh)[
       "features"
     ].astype(np.float64)
   )
-  test_stats = stats(train._read_images(setup.dataset))
-  real = train._read_images(train_dataset, args.num_samples)
+  test_stats = stats(train.read_images(run.dataset))
+  real = train.read_images(train_dataset, args.num_samples)
   floor = float(evaluation.frechet_distance(*stats(real), *test_stats))
   print(
     f"checkpoint step {int(state.step)}, {args.num_samples} samples, classifier test accuracy "
@@ -84,7 +78,7 @@ def main():
   print("|---|---:|---:|---:|---:|")
   for name, num_calls, sampler, steps in rows:
     draw = jax.jit(
-      lambda p, k, s=sampler, n=steps: setup.model.sample(
+      lambda p, k, s=sampler, n=steps: run.model.sample(
         p, k, args.num_samples, sampler=s, num_steps=n
       )
     )

@@ -46,18 +46,24 @@ def samplers(eps_fn, schedule, n):
       None if c != 1000 else (lambda k: diffusion.ddpm_sample(k, eps_fn, schedule, shape))
     ),
     "respaced ddpm, small var": lambda c: (
-      lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, schedule, shape, c)
+      lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, schedule, shape, num_steps=c)
     ),
     "respaced ddpm, large var": lambda c: (
-      lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, schedule, shape, c, variance="large")
+      lambda k: diffusion.respaced_ddpm_sample(
+        k, eps_fn, schedule, shape, num_steps=c, variance="large"
+      )
     ),
-    "ddim (eta=0)": lambda c: lambda k: diffusion.ddim_sample(k, eps_fn, schedule, shape, c),
-    "dpm++2m": lambda c: lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, schedule, shape, c),
+    "ddim (eta=0)": lambda c: (
+      lambda k: diffusion.ddim_sample(k, eps_fn, schedule, shape, num_steps=c)
+    ),
+    "dpm++2m": lambda c: (
+      lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, schedule, shape, num_steps=c)
+    ),
     "heun (EDM), 2N-1 calls": lambda c: (
-      lambda k: diffusion.heun_sample(k, eps_fn, schedule, shape, heun_n(c))
+      lambda k: diffusion.heun_sample(k, eps_fn, schedule, shape, num_steps=heun_n(c))
     ),
     "heun + churn 10": lambda c: (
-      lambda k: diffusion.heun_sample(k, eps_fn, schedule, shape, heun_n(c), s_churn=10.0)
+      lambda k: diffusion.heun_sample(k, eps_fn, schedule, shape, num_steps=heun_n(c), s_churn=10.0)
     ),
   }
 

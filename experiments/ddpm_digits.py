@@ -9,7 +9,7 @@ Run (the default experiment):
 
 import ml_collections
 
-from gen_jax import configs, models, nets
+from gen_jax import configs, models
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -28,7 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
       attn_resolutions=(4,),
       dropout=0.0,
       num_groups=8,
-      num_classes=0,
+      num_classes=0,  # K > 0: class-conditional, with classifier-free guidance
+      cond_drop_prob=0.1,  # class-conditional: P(label -> null class) in training
+      compute_dtype="float32",  # or bfloat16: convolutions and matmuls (float32 params)
+      remat=False,  # jax.checkpoint the U-Net blocks: less memory, more compute
     )
   )
   config.diffusion = models.diffusion_config(num_timesteps=1000)
@@ -55,7 +58,4 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def build(config, example_shape) -> models.DiffusionModel:
-  net = nets.unet_from_config(config.model, config.train.compute_dtype, config.train.remat)
-  return models.make_diffusion_model(
-    config.diffusion, net, example_shape, config.model.num_classes, config.train.cond_drop_prob
-  )
+  return models.make_unet_diffusion(config, example_shape)

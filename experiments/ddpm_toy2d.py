@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 100
   config.train.sample_every = 2000
   config.train.checkpoint_every = 2000
-  config.train.num_sample_images = 1000  # points in the scatter plot
+  config.sample.num_samples = 1000  # points in the scatter plot
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 100
   config.optim.schedule = "cosine"

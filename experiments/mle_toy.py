@@ -1,7 +1,8 @@
 """KL <=> maximum likelihood on a 1-D Gaussian mixture: forward (mode-covering) and reverse (mode-seeking) fits, seconds on a CPU.
 
 The target p is a known mixture of Gaussians. Three model densities q_theta
-are fitted with optax (Adam, learning rate decayed to 0 by a cosine):
+are fitted with Adam (learning rate decayed to 0 by a cosine), each update
+the shared train step of gen_jax.train.step:
 
   forward_gaussian  a Gaussian, maximising the average log-likelihood
                     (1/N) sum_i log q(x_i) of N samples x_i ~ p. Its optimum
@@ -15,7 +16,7 @@ Since E_p[-log q] = KL(p || q) + H(p), maximum likelihood is minimum
 KL(p || q): the NLL and KL(p || q) curves in metrics.jsonl differ by the
 constant H(p). The forward fit spreads one Gaussian over both modes; the
 reverse fit sits on one mode (from the default start, the heavier right one;
-from --config.reverse_init_mean=-1.5, the left one).
+from config.reverse_init_mean=-1.5, the left one).
 
 Writes to the workdir: config.json, metrics.jsonl (and TensorBoard files):
 every log_every steps, per fit, `<fit>/nll` (on the N training samples),
@@ -33,9 +34,11 @@ Run:
   python run.py --experiment=mle_toy --config.reverse_init_mean=-1.5   # the reverse fit takes the left mode
 """
 
+import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +46,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from gen_jax import distributions, images, vae
+from gen_jax import checks, distributions, fileio, images, vae
+from gen_jax.configs import ConfigError
+from gen_jax.train import step as train_step_lib
 
 FITS = ("forward_gaussian", "forward_mixture", "reverse_gaussian")
 COLORS = {
@@ -86,14 +91,14 @@ def target_params(config) -> dict:
     and weights.size >= 1
     and weights.shape == means.shape == stds.shape
   ):
-    raise ValueError(
-      "--config.target.weights, .means and .stds must be tuples "
+    raise ConfigError(
+      "config.target.weights, .means and .stds must be tuples "
       f"of one length; got {len(weights.ravel())}, "
       f"{len(means.ravel())}, {len(stds.ravel())}"
     )
   if np.any(weights <= 0) or np.any(stds <= 0):
-    raise ValueError(
-      "--config.target.weights and --config.target.stds must be "
+    raise ConfigError(
+      "config.target.weights and config.target.stds must be "
       f"positive; got {tuple(weights)}, {tuple(stds)}"
     )
   return gaussian_params(weights / weights.sum(), means, stds)
@@ -140,12 +145,31 @@ def reverse_kl(theta, target, key, num_samples: int):
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A loss of (theta, key), starting at theta0, behind the model interface of the shared
+  train step (init, loss)."""
+
+  loss_fn: Callable
+  theta0: dict
+
+  def init(self, key):
+    del key
+    return self.theta0
+
+  def loss(self, params, batch, key, train: bool = True):
+    del batch, train  # the objective draws what it needs from its key
+    value = self.loss_fn(params, key)
+    return value, {"loss": value}
+
+
 def fit(loss_fn, theta0, key, num_steps: int, learning_rate: float):
   """Minimises loss_fn(theta, key_s), key_s = fold_in(key, s), with Adam.
 
   The learning rate decays from learning_rate to 0 by a cosine, so the
-  iterates settle on the optimum instead of circling it. One compiled
-  lax.scan.
+  iterates settle on the optimum instead of circling it. Each update is the
+  shared train step (gen_jax.train.step.make_train_step, which folds the step
+  number into the key; its EMA is unused), all of them in one compiled lax.scan.
 
   Returns:
     The parameters after 0, 1, ..., num_steps updates: a dict of
@@ -155,14 +179,15 @@ def fit(loss_fn, theta0, key, num_steps: int, learning_rate: float):
 
   @jax.jit
   def run_all(theta0, key):
-    def step(carry, s):
-      theta, opt_state = carry
-      grads = jax.grad(loss_fn)(theta, jax.random.fold_in(key, s))
-      updates, opt_state = tx.update(grads, opt_state, theta)
-      theta = optax.apply_updates(theta, updates)
-      return (theta, opt_state), theta
+    objective = Objective(loss_fn, theta0)
+    train_step = train_step_lib.make_train_step(objective, tx, 0.0, False)
 
-    _, history = jax.lax.scan(step, (theta0, tx.init(theta0)), jnp.arange(num_steps))
+    def one_step(state, _):
+      state, _ = train_step(state, None, key)
+      return state, state.params
+
+    state0 = train_step_lib.init_state(objective, tx, key)
+    _, history = jax.lax.scan(one_step, state0, None, length=num_steps)
     return jax.tree.map(lambda a, h: jnp.concatenate([a[None], h]), theta0, history)
 
   return run_all(theta0, key)
@@ -224,10 +249,10 @@ def _check_config(config) -> None:
     "log_every",
   ):
     value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f"--config.{name} must be a positive integer, got {value!r}")
-  if not config.learning_rate > 0:
-    raise ValueError(f"--config.learning_rate must be > 0, got {config.learning_rate}")
+    if not checks.is_integer(value) or value <= 0:
+      raise ConfigError(f"config.{name} must be a positive integer, got {value!r}")
+  if not checks.is_real(config.learning_rate) or config.learning_rate <= 0:
+    raise ConfigError(f"config.learning_rate must be > 0, got {config.learning_rate}")
 
 
 def _as_distribution(theta) -> dict:
@@ -244,8 +269,9 @@ def run(config, workdir: str) -> dict:
   _check_config(config)
   target = target_params(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  fileio.write_atomically(
+    os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True)
+  )
 
   data_key, eval_key, q_key, fit_key = jax.random.split(jax.random.key(config.seed), 4)
   p_sample = jax.jit(distributions.gaussian_mixture_sample, static_argnums=4)
@@ -295,8 +321,7 @@ def run(config, workdir: str) -> dict:
       for name, history in histories.items()
     },
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  fileio.write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
 
   means, stds = np.asarray(target["means"]), np.exp(0.5 * np.asarray(target["logvars"]))
   grid = np.linspace((means - 4 * stds).min(), (means + 4 * stds).max(), 801)

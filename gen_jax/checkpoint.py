@@ -8,8 +8,9 @@ killed mid-save therefore leaves the previous checkpoints intact plus a
 can still be unreadable (a disk error, a partial copy, a hand edit), so
 resuming goes through `restore_newest`, which tries the steps newest first and
 sets aside (and reports) the ones that cannot be restored.
-Small numpy pytrees (the evaluation classifier) are saved as npz files under a
-temporary name and renamed.
+Small numpy pytrees (the evaluation classifier) are saved as npz files through
+gen_jax.fileio (a temporary name, then renamed). `saved_steps` is the one
+place that decides what counts as a checkpoint on disk.
 """
 
 import contextlib
@@ -24,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
+
+from gen_jax import fileio
 
 # The name orbax gives an unfinished save (`<step>.orbax-checkpoint-tmp`), as a kill -9 mid-save
 # leaves it.
@@ -62,10 +65,29 @@ def latest_step(mngr: ocp.CheckpointManager) -> int | None:
   return mngr.latest_step()
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The finished step folders of workdir/checkpoints (readable or not), in increasing order.
+
+  The one place that decides what counts as a checkpoint on disk: a folder
+  named by its step; an unfinished save (`<step>.orbax-checkpoint-tmp`) does not.
+  """
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
 def has_checkpoint(workdir: str) -> bool:
   """Whether workdir/checkpoints has a finished step folder (readable or not)."""
-  directory = checkpoint_dir(workdir)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  return bool(saved_steps(workdir))
+
+
+def require_checkpoint(workdir: str) -> None:
+  """Raises NoCheckpointError unless `workdir` has a checkpoint (sampling and evaluation)."""
+  if not has_checkpoint(workdir):
+    raise NoCheckpointError(
+      f"no checkpoint in {checkpoint_dir(workdir)}; train first with the same workdir"
+    )
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
@@ -79,9 +101,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   state, _ = restore_newest(mngr, abstract_state, set_aside=False, report=logging.warning)
   if state is None:
-    raise NoCheckpointError(
-      f"no readable checkpoint in {mngr.directory}; train first (--mode=train)"
-    )
+    raise NoCheckpointError(f"no readable checkpoint in {mngr.directory}; train first")
   return state
 
 
@@ -129,7 +149,7 @@ def restore_newest(
     raise UnreadableCheckpointError(
       f"none of the checkpoints in {directory} can be restored (steps "
       f"{', '.join(map(str, rejected))}; newest: {first_reason}); if the model, its config or "
-      "gen_jax changed since they were written, train in a new --workdir; if the files are "
+      "gen_jax changed since they were written, train in a new workdir; if the files are "
       "damaged, move that folder away to start over"
     )
   if set_aside and (leftovers or rejected):
@@ -208,9 +228,8 @@ def save_params_npz(path: str, params) -> None:
   """Writes a nested dict of arrays as an .npz, one entry per leaf, named by
   its path joined with '/' (e.g. 'params/Dense_0/kernel')."""
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **{name: np.asarray(value) for name, value in flat.items()})
-  os.replace(tmp, path)
+  with fileio.atomic_path(path) as tmp:
+    np.savez(tmp, **{name: np.asarray(value) for name, value in flat.items()})
 
 
 def load_params_npz(path: str) -> dict:

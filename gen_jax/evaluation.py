@@ -7,41 +7,46 @@ The math (pure; numpy in -> numpy float64 out, the host-side path of
   frechet_distance(mean1, cov1, mean2, cov2)        ||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2))
   inception_score(probs)                            exp E_x[KL(p(y|x) || p(y))]
 
-The feature spaces:
-
-  * a small CNN classifier (gen_jax.nets.ImageClassifier) trained once with
-    optax on the labelled train split of the experiment's own data and cached
-    in `workdir/eval_classifier/` (the approach the literature calls FID-MNIST);
-    its penultimate layer gives the features, its softmax the class
-    probabilities (`load_or_train_classifier`);
-  * the FID Inception-v3 (gen_jax.inception) for CIFAR-10-like RGB data,
-    with weights the user supplies.
-
 `sample_quality` turns one feature space's (features, probabilities) of the
 samples and of real data into the figures of eval.json: the Fréchet distance
 of the samples to the test split, the same distance for real train data of the
 samples' size and for two halves of the test split (the floor), and the
-IS-like score of the samples and of real test data.
+IS-like score of the samples and of real test data. `summary` is the console
+summary of eval.json.
+
+Where the rest lives: the feature spaces are the evaluation classifier
+(gen_jax.train.classifier, trained through the shared train step) and the FID
+Inception-v3 (gen_jax.inception); networks are applied to host arrays by
+gen_jax.sharding.map_batches; gen_jax.train.evaluate assembles eval.json. The
+names that lived here before (train_classifier, map_batches, ...) still
+resolve, to those modules.
 """
 
-import json
+import importlib
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm import tqdm
 
-from gen_jax import checkpoint, images, nets, sharding
+from gen_jax import images
 
 Array = Any  # numpy or jax array
 
-CLASSIFIER_DIR = "eval_classifier"
-CLASSIFIER_BATCH_SIZE = 128
-CLASSIFIER_LEARNING_RATE = 1e-3
+# Names that moved, and their modules now (resolved on first use: gen_jax.train imports this module).
+_MOVED = {
+  "map_batches": "gen_jax.sharding",
+  "jit_for_mesh": "gen_jax.sharding",
+  "CLASSIFIER_DIR": "gen_jax.train.classifier",
+  "CLASSIFIER_BATCH_SIZE": "gen_jax.train.classifier",
+  "CLASSIFIER_LEARNING_RATE": "gen_jax.train.classifier",
+  "make_classifier": "gen_jax.train.classifier",
+  "train_classifier": "gen_jax.train.classifier",
+  "classifier_outputs": "gen_jax.train.classifier",
+  "classifier_accuracy": "gen_jax.train.classifier",
+  "load_or_train_classifier": "gen_jax.train.classifier",
+}
 # Fixed, so that the two halves of the test split are the same in every evaluation.
 _HALVES_SEED = 0
 
@@ -170,209 +175,6 @@ def inception_score_splits(probs: np.ndarray, num_splits: int) -> tuple[float, f
     )
   scores = [float(inception_score(part)) for part in np.array_split(np.asarray(probs), num_splits)]
   return float(np.mean(scores)), float(np.std(scores))
-
-
-# ----------------------------------------------------------------------------
-# Batched, sharded application of a network to host arrays
-# ----------------------------------------------------------------------------
-
-
-def map_batches(
-  fn: Callable, params, inputs: np.ndarray, batch_size: int, mesh, desc: str | None = None
-):
-  """Applies jitted `fn(params, x) -> pytree of (B, ...)` to `inputs` (N, ...) in batches
-  sharded over the mesh's devices (params replicated); returns the outputs of
-  all N rows as numpy arrays. The last batch is padded by repeating its last
-  row and the padding dropped, so every batch has one shape (one compile).
-
-  Every process passes the same `inputs` and builds its own slice of each batch.
-  """
-  sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
-  count = len(inputs)
-  process_count, process_index = jax.process_count(), jax.process_index()
-  local = batch_size // process_count
-  outputs = []
-  for start in tqdm(
-    range(0, count, batch_size),
-    desc=desc,
-    disable=desc is None or process_index,
-    leave=False,
-    dynamic_ncols=True,
-  ):
-    rows = np.minimum(np.arange(start, start + batch_size), count - 1)
-    rows = rows[process_index * local : (process_index + 1) * local]
-    batch = sharding.shard_batch({"x": np.asarray(inputs[rows], np.float32)}, mesh)
-    outputs.append(jax.device_get(fn(params, batch["x"])))
-  stacked = jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
-  return jax.tree.map(lambda a: a[:count], stacked)
-
-
-def jit_for_mesh(fn: Callable, mesh) -> Callable:
-  """jax.jit(fn) with params replicated, the batch sharded and the output replicated."""
-  return jax.jit(
-    fn,
-    in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
-    out_shardings=sharding.replicated(mesh),
-  )
-
-
-# ----------------------------------------------------------------------------
-# The evaluation classifier
-# ----------------------------------------------------------------------------
-
-
-def make_classifier(num_classes: int, feature_dim: int = 64) -> nets.ImageClassifier:
-  return nets.ImageClassifier(num_classes=num_classes, feature_dim=feature_dim)
-
-
-def train_classifier(
-  net: nets.ImageClassifier,
-  dataset,
-  num_steps: int,
-  seed: int,
-  mesh,
-  batch_size: int = CLASSIFIER_BATCH_SIZE,
-  learning_rate: float = CLASSIFIER_LEARNING_RATE,
-  progress: bool = True,
-):
-  """Trains `net` on the labelled `dataset` (a gen_jax.data.Dataset) with
-  softmax cross-entropy and Adam; returns its params.
-
-  Batch s is dataset.get_batch(s, seed, batch_size) (the same pure function of
-  (seed, s) as model training), the initialisation comes from seed: the
-  result is a function of (data, seed, num_steps, batch_size).
-  """
-  if dataset.num_classes is None:
-    raise ValueError(f"{dataset.name} has no labels; the evaluation classifier needs them")
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0:
-    raise ValueError(
-      f"--config.eval.classifier_steps must be a positive integer, got {num_steps!r}"
-    )
-  sharding.check_batch_size(batch_size, mesh, "eval classifier batch size")
-  tx = optax.adam(learning_rate)
-  example = jnp.zeros((1,) + tuple(dataset.example_shape), jnp.float32)
-  params = jax.jit(net.init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed), example)
-  opt_state = tx.init(params)
-
-  def step(params, opt_state, batch):
-    def loss_fn(p):
-      logits, _ = net.apply(p, batch["x"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  replicated = sharding.replicated(mesh)
-  step = jax.jit(
-    step,
-    in_shardings=(replicated, replicated, sharding.data_sharded(mesh)),
-    out_shardings=(replicated, replicated, replicated),
-    donate_argnums=(0, 1),
-  )
-  process_index, process_count = jax.process_index(), jax.process_count()
-  for s in tqdm(
-    range(num_steps),
-    desc="eval classifier",
-    disable=not progress or process_index,
-    leave=False,
-    dynamic_ncols=True,
-    mininterval=1.0,
-  ):
-    batch = dataset.get_batch(s, seed, batch_size, process_index, process_count, train=True)
-    params, opt_state, loss = step(params, opt_state, sharding.shard_batch(batch, mesh))
-  if not np.isfinite(float(loss)):
-    raise FloatingPointError(f"evaluation classifier: non-finite loss {float(loss)}")
-  return params
-
-
-def classifier_outputs(net: nets.ImageClassifier) -> Callable:
-  """(params, x) -> {'features': (B, feature_dim), 'probs': (B, num_classes)}."""
-
-  def apply(params, x):
-    logits, features = net.apply(params, x)
-    return {"features": features, "probs": jax.nn.softmax(logits.astype(jnp.float32))}
-
-  return apply
-
-
-def classifier_accuracy(net, params, dataset, batch_size: int, mesh) -> float:
-  """The fraction of `dataset` (all of its examples) that `net` labels correctly."""
-  fn = jit_for_mesh(lambda p, x: jnp.argmax(net.apply(p, x)[0], axis=-1), mesh)
-  correct = count = 0
-  for batch in dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()):
-    mask = batch.pop("mask")
-    predicted = np.asarray(
-      jax.device_get(fn(params, sharding.shard_batch({"x": batch["x"]}, mesh)["x"]))
-    )
-    # Each process holds its own slice of the batch's rows: compare those.
-    local = slice(jax.process_index() * len(mask), (jax.process_index() + 1) * len(mask))
-    correct += int(np.sum((predicted[local] == batch["label"])[mask]))
-    count += int(mask.sum())
-  return correct / max(count, 1)
-
-
-def load_or_train_classifier(
-  workdir: str,
-  train_dataset,
-  test_dataset,
-  num_steps: int,
-  seed: int,
-  mesh,
-  eval_batch_size: int,
-  feature_dim: int = 64,
-  write: bool = True,
-):
-  """The evaluation classifier of this data: from `workdir/eval_classifier/` when
-  it was trained there with the same data, size, steps and seed, else trained
-  now (and cached when `write`).
-
-  Returns:
-    (net, params, info) with info the cached description: data, num_classes,
-    feature_dim, num_steps, seed, batch_size, learning_rate, test_accuracy.
-  """
-  if train_dataset.num_classes is None:
-    raise ValueError(f"{train_dataset.name} has no labels")
-  net = make_classifier(train_dataset.num_classes, feature_dim)
-  want = {
-    "data": train_dataset.name,
-    "example_shape": list(train_dataset.example_shape),
-    "num_classes": train_dataset.num_classes,
-    "feature_dim": feature_dim,
-    "num_steps": num_steps,
-    "seed": seed,
-    "batch_size": CLASSIFIER_BATCH_SIZE,
-    "learning_rate": CLASSIFIER_LEARNING_RATE,
-  }
-  directory = os.path.join(workdir, CLASSIFIER_DIR)
-  info_path, params_path = (
-    os.path.join(directory, "info.json"),
-    os.path.join(directory, "params.npz"),
-  )
-  if os.path.exists(info_path) and os.path.exists(params_path):
-    with open(info_path) as f:
-      info = json.load(f)
-    if {k: info.get(k) for k in want} == want:  # info.json is written last: a complete cache
-      params = checkpoint.load_params_npz(params_path)
-      return net, jax.device_put(params, sharding.replicated(mesh)), info
-    print(f"The cached evaluation classifier in {directory} was trained differently; training anew")
-  params = train_classifier(net, train_dataset, num_steps, seed, mesh)
-  accuracy = classifier_accuracy(net, params, test_dataset, eval_batch_size, mesh)
-  info = dict(
-    want,
-    test_accuracy=accuracy,
-    test_data=test_dataset.name,
-    num_parameters=int(sum(x.size for x in jax.tree.leaves(params))),
-  )
-  if write:
-    os.makedirs(directory, exist_ok=True)
-    if os.path.exists(info_path):  # never an old description beside new parameters
-      os.remove(info_path)
-    checkpoint.save_params_npz(params_path, jax.device_get(params))
-    with open(info_path + ".tmp", "w") as f:
-      json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(info_path + ".tmp", info_path)
-  return net, params, info
 
 
 # ----------------------------------------------------------------------------
@@ -524,3 +326,9 @@ def summary(results: dict, workdir: str = "") -> str:
   if workdir:
     lines.append(f"  all figures and their setup: {os.path.join(workdir, 'eval.json')}")
   return "\n".join(lines)
+
+
+def __getattr__(name):
+  if name in _MOVED:
+    return getattr(importlib.import_module(_MOVED[name]), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,11 @@
 """Pictures: PNG grids of images, scatter plots of 2-D points, line plots of 1-D curves."""
 
 import math
-import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from gen_jax import fileio
 
 
 def to_uint8(images) -> np.ndarray:
@@ -38,13 +39,12 @@ def grid(
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  """Writes a uint8 (H, W, C) image; written to a temporary name, then renamed."""
+  """Writes a uint8 (H, W, C) image atomically (gen_jax.fileio)."""
   image = np.asarray(image)
   if image.shape[-1] == 1:
     image = image[..., 0]
-  tmp = path + ".tmp.png"
-  Image.fromarray(image).save(tmp)
-  os.replace(tmp, path)
+  with fileio.atomic_path(path) as tmp:
+    Image.fromarray(image).save(tmp)
 
 
 def save_image_grid(
@@ -78,9 +78,8 @@ def save_scatter(
     for x, y in to_px(np.asarray(pts)):
       if np.isfinite(x) and np.isfinite(y):
         draw.ellipse([x - 1.5, size - 1 - y - 1.5, x + 1.5, size - 1 - y + 1.5], fill=color)
-  tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
+  with fileio.atomic_path(path) as tmp:
+    img.save(tmp)
 
 
 def save_line_plot(
@@ -134,6 +133,5 @@ def save_line_plot(
     row = top + 8 + 16 * i
     draw.rectangle([left + 10, row - 3, left + 30, row + 3], fill=tuple(color))
     draw.text((left + 36, row - 6), label, fill="black")
-  tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
+  with fileio.atomic_path(path) as tmp:
+    img.save(tmp)

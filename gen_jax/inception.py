@@ -42,7 +42,7 @@ WEIGHTS_URL = (
 
 
 class InceptionWeightsError(ValueError):
-  """An --inception_weights file that is missing or does not fit the network."""
+  """An inception_weights file that is missing or does not fit the network."""
 
 
 def _pairs(value):
@@ -311,10 +311,10 @@ def load_variables(path: str, model: FIDInceptionV3 | None = None):
   """Flax variables from an .npz of pytorch-fid's state dict (see the module docstring)."""
   path = os.path.expanduser(path)
   if not os.path.isfile(path):
-    raise InceptionWeightsError(f"--inception_weights={path} is not a file")
+    raise InceptionWeightsError(f"inception_weights={path} is not a file")
   if path.endswith(".pth"):
     raise InceptionWeightsError(
-      f"--inception_weights={path} is a PyTorch file; convert it once with "
+      f"inception_weights={path} is a PyTorch file; convert it once with "
       f"`python scripts/convert_inception_weights.py {path} pt_inception-2015-12-05.npz` "
       "and pass the .npz"
     )
@@ -323,9 +323,9 @@ def load_variables(path: str, model: FIDInceptionV3 | None = None):
       state_dict = {name: f[name] for name in f.files}
   except Exception as e:  # zipfile / format errors: not a readable npz
     raise InceptionWeightsError(
-      f"--inception_weights={path}: cannot read as .npz ({type(e).__name__}: {e})"
+      f"inception_weights={path}: cannot read as .npz ({type(e).__name__}: {e})"
     ) from None
-  return variables_from_state_dict(state_dict, model, f"--inception_weights={path}")
+  return variables_from_state_dict(state_dict, model, f"inception_weights={path}")
 
 
 def outputs_fn(model: FIDInceptionV3 | None = None):

@@ -92,10 +92,28 @@ class DiffusionModel:
       return lambda x_t, t: self.net.apply(params, x_t, t, train=train, rngs=rngs)
     return lambda x_t, t: self.net.apply(params, x_t, t, labels, train=train, rngs=rngs)
 
+  def guided_model_fn(self, params, labels=None, guidance_scale: float = 0.0):
+    """The network as the samplers' model_fn(x_t, t), predicting `self.prediction`.
+
+    With labels and guidance_scale w != 0: classifier-free guidance of the
+    network's own output, (1 + w) out(x_t, t, c) - w out(x_t, t, null)
+    (`diffusion.guided_eps_fn`: for fixed x_t and t, eps and x0 are affine in
+    the output, so this guides them alike whatever the network predicts).
+    """
+    cond = self.model_fn(params, labels=labels)
+    if labels is None or (isinstance(guidance_scale, (int, float)) and guidance_scale == 0):
+      return cond
+    return diffusion.guided_eps_fn(
+      cond_fn=cond, uncond_fn=self.model_fn(params), guidance_scale=guidance_scale
+    )
+
   def eps_fn(
     self, params, train: bool = False, dropout_key=None, labels=None, guidance_scale: float = 0.0
   ):
-    """The network as an eps_fn(x_t, t) for the math core, whatever it predicts.
+    """The network as an eps_fn(x_t, t) for the bound and the ODE likelihood,
+    whatever it predicts (`diffusion.as_eps_fn`; undefined at a
+    zero-terminal-SNR level for x0 and v, where the samplers use
+    `guided_model_fn` and `diffusion.eps_and_x0` instead).
 
     With labels and guidance_scale w != 0: the classifier-free guided
     (1 + w) eps(x_t, t, c) - w eps(x_t, t, null) (`diffusion.guided_eps_fn`).
@@ -105,7 +123,7 @@ class DiffusionModel:
     if labels is None or (isinstance(guidance_scale, (int, float)) and guidance_scale == 0):
       return cond
     uncond = as_eps(self.model_fn(params, train, dropout_key, None))
-    return diffusion.guided_eps_fn(cond, uncond, guidance_scale)
+    return diffusion.guided_eps_fn(cond_fn=cond, uncond_fn=uncond, guidance_scale=guidance_scale)
 
   def loss(self, params, batch, key, train: bool = True):
     loss_key, dropout_key, drop_label_key = jax.random.split(key, 3)
@@ -144,18 +162,20 @@ class DiffusionModel:
 
     labels: (num_samples,) int classes for a conditional model (None: the
     null class); guidance_scale: w of classifier-free guidance (every
-    sampler; w != 0 doubles the network calls).
+    sampler; w != 0 doubles the network calls). The samplers read the
+    network's output as `self.prediction` (`diffusion.eps_and_x0`), so a
+    v-predictor samples a zero-terminal-SNR schedule exactly.
     """
     shape = (num_samples,) + tuple(self.example_shape)
-    eps_fn = self.eps_fn(params, labels=labels, guidance_scale=guidance_scale)
     return diffusion.run_sampler(
       sampler,
       key,
-      eps_fn,
+      self.guided_model_fn(params, labels, guidance_scale),
       self.schedule,
       shape,
       num_steps,
       self.clip,
+      prediction=self.prediction,
       variance=self.variance,
       eta=eta,
       s_churn=s_churn,
@@ -394,7 +414,7 @@ def diffusion_config(
   prediction "v" or "x0" (eps-prediction is undefined at SNR 0).
   prediction (eps | x0 | v) is the network's target, trained with its loss
   (`diffusion.simple_loss`) and used by every sampler:
-  --config.diffusion.prediction=v.
+  config.diffusion.prediction = "v" (on the command line: --config.diffusion.prediction=v).
   """
   return ml_collections.ConfigDict(
     dict(
@@ -459,7 +479,7 @@ def make_diffusion_model(
 
   num_classes (config.model.num_classes) > 0 makes it class-conditional, with
   labels dropped to the null class with cond_drop_prob
-  (config.train.cond_drop_prob); the network must then take labels.
+  (config.model.cond_drop_prob); the network must then take labels.
   """
   betas = diffusion_betas(diffusion_cfg)
   if diffusion_cfg.variance not in diffusion.VARIANCES:
@@ -477,7 +497,7 @@ def make_diffusion_model(
       f"config.model.num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}"
     )
   if not 0.0 <= cond_drop_prob < 1.0:
-    raise ValueError(f"config.train.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+    raise ValueError(f"config.model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
   return DiffusionModel(
     net=net,
     schedule=diffusion.make_schedule(betas),
@@ -507,3 +527,12 @@ def make_mlp_vae(model_config, example_shape) -> VAEModel:
     iwae_samples=m.iwae_samples,
     iwae_chunk=m.iwae_chunk,
   )
+
+
+def make_unet_diffusion(config, example_shape) -> DiffusionModel:
+  """The U-Net DDPM of the image experiments (ddpm_digits, ddpm_mnist, ddpm_cifar), from a whole
+  config: `config.model` (the U-Net, its compute dtype, remat, num_classes, cond_drop_prob) and
+  `config.diffusion` (see `diffusion_config`)."""
+  m = config.model
+  net = nets.unet_from_config(m, m.compute_dtype, m.remat)
+  return make_diffusion_model(config.diffusion, net, example_shape, m.num_classes, m.cond_drop_prob)

@@ -328,11 +328,10 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 def unet_from_config(model_config, compute_dtype: str = "float32", remat: bool = False) -> UNet:
   """A UNet from a config section with fields ch, ch_mult, num_res_blocks,
   attn_resolutions, dropout, num_groups and (optionally) num_classes;
-  compute_dtype and remat as in the config's `train` section (see UNet)."""
+  compute_dtype and remat as the experiments' config.model.compute_dtype and
+  config.model.remat (see UNet)."""
   if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(
-      f"--config.train.compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}"
-    )
+    raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
   m = model_config
   return UNet(
     ch=m.ch,

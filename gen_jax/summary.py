@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from gen_jax import fileio
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -31,10 +33,7 @@ def drop_records_after(workdir: str, step: int) -> int:
       else:
         dropped += 1
   if dropped:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, path)
+    fileio.write_atomically(path, "".join(kept))
   return dropped
 
 

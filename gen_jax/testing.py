@@ -218,8 +218,10 @@ def gaussian_sampler_law(betas, mu, s, sampler="ddpm", variance="small", timeste
   def linear_parts(t):
     a = abar[t]
     g = math.sqrt(1 - a) / (a * s * s + 1 - a)  # eps = g x - g sqrt(a) mu
-    p = (1 - math.sqrt(1 - a) * g) / math.sqrt(a)  # x0_pred = p x + q
-    q = math.sqrt(1 - a) * g * mu
+    # x0_pred = (x - sqrt(1 - a) eps) / sqrt(a) = p x + q, written without the
+    # division so that it holds at a zero-terminal-SNR level (a = 0) too.
+    p = math.sqrt(a) * s * s / (a * s * s + 1 - a)
+    q = (1 - a) * mu / (a * s * s + 1 - a)
     return a, g, p, q
 
   if sampler == "ddpm":

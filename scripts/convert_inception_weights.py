@@ -235,6 +235,8 @@ def main(argv=None) -> int:
   else:
     inception.variables_from_state_dict(state_dict, source=args.pth)
     print("names and shapes fit gen_jax.inception.FIDInceptionV3")
+  # Written under a temporary name, then renamed; by hand, not with gen_jax.fileio: this script
+  # also runs where gen_jax is not importable (numpy alone).
   tmp = args.npz + ".tmp.npz"
   np.savez(tmp, **state_dict)
   os.replace(tmp, args.npz)

@@ -1,7 +1,27 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the suite's persistent compilation cache.
+
+Tiers: `python -m pytest -m "not slow"` is the fast tier (math, data and property tests, one run.py round
+trip, the evaluation metrics); `python -m pytest` is the full suite, which CI runs. Helpers shared by the
+end-to-end tests (run.py in a subprocess, tiny configs) live in tests/support/.
+"""
 
 import jax
 import pytest
+
+
+def pytest_configure(config):
+  """Keeps XLA's compiled programs in pytest's cache folder (.pytest_cache), so a second run of the suite
+  compiles only what changed: on a CPU, compiling the many tiny programs is most of the fast tier's time.
+
+  Off with `-p no:cacheprovider`, and when JAX_COMPILATION_CACHE_DIR already names a cache; emptied with
+  `--cache-clear` (it is never pruned: a size limit needs the `filelock` package).
+  """
+  cache = getattr(config, "cache", None)
+  if cache is None or jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", str(cache.mkdir("jax_compilation_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """scripts/compare_vae_diffusion.py end to end on tiny models: both runs stop on the budget, both are evaluated with
 one classifier, and compare.md / compare.png hold what the two eval.json files say."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,38 +10,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "scripts", "compare_vae_diffusion.py")
+from tests.support import runs as support  # `runs` is a local name here
 
-VAE_HIDDEN, VAE_LATENT = 16, 2
-TINY_VAE = [
-  f"--vae_override=model.hidden=({VAE_HIDDEN},)",
-  f"--vae_override=model.latent_dim={VAE_LATENT}",
-  "--vae_override=model.iwae_samples=4",
-  "--vae_override=model.iwae_chunk=2",
-]
+VAE_HIDDEN, VAE_LATENT = support.MLP_VAE["model.hidden"][0], support.MLP_VAE["model.latent_dim"]
+TINY_VAE = [f"--vae_override={path}={value}" for path, value in support.MLP_VAE.items()]
 TINY_DDPM = [
-  f"--ddpm_override={o}"
-  for o in (
-    "model.ch=8",
-    "model.ch_mult=(1,)",
-    "model.num_res_blocks=1",
-    "model.num_groups=4",
-    "model.attn_resolutions=()",
-    "diffusion.num_timesteps=20",
-    "sample.num_steps=2",
-  )
+  f"--ddpm_override={path}={value}"
+  for path, value in support.merged(
+    support.UNET, {"diffusion.num_timesteps": 20, "sample.num_steps": 2}
+  ).items()
 ]
 TINY_BOTH = [
-  f"--override={o}" for o in ("data.batch_size=8", "train.num_sample_images=4", "eval.batch_size=8")
+  f"--override={o}" for o in ("data.batch_size=8", "sample.num_samples=4", "eval.batch_size=8")
 ]
 
 
 def load_script():
-  spec = importlib.util.spec_from_file_location("compare_vae_diffusion", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return support.load_script("scripts/compare_vae_diffusion.py")
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +34,10 @@ def compared(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("compare") / "out")
   cache = str(tmp_path_factory.mktemp("jax_cache"))
   with pytest.MonkeyPatch.context() as patch:  # for the run.py processes
-    for name in [k for k in os.environ if k.startswith(("XLA_", "JAX_", "TFDS_"))]:
+    wanted = support.subprocess_env(cache_dir=cache)
+    for name in set(os.environ) - set(wanted):
       patch.delenv(name)
-    for name, value in dict(
-      JAX_PLATFORMS="cpu",
-      JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-      JAX_COMPILATION_CACHE_DIR=cache,
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-    ).items():
+    for name, value in wanted.items():
       patch.setenv(name, value)
     argv = [
       "--budget_seconds=0.5",
@@ -89,6 +68,7 @@ def first_number(cell):
   return float(re.search(r"-?[\d,]*\.?\d+", cell).group(0).replace(",", ""))
 
 
+@pytest.mark.slow
 def test_both_runs_stop_on_the_budget_and_share_the_classifier(compared):
   for name, results in compared["evals"].items():
     workdir = os.path.join(compared["workdir"], name)
@@ -111,6 +91,7 @@ def test_both_runs_stop_on_the_budget_and_share_the_classifier(compared):
     assert vae[key] == ddpm[key], key
 
 
+@pytest.mark.slow
 def test_table_holds_the_eval_json_figures(compared):
   rows = table(compared["workdir"])
   vae, ddpm = compared["evals"]["vae_digits"], compared["evals"]["ddpm_digits"]
@@ -155,6 +136,7 @@ def test_table_holds_the_eval_json_figures(compared):
   assert "not comparable" in text and "WARNING" not in text
 
 
+@pytest.mark.slow
 def test_picture_puts_the_two_final_grids_side_by_side(compared):
   grids = []
   for name, results in compared["evals"].items():

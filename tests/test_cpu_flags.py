@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gen_jax import cpu_flags
+from tests.support import runs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
 
 
@@ -37,6 +37,7 @@ def test_opt_out_and_no_change_after_backend_start():
     assert environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
 
 
+@pytest.mark.slow
 def test_installed_jaxlib_accepts_the_flags_and_convolves_correctly():
   """A fresh process sets the flags, then checks a convolution against the
   one computed here (an unknown flag would abort XLA)."""
@@ -47,7 +48,7 @@ def test_installed_jaxlib_accepts_the_flags_and_convolves_correctly():
   )
   code = f"""
 import os, sys, numpy as np
-sys.path.insert(0, {ROOT!r})
+sys.path.insert(0, {runs.REPO!r})
 from gen_jax import cpu_flags
 added = cpu_flags.set_default_cpu_flags()
 import jax

@@ -30,6 +30,7 @@ def _defines(path, name):
     return re.search(rf"^\s*(?:def|class)\s+{re.escape(name)}\b", f.read(), flags=re.M) is not None
 
 
+@pytest.mark.slow
 def test_python_blocks_run_in_order(monkeypatch):
   monkeypatch.chdir(REPO)  # the page says: run from the repository root
   blocks = re.findall(r"```python\n(.*?)```", _text(), flags=re.S)

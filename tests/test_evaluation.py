@@ -18,7 +18,9 @@ import scipy.stats
 
 from experiments import ddpm_digits
 from gen_jax import checkpoint, data, evaluation, inception, sharding, train
-from tests.test_inception import random_variables as random_inception_variables
+from gen_jax.train import classifier as eval_classifier
+from tests.support import runs
+from tests.support.inception import random_variables as random_inception_variables
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -238,12 +240,13 @@ def classifier(digits, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("classifier"))
   mesh = sharding.make_mesh()
   with xla_optimizations():
-    net, params, info = evaluation.load_or_train_classifier(
+    net, params, info = eval_classifier.load_or_train_classifier(
       workdir, train_set, test_set, 300, 0, mesh, 120
     )
   return dict(workdir=workdir, net=net, params=params, info=info, mesh=mesh)
 
 
+@pytest.mark.slow
 def test_classifier_learns_digits(classifier, digits):
   info = classifier["info"]
   assert info["test_accuracy"] > 0.95, info
@@ -252,8 +255,10 @@ def test_classifier_learns_digits(classifier, digits):
   test_set = digits[1]
   test_images = np.concatenate([b["x"][b["mask"]] for b in test_set.eval_batches(120)])
   labels = np.concatenate([b["label"][b["mask"]] for b in test_set.eval_batches(120)])
-  fn = evaluation.jit_for_mesh(evaluation.classifier_outputs(classifier["net"]), classifier["mesh"])
-  out = evaluation.map_batches(
+  fn = sharding.jit_for_mesh(
+    eval_classifier.classifier_outputs(classifier["net"]), classifier["mesh"]
+  )
+  out = sharding.map_batches(
     fn, classifier["params"], test_images, 64, classifier["mesh"]
   )  # 360 = 5x64 + 40
   assert out["features"].shape == (360, 64) and out["probs"].shape == (360, 10)
@@ -263,11 +268,12 @@ def test_classifier_learns_digits(classifier, digits):
   assert 8.0 < evaluation.inception_score(out["probs"]) <= 10.0
 
 
+@pytest.mark.slow
 def test_classifier_is_cached_and_retrained_when_its_setup_changes(
   classifier, digits, monkeypatch, capsys
 ):
   workdir, mesh = classifier["workdir"], classifier["mesh"]
-  assert sorted(os.listdir(os.path.join(workdir, evaluation.CLASSIFIER_DIR))) == [
+  assert sorted(os.listdir(os.path.join(workdir, eval_classifier.CLASSIFIER_DIR))) == [
     "info.json",
     "params.npz",
   ]
@@ -275,14 +281,14 @@ def test_classifier_is_cached_and_retrained_when_its_setup_changes(
   def no_training(*args, **kwargs):
     raise AssertionError("trained although the cache fits")
 
-  monkeypatch.setattr(evaluation, "train_classifier", no_training)
-  _, params, info = evaluation.load_or_train_classifier(workdir, *digits, 300, 0, mesh, 120)
+  monkeypatch.setattr(eval_classifier, "train_classifier", no_training)
+  _, params, info = eval_classifier.load_or_train_classifier(workdir, *digits, 300, 0, mesh, 120)
   assert info == classifier["info"]
   jax.tree.map(
     np.testing.assert_array_equal, jax.device_get(params), jax.device_get(classifier["params"])
   )
   with pytest.raises(AssertionError, match="trained although"):
-    evaluation.load_or_train_classifier(workdir, *digits, 301, 0, mesh, 120)
+    eval_classifier.load_or_train_classifier(workdir, *digits, 301, 0, mesh, 120)
   assert "trained differently" in capsys.readouterr().out
 
 
@@ -304,8 +310,8 @@ def test_unlabelled_data_cannot_train_the_classifier(tmp_path):
   config.source, config.path = "npz", str(tmp_path / "x.npz")
   unlabelled = data.load_dataset(config, "train")
   with pytest.raises(ValueError, match="no labels"):
-    evaluation.train_classifier(
-      evaluation.make_classifier(10), unlabelled, 2, 0, sharding.make_mesh()
+    eval_classifier.train_classifier(
+      eval_classifier.make_classifier(10), unlabelled, 2, 0, sharding.make_mesh()
     )
 
 
@@ -314,20 +320,14 @@ def test_unlabelled_data_cannot_train_the_classifier(tmp_path):
 
 
 def tiny_rgb_config(path):
-  config = ddpm_digits.get_config()
-  config.data.source, config.data.path = "npz", path
-  config.data.batch_size = 4
-  config.model.ch, config.model.ch_mult, config.model.num_groups = 8, (1,), 4
-  config.model.attn_resolutions = ()
-  config.diffusion.num_timesteps = 10
-  config.train.num_steps = 1
-  config.train.num_sample_images = 4
-  config.sample.num_steps = 2
-  config.sample.batch_size = 8
-  config.eval.batch_size = 4
-  config.eval.num_samples = 8
-  config.eval.classifier_steps = 3
-  return config
+  return runs.config(
+    "ddpm_digits",
+    runs.UNET,
+    {"data.source": "npz", "data.path": path, "data.batch_size": 4},
+    {"diffusion.num_timesteps": 10, "train.num_steps": 1, "sample.num_samples": 4},
+    {"sample.num_steps": 2, "sample.batch_size": 8},
+    {"eval.batch_size": 4, "eval.num_samples": 8, "eval.classifier_steps": 3},
+  )
 
 
 @pytest.fixture(scope="module")
@@ -347,20 +347,22 @@ def rgb_run(tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.slow
 def test_eval_of_rgb_data_without_inception_weights_says_so(rgb_run, capsys):
   config, workdir = rgb_run
   results = train.evaluate(config, workdir, ddpm_digits.build)
-  assert "no --inception_weights" in results["inception"]["skipped"]
+  assert "no inception_weights" in results["inception"]["skipped"]
   quality = results["sample_quality"]
   assert quality["samples"]["num_samples"] == 8 and quality["reference"]["train"].startswith(
     "the first 8"
   )
   out = capsys.readouterr().out
-  assert "FID and Inception score (Inception-v3): skipped: no --inception_weights=PATH given" in out
+  assert "FID and Inception score (Inception-v3): skipped: no inception_weights given" in out
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f)["inception"] == results["inception"]
 
 
+@pytest.mark.slow
 def test_eval_with_inception_weights_reports_fid_and_is(rgb_run, tmp_path, monkeypatch):
   config, workdir = rgb_run
   # Cheaper, same code path: 75x75 inputs (the smallest Inception-v3 takes; 16x cheaper than 299x299), and
@@ -400,24 +402,25 @@ def test_eval_with_inception_weights_reports_fid_and_is(rgb_run, tmp_path, monke
 
 def test_eval_flags_are_checked_before_any_work(tmp_path):
   config = tiny_rgb_config("unused.npz")
-  with pytest.raises(train.ConfigError, match="--inception_weights=.*not a file"):
+  with pytest.raises(train.ConfigError, match="inception_weights=.*not a file"):
     train.evaluate(
       config, str(tmp_path), ddpm_digits.build, inception_weights=str(tmp_path / "none.npz")
     )
   config.eval.num_samples = 1
-  with pytest.raises(train.ConfigError, match="--config.eval.num_samples"):
+  with pytest.raises(train.ConfigError, match="config.eval.num_samples"):
     train.evaluate(config, str(tmp_path), ddpm_digits.build)
   config.eval.num_samples, config.eval.classifier_steps = 8, 0
-  with pytest.raises(train.ConfigError, match="--config.eval.classifier_steps"):
+  with pytest.raises(train.ConfigError, match="config.eval.classifier_steps"):
     train.evaluate(config, str(tmp_path), ddpm_digits.build)
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_eval_rejects_a_bad_sampler_before_the_likelihood(rgb_run):
   config, workdir = rgb_run
-  with pytest.raises(train.ConfigError, match="--sampler=ddim --sampling_steps=50"):
+  with pytest.raises(train.ConfigError, match="sampler=ddim num_steps=50"):
     train.evaluate(config, workdir, ddpm_digits.build, sampler="ddim", num_steps=50)  # T = 10
-  with pytest.raises(train.ConfigError, match="--sampler=nope"):
+  with pytest.raises(train.ConfigError, match="sampler=nope"):
     train.evaluate(config, workdir, ddpm_digits.build, sampler="nope")
 
 

@@ -8,22 +8,19 @@ import importlib
 import json
 import math
 import os
-import pkgutil
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import experiments
 from gen_jax import data, train
+from tests.support import runs
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
-EXPERIMENTS = sorted(
-  m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")
-)
+EXPERIMENTS = runs.EXPERIMENTS
 # An experiment either plugs a model into the shared trainer (build) or runs itself (run(config, workdir), tested
 # in its own file, e.g. tests/test_mle_toy.py).
 RUNS_ITSELF = [
@@ -36,36 +33,7 @@ def mock_tfds():
   return tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE)
 
 
-def tiny(config, example_shape):
-  """Shrinks an experiment's config in place to a model that compiles and runs in seconds on a CPU."""
-  m = config.model
-  if "ch" in m:  # U-Net
-    m.ch, m.ch_mult, m.num_res_blocks, m.num_groups = 8, (1,), 1, 4
-    m.attn_resolutions = (example_shape[0],)  # keep an attention block in the test
-  elif "width" in m:  # MLP denoiser
-    m.width, m.num_blocks = 16, 1
-  elif "hidden" in m:  # MLP VAE
-    m.hidden, m.latent_dim, m.iwae_samples, m.iwae_chunk = (16,), 2, 4, 2
-  elif "channels" in m:  # conv VAE
-    m.channels, m.latent_dim, m.iwae_samples, m.iwae_chunk = (4,), 2, 4, 2
-  else:
-    raise AssertionError(
-      f"tiny(): unknown model config {sorted(m.keys())}; teach this test the new experiment"
-    )
-  if "diffusion" in config:
-    config.diffusion.num_timesteps = 20
-  config.data.batch_size = 4
-  config.train.num_steps = 2
-  config.train.log_every = 1
-  config.train.checkpoint_every = 2
-  config.train.sample_every = 2
-  config.train.num_sample_images = 4
-  config.sample.sampler = "ddim"
-  config.sample.num_steps = 2
-  config.sample.batch_size = 4
-  config.eval.batch_size = 8
-  config.eval.num_examples = 8
-  return config
+tiny = runs.tiny
 
 
 def test_experiments_are_discovered():
@@ -91,6 +59,7 @@ def test_experiment_has_build_or_run(name):
 
 
 @pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.slow
 def test_experiment_builds_trains_two_steps_and_evaluates(name):
   module = importlib.import_module(f"experiments.{name}")
   assert (module.__doc__ or "").strip(), (
@@ -139,6 +108,7 @@ def test_ddpm_cifar_has_the_papers_35_7m_parameters():
   assert sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)) == 35_746_307
 
 
+@pytest.mark.slow
 def test_tfds_experiment_trains_through_train_loop_with_mock_data(tmp_path):
   from experiments import vae_mnist
 

@@ -33,7 +33,7 @@ def tiny_config(num_classes=10, num_steps=2):
   config.data.batch_size = 4
   config.train.num_steps = num_steps
   config.train.log_every = config.train.checkpoint_every = config.train.sample_every = num_steps
-  config.train.num_sample_images = 20
+  config.sample.num_samples = 20
   config.sample.num_steps = 2
   return config
 
@@ -74,7 +74,7 @@ def test_label_dropout_replaces_labels_by_the_null_class():
       return model.net.apply(params, x, t, labels, **kw)
 
   for drop_prob in (0.0, 0.5):
-    config.train.cond_drop_prob = drop_prob
+    config.model.cond_drop_prob = drop_prob
     model = ddpm_digits.build(config, (8, 8, 1))
     params = model.init(jax.random.key(0))
     spy_model = model.__class__(**{**model.__dict__, "net": Spy()})

@@ -6,7 +6,6 @@ average pooling, PyTorch's bilinear resize) against float64 numpy written here, 
 errors, and the converter on two small PyTorch files written by torch 2.13 (tests/data/, recipe below).
 """
 
-import importlib.util
 import io
 import math
 import os
@@ -19,29 +18,13 @@ import numpy as np
 import pytest
 
 from gen_jax import inception
+from tests.support import runs
+from tests.support.inception import random_variables
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(REPO, "tests", "data")
+DATA = os.path.join(runs.REPO, "tests", "data")
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-def random_variables(seed=0):
-  """He-scaled random conv/fc kernels and non-trivial BatchNorm parameters, drawn in numpy (no init compile)."""
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = math.prod(leaf.shape[:-1])
-      return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-    low, high = {"scale": (0.5, 1.5), "bias": (-0.1, 0.1), "mean": (-0.1, 0.1), "var": (0.5, 2.0)}[
-      name
-    ]
-    return rng.uniform(low, high, size=leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, inception.abstract_variables())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -64,6 +47,7 @@ def test_parameter_count_is_torchvisions_inception_v3_without_aux_and_with_1008_
   assert sum(name.endswith(".conv.weight") for name in names) == 94
 
 
+@pytest.mark.slow
 def test_output_shapes_for_rgb_and_grayscale():
   variables = inception.abstract_variables()
   model = inception.FIDInceptionV3()
@@ -91,6 +75,7 @@ def numpy_basic_conv(x, weight, gamma, beta, mean, var, stride=1, padding=(0, 0)
   return np.maximum(out, 0.0)
 
 
+@pytest.mark.slow
 def test_network_runs_and_layers_follow_pytorch_conventions():
   variables = random_variables()
   state_dict = inception.state_dict_from_variables(variables)
@@ -182,6 +167,7 @@ def numpy_bilinear(x, size):
   return np.einsum("ih,bhwc,jw->bijc", rows, np.asarray(x, np.float64), cols)
 
 
+@pytest.mark.slow
 def test_resize_is_pytorch_bilinear_without_align_corners():
   rng = np.random.default_rng(4)
   for shape, size in (((2, 8, 8, 3), 19), ((1, 32, 32, 3), 299), ((1, 5, 7, 1), 16)):
@@ -195,6 +181,7 @@ def test_resize_is_pytorch_bilinear_without_align_corners():
 # Weight files
 
 
+@pytest.mark.slow
 def test_state_dict_round_trip_and_npz_loading(tmp_path):
   variables = random_variables(5)
   state_dict = inception.state_dict_from_variables(variables)
@@ -207,6 +194,7 @@ def test_state_dict_round_trip_and_npz_loading(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, variables))
 
 
+@pytest.mark.slow
 def test_bad_weight_files_are_named(tmp_path):
   state_dict = inception.state_dict_from_variables(random_variables(6))
   cases = {
@@ -216,9 +204,7 @@ def test_bad_weight_files_are_named(tmp_path):
   for name, sd in cases.items():
     path = str(tmp_path / f"{name}.npz")
     np.savez(path, **sd)
-    with pytest.raises(
-      inception.InceptionWeightsError, match=f"--inception_weights={path}.*{name}"
-    ):
+    with pytest.raises(inception.InceptionWeightsError, match=f"inception_weights={path}.*{name}"):
       inception.load_variables(path)
   misshaped = dict(state_dict, **{"fc.weight": np.zeros((1000, 2048), np.float32)})
   np.savez(tmp_path / "shape.npz", **misshaped)
@@ -239,12 +225,7 @@ def test_bad_weight_files_are_named(tmp_path):
 
 
 def load_converter():
-  spec = importlib.util.spec_from_file_location(
-    "convert_inception_weights", os.path.join(REPO, "scripts", "convert_inception_weights.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return runs.load_script("scripts/convert_inception_weights.py")
 
 
 def expected_small_state_dict():
@@ -302,6 +283,7 @@ def test_converter_refuses_code_in_the_pickle(tmp_path):
     converter.read_state_dict(str(tmp_path / "evil_legacy.pth"))
 
 
+@pytest.mark.slow
 def test_converter_checks_names_against_the_network(tmp_path):
   converter = load_converter()
   with pytest.raises(inception.InceptionWeightsError, match="not the FID Inception-v3 state dict"):

@@ -11,8 +11,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +20,8 @@ from PIL import Image
 from scipy import special, stats
 
 from experiments import mle_toy
+from tests.support import runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = np.linspace(-20.0, 20.0, 40_001)
 
 # The default target: 0.3 N(-2, 0.5^2) + 0.7 N(2, 0.8^2).
@@ -193,6 +191,7 @@ def test_gaussian_fit_is_the_closed_form_mle():
   np.testing.assert_array_equal(np.asarray(history["means"][0]), [0.0])  # the start
 
 
+@pytest.mark.slow
 def test_reverse_kl_seeks_a_mode_forward_kl_covers_both():
   rng = np.random.default_rng(3)
   n = 2000
@@ -237,6 +236,7 @@ def test_reverse_kl_seeks_a_mode_forward_kl_covers_both():
       assert kl_qp < quadrature(f, P)[1] - 0.3
 
 
+@pytest.mark.slow
 def test_forward_mixture_recovers_the_target():
   rng = np.random.default_rng(4)
   n = 2000
@@ -259,15 +259,15 @@ def test_forward_mixture_recovers_the_target():
     (
       "target.stds",
       (0.5, -0.8),
-      "--config.target.weights and --config.target.stds must be positive",
+      "config.target.weights and config.target.stds must be positive",
     ),
     (
       "target.means",
       (0.0,),
-      "--config.target.weights, .means and .stds must be tuples of one length",
+      "config.target.weights, .means and .stds must be tuples of one length",
     ),
-    ("num_steps", 0, "--config.num_steps must be a positive integer"),
-    ("learning_rate", 0.0, "--config.learning_rate must be > 0"),
+    ("num_steps", 0, "config.num_steps must be a positive integer"),
+    ("learning_rate", 0.0, "config.learning_rate must be > 0"),
   ],
 )
 def test_bad_config_raises(tmp_path, field, value, match):
@@ -284,19 +284,11 @@ def test_bad_config_raises(tmp_path, field, value, match):
 
 
 def _run(cwd, *args):
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  # Tiny fits: compilation is the cost, so skip XLA's optimisation passes.
-  env.update(JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONUNBUFFERED="1")
-  return subprocess.run(
-    [sys.executable, os.path.join(REPO, "run.py"), "--experiment=mle_toy", *args],
-    cwd=cwd,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  # Tiny fits: compilation is the cost (subprocess_env skips XLA's optimisation passes).
+  return runs.run_py(runs.subprocess_env(), cwd, "--experiment=mle_toy", *args, check=False)
 
 
+@pytest.mark.slow
 def test_run_py_end_to_end(tmp_path):
   tiny = [
     "--config.num_steps=40",

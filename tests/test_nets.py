@@ -38,6 +38,7 @@ def loss_fn(net, params, x0, train=True):
   return diffusion.simple_loss(jax.random.key(4), eps_fn, SCHEDULE, x0).mean()
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_output():
   net, params, x0 = setup("bfloat16")
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
@@ -45,6 +46,7 @@ def test_bfloat16_compute_keeps_float32_params_and_output():
   assert out.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_bfloat16_loss_and_grads_match_float32():
   net32, params, x0 = setup("float32")
   net16, _, _ = setup("bfloat16")
@@ -61,6 +63,7 @@ def test_bfloat16_loss_and_grads_match_float32():
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))
 
 
+@pytest.mark.slow
 def test_remat_changes_nothing_but_memory():
   train = True  # dropout on: remat must replay the same dropout masks
   net, params, x0 = setup()
@@ -77,6 +80,7 @@ def test_unknown_compute_dtype_names_the_flag():
     nets.unet_from_config(MODEL, "float16")
 
 
+@pytest.mark.slow
 def test_class_conditional_unet_uses_its_label_and_a_null_class():
   config = MODEL.copy_and_resolve_references()
   config.num_classes = 3

@@ -4,27 +4,24 @@ import json
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import runs
+
+REPO = runs.REPO
 NOTEBOOK = os.path.join(REPO, "notebooks", "colab_tpu.ipynb")
+
+pytestmark = pytest.mark.slow  # a kernel, a two-step training run and an evaluation
 
 
 def test_colab_notebook_executes(tmp_path, monkeypatch):
-  overrides = {
-    "model.ch": 8,
-    "model.ch_mult": [1, 2],
-    "model.num_res_blocks": 1,
-    "model.num_groups": 4,
-    "diffusion.num_timesteps": 20,
-    "data.batch_size": 8,
-    "train.num_sample_images": 4,
-    "sample.num_steps": 2,
-    "eval.batch_size": 16,
-    "eval.num_examples": 16,
-    "eval.num_samples": 16,
-    "eval.classifier_steps": 20,
-  }
+  overrides = runs.merged(
+    runs.DIGITS_UNET,
+    {"diffusion.num_timesteps": 20, "data.batch_size": 8, "sample.num_samples": 4},
+    {"sample.num_steps": 2, "eval.batch_size": 16, "eval.num_examples": 16},
+    {"eval.num_samples": 16, "eval.classifier_steps": 20},
+  )
   workdir = tmp_path / "run"
   monkeypatch.setenv("NOTEBOOK_EXPERIMENT", "ddpm_digits")
   monkeypatch.setenv("NOTEBOOK_WORKDIR", str(workdir))

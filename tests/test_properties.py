@@ -351,7 +351,7 @@ def test_q_sample_and_q_posterior_match_float64(dtype, data, batch, example):
     check_close(x_t, expected, 8 * eps * (np.abs(x0_64) + np.abs(noise64)), dt)
 
     x_t64 = np.asarray(x_t, np.float64)
-    mean, variance, log_variance = diffusion.q_posterior(schedule, x0, x_t, t)
+    mean, variance, log_variance = diffusion.q_posterior(schedule, x0=x0, x_t=x_t, t=t)
     coef1 = expand(betas * np.sqrt(ac_prev) / (1 - ac))
     coef2 = expand((1 - ac_prev) * np.sqrt(1 - betas) / (1 - ac))
     check_close(
@@ -376,4 +376,4 @@ def test_q_sample_refuses_a_time_batch_of_another_size():
   with pytest.raises((ValueError, TypeError)):
     diffusion.make_q_sample(schedule)(x, t, x)
   with pytest.raises((ValueError, TypeError)):
-    diffusion.q_posterior(schedule, x, x, t)
+    diffusion.q_posterior(schedule, x0=x, x_t=x, t=t)

@@ -14,6 +14,7 @@ and workdir checks.
 """
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -32,54 +33,19 @@ import pytest
 
 from experiments import ddpm_toy2d
 from gen_jax import checkpoint, data, sharding, summary, train
+from tests.support import runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_PY = os.path.join(REPO, "run.py")
 NUM_STEPS = 30
-TOY2D = [
-  "--experiment=ddpm_toy2d",
-  "--config.model.width=16",
-  "--config.model.num_blocks=1",
-  "--config.diffusion.num_timesteps=20",
-  "--config.data.batch_size=8",
-  "--config.train.num_sample_images=4",
-  "--config.train.sample_every=1000000",
-  "--config.train.log_every=1",
-  f"--config.train.num_steps={NUM_STEPS}",
-]
+TOY2D = runs.flags(
+  "ddpm_toy2d", runs.TOY2D, {"train.sample_every": 1000000, "train.num_steps": NUM_STEPS}
+)
 TIMEOUT = 120  # seconds, for any one subprocess
 
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  out = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "TFDS_"))}
-  out.update(
-    JAX_PLATFORMS="cpu",
-    PYTHONUNBUFFERED="1",
-    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-    # The runs share compiled programs, so a restarted run is training within a few seconds.
-    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-  )
-  return out
-
+# The runs share compiled programs, so a restarted run is training within a few seconds.
+env = runs.env_fixture()
+run = functools.partial(runs.run_py, timeout=TIMEOUT)
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-def run(env, cwd, *args, check=True):
-  result = subprocess.run(
-    [sys.executable, RUN_PY, *args],
-    cwd=cwd,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT,
-  )
-  if check:
-    assert result.returncode == 0, f"run.py failed:\n{result.stdout}\n{result.stderr}"
-  return result
 
 
 @contextlib.contextmanager
@@ -90,7 +56,7 @@ def launched(env, cwd, *args):
     open(os.path.join(cwd, "err.txt"), "w") as err,
   ):
     proc = subprocess.Popen(
-      [sys.executable, RUN_PY, *args], cwd=cwd, env=env, stdout=out, stderr=err
+      [sys.executable, runs.RUN_PY, *args], cwd=cwd, env=env, stdout=out, stderr=err
     )
     try:
       yield proc
@@ -145,8 +111,7 @@ def logged(workdir):
 
 def final_state(workdir):
   """The newest checkpoint of a TOY2D run, restored onto this process' device."""
-  config = ddpm_toy2d.get_config()
-  config.model.width, config.model.num_blocks, config.diffusion.num_timesteps = 16, 1, 20
+  config = runs.config("ddpm_toy2d", runs.TOY2D)
   model = ddpm_toy2d.build(config, (2,))
   tx = train.make_optimizer(config.optim, NUM_STEPS)
   replicated = sharding.replicated(sharding.make_mesh())
@@ -193,6 +158,7 @@ def reference(env, tmp_path_factory):
 # SIGKILL, SIGTERM, NaN, mismatch: end to end
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(
   env, tmp_path, reference
 ):
@@ -259,6 +225,7 @@ def test_sigkill_at_any_moment_loses_only_the_steps_since_the_last_checkpoint(
   assert read(workdir, "config.json") == config_before and saved_steps(workdir) == steps_before
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(
   env, tmp_path, reference
 ):
@@ -283,7 +250,7 @@ def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(
   assert saved_steps(workdir) == [stopped] and logged(workdir)[-1]["step"] == stopped
   command = out.split("To resume, run the same command:\n", 1)[1].strip().splitlines()[0]
   argv = shlex.split(command)
-  assert argv[:2] == ["python", RUN_PY] and f"--workdir={workdir}" in argv
+  assert argv[:2] == ["python", runs.RUN_PY] and f"--workdir={workdir}" in argv
 
   result = subprocess.run(
     [sys.executable, *argv[1:]],
@@ -298,6 +265,7 @@ def test_sigterm_saves_the_step_in_progress_and_the_printed_command_resumes(
   assert_same_run(workdir, reference)
 
 
+@pytest.mark.slow
 def test_nan_from_the_data_stops_naming_the_step_then_skip_nonfinite_trains_through(env, tmp_path):
   points = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
   path = tmp_path / "points.npz"
@@ -432,7 +400,7 @@ def test_when_no_checkpoint_restores_nothing_is_touched(tmp_path):
   mngr.close()
   mngr = checkpoint.manager(str(tmp_path), create=False)
   other_model = {"w": jax.ShapeDtypeStruct((5,), jnp.float32)}  # e.g. code that changed
-  with pytest.raises(checkpoint.UnreadableCheckpointError, match=r"steps 2, 1.*new --workdir"):
+  with pytest.raises(checkpoint.UnreadableCheckpointError, match=r"steps 2, 1.*new workdir"):
     checkpoint.restore_newest(mngr, other_model, report=lambda _: None)
   assert saved_steps(tmp_path) == [1, 2] and not os.path.exists(tmp_path / checkpoint.CORRUPT_DIR)
   mngr.close()
@@ -452,13 +420,13 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
   recorder = lambda signum, frame: calls.append(signum)
   original = signal.signal(signal.SIGTERM, recorder)
   try:
-    with train._StopOnSignal(announce=False) as stop:
+    with train.StopOnSignal(announce=False) as stop:
       assert signal.getsignal(signal.SIGTERM) is not recorder
       _deliver(signal.SIGTERM)
       assert stop.signal_number == signal.SIGTERM and calls == []
       _deliver(signal.SIGTERM)  # at once: the previous handler, which is back in place
       assert calls == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is recorder
-    with train._StopOnSignal(announce=False) as stop:
+    with train.StopOnSignal(announce=False) as stop:
       _deliver(signal.SIGINT)
       assert stop.signal_number == signal.SIGINT
       with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler
@@ -466,24 +434,22 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is recorder
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. nohup: an ignored signal stays ignored
-    with train._StopOnSignal(announce=False):
+    with train.StopOnSignal(announce=False):
       assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
   finally:
     signal.signal(signal.SIGTERM, original)
 
 
 def toy_config(num_steps=6):
-  config = ddpm_toy2d.get_config()
-  config.model.width, config.model.num_blocks = 16, 1
-  config.diffusion.num_timesteps = 20
-  config.data.batch_size = 8
-  config.train.update(
-    num_steps=num_steps, log_every=1, checkpoint_every=1000, sample_every=1000, num_sample_images=4
+  return runs.config(
+    "ddpm_toy2d",
+    runs.TOY2D,
+    {"train.num_steps": num_steps, "train.checkpoint_every": 1000, "train.sample_every": 1000},
+    {"sample.sampler": "ddim", "sample.num_steps": 2},
   )
-  config.sample.sampler, config.sample.num_steps = "ddim", 2
-  return config
 
 
+@pytest.mark.slow
 def test_train_stops_after_the_signalled_step_and_restores_the_handlers(
   tmp_path, monkeypatch, capsys
 ):
@@ -519,23 +485,24 @@ def test_resume_config_check_lists_changed_keys_and_allows_harmless_ones(tmp_pat
     sample_every=7,
     keep_checkpoints=9,
     skip_nonfinite=True,
-    remat=True,
   )
+  harmless.model.remat = True  # (a new key of this model section: resumable all the same)
   harmless.sample.num_steps, harmless.eval.batch_size = 5, 3
   assert train.config_changes(saved, harmless) == []
   changed = toy_config()
   changed.model.width, changed.data.name, changed.optim.learning_rate = 32, "two_moons", 0.5
-  changed.train.compute_dtype = "bfloat16"  # other numbers: another run
+  changed.model.compute_dtype = "bfloat16"  # other numbers: another run
   assert train.config_changes(saved, changed) == [
     'data.name: "eight_gaussians" -> "two_moons"',
+    'model.compute_dtype: <absent> -> "bfloat16"',
     "model.width: 16 -> 32",
     "optim.learning_rate: 0.001 -> 0.5",
-    'train.compute_dtype: "float32" -> "bfloat16"',
   ]
   del saved["model"]["num_blocks"]
   assert train.config_changes(saved, toy_config()) == ["model.num_blocks: <absent> -> 1"]
 
 
+@pytest.mark.slow
 def test_resume_with_data_of_another_shape_fails(tmp_path):
   path = tmp_path / "points.npz"
   np.savez(path, points=np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32))
@@ -551,16 +518,16 @@ def test_resume_with_data_of_another_shape_fails(tmp_path):
 def test_full_disk_and_unwritable_workdir_fail_at_start_up(tmp_path, monkeypatch):
   workdir = tmp_path / "wd"
   real = shutil.disk_usage
-  monkeypatch.setattr(train.shutil, "disk_usage", lambda path: real(path)._replace(free=2 * 2**20))
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2 * 2**20))
   with pytest.raises(
     train.ConfigError,
-    match=r"--workdir=.*wd has 2.0 MB free, but its checkpoints need about "
+    match=r"workdir=.*wd has 2.0 MB free, but its checkpoints need about "
     r"16.\d MB \(4 x the [\d.]+ kB train state, for "
-    r"--config.train.keep_checkpoints=3\)",
+    r"config.train.keep_checkpoints=3\)",
   ):
     train.train(toy_config(), str(workdir), ddpm_toy2d.build)
   assert not workdir.exists()
-  monkeypatch.setattr(train.shutil, "disk_usage", real)
+  monkeypatch.setattr(shutil, "disk_usage", real)
   (tmp_path / "a_file").write_text("")
-  with pytest.raises(train.ConfigError, match=r"--workdir=.*a_file/wd is not writable"):
+  with pytest.raises(train.ConfigError, match=r"workdir=.*a_file/wd is not writable"):
     train.train(toy_config(), str(tmp_path / "a_file" / "wd"), ddpm_toy2d.build)

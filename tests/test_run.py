@@ -6,81 +6,30 @@ Each run gets its own temporary working directory, so the default runs/ folder l
 import concurrent.futures
 import json
 import os
-import pkgutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import experiments
+from tests.support import runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_PY = os.path.join(REPO, "run.py")
-EXPERIMENTS = sorted(
-  m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")
+EXPERIMENTS = runs.EXPERIMENTS
+
+TOY2D = runs.flags(
+  "ddpm_toy2d",
+  runs.TOY2D,
+  {"train.checkpoint_every": 2, "eval.batch_size": 100, "eval.num_examples": 100},
+)
+DIGITS = runs.flags(
+  "ddpm_digits",
+  runs.DIGITS_UNET,
+  {"diffusion.num_timesteps": 20},
+  {"data.batch_size": 4, "sample.num_samples": 4, "sample.num_steps": 2},
+  {"train.checkpoint_every": 2, "eval.batch_size": 8, "eval.num_examples": 8},
 )
 
-TOY2D = [
-  "--experiment=ddpm_toy2d",
-  "--config.model.width=16",
-  "--config.model.num_blocks=1",
-  "--config.diffusion.num_timesteps=20",
-  "--config.data.batch_size=8",
-  "--config.train.num_sample_images=4",
-  "--config.train.checkpoint_every=2",
-  "--config.train.log_every=1",
-  "--config.eval.batch_size=100",
-  "--config.eval.num_examples=100",
-]
-DIGITS = [
-  "--experiment=ddpm_digits",
-  "--config.model.ch=8",
-  "--config.model.ch_mult=(1,2)",
-  "--config.model.num_res_blocks=1",
-  "--config.model.num_groups=4",
-  "--config.model.attn_resolutions=(4,)",
-  "--config.diffusion.num_timesteps=20",
-  "--config.data.batch_size=4",
-  "--config.train.num_sample_images=4",
-  "--config.sample.num_steps=2",
-  "--config.train.checkpoint_every=2",
-  "--config.eval.batch_size=8",
-  "--config.eval.num_examples=8",
-]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  out = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "TFDS_"))}
-  out.update(
-    JAX_PLATFORMS="cpu",
-    # Tiny models: compilation is the cost, so skip XLA's optimisation passes and let the runs of one
-    # workdir (train, resume, sample, eval) share compiled programs through a cache private to this module.
-    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-    PYTHONUNBUFFERED="1",
-  )
-  return out
-
-
-def run(env, cwd, *args, extra_env=None, check=True):
-  result = subprocess.run(
-    [sys.executable, RUN_PY, *args],
-    cwd=cwd,
-    env=dict(env, **(extra_env or {})),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  if check:
-    assert result.returncode == 0, (
-      f"run.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    )
-  return result
+env = runs.env_fixture()
+run = runs.run_py
 
 
 def load_npz(path):
@@ -128,6 +77,7 @@ def test_toy2d_train_resume_sample_eval_with_default_workdir(env, tmp_path):
   assert "points" in results["sample_quality"]["skipped"]
 
 
+@pytest.mark.slow
 def test_digits_train_resume_sample_eval(env, tmp_path):
   cwd, workdir = str(tmp_path), str(tmp_path / "wd")
   run(env, cwd, *DIGITS, "--config.train.num_steps=2", f"--workdir={workdir}")
@@ -190,6 +140,7 @@ def test_digits_train_resume_sample_eval(env, tmp_path):
     "num_samples": 32,
     "sampler": "ddim",
     "num_steps": 3,
+    "network_calls": 3,
     "eta": 0.0,
     "checkpoint_step": 3,
     "parameters": "ema",
@@ -348,6 +299,7 @@ def bad_input_results(env, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
+@pytest.mark.slow
 def test_bad_input_fails_cleanly(bad_input_results, name):
   result, cwd, before = bad_input_results[name]
   texts = BAD_INPUTS[name][2]
@@ -360,12 +312,14 @@ def test_bad_input_fails_cleanly(bad_input_results, name):
     assert os.listdir(os.path.join(cwd, "wd")) == []
 
 
+@pytest.mark.slow
 def test_unknown_experiment_lists_experiments(bad_input_results):
   result = bad_input_results["unknown_experiment"][0]
   for name in EXPERIMENTS:
     assert name in result.stderr
 
 
+@pytest.mark.slow
 def test_helpfull_lists_every_experiment(bad_input_results):
   result = bad_input_results["helpfull"][0]
   out = result.stdout + result.stderr

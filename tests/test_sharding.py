@@ -7,48 +7,28 @@ so the rest of the suite keeps its single device.
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from gen_jax import checkpoint, sharding, train
+from tests.support import runs as support  # `runs` is a fixture here
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_PY = os.path.join(REPO, "run.py")
+# Wider than support.TOY2D and a batch that 8 devices share, so the comparisons see a real model.
+TOY2D_MODEL = {"model.width": 32, "model.num_blocks": 2, "diffusion.num_timesteps": 20}
+TOY2D = support.flags(
+  "ddpm_toy2d",
+  TOY2D_MODEL,
+  {"data.batch_size": 16, "sample.num_samples": 8, "train.sample_every": 1000},
+  {"train.checkpoint_every": 3, "train.log_every": 1, "optim.learning_rate": 1e-2},
+)
 
-TOY2D = [
-  "--experiment=ddpm_toy2d",
-  "--config.model.width=32",
-  "--config.model.num_blocks=2",
-  "--config.diffusion.num_timesteps=20",
-  "--config.data.batch_size=16",
-  "--config.train.num_sample_images=8",
-  "--config.train.sample_every=1000",
-  "--config.train.checkpoint_every=3",
-  "--config.train.log_every=1",
-  "--config.optim.learning_rate=1e-2",
-]
-
-
-@pytest.fixture(scope="module")
-def env():
-  out = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  out.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  return out
+env = support.env_fixture(fast_compile=False, cache=False)
 
 
 def run(env, cwd, devices, *args):
-  result = subprocess.run(
-    [sys.executable, RUN_PY, *args],
-    cwd=cwd,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
-  )
-  return result
+  return support.run_py(env, cwd, *args, devices=devices, check=False)
 
 
 def ok(result):
@@ -65,9 +45,7 @@ def restored_params(workdir):
   """Restores a checkpoint written on any number of devices onto this process' one device."""
   from experiments import ddpm_toy2d
 
-  config = ddpm_toy2d.get_config()
-  config.model.width, config.model.num_blocks = 32, 2
-  config.diffusion.num_timesteps = 20
+  config = support.config("ddpm_toy2d", TOY2D_MODEL)
   model = ddpm_toy2d.build(config, (2,))
   tx = train.make_optimizer(config.optim, 6)
   abstract = jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0))
@@ -111,6 +89,7 @@ def runs(tmp_path_factory, env):
   return out
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(runs):
   np.testing.assert_allclose(losses(runs["eight"]), losses(runs["one"]), rtol=1e-5)
   one = restored_params(runs["one"])
@@ -119,6 +98,7 @@ def test_eight_devices_match_one_device(runs):
   assert_trees_close(restored_params(runs["eight"]).ema_params, one.ema_params)
 
 
+@pytest.mark.slow
 def test_log_reports_devices(runs, env):
   result = ok(
     run(env, runs["root"], 8, *TOY2D, f"--workdir={runs['eight']}", "--config.train.num_steps=6")
@@ -127,6 +107,7 @@ def test_log_reports_devices(runs, env):
 
 
 @pytest.mark.parametrize("name", ["eight_then_one", "one_then_eight"])
+@pytest.mark.slow
 def test_restore_across_device_counts(runs, name):
   one = restored_params(runs["one"])
   switched = restored_params(runs[name])
@@ -135,6 +116,7 @@ def test_restore_across_device_counts(runs, name):
   assert_trees_close(switched.opt_state, one.opt_state)
 
 
+@pytest.mark.slow
 def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
   samples = {}
   for devices in (1, 8):  # Each run rewrites the workdir's samples.npz.
@@ -155,23 +137,16 @@ def test_sampling_is_independent_of_device_count(runs, env, tmp_path):
   np.testing.assert_allclose(samples[8], samples[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_is_independent_of_device_count(env, tmp_path):
   """--mode=eval on 8 devices (bound, sampling, classifier training, features) gives what 1 device gives."""
-  digits = [
-    "--experiment=ddpm_digits",
-    "--config.model.ch=8",
-    "--config.model.ch_mult=(1,)",
-    "--config.model.num_groups=4",
-    "--config.model.attn_resolutions=()",
-    "--config.diffusion.num_timesteps=10",
-    "--config.data.batch_size=8",
-    "--config.train.num_sample_images=8",
-    "--config.sample.num_steps=2",
-    "--config.eval.batch_size=16",
-    "--config.eval.num_examples=32",
-    "--config.eval.num_samples=24",
-    "--config.eval.classifier_steps=10",
-  ]
+  digits = support.flags(
+    "ddpm_digits",
+    support.UNET,
+    {"diffusion.num_timesteps": 10, "data.batch_size": 8, "sample.num_samples": 8},
+    {"sample.num_steps": 2, "eval.batch_size": 16, "eval.num_examples": 32},
+    {"eval.num_samples": 24, "eval.classifier_steps": 10},
+  )
   fast = dict(env, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
   ok(run(fast, tmp_path, 1, *digits, f"--workdir={tmp_path / 'wd'}", "--config.train.num_steps=1"))
   results = {}
@@ -188,6 +163,7 @@ def test_eval_is_independent_of_device_count(env, tmp_path):
       np.testing.assert_allclose(results[8][section][key], value, rtol=1e-4, err_msg=key)
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_devices_fails_clearly(env, tmp_path):
   result = run(
     env,

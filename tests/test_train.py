@@ -16,27 +16,19 @@ import pytest
 
 from experiments import ddpm_toy2d
 from gen_jax import checkpoint, configs, sharding, train
+from tests.support import runs
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def toy_config(num_steps=4):
-  config = ddpm_toy2d.get_config()
-  config.model.width, config.model.num_blocks = 16, 1
-  config.diffusion.num_timesteps = 20
-  config.data.batch_size = 8
-  config.train.num_steps = num_steps
-  config.train.log_every = 1
-  config.train.checkpoint_every = 2
-  config.train.sample_every = 2
-  config.train.keep_checkpoints = 1
-  config.train.num_sample_images = 4
-  config.optim.warmup_steps = (
-    1  # the experiment's cosine schedule, with a warm-up that matters here
+  return runs.config(
+    "ddpm_toy2d",
+    runs.TOY2D,
+    {"train.num_steps": num_steps, "train.checkpoint_every": 2, "train.sample_every": 2},
+    {"train.keep_checkpoints": 1, "sample.sampler": "ddim", "sample.num_steps": 2},
+    {"optim.warmup_steps": 1},  # the experiment's cosine schedule, with a warm-up that matters here
   )
-  config.sample.sampler = "ddim"
-  config.sample.num_steps = 2
-  return config
 
 
 class CountingModel:
@@ -88,6 +80,7 @@ class Interrupted(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(run_a, tmp_path, monkeypatch, capsys):
   workdir = str(tmp_path / "b")
   real_save = checkpoint.save
@@ -123,6 +116,7 @@ def test_interrupted_run_resumes_exactly(run_a, tmp_path, monkeypatch, capsys):
   assert losses_a == losses_b and [s for s, _ in losses_a] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_rerun_with_more_steps_continues_exactly(tmp_path, capsys):
   """Train to 2 steps, then again to 4 in the same workdir == 4 steps in one go. (A constant learning rate:
   a cosine schedule depends on num_steps, so there raising num_steps changes the schedule itself.)"""
@@ -143,6 +137,7 @@ def test_rerun_with_more_steps_continues_exactly(tmp_path, capsys):
   assert_trees_equal(whole, parts)
 
 
+@pytest.mark.slow
 def test_spent_time_budget_stops_like_a_last_step_and_the_run_resumes_exactly(
   run_a, tmp_path, capsys
 ):
@@ -157,7 +152,7 @@ def test_spent_time_budget_stops_like_a_last_step_and_the_run_resumes_exactly(
   assert [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))] == [1]
   assert os.listdir(os.path.join(workdir, "samples")) == ["step_0000001.png"]
   out = capsys.readouterr().out
-  assert "Stopped on the time budget (--config.train.max_seconds=1e-09) at step 1 of 4" in out
+  assert "Stopped on the time budget (config.train.max_seconds=1e-09) at step 1 of 4" in out
   assert "Done" not in out
 
   config.train.max_seconds = 0.0  # a resumed run may change its budget
@@ -167,6 +162,7 @@ def test_spent_time_budget_stops_like_a_last_step_and_the_run_resumes_exactly(
   assert [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_time_budget_stops_a_long_run_with_a_consistent_checkpoint_log_and_grid(tmp_path, capsys):
   workdir = str(tmp_path / "wd")
   config = toy_config(num_steps=10**7)
@@ -191,10 +187,12 @@ def test_time_budget_stops_a_long_run_with_a_consistent_checkpoint_log_and_grid(
   assert match and int(match.group(1)) == step and 1.5 <= float(match.group(2)) <= seconds
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once(run_a):
   assert run_a["model"].loss_traces == 1  # 4 steps, one trace of the loss: one compiled train_step
 
 
+@pytest.mark.slow
 def test_logs_config_and_pictures_are_written(run_a):
   workdir = run_a["workdir"]
   records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -350,7 +348,7 @@ def test_config_errors_name_the_flag_and_write_nothing(tmp_path):
     section, key = path.split(".")
     config[section][key] = value
     workdir = str(tmp_path / "never")
-    with pytest.raises(train.ConfigError, match=f"--config.{path}"):
+    with pytest.raises(train.ConfigError, match=f"config.{path}"):
       train.train(config, workdir, ddpm_toy2d.build)
     assert not os.path.exists(workdir)
   for path, value in [
@@ -365,9 +363,9 @@ def test_config_errors_name_the_flag_and_write_nothing(tmp_path):
     config = toy_config()
     section, key = path.split(".")
     config[section][key] = value
-    with pytest.raises(train.ConfigError, match=f"--config.{path}"):
+    with pytest.raises(train.ConfigError, match=f"config.{path}"):
       train.validate_config(config)
-  with pytest.raises(train.ConfigError, match="--num_samples"):
+  with pytest.raises(train.ConfigError, match="num_samples"):
     train.sample(toy_config(), str(tmp_path / "never"), ddpm_toy2d.build, num_samples=0)
 
 
@@ -375,10 +373,10 @@ def test_batch_size_must_divide_over_devices():
   class FakeMesh:  # check_batch_size only needs mesh.devices.size
     devices = np.empty((2,), dtype=object)
 
-  with pytest.raises(ValueError, match=r"--config.data.batch_size=3 .*number of devices \(2\)"):
+  with pytest.raises(ValueError, match=r"config.data.batch_size=3 .*number of devices \(2\)"):
     sharding.check_batch_size(3, FakeMesh())
-  with pytest.raises(ValueError, match="--config.eval.batch_size=5"):
-    sharding.check_batch_size(5, FakeMesh(), "eval.batch_size")
+  with pytest.raises(ValueError, match="config.eval.batch_size=5"):
+    sharding.check_batch_size(5, FakeMesh(), "config.eval.batch_size")
   sharding.check_batch_size(4, FakeMesh())
   sharding.check_batch_size(
     3, sharding.make_mesh()

@@ -3,13 +3,13 @@
 One module per question; every public name is re-exported here, so
 `from gen_jax import diffusion; diffusion.ddim_sample(...)` works:
   schedules   the betas (linear, cosine, zero terminal SNR), `Schedule`, respacing, sigma_t
-  forward     q(x_t | x_0), q(x_{t-1} | x_t, x_0), the targets eps / x0 / v / score, `as_eps_fn`
+  forward     q(x_t | x_0), q(x_{t-1} | x_t, x_0), the targets eps / x0 / v / score, `eps_and_x0`
   guidance    classifier-free guidance, `guided_eps_fn`
   reverse     the model's step p(x_{t-1} | x_t), `p_mean_variance`
   losses      L_simple and the variational bound (terms, prior KL, bits/dim, continuous nats/dim)
   ode         the exact likelihood of the probability-flow ODE
   timesteps   the time grids (DDIM's, uniform in log-sigma, Karras et al.'s rho-grid)
-  samplers    ddpm, ddim, respaced, dpm++2m, heun, and `SAMPLERS`, their one registry
+  samplers    ddpm, ddim, respaced, dpm++2m, heun, `ddim_invert`, and `SAMPLERS`, their one registry
 
 Conventions:
   * t is 0-based: t = 0 is the first noising step (the paper's x_1) and
@@ -31,8 +31,11 @@ from gen_jax.diffusion.forward import (
   PREDICTIONS,
   Array,
   EpsFn,
+  ModelFn,
   as_eps_fn,
   check_prediction,
+  check_prediction_for_schedule,
+  eps_and_x0,
   eps_from_prediction,
   make_q_sample,
   predict_eps_from_score,
@@ -66,8 +69,11 @@ from gen_jax.diffusion.ode import (
 )
 from gen_jax.diffusion.reverse import VARIANCES, check_variance, p_mean_variance
 from gen_jax.diffusion.samplers import (
+  COMMON_OPTIONS,
   SAMPLERS,
   SamplerSpec,
+  Trajectory,
+  ddim_invert,
   ddim_sample,
   ddpm_sample,
   describe_sampler,
@@ -92,35 +98,49 @@ from gen_jax.diffusion.schedules import (
   sigma_to_timestep,
 )
 from gen_jax.diffusion.timesteps import (
+  SPACINGS,
+  check_timesteps,
   ddim_timesteps,
+  edm_sigma_range,
   edm_timesteps,
   karras_sigmas,
   log_sigma_timesteps,
+  snap_sigmas,
+  spaced_timesteps,
 )
 
 __all__ = [
+  "COMMON_OPTIONS",
   "DECODERS",
   "PREDICTIONS",
   "PRIOR_KL_WARNING",
   "SAMPLERS",
+  "SPACINGS",
   "VARIANCES",
   "Array",
   "EpsFn",
+  "ModelFn",
   "SamplerSpec",
   "Schedule",
+  "Trajectory",
   "VLBTerms",
   "as_eps_fn",
   "check_decoder",
   "check_prediction",
+  "check_prediction_for_schedule",
+  "check_timesteps",
   "check_variance",
   "cosine_betas",
+  "ddim_invert",
   "ddim_sample",
   "ddim_timesteps",
   "ddpm_sample",
   "default_ode_steps",
   "describe_sampler",
   "dpmpp_2m_sample",
+  "edm_sigma_range",
   "edm_timesteps",
+  "eps_and_x0",
   "eps_from_prediction",
   "guided_eps_fn",
   "heun_sample",
@@ -154,6 +174,8 @@ __all__ = [
   "score_from_eps",
   "sigma_to_timestep",
   "simple_loss",
+  "snap_sigmas",
+  "spaced_timesteps",
   "v_target",
   "vlb_bits_per_dim",
   "vlb_nats_per_dim",

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -21,3 +22,25 @@ def sum_data_dims(values, batch_ndim: int) -> Array:
 def mean_data_dims(values, batch_ndim: int) -> Array:
   """Mean over the axes after the first batch_ndim."""
   return jnp.mean(values, axis=tuple(range(batch_ndim, values.ndim)))
+
+
+def check_integer_timesteps(t, name: str) -> None:
+  """TypeError unless t (array, tracer or Python number) holds integers.
+
+  A discrete schedule is indexed by t, and a float index fails deep inside
+  JAX with a message that names no public function; `name` is the function
+  the user called.
+  """
+  dtype = jnp.result_type(t)
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(
+      f"{name}: t must hold integer timesteps of the discrete schedule (0..T-1), got {dtype}"
+    )
+
+
+def concrete_or_none(values):
+  """values as a numpy array when concrete, None when traced (inside jit)."""
+  try:
+    return np.asarray(values)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None

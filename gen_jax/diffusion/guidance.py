@@ -1,20 +1,25 @@
-"""Classifier-free guidance: one eps_fn from a conditional and an unconditional one."""
+"""Classifier-free guidance: one model from a conditional and an unconditional one."""
 
-from gen_jax.diffusion.forward import EpsFn
+from gen_jax.diffusion.forward import ModelFn
 
 
-def guided_eps_fn(cond_eps_fn: EpsFn, uncond_eps_fn: EpsFn, guidance_scale) -> EpsFn:
-  """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as an eps_fn.
+def guided_eps_fn(*, cond_fn: ModelFn, uncond_fn: ModelFn, guidance_scale) -> ModelFn:
+  """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as one model function.
 
-  eps(x_t, t) = (1 + w) cond_eps_fn(x_t, t) - w uncond_eps_fn(x_t, t),
+  out(x_t, t) = (1 + w) cond_fn(x_t, t) - w uncond_fn(x_t, t),
   w = guidance_scale (a float or a scalar array; w = 0 is the conditional
-  model, w > 0 sharpens towards the condition). Both functions are batched
-  eps_fns of the same x_t and t (for a class-conditional network: the same
-  network with the class label and with the null label bound).
+  model, w > 0 sharpens towards the condition). diffusers writes the same
+  combination as uncond + s (cond - uncond) with s = 1 + w.
+
+  Both functions are batched models of the same x_t and t predicting the
+  same target (eps, x0 or v: for fixed x_t and t each of eps_and_x0's
+  conversions is affine in the output with coefficients summing to one, so
+  guiding any of them guides eps and x0 alike). Keyword-only: diffusers
+  passes (uncond, cond), gen_jax used to take (cond, uncond).
   """
 
-  def eps_fn(x_t, t):
-    cond = cond_eps_fn(x_t, t)
-    return cond + guidance_scale * (cond - uncond_eps_fn(x_t, t))
+  def guided(x_t, t):
+    cond = cond_fn(x_t, t)
+    return cond + guidance_scale * (cond - uncond_fn(x_t, t))
 
-  return eps_fn
+  return guided

@@ -13,9 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from gen_jax import distributions
-from gen_jax.diffusion._helpers import at, mean_data_dims, sum_data_dims
-from gen_jax.diffusion.forward import check_prediction, make_q_sample, q_posterior, v_target
-from gen_jax.diffusion.reverse import check_variance
+from gen_jax.diffusion._helpers import mean_data_dims, sum_data_dims
+from gen_jax.diffusion.forward import (
+  check_prediction,
+  check_prediction_for_schedule,
+  eps_and_x0,
+  make_q_sample,
+  q_posterior,
+  v_target,
+)
+from gen_jax.diffusion.reverse import check_variance, p_mean_variance
 from gen_jax.diffusion.schedules import Schedule
 
 Array = jax.Array
@@ -102,42 +109,6 @@ def _check_grid(x0, name: str, rows=None) -> None:
     )
 
 
-def _refuse_eps_at_zero_snr(schedule: Schedule, prediction: str, name: str) -> None:
-  """ValueError for eps-prediction on a concrete zero-terminal-SNR schedule."""
-  if prediction != "eps" or isinstance(schedule.alphas_cumprod, jax.core.Tracer):
-    return  # traced: x0 = (x_t - s eps) / 0 gives inf / NaN, visibly.
-  if float(np.asarray(schedule.alphas_cumprod)[-1]) == 0.0:
-    raise ValueError(
-      f"{name}: eps-prediction is undefined on a zero-terminal-SNR schedule "
-      "(alphas_cumprod[T-1] = 0: x0 = (x_t - sqrt(1 - ac) eps) / sqrt(ac) divides by 0); "
-      "use prediction='v' or 'x0'"
-    )
-
-
-# TODO(issue 16): replace by gen_jax.diffusion.forward.eps_and_x0 and
-# p_mean_variance(schedule, *, x_t, t, x0=...) (the samplers helper's) at merge.
-def _x0_from_output(schedule: Schedule, x_t, t, output, prediction: str) -> Array:
-  """The x0 of a model output, never dividing by sqrt(ac_t) for x0 and v."""
-  a = at(schedule.sqrt_alphas_cumprod, t, x_t)
-  s = at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
-  if prediction == "eps":
-    return (x_t - s * output) / a
-  if prediction == "x0":
-    return output
-  return a * x_t - s * output
-
-
-def _reverse_step(schedule: Schedule, x_t, t, x0_pred, variance: str):
-  """p(x_{t-1} | x_t) = N(mean, exp(log_variance)) at the predicted x0: the
-  posterior mean (Ho et al. 2020, eq. 11); "small" beta~_t (log clipped at
-  t = 0), "large" beta_t (beta~_1 at t = 0), as `p_mean_variance`."""
-  mean, _, log_small = q_posterior(schedule, x0=x0_pred, x_t=x_t, t=t)
-  if variance == "small":
-    return mean, log_small
-  log_large = jnp.log(jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]]))
-  return mean, jnp.broadcast_to(at(log_large, t, x_t), jnp.shape(x_t))
-
-
 def vlb_term(
   schedule: Schedule,
   x0,
@@ -180,10 +151,10 @@ def vlb_term(
     _check_grid(x0, "vlb_term", rows=jnp.asarray(t) == 0)  # the decoder's examples
   batch_ndim = jnp.ndim(t)
   true_mean, _, true_log_var = q_posterior(schedule, x0=x0, x_t=x_t, t=t)
-  x0_pred = _x0_from_output(schedule, x_t, t, output, prediction)
-  if clip:
-    x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
-  model_mean, model_log_var = _reverse_step(schedule, x_t, t, x0_pred, variance)
+  _, x0_pred = eps_and_x0(schedule, x_t=x_t, t=t, output=output, prediction=prediction)
+  model_mean, model_log_var, _ = p_mean_variance(
+    schedule, x_t=x_t, t=t, x0=x0_pred, variance=variance, clip=clip
+  )
   kl = sum_data_dims(
     distributions.normal_kl(true_mean, true_log_var, model_mean, model_log_var), batch_ndim
   )
@@ -264,7 +235,7 @@ def vlb_terms(
   check_variance(variance)
   if decoder == "discretized":
     _check_grid(x0, "vlb_terms")
-  _refuse_eps_at_zero_snr(schedule, prediction, "vlb_terms")
+  check_prediction_for_schedule(schedule, prediction, schedule.num_timesteps - 1, "vlb_terms")
   q_sample = make_q_sample(schedule)
   batch = x0.shape[0]
 

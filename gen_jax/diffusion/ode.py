@@ -31,8 +31,7 @@ import jax.numpy as jnp
 
 from gen_jax import checks, distributions
 from gen_jax.diffusion._helpers import at, sum_data_dims
-from gen_jax.diffusion.forward import check_prediction
-from gen_jax.diffusion.losses import _refuse_eps_at_zero_snr
+from gen_jax.diffusion.forward import check_prediction, check_prediction_for_schedule, eps_and_x0
 from gen_jax.diffusion.schedules import Schedule
 
 Array = jax.Array
@@ -43,20 +42,6 @@ DEFAULT_MAX_STEPS = 256
 def default_ode_steps(num_timesteps: int) -> int:
   """The default step count of the ODE likelihood: min(256, T - 1), valid for every T >= 2."""
   return min(DEFAULT_MAX_STEPS, num_timesteps - 1)
-
-
-# TODO(issue 16): replace by gen_jax.diffusion.forward.eps_and_x0 (the samplers
-# helper's public function, same semantics) when the branches merge.
-def _eps_and_x0(schedule: Schedule, *, x_t, t, output, prediction: str):
-  """(eps, x0) from a model output of kind `prediction`, never dividing by a_t
-  for x0- and v-prediction (the design contract's eps_and_x0)."""
-  a = at(schedule.sqrt_alphas_cumprod, t, x_t)
-  s = at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
-  if prediction == "eps":
-    return output, (x_t - s * output) / a
-  if prediction == "x0":
-    return (x_t - a * output) / s, output
-  return a * output + s * x_t, a * x_t - s * output
 
 
 def _root_snr(schedule: Schedule) -> Array:
@@ -167,7 +152,7 @@ def ode_log_likelihood(
   checks.check_integer(num_steps, "num_steps", 1, num_timesteps - 1)
   checks.check_integer(num_probes, "num_probes", 1)
   check_prediction(prediction)
-  _refuse_eps_at_zero_snr(schedule, prediction, "ode_log_likelihood")
+  check_prediction_for_schedule(schedule, prediction, num_timesteps - 1, "ode_log_likelihood")
   timesteps = ode_timesteps(schedule, num_steps + 1)
   r = _root_snr(schedule)[timesteps]
   batch = x.shape[0]
@@ -177,7 +162,7 @@ def ode_log_likelihood(
     """(D, eps) at x_t = s_t u: the model's x0 and eps at level t."""
     t_batch = jnp.full((batch,), t, jnp.int32)
     x_t = at(schedule.sqrt_one_minus_alphas_cumprod, t_batch, u) * u
-    eps, x0 = _eps_and_x0(
+    eps, x0 = eps_and_x0(
       schedule, x_t=x_t, t=t_batch, output=model_fn(x_t, t_batch), prediction=prediction
     )
     return x0, eps

@@ -49,9 +49,11 @@ def test_respaced_exact_law_one_gaussian(sched, variance):
   mu, s, n, steps = np.array([0.5, -0.3]), 0.08, 40000, 25
   eps_fn = testing.gmm_eps_fn(sched, [1.0], mu[None], [s])
   x = np.asarray(
-    jax.jit(lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, sched, (n, 2), steps, variance))(
-      jax.random.key(4)
-    ),
+    jax.jit(
+      lambda k: diffusion.respaced_ddpm_sample(
+        k, eps_fn, sched, (n, 2), num_steps=steps, variance=variance
+      )
+    )(jax.random.key(4)),
     np.float64,
   )
   kept = np.round(np.linspace(999, 0, steps)).astype(int)
@@ -73,7 +75,9 @@ def test_respaced_all_steps_is_ddpm(sched):
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   key = jax.random.key(1)
   full = jax.jit(lambda k: diffusion.ddpm_sample(k, eps_fn, sched, (64, 2)))(key)
-  respaced = jax.jit(lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, sched, (64, 2), 1000))(key)
+  respaced = jax.jit(
+    lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, sched, (64, 2), num_steps=1000)
+  )(key)
   np.testing.assert_allclose(respaced, full, atol=2e-4)
 
 
@@ -88,7 +92,9 @@ def test_dpmpp_2m_matches_numpy(x64, steps):
   sched = diffusion.make_schedule(diffusion.linear_betas(1000))
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   key = jax.random.key(2)
-  got = jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (200, 2), steps))(key)
+  got = jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (200, 2), num_steps=steps))(
+    key
+  )
   timesteps = np.asarray(diffusion.log_sigma_timesteps(sched, steps))[::-1] if steps > 1 else [999]
   ref = np_dpmpp_2m(draw_x_T(key, (200, 2)), timesteps, ABAR, gmm_np(GMM2))
   assert_trajectories_close(got, ref)
@@ -100,8 +106,8 @@ def test_dpmpp_first_order_step_is_ddim(sched):
   (eta = 0) on the same two timesteps (DDIM's are 999 and 0 as well)."""
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   key = jax.random.key(3)
-  dpm = jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (100, 2), 2))(key)
-  ddim = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, (100, 2), 2))(key)
+  dpm = jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (100, 2), num_steps=2))(key)
+  ddim = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, (100, 2), num_steps=2))(key)
   np.testing.assert_allclose(dpm, ddim, rtol=1e-5, atol=1e-5)
 
 
@@ -113,7 +119,9 @@ def test_heun_matches_numpy(x64, churn):
   sched = diffusion.make_schedule(diffusion.linear_betas(1000))
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   key, steps, shape = jax.random.key(5), 12, (200, 2)
-  got = jax.jit(lambda k: diffusion.heun_sample(k, eps_fn, sched, shape, steps, **churn))(key)
+  got = jax.jit(lambda k: diffusion.heun_sample(k, eps_fn, sched, shape, num_steps=steps, **churn))(
+    key
+  )
   # The documented noise of step i: fold_in(split(key)[1], i).
   step_key = jax.random.split(key)[1]
   noises = [
@@ -130,7 +138,7 @@ def test_heun_churn_gating(sched):
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   key = jax.random.key(6)
   run = lambda **kw: np.asarray(
-    jax.jit(lambda k: diffusion.heun_sample(k, eps_fn, sched, (100, 2), 10, **kw))(key)
+    jax.jit(lambda k: diffusion.heun_sample(k, eps_fn, sched, (100, 2), num_steps=10, **kw))(key)
   )
   plain = run()
   np.testing.assert_array_equal(run(s_churn=40.0, s_tmin=1e4), plain)
@@ -154,7 +162,9 @@ def test_network_calls(sched, name, steps, calls):
     "dpm++2m": diffusion.dpmpp_2m_sample,
     "heun": diffusion.heun_sample,
   }[name]
-  jax.block_until_ready(jax.jit(lambda k: fn(k, eps_fn, sched, (4, 2), steps))(jax.random.key(0)))
+  jax.block_until_ready(
+    jax.jit(lambda k: fn(k, eps_fn, sched, (4, 2), num_steps=steps))(jax.random.key(0))
+  )
   assert len(counter) == calls
 
 
@@ -191,9 +201,13 @@ def test_one_scan_and_size_independent_of_steps(sched, name):
   sizes = {}
   for steps in (10, 300):
     fn = {
-      "respaced": lambda k: diffusion.respaced_ddpm_sample(k, eps_fn, sched, (8, 2), steps),
-      "dpm++2m": lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (8, 2), steps),
-      "heun": lambda k: diffusion.heun_sample(k, eps_fn, sched, (8, 2), steps, s_churn=1.0),
+      "respaced": lambda k: diffusion.respaced_ddpm_sample(
+        k, eps_fn, sched, (8, 2), num_steps=steps
+      ),
+      "dpm++2m": lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (8, 2), num_steps=steps),
+      "heun": lambda k: diffusion.heun_sample(
+        k, eps_fn, sched, (8, 2), num_steps=steps, s_churn=1.0
+      ),
       "ode_log_likelihood": lambda k: diffusion.ode_log_likelihood(
         k, eps_fn, sched, jnp.zeros((8, 2)), steps
       ),
@@ -219,7 +233,9 @@ def test_jit_matches_eager():
   # Heun has the most Python-side logic (churn gating, lax.cond);
   # ode_bits_per_dim covers the likelihood.
   cases = {
-    "heun": lambda k: diffusion.heun_sample(k, eps_fn, sched, (4, 3), 5, s_churn=5.0, clip=True),
+    "heun": lambda k: diffusion.heun_sample(
+      k, eps_fn, sched, (4, 3), num_steps=5, s_churn=5.0, clip=True
+    ),
     "ode_bits_per_dim": lambda k: diffusion.ode_bits_per_dim(
       k, eps_fn, sched, jnp.round(x * 127.5) / 127.5, 10
     ),
@@ -234,9 +250,9 @@ def test_bad_num_steps_raise(sched):
   eps_fn = lambda x, t: jnp.zeros_like(x)
   key = jax.random.key(0)
   for call in (
-    lambda s: diffusion.respaced_ddpm_sample(key, eps_fn, sched, (2, 2), s),
-    lambda s: diffusion.dpmpp_2m_sample(key, eps_fn, sched, (2, 2), s),
-    lambda s: diffusion.heun_sample(key, eps_fn, sched, (2, 2), s),
+    lambda s: diffusion.respaced_ddpm_sample(key, eps_fn, sched, (2, 2), num_steps=s),
+    lambda s: diffusion.dpmpp_2m_sample(key, eps_fn, sched, (2, 2), num_steps=s),
+    lambda s: diffusion.heun_sample(key, eps_fn, sched, (2, 2), num_steps=s),
   ):
     for steps in (0, 1001, 2.5, True):
       with pytest.raises(ValueError, match="num_steps"):
@@ -244,7 +260,7 @@ def test_bad_num_steps_raise(sched):
   with pytest.raises(ValueError, match="num_steps"):
     diffusion.ode_log_likelihood(key, eps_fn, sched, jnp.zeros((2, 2)), 1000)
   with pytest.raises(ValueError, match="variance"):
-    diffusion.respaced_ddpm_sample(key, eps_fn, sched, (2, 2), 5, "learned")
+    diffusion.respaced_ddpm_sample(key, eps_fn, sched, (2, 2), num_steps=5, variance="learned")
 
 
 # ----------------------------------------------------------------------------
@@ -260,23 +276,29 @@ def test_bad_num_steps_raise(sched):
 # Heun-50 with churn 10: 1.00-1.03.
 ADVERTISED = {
   "respaced_small": (
-    lambda e, s, k: diffusion.respaced_ddpm_sample(k, e, s, (N_SAMPLES, 2), 100),
+    lambda e, s, k: diffusion.respaced_ddpm_sample(k, e, s, (N_SAMPLES, 2), num_steps=100),
     (0.7, 1.06),
     2.0,
   ),
   "respaced_large": (
-    lambda e, s, k: diffusion.respaced_ddpm_sample(k, e, s, (N_SAMPLES, 2), 100, "large"),
+    lambda e, s, k: diffusion.respaced_ddpm_sample(
+      k, e, s, (N_SAMPLES, 2), num_steps=100, variance="large"
+    ),
     (0.95, 1.25),
     2.0,
   ),
   "dpm++2m_20": (
-    lambda e, s, k: diffusion.dpmpp_2m_sample(k, e, s, (N_SAMPLES, 2), 20),
+    lambda e, s, k: diffusion.dpmpp_2m_sample(k, e, s, (N_SAMPLES, 2), num_steps=20),
     (0.9, 1.15),
     1.5,
   ),
-  "heun_18": (lambda e, s, k: diffusion.heun_sample(k, e, s, (N_SAMPLES, 2), 18), (0.9, 1.15), 2.0),
+  "heun_18": (
+    lambda e, s, k: diffusion.heun_sample(k, e, s, (N_SAMPLES, 2), num_steps=18),
+    (0.9, 1.15),
+    2.0,
+  ),
   "heun_churn_50": (
-    lambda e, s, k: diffusion.heun_sample(k, e, s, (N_SAMPLES, 2), 50, s_churn=10.0),
+    lambda e, s, k: diffusion.heun_sample(k, e, s, (N_SAMPLES, 2), num_steps=50, s_churn=10.0),
     (0.9, 1.1),
     1.5,
   ),
@@ -325,8 +347,8 @@ def test_dpmpp_20_steps_as_good_as_ddpm_1000(sched):
   sw = {}
   for name, fn in (
     ("ddpm_1000", lambda k: diffusion.ddpm_sample(k, eps_fn, sched, (n, 2))),
-    ("dpm++2m_20", lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (n, 2), 20)),
-    ("ddim_20", lambda k: diffusion.ddim_sample(k, eps_fn, sched, (n, 2), 20)),
+    ("dpm++2m_20", lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (n, 2), num_steps=20)),
+    ("ddim_20", lambda k: diffusion.ddim_sample(k, eps_fn, sched, (n, 2), num_steps=20)),
   ):
     sw[name] = testing.sliced_wasserstein(np.asarray(jax.jit(fn)(key)), ref)
   print({k: round(v, 4) for k, v in sw.items()}, "floor", round(floor, 4))

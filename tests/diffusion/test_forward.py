@@ -99,7 +99,7 @@ def test_q_step_chain_matches_q_sample(sched20):
 def test_q_posterior_bayes(sched20):
   x0, x_t, t = posterior_inputs((40, 3))
   mean, var, log_var = jax.jit(diffusion.q_posterior)(
-    sched20, jnp.asarray(x0, F32), jnp.asarray(x_t, F32), jnp.asarray(t)
+    sched20, x0=jnp.asarray(x0, F32), x_t=jnp.asarray(x_t, F32), t=jnp.asarray(t)
   )
   ref_mean, ref_var = np_posterior(BETAS20, x0, x_t, t)
   assert mean.shape == var.shape == log_var.shape == x0.shape
@@ -139,7 +139,7 @@ def test_float64(x64):
   rng = np.random.default_rng(0)
   x0, x_t = rng.uniform(-1, 1, (30, 3)), rng.standard_normal((30, 3))
   t = np.concatenate([[0, 1, 2, 999], rng.integers(0, 1000, 26)])
-  mean, var, _ = jax.jit(diffusion.q_posterior)(sched, x0, x_t, t)
+  mean, var, _ = jax.jit(diffusion.q_posterior)(sched, x0=x0, x_t=x_t, t=t)
   assert mean.dtype == jnp.float64
   ref_mean, ref_var = np_posterior(betas, x0, x_t, t)
   np.testing.assert_allclose(mean, ref_mean, rtol=1e-12, atol=1e-12)

@@ -30,12 +30,18 @@ def test_guided_eps_fn_formula():
   cond = lambda x, t: jnp.sin(x) + 0.1 * t[:, None]
   uncond = lambda x, t: jnp.cos(x)
   for w in (0.0, 1.0, 3.5):
-    got = jax.jit(lambda x, t, w: diffusion.guided_eps_fn(cond, uncond, w)(x, t))(x, t, w)
+    got = jax.jit(
+      lambda x, t, w: diffusion.guided_eps_fn(cond_fn=cond, uncond_fn=uncond, guidance_scale=w)(
+        x, t
+      )
+    )(x, t, w)
     xn, tn = np.asarray(x, np.float64), np.arange(5)[:, None]
     ref = (1 + w) * (np.sin(xn) + 0.1 * tn) - w * np.cos(xn)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-    diffusion.guided_eps_fn(cond, uncond, 0.0)(x, t), cond(x, t), rtol=1e-7
+    diffusion.guided_eps_fn(cond_fn=cond, uncond_fn=uncond, guidance_scale=0.0)(x, t),
+    cond(x, t),
+    rtol=1e-7,
   )
 
 
@@ -62,20 +68,20 @@ def test_guided_sampler_matches_numpy(x64, sampler):
   guided_np = lambda x, a: (
     (1 + w) * testing.gmm_eps_np(x, a, **cond) - w * testing.gmm_eps_np(x, a, **GMM2)
   )
-  eps_fn = diffusion.guided_eps_fn(cond_fn, uncond_fn, w)
+  eps_fn = diffusion.guided_eps_fn(cond_fn=cond_fn, uncond_fn=uncond_fn, guidance_scale=w)
   key, shape = jax.random.key(7), (200, 2)
   if sampler == "dpm++2m":
-    got = jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, shape, 15))(key)
+    got = jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, shape, num_steps=15))(key)
     ts = np.asarray(diffusion.log_sigma_timesteps(sched, 15))[::-1]
     ref = np_dpmpp_2m(draw_x_T(key, shape), ts, ABAR, guided_np)
   else:
-    got = jax.jit(lambda k: diffusion.heun_sample(k, eps_fn, sched, shape, 10))(key)
+    got = jax.jit(lambda k: diffusion.heun_sample(k, eps_fn, sched, shape, num_steps=10))(key)
     ts = np.asarray(diffusion.edm_timesteps(sched, 10))
     ref = np_edm_heun(draw_x_T(key, shape), ts, ABAR, guided_np)
   assert_trajectories_close(got, ref, tight=1e-7)
   # Guidance moved the samples: the unguided (w = 0) result differs.
   unguided = (
-    jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, cond_fn, sched, shape, 15))(key)
+    jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, cond_fn, sched, shape, num_steps=15))(key)
     if sampler == "dpm++2m"
     else None
   )
@@ -89,10 +95,12 @@ def test_guidance_zero_samples_the_component(sched, component):
   """At w = 0 the guided eps is the conditional one: samples follow
   N(mu_c, s_c^2 I)."""
   cond_fn, uncond_fn, cond = _labelled(sched, component)
-  eps_fn = diffusion.guided_eps_fn(cond_fn, uncond_fn, 0.0)
+  eps_fn = diffusion.guided_eps_fn(cond_fn=cond_fn, uncond_fn=uncond_fn, guidance_scale=0.0)
   n = 4000
   x = np.asarray(
-    jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (n, 2), 20))(jax.random.key(8)),
+    jax.jit(lambda k: diffusion.dpmpp_2m_sample(k, eps_fn, sched, (n, 2), num_steps=20))(
+      jax.random.key(8)
+    ),
     np.float64,
   )
   mu, s = cond["means"][0], cond["stds"][0]

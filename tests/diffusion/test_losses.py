@@ -324,7 +324,7 @@ def test_vlb_refuses_data_off_the_8bit_grid(case, sched20):
 def test_vlb_refuses_eps_prediction_at_zero_snr():
   sched = diffusion.make_schedule(np_rescale_zero_terminal_snr(np_linear_betas(100, 1e-3, 0.2)))
   x0 = jnp.zeros((2, 2), F32) + 1 / 127.5 - 1  # on the grid
-  with pytest.raises(ValueError, match="vlb_terms.*zero-terminal-SNR"):
+  with pytest.raises(ValueError, match="vlb_terms.*zero terminal SNR"):
     diffusion.vlb_terms(jax.random.key(0), lambda x, t: x, sched, x0)
 
 

@@ -91,16 +91,16 @@ def test_model_sample_dispatch(monkeypatch):
     monkeypatch.setitem(diffusion.SAMPLERS, name, dataclasses.replace(spec, fn=spy(name)))
   key = jax.random.key(0)
   expected = {
-    ("ddpm", None): dict(variance="large", clip=False),
-    ("ddpm", 7): dict(variance="large", clip=False),  # all T steps
-    ("ddim", None): dict(num_steps=50, eta=0.5, clip=False),
-    ("ddim", 7): dict(num_steps=7, eta=0.5, clip=False),
-    ("respaced", None): dict(num_steps=50, variance="large", clip=False),
-    ("respaced", 7): dict(num_steps=7, variance="large", clip=False),
-    ("dpm++2m", None): dict(num_steps=20, clip=False),
-    ("dpm++2m", 7): dict(num_steps=7, clip=False),
-    ("heun", None): dict(num_steps=18, s_churn=3.0, clip=False),
-    ("heun", 7): dict(num_steps=7, s_churn=3.0, clip=False),
+    ("ddpm", None): dict(variance="large", clip=False, prediction="v"),
+    ("ddpm", 7): dict(variance="large", clip=False, prediction="v"),  # all T steps
+    ("ddim", None): dict(num_steps=50, eta=0.5, clip=False, prediction="v"),
+    ("ddim", 7): dict(num_steps=7, eta=0.5, clip=False, prediction="v"),
+    ("respaced", None): dict(num_steps=50, variance="large", clip=False, prediction="v"),
+    ("respaced", 7): dict(num_steps=7, variance="large", clip=False, prediction="v"),
+    ("dpm++2m", None): dict(num_steps=20, clip=False, prediction="v"),
+    ("dpm++2m", 7): dict(num_steps=7, clip=False, prediction="v"),
+    ("heun", None): dict(num_steps=18, s_churn=3.0, clip=False, prediction="v"),
+    ("heun", 7): dict(num_steps=7, s_churn=3.0, clip=False, prediction="v"),
   }
   assert {name for name, _ in expected} == set(diffusion.SAMPLERS)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 2)), F32)
@@ -109,14 +109,13 @@ def test_model_sample_dispatch(monkeypatch):
     calls.clear()
     out = model.sample({}, key, 4, sampler=name, num_steps=steps, eta=0.5, s_churn=3.0)
     assert out.shape == (4, 2)
-    [(called, eps_fn, schedule, shape, got_kwargs)] = calls
+    [(called, model_fn, schedule, shape, got_kwargs)] = calls
     assert (called, schedule, shape) == (name, sched, (4, 2)), name
     assert got_kwargs == kwargs, (name, steps)
-    inspect.signature(real[name]).bind(key, eps_fn, schedule, shape, **got_kwargs)
-    # The eps_fn is the network seen through its prediction target.
-    np.testing.assert_allclose(
-      eps_fn(x, t), diffusion.eps_from_prediction(sched, x, t, 0 * x, "v"), rtol=1e-6
-    )
+    inspect.signature(real[name]).bind(key, model_fn, schedule, shape, **got_kwargs)
+    # The samplers get the network's own output (a v-prediction, here 0) and
+    # read it through prediction="v".
+    np.testing.assert_array_equal(model_fn(x, t), 0 * x)
   with pytest.raises(ValueError, match="sampler must be one of"):
     model.sample({}, key, 4, sampler="euler")
   for name in ("ddim", "respaced", "dpm++2m", "heun"):

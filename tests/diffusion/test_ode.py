@@ -255,7 +255,7 @@ def test_eps_prediction_refused_at_zero_terminal_snr():
   betas = np_rescale_zero_terminal_snr(np_linear_betas(1000))
   sched = diffusion.make_schedule(betas)
   fn = gaussian_model_fn(sched, GAUSS_MU, GAUSS_STD, "eps")
-  with pytest.raises(ValueError, match="ode_log_likelihood.*zero-terminal-SNR"):
+  with pytest.raises(ValueError, match="ode_log_likelihood.*zero terminal SNR"):
     diffusion.ode_log_likelihood(jax.random.key(0), fn, sched, jnp.zeros((2, 2)))
 
 

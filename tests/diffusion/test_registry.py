@@ -84,7 +84,9 @@ def test_run_sampler_passes_only_the_options_that_apply():
   # eta does not apply to DPM-Solver++: the same samples with or without it.
   np.testing.assert_array_equal(run("dpm++2m", eta=1.0, variance="large"), run("dpm++2m"))
   # It applies to DDIM, and is the function's own argument there.
-  direct = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, (8, 2), 5, eta=1.0))(key)
+  direct = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, (8, 2), num_steps=5, eta=1.0))(
+    key
+  )
   np.testing.assert_array_equal(run("ddim", eta=1.0, s_churn=3.0), np.asarray(direct))
   assert np.max(np.abs(run("ddim", eta=1.0) - run("ddim"))) > 1e-3
   with pytest.raises(ValueError, match="unknown sampler options"):
@@ -113,3 +115,40 @@ def test_describe_sampler():
   assert diffusion.describe_sampler("ddpm", 10, 1000)["num_steps"] == 1000
   with pytest.raises(ValueError, match="num_steps"):
     diffusion.describe_sampler("ddim", 1001, 1000)
+
+
+@pytest.mark.slow
+def test_run_sampler_common_options_and_prediction():
+  """timesteps, x_init and return_trajectory reach every sampler through the
+  registry, with the model's prediction; describe_sampler records the grid."""
+  sched = diffusion.make_schedule(diffusion.linear_betas(20, 1e-3, 0.2))
+  model = lambda x, t: 0.5 * x  # a v-predictor
+  x_init = jax.random.normal(jax.random.key(0), (3, 2))
+  for name, spec in diffusion.SAMPLERS.items():
+    out, traj = diffusion.run_sampler(
+      name,
+      jax.random.key(1),
+      model,
+      sched,
+      None,
+      num_steps=None,
+      prediction="v",
+      timesteps=[19, 9, 2],
+      x_init=x_init,
+      return_trajectory=True,
+      eta=0.0,
+    )
+    assert out.shape == (3, 2) and np.all(np.isfinite(np.asarray(out))), name
+    assert np.asarray(traj.timesteps).tolist() == [19, 9, 2], name
+    direct = spec.fn(
+      jax.random.key(1), model, sched, prediction="v", timesteps=[19, 9, 2], x_init=x_init
+    )
+    np.testing.assert_array_equal(out, direct)
+  record = diffusion.describe_sampler("heun", None, 20, timesteps=[19, 9, 2], s_churn=1.0)
+  assert record == {
+    "sampler": "heun",
+    "num_steps": 3,
+    "network_calls": 5,
+    "s_churn": 1.0,
+    "timesteps": [19, 9, 2],
+  }

@@ -21,9 +21,9 @@ def test_p_mean_variance(sched20, variance, clip):
   eps = np.random.default_rng(2).standard_normal(x0.shape)
   mean, log_var, x0_pred = jax.jit(diffusion.p_mean_variance, static_argnames=("variance", "clip"))(
     sched20,
-    jnp.asarray(x_t, F32),
-    jnp.asarray(t),
-    jnp.asarray(eps, F32),
+    x_t=jnp.asarray(x_t, F32),
+    t=jnp.asarray(t),
+    eps=jnp.asarray(eps, F32),
     variance=variance,
     clip=clip,
   )
@@ -45,11 +45,11 @@ def test_bad_variance_raises(sched20):
   t = jnp.array([1, 2])
   eps_fn = lambda x, t: jnp.zeros_like(x)
   with pytest.raises(ValueError):
-    diffusion.p_mean_variance(sched20, x, t, x, variance="medium")
+    diffusion.p_mean_variance(sched20, x_t=x, t=t, eps=x, variance="medium")
   with pytest.raises(ValueError):
     diffusion.vlb_term(sched20, x, x, t, x, variance="fixed")
   with pytest.raises(ValueError):
     diffusion.ddpm_sample(jax.random.key(0), eps_fn, sched20, (2, 3), variance="learned")
   for steps in (0, 21):
     with pytest.raises(ValueError):
-      diffusion.ddim_sample(jax.random.key(0), eps_fn, sched20, (2, 3), steps)
+      diffusion.ddim_sample(jax.random.key(0), eps_fn, sched20, (2, 3), num_steps=steps)

@@ -164,11 +164,16 @@ def test_jit_matches_eager(sched20):
   cases = {
     "q_sample": (q_sample, (x0, t, eps)),
     "q_step": (lambda *a: diffusion.q_step(sched20, *a), (x_t, t, eps)),
-    "q_posterior": (lambda *a: diffusion.q_posterior(sched20, *a), (x0, x_t, t)),
+    "q_posterior": (
+      lambda a, b, c: diffusion.q_posterior(sched20, x0=a, x_t=b, t=c),
+      (x0, x_t, t),
+    ),
     "predict_x0_from_eps": (lambda *a: diffusion.predict_x0_from_eps(sched20, *a), (x_t, t, eps)),
     "predict_eps_from_x0": (lambda *a: diffusion.predict_eps_from_x0(sched20, *a), (x_t, t, x0)),
     "p_mean_variance": (
-      lambda *a: diffusion.p_mean_variance(sched20, *a, variance="large", clip=True),
+      lambda a, b, c: diffusion.p_mean_variance(
+        sched20, x_t=a, t=b, eps=c, variance="large", clip=True
+      ),
       (x_t, t, eps),
     ),
     "simple_loss": (lambda k, x: diffusion.simple_loss(k, eps_fn, sched20, x), (key, x0)),
@@ -181,7 +186,7 @@ def test_jit_matches_eager(sched20):
     ),
     "ddpm_sample": (lambda k: diffusion.ddpm_sample(k, eps_fn, sched20, (4, 3)), (key,)),
     "ddim_sample": (
-      lambda k: diffusion.ddim_sample(k, eps_fn, sched20, (4, 3), 7, eta=0.5, clip=True),
+      lambda k: diffusion.ddim_sample(k, eps_fn, sched20, (4, 3), num_steps=7, eta=0.5, clip=True),
       (key,),
     ),
   }

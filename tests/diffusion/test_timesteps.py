@@ -15,6 +15,7 @@ from tests.support.diffusion import (
   np_karras_sigmas,
   np_linear_betas,
   np_nearest_level,
+  np_rescale_zero_terminal_snr,
 )
 
 F32 = jnp.float32
@@ -49,13 +50,80 @@ def test_karras_sigmas_formula():
 def test_edm_timesteps(sched):
   grid = jax.jit(diffusion.edm_timesteps, static_argnums=1)
   got = np.asarray(grid(sched, 18))
-  # 18 rho = 7 sigmas between the schedule's extremes, rounded to the levels.
-  ref = np_nearest_level(np_karras_sigmas(SIGMAS[0], SIGMAS[-1], 18))
+  # EDM's defaults clamped to the schedule: sigma_min = max(0.002, sigma_0) = sigma_0
+  # (0.01), sigma_max = min(80, sigma_999 = 157) = 80; rounded to the levels.
+  ref = np_nearest_level(np_karras_sigmas(max(0.002, SIGMAS[0]), min(80.0, SIGMAS[-1]), 18))
   np.testing.assert_array_equal(got, ref)
-  assert got[0] == 999 and got[-1] == 0
+  assert got[-1] == 0 and SIGMAS[got[0]] == pytest.approx(80.0, rel=0.01)
+  # The schedule's whole range, when asked for.
+  full = np.asarray(diffusion.edm_timesteps(sched, 18, sigma_min=SIGMAS[0], sigma_max=SIGMAS[-1]))
+  np.testing.assert_array_equal(full, np_nearest_level(np_karras_sigmas(SIGMAS[0], SIGMAS[-1], 18)))
+  assert full[0] == 999
   for num in (1, 2, 1000):
     ts = np.asarray(grid(sched, num))
-    assert len(ts) == num and ts[0] == 999 and np.all(np.diff(ts) < 0)
+    assert len(ts) == num and np.all(np.diff(ts) < 0)
+
+
+def test_edm_timesteps_cosine_cap():
+  """cosine_betas(1000)'s last level jumps from sigma = 642 to 20,291; the cap
+  at 80 keeps the 18 levels off the top few (without it 9 of 18 sit above 80)."""
+  sched = diffusion.make_schedule(diffusion.cosine_betas(1000))
+  sigmas = np.asarray(diffusion.schedule_sigmas(sched), np.float64)
+  ts = np.asarray(diffusion.edm_timesteps(sched, 18))
+  assert sigmas[ts[0]] == pytest.approx(80.0, rel=0.05) and np.all(sigmas[ts] <= 81.0)
+  uncapped = np.asarray(diffusion.edm_timesteps(sched, 18, sigma_max=sigmas[-1]))
+  assert np.sum(sigmas[uncapped] > 80.0) == 9
+
+
+def np_spaced(num_timesteps, num_steps, spacing):
+  """diffusers 0.42 DDIMScheduler.set_timesteps (steps_offset = 0), transcribed."""
+  if spacing == "linspace":
+    return np.linspace(0, num_timesteps - 1, num_steps).round()[::-1].astype(np.int64)
+  if spacing == "leading":
+    ratio = num_timesteps // num_steps
+    return (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.int64)
+  ratio = num_timesteps / num_steps
+  return np.round(np.arange(num_timesteps, 0, -ratio)).astype(np.int64) - 1
+
+
+def test_spaced_timesteps_are_diffusers():
+  for num in (10, 100, 250, 1000):
+    for steps in sorted({2, 3, 7, 27, 50, num // 3, num - 1, num} - {0}):
+      if steps > num:
+        continue
+      for spacing in diffusion.SPACINGS:
+        got = diffusion.spaced_timesteps(num, steps, spacing)
+        np.testing.assert_array_equal(got, np_spaced(num, steps, spacing), err_msg=spacing)
+        assert got.dtype == np.int32 and np.all(np.diff(got) < 0)
+  assert diffusion.spaced_timesteps(1000, 4, "trailing").tolist() == [999, 749, 499, 249]
+  assert diffusion.spaced_timesteps(1000, 4, "leading").tolist() == [750, 500, 250, 0]
+  assert diffusion.spaced_timesteps(1000, 1).tolist() == [999]  # diffusers: [0]
+  np.testing.assert_array_equal(
+    diffusion.ddim_timesteps(1000, 27), diffusion.spaced_timesteps(1000, 27, "linspace")
+  )
+  with pytest.raises(ValueError, match="spacing"):
+    diffusion.spaced_timesteps(1000, 4, "uniform")
+
+
+def test_check_timesteps_names_the_caller():
+  with pytest.raises(TypeError, match=r"ddim_sample: timesteps must hold integer .*float32"):
+    diffusion.check_timesteps(np.array([5.0, 1.0], np.float32), 10, "ddim_sample")
+  for bad in ([1, 5], [5, 5, 1], [10, 2], [3, -1], []):
+    with pytest.raises(ValueError, match="ddim_sample: timesteps"):
+      diffusion.check_timesteps(np.array(bad, np.int32), 10, "ddim_sample")
+
+
+def test_log_sigma_timesteps_zero_snr():
+  """With sigma_{T-1} = inf the last point is T - 1 and the others are uniform
+  in log-sigma up to sigma_{T-2}; no NaN."""
+  betas = np_rescale_zero_terminal_snr(np_linear_betas(100, 1e-3, 0.2))
+  sched = diffusion.make_schedule(betas)
+  ts = np.asarray(diffusion.log_sigma_timesteps(sched, 10))
+  assert ts[0] == 0 and ts[-1] == 99 and np.all(np.diff(ts) > 0)
+  abar = np_abar(betas)
+  log_sig = np.log(np.sqrt((1 - abar[:99]) / abar[:99]))
+  nearest = np.argmin(np.abs(log_sig[None] - np.linspace(log_sig[0], log_sig[-1], 9)[:, None]), 1)
+  np.testing.assert_array_equal(ts[:9], nearest)
 
 
 @pytest.mark.parametrize("num_timesteps", [10, pytest.param(1000, marks=pytest.mark.slow)])

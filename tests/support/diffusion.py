@@ -307,20 +307,41 @@ def count_primitive(jaxpr, name):
 
 
 # ----------------------------------------------------------------------------
-# Schedules off the default path, and one-Gaussian data with its exact model
-# (the likelihood oracles: tests/diffusion/test_ode.py, test_schedule_oracles.py)
+# Zero terminal SNR, other schedules, and the one-Gaussian oracle in any
+# prediction (the sampler and likelihood oracles)
 # ----------------------------------------------------------------------------
 
 
 def np_rescale_zero_terminal_snr(betas):
-  """Lin et al. 2024, Algorithm 1, in float64: shift sqrt(ac) so that its last
-  value is 0 and scale it so that its first is unchanged; betas from the ratios."""
-  sqrt_ac = np.sqrt(np_abar(betas))
-  first, last = sqrt_ac[0], sqrt_ac[-1]
-  sqrt_ac = (sqrt_ac - last) * first / (first - last)
-  ac = sqrt_ac**2
-  alphas = np.concatenate([ac[:1], ac[1:] / ac[:-1]])
+  """Lin et al. 2024, Algorithm 1, float64: shift and scale sqrt(ac) so that
+  its last value is 0 and its first unchanged, then back to betas (the last
+  beta is then exactly 1)."""
+  betas = np.asarray(betas, np.float64)
+  sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
+  first, last = sqrt_abar[0], sqrt_abar[-1]
+  sqrt_abar = (sqrt_abar - last) * first / (first - last)
+  abar = sqrt_abar**2
+  alphas = np.append(abar[0], abar[1:] / abar[:-1])
   return 1.0 - alphas
+
+
+def gaussian_model_fn(schedule, mu, s, prediction="eps"):
+  """The exact model of data N(mu, s^2) per dimension, in `prediction`
+  (eps | x0 | v), written with a = sqrt(ac_t), c = sqrt(1 - ac_t) and
+  var_t = a^2 s^2 + c^2 > 0 at every level (also where a = 0):
+    E[x0 | x_t]  = mu + a s^2 (x_t - a mu) / var_t,
+    E[eps | x_t] = c (x_t - a mu) / var_t,
+    v = a eps - c x0."""
+
+  def model_fn(x_t, t):
+    a = jnp.asarray(schedule.sqrt_alphas_cumprod)[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+    c = jnp.asarray(schedule.sqrt_one_minus_alphas_cumprod)[t].reshape(a.shape)
+    var = a * a * s * s + c * c
+    eps = c * (x_t - a * mu) / var
+    x0 = mu + a * s * s * (x_t - a * mu) / var
+    return {"eps": eps, "x0": x0, "v": a * eps - c * x0}[prediction]
+
+  return model_fn
 
 
 def np_sigmoid_alphas_cumprod(num, lambda_max=6.0, lambda_min=-10.0):
@@ -331,24 +352,6 @@ def np_sigmoid_alphas_cumprod(num, lambda_max=6.0, lambda_min=-10.0):
 
 
 GAUSS_MU, GAUSS_STD = 0.2, 0.3  # the issue's one-Gaussian data N(0.2, 0.3^2)
-
-
-def gaussian_model_fn(schedule, mu, std, prediction):
-  """The exact E[eps | x_t], E[x0 | x_t] or v = a eps - s x0 of data N(mu, std^2)
-  per dimension, a batched JAX model_fn(x_t, t). With a = sqrt(ac_t), s =
-  sqrt(1 - ac_t), var_t = a^2 std^2 + s^2:
-    E[eps | x_t] = s (x_t - a mu) / var_t,  E[x0 | x_t] = mu + a std^2 (x_t - a mu) / var_t,
-  neither dividing by a (finite at ac = 0)."""
-
-  def fn(x_t, t):
-    ac = jnp.asarray(schedule.alphas_cumprod)[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
-    a, s = jnp.sqrt(ac), jnp.sqrt(1.0 - ac)
-    var_t = ac * std**2 + (1.0 - ac)
-    eps = s * (x_t - a * mu) / var_t
-    x0 = mu + a * std**2 * (x_t - a * mu) / var_t
-    return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[prediction]
-
-  return fn
 
 
 def np_gaussian_ode_log_density(y, mu, std, alphas_cumprod):

@@ -1,0 +1,256 @@
+"""Where data comes from: one function per `data.source`, each returning the Dataset of one split, and
+`load_dataset`, which reads the `data` config and picks one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from gen_jax import checks
+from gen_jax.data.dataset import DataError, Dataset, array_dataset
+from gen_jax.data.toy2d import load_toy2d
+from gen_jax.data.validation import check_examples, check_labels, read_image
+
+SOURCES = ("tfds", "digits", "toy2d", "npz", "folder")
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def load_dataset(data_config: Any, split: str) -> Dataset:
+  """The Dataset of `split` ('train' or 'test') described by config `data` (see the package docstring).
+
+  Fields: source, name, path, tfds_data_dir, batch_size, random_flip (train split only).
+  """
+  cfg = data_config
+  source = cfg.get("source", None)
+  if source not in SOURCES:
+    raise DataError(f"unknown data.source {source!r}; use one of {', '.join(SOURCES)}")
+  if split not in SPLITS:
+    raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+  batch_size = cfg.get("batch_size", None)
+  if batch_size is not None and (not checks.is_integer(batch_size) or batch_size <= 0):
+    raise DataError(f"data.batch_size must be a positive int, got {batch_size!r}")
+  name, path = cfg.get("name", None), cfg.get("path", None)
+  random_flip = bool(cfg.get("random_flip", False)) and split == "train"
+  if source in ("npz", "folder") and not path:
+    raise DataError(f"data.source={source!r} needs data.path; set config.data.path")
+
+  if source == "digits":
+    dataset = _digits(split, random_flip)
+  elif source == "toy2d":
+    return load_toy2d(name, split)
+  elif source == "npz":
+    dataset = _npz(os.path.expanduser(path), split, random_flip)
+  elif source == "folder":
+    dataset = _folder(os.path.expanduser(path), split, random_flip)
+  else:
+    if not name:
+      raise DataError(
+        'data.source="tfds" needs data.name (e.g. mnist, cifar10); set config.data.name'
+      )
+    dataset = _tfds(name, split, cfg.get("tfds_data_dir", None), random_flip)
+  return dataset
+
+
+def _holdout(n: int) -> slice:
+  """The test part of a file that has no separate test arrays: its last 10% (at least one example)."""
+  return slice(n - max(1, n // 10), n)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# digits
+
+
+def _digits(split: str, random_flip: bool) -> Dataset:
+  """scikit-learn's 1797 8x8 digits: a fixed permutation (seed 0), the last 360 are 'test'.
+
+  Their 17 intensity levels 0..16 are put on the 8-bit grid, round(v * 255 / 16), so digits are ordinary
+  8-bit images: the same [-1, 1] scaling, uint8 samples and discretized decoder as every other image source.
+  """
+  from sklearn.datasets import load_digits
+
+  digits = load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (1797, 8, 8, 1)
+  labels = digits.target.astype(np.int32)
+  order = np.random.default_rng(0).permutation(len(images))
+  num_test = int(np.ceil(0.2 * len(images)))  # 360
+  order = order[:-num_test] if split == "train" else order[-num_test:]
+  return array_dataset(f"digits/{split}", images[order], labels[order], 10, 255, random_flip)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# npz
+
+
+def _npz(path: str, split: str, random_flip: bool) -> Dataset:
+  """An .npz with 'images' (uint8 NHWC/NHW) or 'points' (N, D), optional 'labels' and 'test_*' arrays.
+
+  'train' is the whole of 'images'/'points'. 'test' is 'test_images'/'test_points' (with 'test_labels') when the
+  file has them, else the last 10% of the training arrays (so it overlaps 'train').
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"data.path {path!r} is not a file; point config.data.path to an .npz file")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # zipfile / pickle / format errors all mean "not a readable npz"
+    raise DataError(
+      f"{path}: cannot read as .npz ({type(e).__name__}: {str(e).splitlines()[0]})"
+    ) from None
+  key = "images" if "images" in arrays else "points" if "points" in arrays else None
+  if key is None:
+    raise DataError(f"{path}: needs an 'images' or 'points' array; found keys {sorted(arrays)}")
+  if key == "images" and "points" in arrays:
+    raise DataError(f"{path}: has both 'images' and 'points'; keep one")
+  examples = check_examples(arrays[key], key, path)
+  labels = check_labels(arrays["labels"], len(examples), path) if "labels" in arrays else None
+  # The test arrays are checked for either split, so a bad test array fails training at start-up.
+  if f"test_{key}" in arrays:
+    test_examples = check_examples(arrays[f"test_{key}"], f"test_{key}", path)
+    if test_examples.shape[1:] != examples.shape[1:]:
+      raise DataError(
+        f"{path}: {f'test_{key}'!r} has examples of shape {test_examples.shape[1:]} but {key!r} "
+        f"has {examples.shape[1:]}; both must have the same example shape"
+      )
+  if split == "test" and f"test_{key}" in arrays:
+    examples = test_examples
+    has_test_labels = labels is not None and "test_labels" in arrays
+    labels = check_labels(arrays["test_labels"], len(examples), path) if has_test_labels else None
+  elif split == "test":
+    held = _holdout(len(examples))
+    examples, labels = examples[held], None if labels is None else labels[held]
+  num_classes = None
+  if labels is not None:
+    all_labels = [arrays[k] for k in ("labels", "test_labels") if k in arrays]
+    num_classes = int(max(int(l.max()) for l in all_labels)) + 1
+  max_value = 255 if key == "images" else None
+  return array_dataset(
+    f"npz:{os.path.basename(path)}/{split}", examples, labels, num_classes, max_value, random_flip
+  )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# folder
+
+
+def _folder(path: str, split: str, random_flip: bool) -> Dataset:
+  """Same-size images (png/jpg/jpeg/bmp) directly in folder `path`, in file-name order; no labels.
+
+  'test' is the last 10% of the files (overlapping 'train', which is all of them).
+  """
+  if not os.path.isdir(path):
+    raise DataError(
+      f"data.path {path!r} is not a folder; point config.data.path to a folder of images"
+    )
+  files = sorted(
+    f
+    for f in os.listdir(path)
+    if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, f))
+  )
+  if not files:
+    raise DataError(
+      f"folder {path} has no images ({'/'.join(IMAGE_EXTENSIONS)}); put images in it or fix "
+      "data.path"
+    )
+  if split == "test":
+    files = files[_holdout(len(files))]
+  images = [read_image(os.path.join(path, f)) for f in files]
+  for f, im in zip(files, images):
+    if im.shape != images[0].shape:
+      raise DataError(
+        f"{os.path.join(path, f)} is {_describe(im)} but {files[0]} is {_describe(images[0])}; "
+        "all images in a folder must have the same size and channels"
+      )
+  return array_dataset(
+    f"folder:{os.path.basename(os.path.normpath(path))}/{split}",
+    np.stack(images),
+    None,
+    None,
+    255,
+    random_flip,
+  )
+
+
+def _describe(image: np.ndarray) -> str:
+  h, w, c = image.shape
+  return f"{w}x{h} with {c} channel(s)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tfds
+
+
+def _tfds(name: str, split: str, data_dir: str | None, random_flip: bool) -> Dataset:
+  """A TFDS image data set read by random access (`tfds.data_source`, ArrayRecord files, no TensorFlow)."""
+  import tensorflow_datasets as tfds  # a slow import, needed by this source only
+
+  where = data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
+  prepare = (
+    f'python -c \'import tensorflow_datasets as tfds; tfds.builder("{name}"'
+    + (f', data_dir="{data_dir}"' if data_dir else "")
+    + ', file_format="array_record").download_and_prepare()\''
+  )
+  todo = (
+    f"run once with network and TensorFlow installed (`pip install tensorflow-cpu`, then `{prepare}`) or "
+    "point config.data.tfds_data_dir to a folder that has it"
+  )
+  try:
+    # file_format is explicit because tfds.data_source only defaults to ArrayRecord when data_dir is None.
+    source = tfds.data_source(
+      name,
+      split=split,
+      data_dir=data_dir,
+      download=False,
+      builder_kwargs={"file_format": "array_record"},
+    )
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(
+      f"TFDS does not know dataset {name!r}; check config.data.name (e.g. mnist, "
+      "fashion_mnist, cifar10)"
+    ) from None
+  except KeyError:  # "splits is empty": nothing prepared in data_dir
+    raise DataError(f"TFDS has no prepared data for {name!r} in {where}; {todo}.") from None
+  except NotImplementedError:  # prepared, but only as TFRecord, which has no random access
+    raise DataError(
+      f"TFDS data for {name!r} in {where} is in TFRecord format only; random access needs "
+      f"ArrayRecord: {todo}."
+    ) from None
+  except Exception as e:  # e.g. an unknown split; keep tfds internals out of the user's face
+    raise DataError(
+      f"TFDS cannot open {name!r} split {split!r} in {where} "
+      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    ) from None
+
+  features = source.dataset_info.features
+  if "image" not in features:
+    raise DataError(
+      f'TFDS dataset {name!r} has no "image" feature (features: {sorted(features.keys())})'
+    )
+  shape = features["image"].shape
+  if None in shape:
+    raise DataError(
+      f"TFDS dataset {name!r} has images of varying size {shape}; resizing is not supported"
+    )
+  has_label = "label" in features and hasattr(features["label"], "num_classes")
+  num_classes = features["label"].num_classes if has_label else None
+
+  def fetch(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    # One record at a time: __getitems__ breaks under tfds.testing.mock_data, and prefetch hides the latency.
+    records = [source[int(i)] for i in indices]
+    images = np.stack([r["image"] for r in records]).astype(np.uint8)
+    labels = np.array([r["label"] for r in records], np.int32) if has_label else None
+    return images, labels
+
+  return Dataset(
+    name=f"{name}/{split}",
+    kind="image",
+    example_shape=shape,
+    num_examples=len(source),
+    num_classes=num_classes,
+    fetch=fetch,
+    max_value=255,
+    random_flip=random_flip,
+  )

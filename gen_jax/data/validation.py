@@ -1,0 +1,114 @@
+"""What arrays and image files are accepted as data: every refusal names the file and says what to do.
+
+Images are 8-bit, uint8 (N, H, W, C) with values 0..255; points are finite float32 (N, D); labels are
+non-negative ints (N,).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gen_jax.data.dataset import DataError
+
+
+def check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
+  """Labels (n,) as int32, if they are non-negative integers; `where` names the file in the error."""
+  if (
+    labels.ndim != 1
+    or len(labels) != n
+    or not np.issubdtype(labels.dtype, np.integer)
+    or labels.min() < 0
+  ):
+    raise DataError(
+      f"{where}: labels must be non-negative ints of shape ({n},), got {labels.dtype} "
+      f"{labels.shape}"
+    )
+  return labels.astype(np.int32)
+
+
+def check_examples(arr: np.ndarray, key: str, where: str) -> np.ndarray:
+  """Validated images uint8 (N, H, W, C) (for keys ending in 'images') or points float32 (N, D).
+
+  Images may come in any integer dtype with values in 0..255 (np.array of Python ints gives int64); float or
+  bool images, values outside 0..255, and 0/1 images (binary data never scaled to 0..255, which would
+  train on nearly black pictures) are refused. Points must be finite in float32.
+  """
+  if arr.ndim == 0 or len(arr) == 0:
+    raise DataError(f"{where}: {key!r} has no examples (shape {arr.shape})")
+  if key.endswith("images"):
+    return _check_images(arr, key, where)
+  if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+    raise DataError(f"{where}: {key!r} has dtype {arr.dtype}; points must be float")
+  if arr.ndim != 2:
+    raise DataError(f"{where}: {key!r} has shape {arr.shape}; points must be (N, D)")
+  bad = int(np.sum(~np.isfinite(arr)))
+  if bad:
+    raise DataError(f"{where}: {key!r} has {bad} NaN/inf values; clean the file")
+  points = arr.astype(np.float32)
+  bad = int(np.sum(~np.isfinite(points)))
+  if bad:
+    raise DataError(
+      f"{where}: {key!r} has {bad} values beyond the float32 range (|x| > 3.4e38); rescale them"
+    )
+  return points
+
+
+def _check_images(arr: np.ndarray, key: str, where: str) -> np.ndarray:
+  if not np.issubdtype(arr.dtype, np.integer):
+    raise DataError(
+      f"{where}: {key!r} has dtype {arr.dtype}; images must be uint8 0..255 "
+      "(store float data under 'points')"
+    )
+  if arr.ndim == 3:
+    arr = arr[..., None]  # NHW grayscale -> NHW1
+  if arr.ndim != 4:
+    raise DataError(f"{where}: {key!r} has shape {arr.shape}; images must be NHWC or NHW")
+  low, high = int(arr.min()), int(arr.max())
+  if low < 0 or high > 255:
+    raise DataError(
+      f"{where}: {key!r} has values in {low}..{high}; images must lie in 0..255 (8-bit); rescale them"
+    )
+  if high == 1:
+    raise DataError(
+      f"{where}: {key!r} holds only 0s and 1s; images must be on the 0..255 scale "
+      "(multiply binary images by 255)"
+    )
+  return arr.astype(np.uint8)
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8 (H, W, 1) for grayscale files, (H, W, 3) for everything else (palette and alpha become RGB).
+
+  16/32-bit integer and float files are accepted only when every value is an integer in 0..255.
+  """
+  from PIL import Image
+
+  try:
+    with Image.open(path) as im:
+      im.load()
+      mode = im.mode
+      if mode.startswith(
+        ("I", "F")
+      ):  # 16/32-bit integer or float pixels: convert('L') would clip them
+        raw = np.asarray(im)
+        arr = None
+      else:
+        gray = mode in ("1", "L", "LA")
+        arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
+  except Exception as e:  # PIL raises several types for unreadable files
+    raise DataError(
+      f"cannot read image {path} ({type(e).__name__}: {str(e).splitlines()[0]})"
+    ) from None
+  if arr is None:
+    if (
+      not np.all(np.isfinite(raw))
+      or raw.min() < 0
+      or raw.max() > 255
+      or np.any(raw != np.round(raw))
+    ):
+      raise DataError(
+        f"{path} is a {mode} image with values in {raw.min()}..{raw.max()}; gen_jax reads "
+        "8-bit images (0..255): convert it to 8 bits"
+      )
+    arr = raw.astype(np.uint8)
+  return arr[..., None] if arr.ndim == 2 else arr

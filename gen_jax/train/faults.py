@@ -1,0 +1,158 @@
+"""What happens on a signal, a preemption, a spent time budget or a NaN: the loop asks here.
+
+StopOnSignal      the first SIGTERM/SIGINT is recorded, so the loop can finish
+                  its step, save and raise TrainingInterrupted; a second one
+                  goes to the previous handler at once
+reached_preemption  multi-process runs: JAX's preemption service names the
+                  step at which every process saves and stops
+out_of_time       whether train.max_seconds is spent (agreed by all processes)
+first_halted_step the first step whose HALT flag (gen_jax.train.step) is set
+nonfinite_message what NonFiniteError says about it
+"""
+
+import os
+import signal
+import threading
+
+import jax
+import numpy as np
+
+from gen_jax import checkpoint
+from gen_jax.train.step import HALT, MAX_CONSECUTIVE_NONFINITE
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a NaN/inf loss or gradient; the message names the step."""
+
+
+class TrainingInterrupted(Exception):
+  """train() stopped on a signal after saving a checkpoint at `step`.
+
+  Attributes: step, signal_number (signal.SIGTERM or SIGINT), workdir.
+  """
+
+  def __init__(self, step: int, signal_number: int, workdir: str):
+    self.step, self.signal_number, self.workdir = step, signal_number, workdir
+    super().__init__(
+      f"training stopped by {signal.Signals(signal_number).name} after step {step}; "
+      f"its checkpoint is saved in {checkpoint.checkpoint_dir(workdir)}"
+    )
+
+
+class StopOnSignal:
+  """A context manager: the first SIGTERM or SIGINT only records itself in
+  `signal_number`, so the training loop can finish its step, save and stop.
+
+  A second one restores the previous handlers and hands the signal to its
+  previous handler at once (Python's SIGINT handler raises KeyboardInterrupt;
+  SIGTERM's default ends the process). The previous handlers come back on
+  exit. Only the main thread can install handlers; elsewhere, with several
+  processes (`enabled=False`: the preemption service handles SIGTERM there),
+  and for a signal that is ignored (SIG_IGN) or handled outside Python, this
+  does nothing.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, announce: bool = True, enabled: bool = True):
+    self.signal_number = None
+    self._announce = announce
+    self._enabled = enabled
+    self._previous = {}
+
+  def __enter__(self):
+    if self._enabled and threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        previous = signal.getsignal(signum)
+        if previous is None or previous == signal.SIG_IGN:
+          continue
+        self._previous[signum] = previous
+        signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    name = signal.Signals(signum).name
+    if self.signal_number is None:
+      self.signal_number = signum
+      if self._announce:
+        print(
+          f"\n{name} received: finishing this step and saving a checkpoint; "
+          f"send it again to stop at once without saving",
+          flush=True,
+        )
+      return
+    previous = self._previous.get(signum, signal.SIG_DFL)
+    self._restore()
+    if callable(previous):
+      previous(signum, frame)
+    else:  # SIG_DFL: let the signal do what it does without us.
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+
+  def _restore(self):
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
+    return False
+
+
+def reached_preemption(step: int) -> bool:
+  """Multi-process runs: JAX's preemption service catches SIGTERM on any host
+  and names a step at which all processes save (a local check per step)."""
+  if jax.process_count() == 1:
+    return False
+  from jax.experimental import multihost_utils
+
+  try:
+    return multihost_utils.reached_preemption_sync_point(step)
+  except RuntimeError:  # the service is off (jax_enable_preemption_service=False)
+    return False
+
+
+def out_of_time(elapsed: float, max_seconds: float, step: int, log_every: int) -> bool:
+  """Whether the training budget train.max_seconds is spent after `elapsed` seconds.
+
+  One process: checked after every step. Several: only at logging steps, on
+  process 0's clock (broadcast to all), so every process stops at the same step.
+  """
+  if jax.process_count() == 1:
+    return elapsed >= max_seconds
+  if step % log_every:
+    return False
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(elapsed >= max_seconds)))
+
+
+def first_halted_step(host_metrics) -> int | None:
+  """The first step of [(step, metrics on the host)] whose HALT flag is set, or None."""
+  for step, metrics in host_metrics:
+    if metrics[HALT]:
+      return step
+  return None
+
+
+def nonfinite_message(bad_step, host_metrics, last_saved, workdir, skip_nonfinite) -> str:
+  """What NonFiniteError says: the step, its loss and gradient norm, the newest checkpoint."""
+  metrics = dict(host_metrics).get(bad_step, {})
+  values = ", ".join(f"{k} {float(metrics[k]):.4g}" for k in ("loss", "grad_norm") if k in metrics)
+  newest = (
+    f"the newest checkpoint is step {last_saved} in {checkpoint.checkpoint_dir(workdir)}"
+    if last_saved
+    else "no checkpoint was written"
+  )
+  if skip_nonfinite:
+    what = (
+      f"{MAX_CONSECUTIVE_NONFINITE} consecutive steps had a non-finite gradient, "
+      f"the last at step {bad_step}"
+    )
+    hint = "lower the learning rate or check the data"
+  else:
+    what = f"non-finite loss or gradient at step {bad_step} ({values})"
+    hint = (
+      "lower the learning rate or check the data; config.train.skip_nonfinite=True skips such steps"
+    )
+  return f"{what}; stopped without saving it: {newest}. To go on, {hint}"

@@ -1,0 +1,180 @@
+"""Opening a run: what train, sample and evaluate all start from.
+
+  run = open_run(config, workdir, build, mode)   # "train" | "sample" | "eval"
+
+validates the config (the one call of configs.validate), checks what the mode
+needs (a resumable workdir with room for the checkpoints, or a checkpoint to
+read), opens the data, builds the model, its optimizer and step
+(step.train_step_for), the abstract train state and the checkpoint manager.
+Nothing is written before every check has passed.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from gen_jax import checkpoint, configs, data, sharding
+from gen_jax.configs import ConfigError
+from gen_jax.train import resume, step
+from gen_jax.train import workdir as workdir_lib
+
+BuildFn = Callable[[ml_collections.ConfigDict, tuple], Any]
+MODES = ("train", "sample", "eval")
+
+
+@dataclasses.dataclass
+class Run:
+  """An open run. dataset: the train split (train), the test split (eval) or None (sample:
+  kind and example_shape come from the workdir's data_spec.json)."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  mode: str
+  mesh: jax.sharding.Mesh
+  dataset: data.Dataset | None
+  kind: str  # "image" or "points"
+  example_shape: tuple
+  model: Any
+  tx: Any  # the optax optimizer
+  train_step: Callable  # the pure step of step.train_step_for; jit with step.jit_train_step
+  abstract_state: step.TrainState  # ShapeDtypeStructs, replicated
+  checkpoints: Any  # orbax CheckpointManager of workdir/checkpoints
+  is_writer: bool  # process 0: writes logs, pictures, config.json
+
+  @property
+  def replicated(self):
+    return sharding.replicated(self.mesh)
+
+  def restore(self) -> step.TrainState:
+    """The newest readable checkpoint (sampling and evaluation: read-only)."""
+    return checkpoint.restore(self.checkpoints, self.abstract_state)
+
+  def make_sampler(
+    self,
+    num_samples: int,
+    sampler: str,
+    num_steps: int | None,
+    eta: float = 0.0,
+    guidance_scale: float = 0.0,
+  ):
+    """A jitted (params, key, labels=None) -> samples (numpy) for a fixed num_samples.
+
+    labels: (num_samples,) classes for a class-conditional model, sampled
+    with classifier-free guidance `guidance_scale`.
+
+    The samples are sharded over the devices along the batch axis (the count
+    is rounded up to a multiple of the device count, the surplus dropped);
+    the noise is drawn for the whole batch from one key, so the samples do
+    not depend on the number of devices.
+    """
+    devices = self.mesh.devices.size
+    padded = -(-num_samples // devices) * devices
+    fn = functools.partial(
+      self.model.sample,
+      num_samples=padded,
+      sampler=sampler,
+      num_steps=num_steps,
+      eta=eta,
+      guidance_scale=guidance_scale,
+    )
+    draw = jax.jit(
+      lambda params, key, labels: fn(params, key, labels=labels),
+      out_shardings=sharding.data_sharded(self.mesh),
+    )
+
+    def sample(params, key, labels=None):
+      if labels is not None:
+        labels = np.resize(np.asarray(labels, np.int32), padded)
+      return np.asarray(jax.device_get(draw(params, key, labels)))[:num_samples]
+
+    return sample
+
+
+def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
+  """Opens `workdir` for `mode`; raises ConfigError, DataError or NoCheckpointError first.
+
+  train: the train split; the workdir's config and data must be those of its
+    checkpoints (resume.check_resume_config / check_resume_data), the model
+    must sample with config.sample, the disk must hold the checkpoints; then
+    the workdir is created.
+  sample: needs a checkpoint; no data is read.
+  eval: needs a checkpoint; the test split, config.eval.batch_size checked.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  configs.validate(config)
+  if mode == "train":
+    resume.check_resume_config(config, workdir)
+  else:
+    checkpoint.require_checkpoint(workdir)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.data.batch_size, mesh)
+  if mode == "eval":
+    sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+  if mode == "sample":
+    dataset = None
+    kind, example_shape = workdir_lib.read_data_spec(workdir)
+  else:
+    dataset = data.load_dataset(config.data, "train" if mode == "train" else "test")
+    kind, example_shape = dataset.kind, tuple(dataset.example_shape)
+  model = build(config, example_shape)
+  if mode == "train":
+    _check_classes(model, dataset)
+    resume.check_resume_data(workdir, dataset)
+  tx, train_step = step.train_step_for(config, model)
+  replicated = sharding.replicated(mesh)
+  abstract = jax.eval_shape(
+    functools.partial(step.init_state, model, tx), jax.random.key(config.seed)
+  )
+  abstract_state = jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
+  )
+  if mode == "train":  # The sample grids' sampler, before training, not at the first grid.
+    sample = config.sample
+    check_sampler(model, abstract_state, sample.sampler, sample.num_steps, sample.eta)
+    resume.check_free_space(workdir, abstract_state, config.train.keep_checkpoints)
+    workdir_lib.prepare_workdir(workdir)
+  checkpoints = checkpoint.manager(workdir, config.train.keep_checkpoints, create=mode == "train")
+  return Run(
+    config=config,
+    workdir=workdir,
+    mode=mode,
+    mesh=mesh,
+    dataset=dataset,
+    kind=kind,
+    example_shape=example_shape,
+    model=model,
+    tx=tx,
+    train_step=train_step,
+    abstract_state=abstract_state,
+    checkpoints=checkpoints,
+    is_writer=jax.process_index() == 0,
+  )
+
+
+def check_sampler(model, abstract_state, sampler: str, num_steps: int | None, eta: float) -> None:
+  """Raises ConfigError now, naming the arguments, if the model cannot sample with these
+  settings (an unknown sampler, a step count out of range), rather than after minutes of
+  other work. Traces the sampler on abstract values: no computation."""
+  try:
+    jax.eval_shape(
+      functools.partial(model.sample, num_samples=2, sampler=sampler, num_steps=num_steps, eta=eta),
+      abstract_state.ema_params,
+      jax.random.key(0),
+    )
+  except ValueError as e:
+    raise ConfigError(f"sampler={sampler} num_steps={num_steps}: {e}") from None
+
+
+def _check_classes(model, dataset) -> None:
+  num_classes = getattr(model, "num_classes", 0)
+  if num_classes and dataset.num_classes != num_classes:
+    raise ConfigError(
+      f"config.model.num_classes={num_classes} but the data {dataset.name!r} has "
+      f"{dataset.num_classes or 'no'} classes"
+    )

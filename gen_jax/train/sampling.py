@@ -1,0 +1,150 @@
+"""How samples are drawn from a run and saved: sample(), and the pieces train and evaluate share.
+
+  sample(config, workdir, build, num_samples=None, ...)  samples.npz + PNG
+  draw_samples(run, params, num_samples, key, ...)       in chunks, on the mesh
+  class_grid_labels(num_samples, num_classes)            one row per class
+  save_samples_picture(path, samples, kind, ...)         grid or scatter plot
+
+(run_setup.check_sampler makes a bad sampler fail before any work.)
+"""
+
+import os
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from gen_jax import data, fileio, images
+from gen_jax.configs import ConfigError
+from gen_jax.train import rng
+from gen_jax.train.run_setup import BuildFn, Run, check_sampler, open_run
+
+
+def class_grid_labels(num_samples: int, num_classes: int):
+  """Labels for a grid with one row per class: (labels (num_samples,), rows)."""
+  per_class = -(-num_samples // num_classes)
+  return np.repeat(np.arange(num_classes), per_class)[:num_samples], num_classes
+
+
+def reference_points(config):
+  """Data points drawn under the samples of 2-D toy data, in scatter plots (else None)."""
+  if config.data.source != "toy2d":
+    return None
+  return data.sample_toy2d(
+    config.data.name, 2000, rng.numpy_stream(config.seed, "reference_points")
+  )
+
+
+def save_samples_picture(path, samples, kind, reference=None, num_rows=None) -> None:
+  if kind == "points":
+    images.save_scatter(path, samples, reference)
+  else:
+    images.save_image_grid(path, samples, num_rows=num_rows)
+
+
+def draw_samples(
+  run: Run,
+  params,
+  num_samples: int,
+  key,
+  sampler: str,
+  num_steps: int | None,
+  labels=None,
+  guidance_scale: float = 0.0,
+  desc: str = "sample",
+) -> np.ndarray:
+  """num_samples samples (numpy) in equal chunks of at most config.sample.batch_size;
+  chunk i from fold_in(key, i). labels: (num_samples,) classes of a class-conditional model."""
+  num_chunks = -(-num_samples // run.config.sample.batch_size)
+  per_chunk = -(-num_samples // num_chunks)
+  draw = run.make_sampler(per_chunk, sampler, num_steps, run.config.sample.eta, guidance_scale)
+  chunks = []
+  for i in tqdm(range(num_chunks), desc=desc, disable=not run.is_writer, dynamic_ncols=True):
+    chunk_labels = None if labels is None else labels[i * per_chunk : (i + 1) * per_chunk]
+    chunks.append(draw(params, jax.random.fold_in(key, i), chunk_labels))
+  return np.concatenate(chunks)[:num_samples]
+
+
+def sample(
+  config,
+  workdir: str,
+  build: BuildFn,
+  num_samples: int | None = None,
+  sampler: str | None = None,
+  num_steps: int | None = None,
+  out_dir: str | None = None,
+  class_label: int | None = None,
+  guidance_scale: float | None = None,
+) -> str:
+  """Draws num_samples (default config.sample.num_samples) from the latest checkpoint's EMA
+  parameters, with `sampler` and `num_steps` (default: config.sample's).
+
+  Writes out_dir/samples.npz ('images': uint8 NHWC in 0..255, or 'points':
+  float32 (N, 2); 'labels' (N,) for a class-conditional model) and a PNG
+  picture beside it; returns the npz path. A class-conditional model draws
+  class `class_label`, or every class with one row each in the picture,
+  with classifier-free guidance `guidance_scale` (default: the config's).
+  The key of chunk i is rng.stream(seed, "sample", checkpoint step, i).
+  """
+  num_samples = config.sample.num_samples if num_samples is None else num_samples
+  if num_samples <= 0:
+    raise ConfigError(f"num_samples={num_samples} must be positive")
+  run = open_run(config, workdir, build, mode="sample")
+  num_classes = getattr(run.model, "num_classes", 0)
+  if guidance_scale is None:
+    guidance_scale = config.sample.guidance_scale
+  if not num_classes and (class_label is not None or guidance_scale):
+    raise ConfigError(
+      "class_label and guidance_scale need a class-conditional model: train with "
+      "config.model.num_classes=K"
+    )
+  if class_label is not None and not 0 <= class_label < num_classes:
+    raise ConfigError(f"class_label={class_label} must be in [0, {num_classes})")
+  sampler = sampler or config.sample.sampler
+  num_steps = num_steps or config.sample.num_steps
+  check_sampler(run.model, run.abstract_state, sampler, num_steps, config.sample.eta)
+  labels, rows = None, None
+  if num_classes:
+    if class_label is None:
+      labels, rows = class_grid_labels(num_samples, num_classes)
+    else:
+      labels = np.full((num_samples,), class_label, np.int32)
+  state = run.restore()
+  run.checkpoints.close()
+  key = rng.stream(config.seed, "sample", int(state.step))
+  samples = draw_samples(
+    run,
+    state.ema_params,
+    num_samples,
+    key,
+    sampler,
+    num_steps,
+    labels,
+    guidance_scale,
+    desc=f"sample ({sampler})",
+  )
+  out_dir = out_dir or workdir
+  os.makedirs(out_dir, exist_ok=True)
+  npz_path = os.path.join(out_dir, "samples.npz")
+  if run.kind == "points":
+    arrays = {"points": samples.astype(np.float32)}
+  else:
+    arrays = {"images": images.to_uint8(samples)}
+  if labels is not None:
+    arrays["labels"] = labels.astype(np.int32)
+  with fileio.atomic_path(npz_path) as tmp:
+    np.savez(tmp, **arrays)
+  picture = os.path.join(out_dir, "samples.png")
+  shown = samples if run.kind == "points" else samples[:256]
+  save_samples_picture(
+    picture,
+    shown,
+    run.kind,
+    reference_points(config),
+    rows if len(shown) == num_samples else None,
+  )
+  print(
+    f"Wrote {num_samples} samples (checkpoint step {int(state.step)}, "
+    f"sampler {sampler}) to {npz_path} and {picture}"
+  )
+  return npz_path

@@ -1,0 +1,122 @@
+"""What a workdir holds besides checkpoints, and how one is named and found.
+
+workdir/config.json     the config a run was trained with (write_config,
+                        with_saved_config merges it back for sample/eval)
+workdir/data_spec.json  the data's kind and example shape, so sampling needs
+                        no data (write_data_spec / read_data_spec)
+runs/<experiment>-<time>  the default name of a new run (new_workdir); the
+                        newest such folder is where sample/eval look
+                        (newest_workdir)
+"""
+
+import datetime
+import glob
+import json
+import os
+
+from gen_jax import checkpoint, fileio
+from gen_jax.configs import ConfigError
+
+CONFIG_FILE = "config.json"
+DATA_SPEC = "data_spec.json"
+RUNS_DIR = "runs"
+
+
+def new_workdir(experiment: str, root: str = RUNS_DIR) -> str:
+  """root/<experiment>-<YYYYmmdd-HHMMSS>[-N]: a folder that does not exist yet."""
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  path = os.path.join(root, f"{experiment}-{stamp}")
+  suffix = 1
+  while os.path.exists(path):  # Never resume someone else's run by accident.
+    suffix += 1
+    path = os.path.join(root, f"{experiment}-{stamp}-{suffix}")
+  return path
+
+
+def newest_workdir(experiment: str, root: str = RUNS_DIR) -> str | None:
+  """The most recently modified root/<experiment>-* folder, or None."""
+  found = sorted(glob.glob(os.path.join(root, f"{experiment}-*")), key=os.path.getmtime)
+  return found[-1] if found else None
+
+
+def nearest_existing(path: str) -> str:
+  """`path` if it exists, else its nearest existing ancestor (a workdir may not exist yet)."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  return existing
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates `workdir`; raises ConfigError if it cannot be written."""
+  probe = os.path.join(workdir, ".write_test")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fileio.write_atomically(probe, "ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"workdir={workdir} is not writable: {e}") from e
+
+
+def write_config(workdir: str, config) -> None:
+  fileio.write_atomically(
+    os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2, sort_keys=True)
+  )
+
+
+def read_saved_config(workdir: str) -> dict | None:
+  """The contents of workdir/config.json, or None if there is none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def with_saved_config(config, workdir: str, keep: frozenset[str] = frozenset()):
+  """A copy of `config` with the values of workdir/config.json (the config the run was trained
+  with), so sampling and evaluation need no repeated overrides.
+
+  keep: dotted paths (e.g. "sample.num_steps") whose value in `config` wins,
+  such as the ones overridden on the command line. Keys the saved config has
+  and `config` lacks are left out; tuples stay tuples.
+  """
+  saved = read_saved_config(workdir)
+  if saved is None:
+    return config
+  config = config.copy_and_resolve_references()
+
+  def merge(node, values, prefix):
+    for key, value in values.items():
+      name = f"{prefix}{key}"
+      if key not in node or name in keep:
+        continue
+      if isinstance(value, dict) and hasattr(node[key], "keys"):
+        merge(node[key], value, name + ".")
+      elif isinstance(node[key], tuple) and isinstance(value, list):
+        node[key] = tuple(value)
+      else:
+        node[key] = value
+
+  merge(config, saved, "")
+  return config
+
+
+def write_data_spec(workdir: str, dataset) -> None:
+  """Records the data's kind and example shape, so sampling needs no data."""
+  fileio.write_atomically(
+    os.path.join(workdir, DATA_SPEC),
+    json.dumps({"kind": dataset.kind, "example_shape": list(dataset.example_shape)}),
+  )
+
+
+def read_data_spec(workdir: str) -> tuple[str, tuple]:
+  """(kind, example_shape) of the data `workdir` was trained on; NoCheckpointError if unknown."""
+  path = os.path.join(workdir, DATA_SPEC)
+  if not os.path.exists(path):
+    raise checkpoint.NoCheckpointError(
+      f"no {DATA_SPEC} in workdir={workdir}; train first with the same workdir"
+    )
+  with open(path) as f:
+    spec = json.load(f)
+  return spec["kind"], tuple(spec["example_shape"])
