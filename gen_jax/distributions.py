@@ -22,7 +22,7 @@ numpy and against optax in tests/test_distributions.py):
     Either way the minimiser over m is the same: least squares is maximum
     likelihood of the mean under any fixed variance.
   * Binary cross-entropy with logits = Bernoulli NLL:
-        optax.sigmoid_binary_cross_entropy(l, x) = -bernoulli_log_prob(x, l),
+        optax.sigmoid_binary_cross_entropy(l, x) = -bernoulli_log_prob(x, logits=l),
     also for soft targets x in [0, 1].
   * Categorical (softmax) cross-entropy = categorical NLL:
         optax.softmax_cross_entropy_with_integer_labels(l, k)
@@ -59,8 +59,12 @@ def normal_log_prob(x, mean, logvar) -> Array:
   return -0.5 * (LOG_2PI + logvar + jnp.square(x - mean) * jnp.exp(-logvar))
 
 
-def bernoulli_log_prob(x, logits) -> Array:
+def bernoulli_log_prob(x, *, logits) -> Array:
   """log Bernoulli(x; sigmoid(logits)), elementwise.
+
+  `logits` is keyword-only: optax's sigmoid_binary_cross_entropy takes
+  (logits, labels), the reverse order, and a swapped call would run silently
+  (returning a positive "log-probability").
 
   Formula: x * logits - softplus(logits), which equals
   x log sigmoid(l) + (1 - x) log sigmoid(-l) and stays finite for any finite
@@ -316,29 +320,34 @@ def _log_normal_interval(mid, half) -> Array:
   return jnp.where(is_narrow, narrow, wide)
 
 
-def discretized_gaussian_log_prob(x, mean, log_scale, num_bins: int = 256) -> Array:
+def discretized_gaussian_log_prob(x, *, mean, logvar, num_bins: int = 256) -> Array:
   """Log-probability of 8-bit data under a Gaussian discretized to its bins.
 
   The DDPM decoder p(x_0 | x_1) (Ho et al. 2020, eq. 13): data lie on
   `num_bins` levels in [-1, 1], spaced 2 / (num_bins - 1) apart; each level
   owns the bin [x - 1/(num_bins-1), x + 1/(num_bins-1)] and the two end bins
   extend to -inf and +inf. The probability of a bin is
-  Phi((upper - mean) / scale) - Phi((lower - mean) / scale),
-  computed in log space so that it stays finite (and accurate) far in the
-  tails, where the reference implementation clamps at log(1e-12).
+  Phi((upper - mean) / scale) - Phi((lower - mean) / scale), scale =
+  exp(logvar / 2), computed in log space so that it stays finite (and
+  accurate) far in the tails, where the reference implementation clamps at
+  log(1e-12).
+
+  The Gaussian is given by its log-variance, as everywhere in this module
+  (normal_log_prob, normal_kl: one scale convention); the DDPM code's
+  log_scales is logvar / 2. mean and logvar are keyword-only.
 
   Args:
     x: data on the grid {-1, -1 + 2/(num_bins-1), ..., 1}, broadcastable.
     mean: the Gaussian's mean.
-    log_scale: log of its standard deviation (half the log-variance).
+    logvar: log of its variance.
     num_bins: number of levels (256 for 8-bit images).
 
   Returns:
     Array of the broadcast shape: log-probabilities in nats (<= 0).
   """
-  x, mean, log_scale = _promote(x, mean, log_scale)
+  x, mean, logvar = _promote(x, mean, logvar)
   half_bin = 1.0 / (num_bins - 1)
-  inv_scale = jnp.exp(-log_scale)
+  inv_scale = jnp.exp(-0.5 * logvar)
   # Standardised bin centre and half-width, formed directly (not as a
   # difference of its edges) so that narrow bins keep their precision.
   centered = (x - mean) * inv_scale

@@ -186,7 +186,6 @@ class DiffusionModel:
     and (ode_steps > 0) the probability-flow ODE's bits/dim beside it."""
     x = batch["x"]
     simple_key, vlb_key, ode_key = jax.random.split(key, 3)
-    eps_fn = self.eps_fn(params)
     out = {
       "loss": diffusion.simple_loss(
         simple_key, self.model_fn(params), self.schedule, x, self.prediction
@@ -194,11 +193,24 @@ class DiffusionModel:
     }
     if len(self.example_shape) == 3:
       out["bits_per_dim"] = diffusion.vlb_bits_per_dim(
-        vlb_key, eps_fn, self.schedule, x, self.variance, clip=False
+        vlb_key,
+        self.model_fn(params),
+        self.schedule,
+        x,
+        self.variance,
+        clip=False,
+        prediction=self.prediction,
       )
       if ode_steps:
+        # The raw output with its prediction type: the ODE takes x0 from it
+        # without dividing by sqrt(ac_t) (zero terminal SNR, v-prediction).
         out["ode_bits_per_dim"] = diffusion.ode_bits_per_dim(
-          ode_key, eps_fn, self.schedule, x, self._ode_steps(ode_steps)
+          ode_key,
+          self.model_fn(params),
+          self.schedule,
+          x,
+          self._ode_steps(ode_steps),
+          prediction=self.prediction,
         )
     return out
 
@@ -246,9 +258,10 @@ class DiffusionModel:
         out["ode_bits_per_dim"] = (
           f"the exact likelihood of the probability-flow ODE (diffusion.ode_bits_per_dim): data "
           f"dequantized uniformly within each 8-bit bin (one draw), "
-          f"{self._ode_steps(ode_steps)} Heun steps in "
-          f"log-sigma, Hutchinson's trace with one Rademacher probe; -(log p - D log 127.5) / "
-          f"(D ln 2)"
+          f"{self._ode_steps(ode_steps)} second-order steps uniform in log-SNR (Heun in "
+          f"x_t / sqrt(1 - ac) against sqrt(SNR) where SNR < 1, in x_t / sqrt(ac) against "
+          f"sigma where SNR >= 1), Hutchinson's trace with one Rademacher probe; "
+          f"-(log p - D log 127.5) / (D ln 2)"
         )
     return out
 
@@ -296,10 +309,11 @@ class VAEModel:
     def log_likelihood(x, z):
       out = self.decoder.apply(params["decoder"], z)
       if self.likelihood == "bernoulli":
-        logp = distributions.bernoulli_log_prob(x, out)
+        logp = distributions.bernoulli_log_prob(x, logits=out)
       else:
         mean, log_scale = out
-        logp = distributions.discretized_gaussian_log_prob(x, mean, log_scale)
+        # The network's parameter is log sigma; the distribution takes log sigma^2.
+        logp = distributions.discretized_gaussian_log_prob(x, mean=mean, logvar=2.0 * log_scale)
       return jnp.sum(logp.reshape(logp.shape[0], -1), axis=-1)
 
     return log_likelihood
@@ -380,14 +394,24 @@ class VAEModel:
 def diffusion_config(
   num_timesteps: int = 1000,
   beta_schedule: str = "linear",
-  beta_start: float = 1e-4,
-  beta_end: float = 0.02,
+  beta_start: float | None = None,
+  beta_end: float | None = None,
   variance: str = "small",
   clip: bool = True,
   prediction: str = "eps",
+  zero_terminal_snr: bool = False,
 ):
   """The `config.diffusion` section of a diffusion experiment (DDPM defaults).
 
+  beta_schedule: "linear" (`diffusion.linear_betas`) or "cosine"
+  (`diffusion.cosine_betas`, Nichol & Dhariwal 2021). beta_start / beta_end
+  apply to "linear" only; None (the default) takes improved-diffusion's
+  scaling 1e-4 * 1000 / T and 0.02 * 1000 / T (capped at 0.999), which is
+  DDPM's (1e-4, 0.02) at T = 1000 and keeps the last level near pure noise
+  at any T.
+  zero_terminal_snr: rescale the betas so that alphas_cumprod[T-1] = 0
+  (`diffusion.rescale_zero_terminal_snr`, Lin et al. 2024); it needs
+  prediction "v" or "x0" (eps-prediction is undefined at SNR 0).
   prediction (eps | x0 | v) is the network's target, trained with its loss
   (`diffusion.simple_loss`) and used by every sampler:
   config.diffusion.prediction = "v" (on the command line: --config.diffusion.prediction=v).
@@ -396,13 +420,56 @@ def diffusion_config(
     dict(
       num_timesteps=num_timesteps,
       beta_schedule=beta_schedule,
-      beta_start=beta_start,
-      beta_end=beta_end,
+      # placeholders: None unless set, still typed for --config overrides.
+      beta_start=ml_collections.config_dict.placeholder(float)
+      if beta_start is None
+      else beta_start,
+      beta_end=ml_collections.config_dict.placeholder(float) if beta_end is None else beta_end,
       variance=variance,
       clip=clip,
       prediction=prediction,
+      zero_terminal_snr=zero_terminal_snr,
     )
   )
+
+
+def diffusion_betas(diffusion_cfg):
+  """The float64 betas that a `config.diffusion` section describes (errors name its fields)."""
+  num_timesteps = diffusion_cfg.num_timesteps
+  if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
+    raise ValueError(
+      f"config.diffusion.num_timesteps must be an integer >= 2, got {num_timesteps!r}"
+    )
+  beta_start = diffusion_cfg.get("beta_start")
+  beta_end = diffusion_cfg.get("beta_end")
+  if diffusion_cfg.beta_schedule == "linear":
+    betas = diffusion.linear_betas(num_timesteps, beta_start, beta_end)
+    if not (0 < betas[0] and betas[-1] < 1 and betas[0] <= betas[-1]):
+      raise ValueError(
+        "config.diffusion.beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1, "
+        f"got {betas[0]} and {betas[-1]}"
+      )
+  elif diffusion_cfg.beta_schedule == "cosine":
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+      if value is not None:
+        raise ValueError(
+          f"config.diffusion.{name} applies to beta_schedule 'linear' only, got {value!r} "
+          "with 'cosine'"
+        )
+    betas = diffusion.cosine_betas(num_timesteps)
+  else:
+    raise ValueError(
+      "config.diffusion.beta_schedule must be 'linear' or "
+      f"'cosine', got {diffusion_cfg.beta_schedule!r}"
+    )
+  if diffusion_cfg.get("zero_terminal_snr", False):
+    if diffusion_cfg.get("prediction", "eps") == "eps":
+      raise ValueError(
+        "config.diffusion.zero_terminal_snr=True needs config.diffusion.prediction 'v' or 'x0': "
+        "eps-prediction is undefined at the last level (alphas_cumprod = 0, x0 = (x_t - eps) / 0)"
+      )
+    betas = diffusion.rescale_zero_terminal_snr(betas)
+  return betas
 
 
 def make_diffusion_model(
@@ -414,17 +481,7 @@ def make_diffusion_model(
   labels dropped to the null class with cond_drop_prob
   (config.model.cond_drop_prob); the network must then take labels.
   """
-  if diffusion_cfg.beta_schedule == "linear":
-    betas = diffusion.linear_betas(
-      diffusion_cfg.num_timesteps, diffusion_cfg.beta_start, diffusion_cfg.beta_end
-    )
-  elif diffusion_cfg.beta_schedule == "cosine":
-    betas = diffusion.cosine_betas(diffusion_cfg.num_timesteps)
-  else:
-    raise ValueError(
-      "config.diffusion.beta_schedule must be 'linear' or "
-      f"'cosine', got {diffusion_cfg.beta_schedule!r}"
-    )
+  betas = diffusion_betas(diffusion_cfg)
   if diffusion_cfg.variance not in diffusion.VARIANCES:
     raise ValueError(
       f"config.diffusion.variance must be one of "

@@ -20,9 +20,15 @@ from gen_jax import distributions as D
 LOG_2PI = math.log(2 * math.pi)
 
 
+def disc_log_scale(x, mean, log_scale, num_bins=256):
+  """The discretized Gaussian by its log standard deviation, as the float64
+  references below are written (the function takes logvar = 2 log_scale)."""
+  return D.discretized_gaussian_log_prob(x, mean=mean, logvar=2.0 * log_scale, num_bins=num_bins)
+
+
 # Jitted once at module level (eager dispatch of the many small ops is slow).
-disc = jax.jit(D.discretized_gaussian_log_prob, static_argnames="num_bins")
-disc_grad = jax.jit(jax.vmap(jax.grad(D.discretized_gaussian_log_prob, argnums=(1, 2))))
+disc = jax.jit(disc_log_scale, static_argnames="num_bins")
+disc_grad = jax.jit(jax.vmap(jax.grad(disc_log_scale, argnums=(1, 2))))
 
 
 def f64(a):
@@ -156,18 +162,20 @@ def test_bernoulli_log_prob_vs_float64_formula():
   x = f32(np.concatenate([rng.integers(0, 2, 100), rng.uniform(0, 1, 100)]))
   p = 1 / (1 + np.exp(-f64(logits)))
   ref = f64(x) * np.log(p) + (1 - f64(x)) * np.log1p(-p)
-  np.testing.assert_allclose(f64(D.bernoulli_log_prob(x, logits)), ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(f64(D.bernoulli_log_prob(x, logits=logits)), ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("logit", [1000.0, -1000.0, 90.0, -90.0])
 @pytest.mark.parametrize("x", [0.0, 1.0, 0.3])
 def test_bernoulli_extreme_logits_finite(logit, x):
-  val = D.bernoulli_log_prob(jnp.float32(x), jnp.float32(logit))
+  val = D.bernoulli_log_prob(jnp.float32(x), logits=jnp.float32(logit))
   # exact: x*l - softplus(l) = x*l - max(l, 0) - log1p(exp(-|l|))
   exact = x * logit - max(logit, 0.0) - math.log1p(math.exp(-abs(logit)))
   assert val.dtype == jnp.float32
   np.testing.assert_allclose(float(val), exact, rtol=1e-6, atol=1e-30)
-  g_logit, g_x = jax.grad(D.bernoulli_log_prob, argnums=(1, 0))(jnp.float32(x), jnp.float32(logit))
+  g_logit, g_x = jax.grad(lambda x, l: D.bernoulli_log_prob(x, logits=l), argnums=(1, 0))(
+    jnp.float32(x), jnp.float32(logit)
+  )
   # d/dl = x - sigmoid(l); d/dx = l
   np.testing.assert_allclose(float(g_logit), x - special.expit(logit), atol=1e-6)
   np.testing.assert_allclose(float(g_x), logit, rtol=1e-6)
@@ -265,7 +273,7 @@ def test_bce_is_bernoulli_nll():
   logits = f32(rng.normal(size=(300,)) * 20)
   labels = f32(rng.uniform(size=(300,)))
   labels[:100] = np.round(labels[:100])
-  nll = f64(-D.bernoulli_log_prob(labels, logits))
+  nll = f64(-D.bernoulli_log_prob(labels, logits=logits))
   # float64: -(x log sigmoid(l) + (1 - x) log sigmoid(-l))
   ref = -(
     f64(labels) * special.log_expit(f64(logits))
@@ -670,12 +678,12 @@ def _all_calls(rng, dtype):
   labels = rng.integers(0, 4, size=(3,))
   return [
     (D.normal_log_prob, (x, m, lv)),
-    (D.bernoulli_log_prob, ((x > 0).astype(dtype), m)),
+    (lambda x, l: D.bernoulli_log_prob(x, logits=l), ((x > 0).astype(dtype), m)),
     (D.categorical_log_prob, (labels, m)),
     (D.gaussian_mixture_log_prob, (x[:, 0], m, x, lv)),
     (D.normal_kl, (x, m, lv, x * 0.5)),
     (D.standard_normal_kl, (m, lv)),
-    (D.discretized_gaussian_log_prob, (xb, m * 0.5, lv - 3)),
+    (disc_log_scale, (xb, m * 0.5, lv - 3)),
   ]
 
 
@@ -683,7 +691,7 @@ def test_jit_equals_eager():
   for fn, args in _all_calls(np.random.default_rng(13), np.float32):
     eager, jitted = fn(*args), jax.jit(fn)(*args)
     assert eager.shape == jitted.shape and jitted.dtype == jnp.float32
-    np.testing.assert_allclose(f64(jitted), f64(eager), rtol=1e-6, atol=1e-6, err_msg=fn.__name__)
+    np.testing.assert_allclose(f64(jitted), f64(eager), rtol=1e-6, atol=1e-6, err_msg=str(fn))
 
 
 def test_broadcasting():
@@ -697,12 +705,12 @@ def test_broadcasting():
     (D.normal_log_prob(x, m, lv), stats.norm.logpdf(xb, mb, np.exp(lvb / 2))),
     (D.normal_log_prob(x, m, scalar_lv), stats.norm.logpdf(xb, mb, math.exp(scalar_lv / 2))),
     (
-      D.bernoulli_log_prob(x > 0, m),
+      D.bernoulli_log_prob(x > 0, logits=m),
       np.where(xb > 0, special.log_expit(mb), special.log_expit(-mb)),
     ),
     (D.normal_kl(m, lv, x, 0.0), ref_normal_kl(mb, lvb, xb, 0.0)),
     (D.standard_normal_kl(m, x), ref_normal_kl(mb, xb, 0.0, 0.0)),
-    (D.discretized_gaussian_log_prob(x, m, lv), ref_discretized(xb, mb, lvb)),
+    (disc_log_scale(x, m, lv), ref_discretized(xb, mb, lvb)),
   ]
   for out, ref in cases:
     assert out.shape == (3, 4)
@@ -718,15 +726,10 @@ def test_float64_matches_reference(x64):
   lv2 = np.concatenate([rng.uniform(-6, 4, n - 400), lv[:400] + rng.normal(size=400) * 1e-3])
   jfn = {
     f: jax.jit(getattr(D, f))
-    for f in [
-      "normal_log_prob",
-      "bernoulli_log_prob",
-      "categorical_log_prob",
-      "normal_kl",
-      "standard_normal_kl",
-      "discretized_gaussian_log_prob",
-    ]
+    for f in ["normal_log_prob", "categorical_log_prob", "normal_kl", "standard_normal_kl"]
   }
+  jfn["bernoulli_log_prob"] = jax.jit(lambda x, l: D.bernoulli_log_prob(x, logits=l))
+  jfn["discretized_gaussian_log_prob"] = jax.jit(disc_log_scale)
   checks = [
     (jfn["normal_log_prob"](x, m, lv), stats.norm.logpdf(x, m, np.exp(lv / 2))),
     (
@@ -787,3 +790,21 @@ def test_float64_discretized_tails(x64):
   np.testing.assert_allclose(f64(out), ref_discretized(x, mean, ls), rtol=5e-11, atol=1e-12)
   lp = disc(grid(), 0.1, -3.0)
   assert abs(special.logsumexp(f64(lp))) < 1e-13
+
+
+def test_swappable_arguments_are_keyword_only():
+  """bernoulli_log_prob(x, logits) swapped (optax's order) ran silently and
+  returned a positive "log-probability"; discretized_gaussian_log_prob's
+  mean and scale likewise: both are keyword-only now, and the scale is a
+  log-variance like every other function here."""
+  x, logits = jnp.array([0.0, 1.0]), jnp.array([3.0, -2.0])
+  with pytest.raises(TypeError):
+    D.bernoulli_log_prob(x, logits)
+  with pytest.raises(TypeError):
+    D.discretized_gaussian_log_prob(x, 0.1, -3.0)
+  with pytest.raises(TypeError):
+    D.discretized_gaussian_log_prob(x, mean=0.1, log_scale=-3.0)
+  assert np.all(f64(D.bernoulli_log_prob(x, logits=logits)) < 0)
+  # logvar = 2 log sigma: the same bin masses as N(mean, sigma^2).
+  got = D.discretized_gaussian_log_prob(x, mean=0.1, logvar=2 * math.log(0.05))
+  np.testing.assert_allclose(f64(got), ref_discretized(f64(x), 0.1, math.log(0.05)), rtol=1e-5)

@@ -35,11 +35,16 @@ SHAPES = hnp.array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=3)
 
 # The functions under test, jitted (as they run in training): one compile per shape and dtype.
 normal_log_prob = jax.jit(distributions.normal_log_prob)
-bernoulli_log_prob = jax.jit(distributions.bernoulli_log_prob)
+bernoulli_log_prob = jax.jit(lambda x, logits: distributions.bernoulli_log_prob(x, logits=logits))
 categorical_log_prob = jax.jit(distributions.categorical_log_prob)
 normal_kl = jax.jit(distributions.normal_kl)
 standard_normal_kl = jax.jit(distributions.standard_normal_kl)
-discretized_gaussian_log_prob = jax.jit(distributions.discretized_gaussian_log_prob)
+# By log sigma, as the test below draws it (the function takes logvar = 2 log sigma).
+discretized_gaussian_log_prob = jax.jit(
+  lambda x, mean, log_scale: distributions.discretized_gaussian_log_prob(
+    x, mean=mean, logvar=2 * log_scale
+  )
+)
 
 
 @contextlib.contextmanager
@@ -97,7 +102,7 @@ def test_normal_log_prob(dtype, data, shape, scalar_logvar):
 
 @jax.jit
 def bernoulli_grad(x, logits):
-  return jax.grad(lambda l: distributions.bernoulli_log_prob(x, l).sum())(logits)
+  return jax.grad(lambda l: distributions.bernoulli_log_prob(x, logits=l).sum())(logits)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

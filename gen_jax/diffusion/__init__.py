@@ -2,11 +2,11 @@
 
 One module per question; every public name is re-exported here, so
 `from gen_jax import diffusion; diffusion.ddim_sample(...)` works:
-  schedules   the betas, `Schedule`, respacing, the noise levels sigma_t
+  schedules   the betas (linear, cosine, zero terminal SNR), `Schedule`, respacing, sigma_t
   forward     q(x_t | x_0), q(x_{t-1} | x_t, x_0), the targets eps / x0 / v / score, `eps_and_x0`
   guidance    classifier-free guidance, `guided_eps_fn`
   reverse     the model's step p(x_{t-1} | x_t), `p_mean_variance`
-  losses      L_simple and the variational bound (terms, prior KL, bits/dim)
+  losses      L_simple and the variational bound (terms, prior KL, bits/dim, continuous nats/dim)
   ode         the exact likelihood of the probability-flow ODE
   timesteps   the time grids (DDIM's, uniform in log-sigma, Karras et al.'s rho-grid)
   samplers    ddpm, ddim, respaced, dpm++2m, heun, `ddim_invert`, and `SAMPLERS`, their one registry
@@ -51,14 +51,22 @@ from gen_jax.diffusion.forward import (
 )
 from gen_jax.diffusion.guidance import guided_eps_fn
 from gen_jax.diffusion.losses import (
+  DECODERS,
   VLBTerms,
+  check_decoder,
   prior_kl,
   simple_loss,
   vlb_bits_per_dim,
+  vlb_nats_per_dim,
   vlb_term,
   vlb_terms,
 )
-from gen_jax.diffusion.ode import ode_bits_per_dim, ode_log_likelihood
+from gen_jax.diffusion.ode import (
+  default_ode_steps,
+  ode_bits_per_dim,
+  ode_log_likelihood,
+  ode_timesteps,
+)
 from gen_jax.diffusion.reverse import VARIANCES, check_variance, p_mean_variance
 from gen_jax.diffusion.samplers import (
   COMMON_OPTIONS,
@@ -77,11 +85,15 @@ from gen_jax.diffusion.samplers import (
   sampler_spec,
 )
 from gen_jax.diffusion.schedules import (
+  PRIOR_KL_WARNING,
   Schedule,
   cosine_betas,
   linear_betas,
   make_schedule,
+  prior_kl_per_dim,
+  rescale_zero_terminal_snr,
   respace_schedule,
+  schedule_from_alphas_cumprod,
   schedule_sigmas,
   sigma_to_timestep,
 )
@@ -99,7 +111,9 @@ from gen_jax.diffusion.timesteps import (
 
 __all__ = [
   "COMMON_OPTIONS",
+  "DECODERS",
   "PREDICTIONS",
+  "PRIOR_KL_WARNING",
   "SAMPLERS",
   "SPACINGS",
   "VARIANCES",
@@ -111,6 +125,7 @@ __all__ = [
   "Trajectory",
   "VLBTerms",
   "as_eps_fn",
+  "check_decoder",
   "check_prediction",
   "check_prediction_for_schedule",
   "check_timesteps",
@@ -120,6 +135,7 @@ __all__ = [
   "ddim_sample",
   "ddim_timesteps",
   "ddpm_sample",
+  "default_ode_steps",
   "describe_sampler",
   "dpmpp_2m_sample",
   "edm_sigma_range",
@@ -135,6 +151,7 @@ __all__ = [
   "make_schedule",
   "ode_bits_per_dim",
   "ode_log_likelihood",
+  "ode_timesteps",
   "p_mean_variance",
   "predict_eps_from_score",
   "predict_eps_from_v",
@@ -143,13 +160,16 @@ __all__ = [
   "predict_x0_from_eps",
   "prediction_from_eps",
   "prior_kl",
+  "prior_kl_per_dim",
   "q_posterior",
   "q_step",
+  "rescale_zero_terminal_snr",
   "respace_schedule",
   "respaced_ddpm_sample",
   "run_sampler",
   "sampler_num_steps",
   "sampler_spec",
+  "schedule_from_alphas_cumprod",
   "schedule_sigmas",
   "score_from_eps",
   "sigma_to_timestep",
@@ -158,6 +178,7 @@ __all__ = [
   "spaced_timesteps",
   "v_target",
   "vlb_bits_per_dim",
+  "vlb_nats_per_dim",
   "vlb_term",
   "vlb_terms",
 ]

@@ -17,6 +17,7 @@ quantizes) and the solvers then use the rounded levels, so that each network
 call sees exactly its noise level.
 """
 
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -28,16 +29,66 @@ from gen_jax import checks
 Array = jax.Array
 
 
+# The cap on linear_betas' scaled default betas (the cosine schedule's max_beta).
+MAX_SCALED_BETA = 0.999
+
+
 def linear_betas(
-  num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+  num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
 ) -> np.ndarray:
   """The DDPM schedule: betas linear from beta_start to beta_end.
+
+  None (the default) takes improved-diffusion's scaling (Nichol & Dhariwal
+  2021, `get_named_beta_schedule("linear", T)`): beta_start = 1e-4 * 1000 / T,
+  beta_end = 0.02 * 1000 / T, which is DDPM's (1e-4, 0.02) at T = 1000 and
+  keeps alphas_cumprod[T-1] near DDPM's 4e-5 for every T (sum of betas
+  ~ 10): with the unscaled values, T = 100 ends at alphas_cumprod = 0.364 and
+  sampling from N(0, I) is wrong. The scaled beta_end reaches 1 at T = 20
+  (and exceeds it below, where improved-diffusion's betas are invalid), so a
+  default beta_end is capped at MAX_SCALED_BETA = 0.999, as the cosine
+  schedule clips its betas; this only changes T <= 20. Explicit values are
+  used as given.
 
   Returns:
     float64 numpy array of shape (num_timesteps,).
   """
   checks.check_integer(num_timesteps, "num_timesteps", 1)
+  scale = 1000.0 / num_timesteps
+  if beta_start is None:
+    beta_start = min(1e-4 * scale, MAX_SCALED_BETA)
+  if beta_end is None:
+    beta_end = min(0.02 * scale, MAX_SCALED_BETA)
   return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+
+
+def rescale_zero_terminal_snr(betas) -> np.ndarray:
+  """Betas rescaled to zero terminal SNR (Lin et al. 2024, "Common Diffusion
+  Noise Schedules and Sample Steps are Flawed", Algorithm 1; diffusers'
+  `rescale_zero_terminal_snr`, the same operations in float64).
+
+  sqrt(ac'_t) = (sqrt(ac_t) - sqrt(ac_{T-1})) sqrt(ac_0) / (sqrt(ac_0) - sqrt(ac_{T-1})):
+  shifted so that ac'_{T-1} = 0 (the last level is pure noise, SNR 0, and
+  N(0, I) is its exact law) and scaled so that ac'_0 = ac_0 (to rounding);
+  beta'_t = 1 - ac'_t / ac'_{t-1}, beta'_0 = 1 - ac'_0, so beta'_{T-1} = 1.
+  An eps-predictor is undefined at the last level (x0 = (x_t - eps) / 0):
+  train v- or x0-prediction.
+
+  Args:
+    betas: (T,) with T >= 2, in (0, 1].
+
+  Returns:
+    float64 numpy array of shape (T,), last value exactly 1.
+  """
+  betas = _check_betas(betas, "rescale_zero_terminal_snr")
+  if betas.size < 2:
+    raise ValueError("rescale_zero_terminal_snr: betas needs at least 2 steps")
+  sqrt_ac = np.sqrt(np.cumprod(1.0 - betas))
+  first, last = sqrt_ac[0].copy(), sqrt_ac[-1].copy()
+  sqrt_ac -= last
+  sqrt_ac *= first / (first - last)
+  ac = sqrt_ac**2
+  alphas = np.concatenate([ac[:1], ac[1:] / ac[:-1]])
+  return 1.0 - alphas
 
 
 def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -76,6 +127,24 @@ class Schedule(NamedTuple):
     return self.betas.shape[0]
 
 
+# The per-dimension prior mismatch above which make_schedule warns, nats.
+PRIOR_KL_WARNING = 1e-3
+
+
+def prior_kl_per_dim(alphas_cumprod_last: float) -> float:
+  """The expected KL(q(x_{T-1} | x_0) || N(0, 1)) per dimension for data of
+  unit second moment (E[x_0^2] = 1, e.g. standardized data), in nats.
+
+  q(x_{T-1} | x_0) = N(sqrt(ac) x_0, 1 - ac) with ac = alphas_cumprod[T-1], so
+    KL = 0.5 (ac x_0^2 + (1 - ac) - 1 - log(1 - ac)),
+    E[KL] = 0.5 (ac E[x_0^2] - ac) - 0.5 log(1 - ac) = -0.5 log(1 - ac)
+  (about ac / 2 for small ac; 0 at zero terminal SNR). It is the prior
+  term of the variational bound (`prior_kl`) for such data, and what a
+  sampler that starts from N(0, I) gets wrong.
+  """
+  return float(-0.5 * np.log1p(-alphas_cumprod_last))
+
+
 def make_schedule(betas) -> Schedule:
   """Precomputes the schedule's quantities (Ho et al. 2020, eqs. 4, 6, 7).
 
@@ -86,20 +155,79 @@ def make_schedule(betas) -> Schedule:
   where ac = alphas_cumprod. beta~_0 = 0 (x_0 is known given the paper's x_1),
   so its log is clipped to log beta~_1, as in the DDPM code.
 
+  Zero terminal SNR: a last beta of 1 (`rescale_zero_terminal_snr`) gives
+  alphas_cumprod[T-1] = 0 exactly; every field stays finite (sqrt_alphas_cumprod
+  and coef2 are 0 there), while the derived sigma_{T-1} = `schedule_sigmas`[-1]
+  is inf and log-SNR -inf. A beta of 1 anywhere else is refused.
+
+  Prior mismatch: warns (UserWarning) when `prior_kl_per_dim`(ac_{T-1}) =
+  -0.5 log(1 - ac_{T-1}) exceeds PRIOR_KL_WARNING = 1e-3 nats per dimension
+  (ac_{T-1} > 0.002): the samplers start from N(0, I) while the data's x_{T-1}
+  is not. DDPM's T = 1000 schedule has 2e-5; unscaled linear betas at T = 100
+  have 0.23.
+
   Args:
-    betas: (T,) values in (0, 1]. Computed in float64 on the host, then cast
-      to the default float dtype.
+    betas: (T,) values in (0, 1), the last may be 1. Computed in float64 on
+      the host, then cast to the default float dtype.
 
   Returns:
     A Schedule (an immutable pytree, usable as a jit argument).
   """
+  betas = _check_betas(betas, "make_schedule")
+  return _schedule(betas, np.cumprod(1.0 - betas), "make_schedule")
+
+
+def schedule_from_alphas_cumprod(alphas_cumprod) -> Schedule:
+  """A Schedule from a user-given alphas_cumprod (e.g. a schedule defined by
+  its log-SNR), keeping those values exactly (as float64, then cast).
+
+  beta_t = 1 - ac_t / ac_{t-1}, beta_0 = 1 - ac_0; the rest as `make_schedule`
+  (including its prior-mismatch warning).
+
+  Args:
+    alphas_cumprod: (T,) strictly decreasing values in (0, 1); the last may
+      be 0 (zero terminal SNR).
+  """
+  ac = np.asarray(alphas_cumprod, dtype=np.float64)
+  if ac.ndim != 1 or ac.size < 1:
+    raise ValueError(
+      f"schedule_from_alphas_cumprod: alphas_cumprod must be a non-empty vector, got shape "
+      f"{ac.shape}"
+    )
+  if not (np.all(np.isfinite(ac)) and 0 < ac[0] < 1 and np.all(np.diff(ac) < 0) and ac[-1] >= 0):
+    raise ValueError(
+      "schedule_from_alphas_cumprod: alphas_cumprod must be strictly decreasing in (0, 1) "
+      f"(the last value may be 0), got values from {ac.min()} to {ac.max()}"
+    )
+  betas = 1.0 - np.concatenate([ac[:1], ac[1:] / ac[:-1]])
+  return _schedule(betas, ac, "schedule_from_alphas_cumprod")
+
+
+def _check_betas(betas, name: str) -> np.ndarray:
   betas = np.asarray(betas, dtype=np.float64)
   if betas.ndim != 1 or betas.size < 1:
-    raise ValueError(f"betas must be a non-empty vector, got shape {betas.shape}")
-  if not (np.all(betas > 0) and np.all(betas <= 1)):
-    raise ValueError("betas must lie in (0, 1]")
+    raise ValueError(f"{name}: betas must be a non-empty vector, got shape {betas.shape}")
+  if not (np.all(betas > 0) and np.all(betas[:-1] < 1) and betas[-1] <= 1):
+    raise ValueError(
+      f"{name}: betas must lie in (0, 1), the last in (0, 1] (1: zero terminal SNR); "
+      f"got values from {np.min(betas)} to {np.max(betas)}"
+    )
+  return betas
+
+
+def _schedule(betas: np.ndarray, alphas_cumprod: np.ndarray, name: str) -> Schedule:
+  """The Schedule of float64 betas and their alphas_cumprod."""
+  kl = prior_kl_per_dim(alphas_cumprod[-1])
+  if kl > PRIOR_KL_WARNING:
+    warnings.warn(
+      f"{name}: alphas_cumprod[T-1] = {alphas_cumprod[-1]:.3g}, so x_(T-1) is not N(0, I): the "
+      f"prior mismatch is {kl:.3g} nats per dimension for unit-variance data (above "
+      f"{PRIOR_KL_WARNING:g}), and samplers that start from N(0, I) are biased. Use larger "
+      "betas (linear_betas(T) scales them with T), more steps, or rescale_zero_terminal_snr.",
+      UserWarning,
+      stacklevel=3,
+    )
   alphas = 1.0 - betas
-  alphas_cumprod = np.cumprod(alphas)
   alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
   posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
   clip_from = posterior_variance[1] if betas.size > 1 else betas[0]
@@ -166,7 +294,8 @@ def respace_schedule(schedule: Schedule, timesteps) -> Schedule:
 
 
 def schedule_sigmas(schedule: Schedule) -> Array:
-  """sigma_t = sqrt((1 - ac_t) / ac_t), shape (T,), increasing in t."""
+  """sigma_t = sqrt((1 - ac_t) / ac_t), shape (T,), increasing in t; inf at
+  a zero-terminal-SNR end (ac_{T-1} = 0)."""
   return schedule.sqrt_one_minus_alphas_cumprod / schedule.sqrt_alphas_cumprod
 
 

@@ -128,7 +128,7 @@ def test_log_sigma_timesteps_zero_snr():
 
 @pytest.mark.parametrize("num_timesteps", [10, pytest.param(1000, marks=pytest.mark.slow)])
 def test_log_sigma_timesteps(num_timesteps):
-  sched = diffusion.make_schedule(diffusion.linear_betas(num_timesteps))
+  sched = diffusion.make_schedule(diffusion.linear_betas(num_timesteps, 1e-4, 0.02))
   sigmas = np.sqrt(
     (1 - np_abar(np_linear_betas(num_timesteps))) / np_abar(np_linear_betas(num_timesteps))
   )

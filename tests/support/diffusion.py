@@ -307,7 +307,8 @@ def count_primitive(jaxpr, name):
 
 
 # ----------------------------------------------------------------------------
-# Zero terminal SNR and the one-Gaussian oracle in any prediction
+# Zero terminal SNR, other schedules, and the one-Gaussian oracle in any
+# prediction (the sampler and likelihood oracles)
 # ----------------------------------------------------------------------------
 
 
@@ -341,3 +342,78 @@ def gaussian_model_fn(schedule, mu, s, prediction="eps"):
     return {"eps": eps, "x0": x0, "v": a * eps - c * x0}[prediction]
 
   return model_fn
+
+
+def np_sigmoid_alphas_cumprod(num, lambda_max=6.0, lambda_min=-10.0):
+  """A user-given alphas_cumprod: log-SNR linear in t from lambda_max to lambda_min
+  (ac = sigmoid(lambda)), the kind of schedule a paper specifies by ac directly."""
+  lam = lambda_max + (lambda_min - lambda_max) * np.arange(1, num + 1) / num
+  return 1.0 / (1.0 + np.exp(-lam))
+
+
+GAUSS_MU, GAUSS_STD = 0.2, 0.3  # the issue's one-Gaussian data N(0.2, 0.3^2)
+
+
+def np_gaussian_ode_log_density(y, mu, std, alphas_cumprod):
+  """float64 log-density (nats, per example) that the probability-flow ODE of
+  the exact model of data N(mu, std^2) assigns to y (n, D) at sigma_0, with
+  the prior N(0, I) on u = x_{T-1} / sqrt(1 - ac_{T-1}).
+
+  The flow of Gaussian data is affine and keeps z = (y - mu) / sqrt(std^2 +
+  sigma^2) per dimension, so with r = sqrt(ac / (1 - ac)):
+    u_T = r_T mu + sqrt(1 + r_T^2 std^2) z,
+    log p(y) = sum_d [log N(u_T; 0, 1) + 0.5 log(1 + r_T^2 std^2)
+                      - 0.5 log(std^2 + sigma_0^2)].
+  Returns (model, data): the above, and the data's own smoothed density
+  log N(y; mu, std^2 + sigma_0^2) (they differ by the prior mismatch)."""
+  ac = np.asarray(alphas_cumprod, np.float64)
+  y = np.asarray(y, np.float64)
+  sigma0_sq = (1 - ac[0]) / ac[0]
+  r_top = math.sqrt(ac[-1] / (1 - ac[-1]))
+  var0 = std * std
+  z = (y - mu) / math.sqrt(var0 + sigma0_sq)
+  u_top = r_top * mu + math.sqrt(1 + r_top**2 * var0) * z
+  log_norm = -0.5 * math.log(var0 + sigma0_sq)
+  model = -0.5 * (math.log(2 * math.pi) + u_top**2) + 0.5 * math.log1p(r_top**2 * var0) + log_norm
+  data = -0.5 * (math.log(2 * math.pi) + z**2) + log_norm
+  return model.sum(-1), data.sum(-1)
+
+
+def np_gaussian_vlb(alphas_cumprod, mu, std, variance="small", decoder_std=None):
+  """float64 expected terms of the variational bound, per dimension, for data
+  N(mu, std^2) and its exact model, with the Gaussian decoder at t = 0.
+
+  With x_t = a_t x0 + s_t eps, the posterior of x0 given x_t is Gaussian with
+  variance pv_t = std^2 s_t^2 / (a_t^2 std^2 + s_t^2) whatever x_t, so for the
+  exact x0-prediction E[(x0 - x0_hat)^2] = pv_t and, for t >= 1, with
+  coef1_t = beta_t sqrt(ac_{t-1}) / (1 - ac_t) and beta~_t the posterior variance,
+    small: E[L_t] = coef1_t^2 pv_t / (2 beta~_t),
+    large: E[L_t] = 0.5 (log(beta_t / beta~_t) + beta~_t / beta_t + coef1_t^2 pv_t / beta_t - 1);
+  t = 0 (coef1_0 = 1, coef2_0 = 0, so the decoder's mean is x0_hat):
+    E[L_0] = 0.5 log(2 pi v) + pv_0 / (2 v),  v = decoder_std^2 or beta~_1;
+  prior: 0.5 (ac_T (mu^2 + std^2) + (1 - ac_T) - 1 - log(1 - ac_T)).
+  Returns (terms (T,), prior, total, exact_nll), the last the data's entropy
+  0.5 log(2 pi std^2) + 0.5 (the bound's floor), all nats per dimension."""
+  ac = np.asarray(alphas_cumprod, np.float64)
+  ac_prev = np.append(1.0, ac[:-1])
+  betas = 1.0 - ac / ac_prev
+  var0 = std * std
+  pv = var0 * (1 - ac) / (ac * var0 + 1 - ac)
+  tilde = betas * (1 - ac_prev) / (1 - ac)
+  coef1 = betas * np.sqrt(ac_prev) / (1 - ac)
+  terms = np.empty_like(ac)
+  if variance == "small":
+    terms[1:] = coef1[1:] ** 2 * pv[1:] / (2 * tilde[1:])
+  else:
+    terms[1:] = 0.5 * (
+      np.log(betas[1:] / tilde[1:])
+      + tilde[1:] / betas[1:]
+      + coef1[1:] ** 2 * pv[1:] / betas[1:]
+      - 1
+    )
+  v = tilde[1] if decoder_std is None else decoder_std**2
+  terms[0] = 0.5 * math.log(2 * math.pi * v) + pv[0] / (2 * v)
+  a_last = ac[-1]
+  prior = 0.5 * (a_last * (mu * mu + var0) - a_last - math.log1p(-a_last))
+  exact = 0.5 * math.log(2 * math.pi * var0) + 0.5
+  return terms, prior, terms.sum() + prior, exact
