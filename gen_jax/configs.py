@@ -182,8 +182,19 @@ def _check_diffusion(section) -> None:
   if section.beta_schedule not in ("linear", "cosine"):
     _fail("diffusion.beta_schedule", "'linear' or 'cosine'", section.beta_schedule)
   if section.beta_schedule == "linear":
+    # None: improved-diffusion's scaling with T (DDPM's 1e-4 and 0.02 at T = 1000).
     for name in ("beta_start", "beta_end"):
-      _check_real(section, name, 0.0, 1.0, True, prefix="diffusion.")
+      if section[name] is not None:
+        _check_real(section, name, 0.0, 1.0, True, prefix="diffusion.")
+  if not isinstance(section.zero_terminal_snr, bool):
+    _fail("diffusion.zero_terminal_snr", "True or False", section.zero_terminal_snr)
+  if section.zero_terminal_snr and section.prediction == "eps":
+    _fail(
+      "diffusion.prediction",
+      "'v' or 'x0' with config.diffusion.zero_terminal_snr=True (an eps-predictor cannot give x0 "
+      "where alphas_cumprod is 0)",
+      section.prediction,
+    )
   if section.variance not in diffusion.VARIANCES:
     _fail("diffusion.variance", f"one of {diffusion.VARIANCES}", section.variance)
   if section.prediction not in diffusion.PREDICTIONS:

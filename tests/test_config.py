@@ -55,6 +55,7 @@ BAD = [
   ("diffusion.variance", "tiny"),
   ("diffusion.prediction", "score"),
   ("diffusion.clip", "no"),
+  ("diffusion.zero_terminal_snr", "yes"),
 ]
 # Read by gen_jax.data (DataError, which knows what is on disk) and by the model (the sampler).
 CHECKED_ELSEWHERE = {
@@ -127,3 +128,17 @@ def test_check_path_names_unknown_keys_with_the_valid_ones():
     configs.check_path(config, "train.num_stepz")
   with pytest.raises(configs.ConfigError, match="config.seed is a value, not a section"):
     configs.check_path(config, "seed.x")
+
+
+def test_zero_terminal_snr_needs_a_v_or_x0_predictor():
+  config = with_value("diffusion.zero_terminal_snr", True)
+  with pytest.raises(configs.ConfigError, match=r"config.diffusion.prediction must be 'v' or 'x0'"):
+    configs.validate(config)
+  config.diffusion.prediction = "v"
+  configs.validate(config)
+
+
+def test_linear_betas_may_be_left_to_scale_with_the_number_of_steps():
+  config = with_value("diffusion.beta_start", None)
+  config.diffusion.beta_end = None
+  configs.validate(config)
