@@ -111,13 +111,13 @@ def _check_grid(x0, name: str, rows=None) -> None:
 
 def vlb_term(
   schedule: Schedule,
+  *,
   x0,
   x_t,
   t,
   output,
   variance: str = "small",
   clip: bool = False,
-  *,
   prediction: str = "eps",
   decoder: str = "discretized",
   decoder_std=None,
@@ -245,12 +245,12 @@ def vlb_terms(
     x_t = q_sample(x0, t_batch, noise)
     term = vlb_term(
       schedule,
-      x0,
-      x_t,
-      t_batch,
-      model_fn(x_t, t_batch),
-      variance,
-      clip,
+      x0=x0,
+      x_t=x_t,
+      t=t_batch,
+      output=model_fn(x_t, t_batch),
+      variance=variance,
+      clip=clip,
       prediction=prediction,
       decoder=decoder,
       decoder_std=decoder_std,

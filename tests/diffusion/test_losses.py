@@ -65,7 +65,7 @@ def test_vlb_term_vs_numpy(variance, schedule_name, sched20, sched1000):
   # Reference on the float32-rounded inputs, in float64.
   ref = np_vlb_term(betas, np.asarray(x0_32), np.asarray(x_t32), t, np.asarray(eps32), variance)
   got = jax.jit(diffusion.vlb_term, static_argnames=("variance", "clip"))(
-    sched, x0_32, x_t32, jnp.asarray(t), eps32, variance=variance
+    sched, x0=x0_32, x_t=x_t32, t=jnp.asarray(t), output=eps32, variance=variance
   )
   assert got.shape == (b,)
   assert np.all(np.isfinite(got))
@@ -84,12 +84,20 @@ def test_vlb_term_clip_and_zero_kl(sched20):
   x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * noise
   args = [jnp.asarray(a, F32) for a in (x0, x_t)]
   # With the true noise and the small variance, q and p coincide: KL = 0.
-  kl = diffusion.vlb_term(sched20, *args, jnp.asarray(t), jnp.asarray(noise, F32))
+  kl = diffusion.vlb_term(
+    sched20, x0=args[0], x_t=args[1], t=jnp.asarray(t), output=jnp.asarray(noise, F32)
+  )
   np.testing.assert_allclose(kl, 0.0, atol=1e-3)
   # clip=True matches the reference with the predicted x0 clipped.
   eps = noise + 2.0 * rng.standard_normal((4, 5))
   got = diffusion.vlb_term(
-    sched20, *args, jnp.asarray(t), jnp.asarray(eps, F32), "small", clip=True
+    sched20,
+    x0=args[0],
+    x_t=args[1],
+    t=jnp.asarray(t),
+    output=jnp.asarray(eps, F32),
+    variance="small",
+    clip=True,
   )
   ref = np_vlb_term(
     BETAS20,
@@ -411,10 +419,10 @@ def test_gaussian_decoder_std():
     out[std] = np.asarray(
       diffusion.vlb_term(
         sched,
-        jnp.asarray(x0, F32),
-        jnp.asarray(x_t, F32),
-        jnp.asarray(t),
-        jnp.asarray(x_t, F32),  # an x0-prediction: x0_hat = x_t
+        x0=jnp.asarray(x0, F32),
+        x_t=jnp.asarray(x_t, F32),
+        t=jnp.asarray(t),
+        output=jnp.asarray(x_t, F32),  # an x0-prediction: x0_hat = x_t
         prediction="x0",
         decoder="gaussian",
         decoder_std=std,
@@ -427,7 +435,7 @@ def test_gaussian_decoder_std():
     ).sum(1)
     np.testing.assert_allclose(out[std], ref, rtol=1e-4)
   with pytest.raises(ValueError, match="decoder"):
-    diffusion.vlb_term(sched, x0, x_t, t, x_t, decoder="logistic")
+    diffusion.vlb_term(sched, x0=x0, x_t=x_t, t=t, output=x_t, decoder="logistic")
 
 
 def test_vlb_term_checks_the_grid_only_where_it_decodes(sched20):
@@ -435,6 +443,6 @@ def test_vlb_term_checks_the_grid_only_where_it_decodes(sched20):
   (t = 0) is not: a concrete off-grid x0 there raises."""
   x0 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 4)), F32)
   t = jnp.array([1, 5, 19])
-  assert np.all(np.isfinite(diffusion.vlb_term(sched20, x0, x0, t, x0)))
+  assert np.all(np.isfinite(diffusion.vlb_term(sched20, x0=x0, x_t=x0, t=t, output=x0)))
   with pytest.raises(ValueError, match="vlb_term: x0 must lie on the 8-bit grid"):
-    diffusion.vlb_term(sched20, x0, x0, jnp.array([1, 0, 19]), x0)
+    diffusion.vlb_term(sched20, x0=x0, x_t=x0, t=jnp.array([1, 0, 19]), output=x0)

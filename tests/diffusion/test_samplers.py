@@ -177,7 +177,10 @@ def test_jit_matches_eager(sched20):
       (x_t, t, eps),
     ),
     "simple_loss": (lambda k, x: diffusion.simple_loss(k, eps_fn, sched20, x), (key, x0)),
-    "vlb_term": (lambda *a: diffusion.vlb_term(sched20, *a, "small"), (x0, x_t, t, eps)),
+    "vlb_term": (
+      lambda x0, x_t, t, eps: diffusion.vlb_term(sched20, x0=x0, x_t=x_t, t=t, output=eps),
+      (x0, x_t, t, eps),
+    ),
     "prior_kl": (lambda x: diffusion.prior_kl(sched20, x), (x0,)),
     "vlb_terms": (lambda k, x: diffusion.vlb_terms(k, eps_fn, sched20, x), (key, x0)),
     "vlb_bits_per_dim": (
