@@ -442,6 +442,7 @@ def test_monte_carlo_kl_terms_gaussians_vs_closed_form():
     assert abs(terms.mean() - ref_normal_kl(m1, lv1, m2, lv2)) < 5 * se
 
 
+@pytest.mark.slow
 def test_monte_carlo_kl_terms_mixtures_vs_quadrature():
   """KL(p || q) between mixtures, both directions, against float64 quadrature."""
   p = MIX

@@ -98,6 +98,7 @@ def test_reference_quadrature_is_right():
   assert abs(kl) < 1e-12 and abs(ce - h) < 1e-12
 
 
+@pytest.mark.slow
 def test_cross_entropy_is_kl_plus_entropy_for_every_theta(samples_of_p):
   """E_p[-log q] = KL(p || q) + H(p) for every q, and the two have the same gradient."""
   x = jnp.asarray(samples_of_p)

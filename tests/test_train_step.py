@@ -92,7 +92,7 @@ def toy_model():
   return ddpm_toy2d.build(toy_config(), (2,))
 
 
-@pytest.mark.parametrize("skip_nonfinite", [False, True])
+@pytest.mark.parametrize("skip_nonfinite", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_the_guard_flags_a_nonfinite_step(toy_model, skip_nonfinite):
   config = toy_config()
   config.train.skip_nonfinite = skip_nonfinite

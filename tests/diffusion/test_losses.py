@@ -354,7 +354,7 @@ VLB_SCHEDULES = {
 @pytest.mark.parametrize(
   "name",
   [
-    pytest.param(n, marks=() if n in ("linear1000", "zero_snr_linear1000") else pytest.mark.slow)
+    pytest.param(n, marks=() if n == "zero_snr_linear1000" else pytest.mark.slow)
     for n in VLB_SCHEDULES
   ],
 )
