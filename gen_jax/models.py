@@ -13,6 +13,11 @@ interface and nothing else:
 Batches are dicts {'x': (B, *example_shape) float32} (images in [-1, 1],
 NHWC) with an optional boolean 'mask' in evaluation. The classes are frozen
 dataclasses, so jitted functions can close over them.
+
+Longer than the house's ~400 lines on purpose: the interface above is read
+here, once, with both of its implementations (DiffusionModel, VAEModel) and
+the config builders that make them; the next model family (a hierarchical
+VAE, VDM) is the point to split this file into one module per family.
 """
 
 import dataclasses
