@@ -47,7 +47,10 @@ def test_bad_variance_raises(sched20):
   with pytest.raises(ValueError):
     diffusion.p_mean_variance(sched20, x_t=x, t=t, eps=x, variance="medium")
   with pytest.raises(ValueError):
-    diffusion.vlb_term(sched20, x, x, t, x, variance="fixed")
+    diffusion.vlb_term(sched20, x0=x, x_t=x, t=t, output=x, variance="fixed")
+  # x0 and x_t swapped would run silently: they are keyword-only.
+  with pytest.raises(TypeError, match="positional"):
+    diffusion.vlb_term(sched20, x, x, t, x)
   with pytest.raises(ValueError):
     diffusion.ddpm_sample(jax.random.key(0), eps_fn, sched20, (2, 3), variance="learned")
   for steps in (0, 21):
