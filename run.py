@@ -17,22 +17,29 @@ Exit status: 0 done; 1 an error in the input (one line on stderr: `error: ...`;
 --debug shows the traceback; any other exception is a bug and shows its own);
 128 + the signal number (143 for SIGTERM, 130 for SIGINT / Ctrl-C) when
 training was stopped by a signal after saving a checkpoint: run the printed
-command to resume.
+command to resume; the same, with one line, for a signal at any other moment
+(start-up, sampling, evaluation), which ends the process at once.
 """
 
-import importlib
 import os
-import pkgutil
-import re
-import shlex
 import sys
-
-from absl import app, flags, logging
 
 # The experiments are the modules of experiments/ beside this file; gen_jax too, without installing.
 REPO = os.path.dirname(os.path.abspath(__file__))
 EXPERIMENTS_DIR = os.path.join(REPO, "experiments")
 sys.path.insert(0, REPO)
+
+# First of all: Ctrl-C or SIGTERM at any moment ends the process in one line (gen_jax/interrupts.py).
+from gen_jax import interrupts
+
+interrupts.install()
+
+import importlib
+import pkgutil
+import re
+import shlex
+
+from absl import app, flags, logging
 
 # Before any JAX computation: XLA reads its flags once (see gen_jax/cpu_flags.py).
 from gen_jax import cpu_flags
@@ -49,6 +56,9 @@ ARGUMENT_FLAGS = {
   "class_label": "class_label",
   "guidance_scale": "guidance_scale",
   "inception_weights": "inception_weights",
+  "out_dir": "out_dir",
+  "resume_unverified": "resume_unverified",
+  "experiment": "experiment",
 }
 
 
@@ -151,6 +161,18 @@ def define_flags(argv):
     "converted with scripts/convert_inception_weights.py; see the README) "
     "for FID and Inception score on RGB images.",
   )
+  flags.DEFINE_string(
+    "out_dir",
+    None,
+    "--mode=sample|eval: where samples.npz / eval.json go (default: the workdir), e.g. when the "
+    "workdir is read-only.",
+  )
+  flags.DEFINE_bool(
+    "resume_unverified",
+    False,
+    "Resume a workdir whose config.json is missing or damaged, taking this command's config as "
+    "the one its checkpoints were trained with.",
+  )
   flags.DEFINE_bool("debug", False, "Show the full traceback on errors.")
   flags.DEFINE_bool(
     "distributed",
@@ -205,13 +227,28 @@ def main(argv, module):
     print(f"Using the newest workdir: {workdir}")
   if mode != "train" and not os.path.isdir(workdir):
     _fail(f"--workdir={workdir} does not exist; train first")
-  if mode != "train":  # the config it was trained with; --config.* flags still win
-    config = train.with_saved_config(config, workdir, keep=_overridden_paths(sys.argv))
+  interrupts.set_message(
+    "{name} received: stopped at once; "
+    + (
+      f"the same command resumes from the newest checkpoint in {workdir}"
+      if mode == "train"
+      else "nothing was written"
+    )
+  )
+  experiment = FLAGS.experiment
   try:
+    if mode != "train":  # the config it was trained with; --config.* flags still win
+      config = train.with_saved_config(config, workdir, keep=_overridden_paths(sys.argv))
     if runs_itself:
       module.run(config, workdir)
     elif mode == "train":
-      train.train(config, workdir, module.build)
+      train.train(
+        config,
+        workdir,
+        module.build,
+        experiment=experiment,
+        resume_unverified=FLAGS.resume_unverified,
+      )
     elif mode == "sample":
       train.sample(
         config,
@@ -220,12 +257,21 @@ def main(argv, module):
         FLAGS.num_samples,
         FLAGS.sampler,
         FLAGS.sampling_steps,
+        FLAGS.out_dir,
         class_label=FLAGS.class_label,
         guidance_scale=FLAGS.guidance_scale,
+        experiment=experiment,
       )
     else:
       train.evaluate(
-        config, workdir, module.build, FLAGS.sampler, FLAGS.sampling_steps, FLAGS.inception_weights
+        config,
+        workdir,
+        module.build,
+        FLAGS.sampler,
+        FLAGS.sampling_steps,
+        FLAGS.inception_weights,
+        out_dir=FLAGS.out_dir,
+        experiment=experiment,
       )
   except train.TrainingInterrupted as e:
     import jax

@@ -56,9 +56,40 @@ def manager(
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Saves `state` (a pytree) as checkpoint `step`; waits until it is on disk."""
-  mngr.save(step, args=ocp.args.StandardSave(state), force=True)
-  mngr.wait_until_finished()
+  """Saves `state` (a pytree) as checkpoint `step`; waits until it is on disk.
+
+  A full disk raises fileio.DiskFullError saying how much a checkpoint needs,
+  after the unfinished `<step>.orbax-checkpoint-tmp` folder is deleted.
+  """
+  try:
+    mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+    mngr.wait_until_finished()
+  except Exception as e:
+    if not fileio.is_disk_full(e):
+      raise
+    directory = str(mngr.directory)
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+      if name.startswith(f"{step}{TMP_SUFFIX}") or name.startswith(f"{step}.orbax-checkpoint"):
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    raise fileio.DiskFullError(
+      f"the disk is full: checkpoint {step} could not be saved in {directory} (a checkpoint "
+      f"needs about {format_size(state_bytes(state))})"
+    ) from None
+
+
+def state_bytes(state) -> int:
+  """The bytes of a pytree's arrays (concrete or ShapeDtypeStructs): about a checkpoint's size."""
+  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)))
+
+
+def format_size(num_bytes) -> str:
+  """1234567 -> '1.2 MB' (powers of 1024)."""
+  if num_bytes < 1024:
+    return f"{num_bytes:.0f} bytes"
+  for unit in ("kB", "MB", "GB", "TB"):
+    num_bytes /= 1024
+    if num_bytes < 1024 or unit == "TB":
+      return f"{num_bytes:.1f} {unit}"
 
 
 def latest_step(mngr: ocp.CheckpointManager) -> int | None:

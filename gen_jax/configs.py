@@ -117,8 +117,8 @@ def validate(config) -> None:
   present. The data's own fields (source, name, path) are checked where the
   data is opened (gen_jax.data, DataError), which also knows what is on disk.
   """
-  if not checks.is_integer(config.seed):
-    _fail("seed", "an integer", config.seed)
+  if not checks.is_integer(config.seed) or config.seed < 0:
+    _fail("seed", "an integer >= 0", config.seed)
   for path in _POSITIVE_INTEGERS:
     value = _get(config, path)
     if not checks.is_integer(value) or value <= 0:
@@ -137,6 +137,7 @@ def validate(config) -> None:
     _check_model(config.model)
   if "diffusion" in config:
     _check_diffusion(config.diffusion)
+    _check_sampler(config.sample, config.diffusion.num_timesteps)
 
 
 def _check_optim(optim) -> None:
@@ -161,9 +162,62 @@ def _check_counts(config) -> None:
     _fail("eval.num_examples", "0 (the whole split) or positive", config.eval.num_examples)
 
 
+# Fields of the shipped models (MLP denoiser, U-Net, VAEs), checked where a model section has them:
+# a 0 there fails deep inside Flax (a ZeroDivisionError in the initialiser) or makes an empty net.
+_MODEL_POSITIVE_INTEGERS = (
+  "width",
+  "ch",
+  "num_res_blocks",
+  "num_groups",
+  "latent_dim",
+  "iwae_samples",
+)
+_MODEL_NON_NEGATIVE_INTEGERS = ("num_blocks",)
+_MODEL_POSITIVE_TUPLES = ("ch_mult", "hidden", "channels", "attn_resolutions")
+
+
+def _check_model_sizes(model) -> None:
+  for name in _MODEL_POSITIVE_INTEGERS:
+    if name in model and (not checks.is_integer(model[name]) or model[name] <= 0):
+      _fail(f"model.{name}", "a positive integer", model[name])
+  for name in _MODEL_NON_NEGATIVE_INTEGERS:
+    if name in model and (not checks.is_integer(model[name]) or model[name] < 0):
+      _fail(f"model.{name}", "an integer >= 0", model[name])
+  for name in _MODEL_POSITIVE_TUPLES:
+    value = model.get(name)
+    if name in model and not (
+      isinstance(value, tuple | list)
+      and (value or name == "attn_resolutions")
+      and all(checks.is_integer(v) and v > 0 for v in value)
+    ):
+      _fail(f"model.{name}", "a tuple of positive integers", value)
+  if "iwae_chunk" in model and model.iwae_chunk is not None:
+    chunk = model.iwae_chunk
+    if not checks.is_integer(chunk) or chunk <= 0:
+      _fail("model.iwae_chunk", "a positive integer (or None: all samples at once)", chunk)
+  if "dropout" in model:
+    _check_real(model, "dropout", 0.0, 1.0, True, prefix="model.")
+
+
+def _check_sampler(sample, num_timesteps) -> None:
+  """sample.sampler from the samplers' registry; sample.num_steps at most T (diffusion models)."""
+  from gen_jax import diffusion
+
+  if sample.sampler not in diffusion.SAMPLERS:
+    _fail("sample.sampler", f"one of {tuple(diffusion.SAMPLERS)}", sample.sampler)
+  steps = sample.num_steps
+  if steps is not None and checks.is_integer(num_timesteps) and steps > num_timesteps:
+    _fail(
+      "sample.num_steps",
+      f"at most config.diffusion.num_timesteps={num_timesteps} (or None for the sampler's default)",
+      steps,
+    )
+
+
 def _check_model(model) -> None:
   from gen_jax import nets  # Flax: only for configs that have a model section.
 
+  _check_model_sizes(model)
   if "compute_dtype" in model and model.compute_dtype not in nets.COMPUTE_DTYPES:
     _fail("model.compute_dtype", f"one of {nets.COMPUTE_DTYPES}", model.compute_dtype)
   if "remat" in model and not isinstance(model.remat, bool):

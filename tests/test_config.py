@@ -12,6 +12,7 @@ from gen_jax import configs
 # diffusion fields the library reads appears here, except those listed in CHECKED_ELSEWHERE.
 BAD = [
   ("seed", 1.5),
+  ("seed", -1),
   ("data.batch_size", 0),
   ("data.random_flip", "yes"),
   ("train.num_steps", 0),
@@ -35,6 +36,8 @@ BAD = [
   ("optim.weight_decay", -1.0),
   ("optim.grad_clip_norm", -1.0),
   ("sample.num_steps", 0),
+  ("sample.num_steps", 1001),  # more than T
+  ("sample.sampler", "foo"),
   ("sample.eta", -0.5),
   ("sample.guidance_scale", math.nan),
   ("sample.batch_size", 0),
@@ -48,6 +51,12 @@ BAD = [
   ("model.remat", "yes"),
   ("model.num_classes", -1),
   ("model.cond_drop_prob", 1.0),
+  ("model.ch", 0),
+  ("model.ch_mult", (1, 0)),
+  ("model.num_res_blocks", 0),
+  ("model.num_groups", 0),
+  ("model.attn_resolutions", (-4,)),
+  ("model.dropout", 1.0),
   ("diffusion.num_timesteps", 0),
   ("diffusion.beta_schedule", "quadratic"),
   ("diffusion.beta_start", -0.1),
@@ -63,7 +72,6 @@ CHECKED_ELSEWHERE = {
   "data.name",
   "data.path",
   "data.tfds_data_dir",
-  "sample.sampler",
 }
 
 
@@ -142,3 +150,25 @@ def test_linear_betas_may_be_left_to_scale_with_the_number_of_steps():
   config = with_value("diffusion.beta_start", None)
   config.diffusion.beta_end = None
   configs.validate(config)
+
+
+@pytest.mark.parametrize(
+  ("experiment", "path", "value"),
+  [
+    ("ddpm_toy2d", "model.width", 0),  # was a ZeroDivisionError inside Flax's initialiser
+    ("ddpm_toy2d", "model.num_blocks", -1),
+    ("vae_digits", "model.latent_dim", 0),
+    ("vae_digits", "model.hidden", (256, 0)),
+    ("vae_digits", "model.iwae_chunk", 0),
+    ("vae_cifar", "model.channels", ()),
+  ],
+)
+def test_the_other_models_sizes_are_checked_by_name(experiment, path, value):
+  import importlib
+
+  config = importlib.import_module(f"experiments.{experiment}").get_config()
+  config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+  config.model[path.split(".")[1]] = value
+  with pytest.raises(configs.ConfigError, match=rf"^config\.{path} must be "):
+    configs.validate(config)
+  configs.validate(importlib.import_module(f"experiments.{experiment}").get_config())

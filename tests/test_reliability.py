@@ -440,6 +440,14 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
     signal.signal(signal.SIGTERM, original)
 
 
+def _toy_state_bytes():
+  """The bytes of toy_config()'s train state, counted leaf by leaf."""
+  config = toy_config()
+  model, tx = ddpm_toy2d.build(config, (2,)), train.make_optimizer(config.optim, 6)
+  shapes = jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0))
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+
+
 def toy_config(num_steps=6):
   return runs.config(
     "ddpm_toy2d",
@@ -518,14 +526,23 @@ def test_resume_with_data_of_another_shape_fails(tmp_path):
 def test_full_disk_and_unwritable_workdir_fail_at_start_up(tmp_path, monkeypatch):
   workdir = tmp_path / "wd"
   real = shutil.disk_usage
-  monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2 * 2**20))
-  with pytest.raises(
-    train.ConfigError,
-    match=r"workdir=.*wd has 2.0 MB free, but its checkpoints need about "
-    r"16.\d MB \(4 x the [\d.]+ kB train state, for "
-    r"config.train.keep_checkpoints=3\)",
-  ):
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2**19))
+  # The estimate is the checkpoints (counted exactly) and 1 MB for logs and pictures, and the
+  # advice names only what would help: here the pictures, not keep_checkpoints (was a fixed 16 MB
+  # allowance that no lower keep_checkpoints could make fit).
+  state = checkpoint.format_size(_toy_state_bytes())
+  with pytest.raises(train.ConfigError) as info:
     train.train(toy_config(), str(workdir), ddpm_toy2d.build)
+  assert re.fullmatch(
+    rf"workdir=.*wd has 512.0 kB free, but the run needs about 1\.\d MB: 4 x the {state} train "
+    r"state \(config.train.keep_checkpoints=3, and one being written\) and 1.0 MB for logs and "
+    r"sample pictures; free [\d.]+ kB or choose another workdir",
+    str(info.value),
+  ), str(info.value)
+  config = toy_config()
+  config.train.keep_checkpoints = 500
+  with pytest.raises(train.ConfigError, match=r"lower config.train.keep_checkpoints \(each copy"):
+    train.train(config, str(workdir), ddpm_toy2d.build)
   assert not workdir.exists()
   monkeypatch.setattr(shutil, "disk_usage", real)
   (tmp_path / "a_file").write_text("")

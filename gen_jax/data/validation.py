@@ -53,6 +53,15 @@ def check_examples(arr: np.ndarray, key: str, where: str) -> np.ndarray:
   return points
 
 
+def check_points_dimension(kind: str, example_shape, where: str) -> None:
+  """Points data must be 2-D: the sample pictures drawn while training are scatter plots."""
+  if kind == "points" and tuple(example_shape) != (2,):
+    raise DataError(
+      f"{where}: the points have shape {tuple(example_shape)} each, but the points models train on "
+      "2-D points (their sample pictures are scatter plots); give the file points of shape (N, 2)"
+    )
+
+
 def _check_images(arr: np.ndarray, key: str, where: str) -> np.ndarray:
   if not np.issubdtype(arr.dtype, np.integer):
     raise DataError(

@@ -23,7 +23,9 @@ The modules, each answering one question:
                  and whether its disk holds the checkpoints
   workdir.py     what a workdir holds (config.json, data_spec.json) and how
                  one is named and found
-  faults.py      signals, preemption, the time budget, non-finite steps
+  faults.py      signals, preemption, the time budget, non-finite steps,
+                 a full disk or memory
+  workdir_lock.py  one training per workdir
   loop.py        train()
   sampling.py    sample(), and drawing samples in chunks
   eval_checkpoint.py  evaluate(): eval.json
@@ -39,10 +41,16 @@ from gen_jax.checkpoint import NoCheckpointError, UnreadableCheckpointError
 from gen_jax.configs import ConfigError
 from gen_jax.configs import validate as validate_config
 from gen_jax.data import DataError
+from gen_jax.fileio import DiskFullError
 from gen_jax.inception import InceptionWeightsError
 from gen_jax.train.classifier import load_or_train_classifier, train_classifier
 from gen_jax.train.eval_checkpoint import evaluate, read_images
-from gen_jax.train.faults import NonFiniteError, StopOnSignal, TrainingInterrupted
+from gen_jax.train.faults import (
+  NonFiniteError,
+  OutOfMemoryError,
+  StopOnSignal,
+  TrainingInterrupted,
+)
 from gen_jax.train.loop import train
 from gen_jax.train.resume import RESUMABLE_CHANGES, check_resume_config, config_changes
 from gen_jax.train.rng import STREAMS, stream
@@ -60,6 +68,7 @@ from gen_jax.train.step import (
   train_step_for,
 )
 from gen_jax.train.workdir import new_workdir, newest_workdir, with_saved_config
+from gen_jax.train.workdir_lock import WorkdirLockedError
 
 # The errors that mean "change the input": a bad config or argument, missing or bad data,
 # no checkpoint to read, a run that went non-finite. A command line shows them in one line;
@@ -71,6 +80,8 @@ USER_ERRORS = (
   UnreadableCheckpointError,
   NonFiniteError,
   InceptionWeightsError,
+  DiskFullError,  # full disk or quota: free space, resume
+  OutOfMemoryError,  # smaller batch or images
 )
 
 __all__ = [
@@ -82,14 +93,17 @@ __all__ = [
   "BuildFn",
   "ConfigError",
   "DataError",
+  "DiskFullError",
   "InceptionWeightsError",
   "NoCheckpointError",
   "NonFiniteError",
+  "OutOfMemoryError",
   "Run",
   "StopOnSignal",
   "TrainState",
   "TrainingInterrupted",
   "UnreadableCheckpointError",
+  "WorkdirLockedError",
   "check_resume_config",
   "class_grid_labels",
   "config_changes",

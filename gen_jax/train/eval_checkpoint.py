@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from gen_jax import data, evaluation, fileio, inception, sharding
 from gen_jax.configs import ConfigError
-from gen_jax.train import classifier, rng
+from gen_jax.train import classifier, faults, rng
+from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, check_sampler, open_run
 from gen_jax.train.sampling import class_grid_labels, draw_samples
 from gen_jax.train.step import TrainState
@@ -29,8 +30,13 @@ def evaluate(
   sampler: str | None = None,
   num_steps: int | None = None,
   inception_weights: str | None = None,
+  *,
+  out_dir: str | None = None,
+  experiment: str | None = None,
 ) -> dict:
-  """Evaluates the latest checkpoint's EMA parameters; writes workdir/eval.json.
+  """Evaluates the latest checkpoint's EMA parameters; writes out_dir/eval.json (default out_dir:
+  the workdir, which must be writable, as is checked before any work; the evaluation classifier
+  is cached there too). experiment: the experiment's name, checked against the workdir's.
 
   eval.json:
     checkpoint_step, parameters ('ema'), num_parameters (their count),
@@ -52,7 +58,17 @@ def evaluate(
   """
   if inception_weights and not os.path.isfile(os.path.expanduser(inception_weights)):
     raise ConfigError(f"inception_weights={inception_weights} is not a file")
-  run = open_run(config, workdir, build, mode="eval")
+  run = open_run(config, workdir, build, mode="eval", experiment=experiment)
+  out_dir = out_dir or workdir
+  if run.is_writer:
+    where = f"out_dir={out_dir}" if out_dir != workdir else f"workdir={workdir}"
+    workdir_lib.check_writable(out_dir, where)
+  with faults.resource_errors("evaluating"):
+    return _evaluate(run, sampler, num_steps, inception_weights, out_dir)
+
+
+def _evaluate(run: Run, sampler, num_steps, inception_weights, out_dir) -> dict:
+  config, workdir = run.config, run.workdir
   sampler = sampler or config.sample.sampler
   num_steps = num_steps or config.sample.num_steps
   if config.eval.num_samples and run.kind == "image":
@@ -72,10 +88,10 @@ def evaluate(
   results["likelihood"] = _evaluate_likelihood(run, state)
   results["seconds"]["likelihood"] = round(time.time() - start, 1)
   start = time.time()
-  results.update(_evaluate_samples(run, state, sampler, num_steps, inception_weights))
+  results.update(_evaluate_samples(run, state, sampler, num_steps, inception_weights, out_dir))
   results["seconds"]["sample_quality"] = round(time.time() - start, 1)
   if run.is_writer:
-    path = os.path.join(workdir, "eval.json")
+    path = os.path.join(out_dir, "eval.json")
     fileio.write_atomically(path, json.dumps(results, indent=2, sort_keys=True))
     print(evaluation.summary(results, workdir))
   return results
@@ -186,7 +202,7 @@ def _conditional_accuracy(
 
 
 def _evaluate_samples(
-  run: Run, state: TrainState, sampler: str, num_steps, inception_weights: str | None
+  run: Run, state: TrainState, sampler: str, num_steps, inception_weights: str | None, out_dir
 ) -> dict:
   """The 'sample_quality' and 'inception' sections of eval.json."""
   config, mesh = run.config, run.mesh
@@ -248,7 +264,7 @@ def _evaluate_samples(
   out = {"sample_quality": {"skipped": no_labels}}
   if labelled:
     net, params, info = classifier.load_or_train_classifier(
-      run.workdir,
+      out_dir,
       train_dataset,
       run.dataset,
       config.eval.classifier_steps,
@@ -268,7 +284,7 @@ def _evaluate_samples(
         features=f"its penultimate layer ({info['feature_dim']}-d, after ReLU)",
         probabilities=f"its softmax over {info['num_classes']} classes (IS-like score, at most "
         f"{info['num_classes']})",
-        path=os.path.join(run.workdir, classifier.CLASSIFIER_DIR),
+        path=os.path.join(out_dir, classifier.CLASSIFIER_DIR),
       ),
     )
     if getattr(run.model, "num_classes", 0):

@@ -8,16 +8,19 @@ reached_preemption  multi-process runs: JAX's preemption service names the
 out_of_time       whether train.max_seconds is spent (agreed by all processes)
 first_halted_step the first step whose HALT flag (gen_jax.train.step) is set
 nonfinite_message what NonFiniteError says about it
+resource_errors   a full disk or an exhausted memory as one-line errors
 """
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
-from gen_jax import checkpoint
+from gen_jax import checkpoint, fileio
 from gen_jax.train.step import HALT, MAX_CONSECUTIVE_NONFINITE
 
 
@@ -156,3 +159,45 @@ def nonfinite_message(bad_step, host_metrics, last_saved, workdir, skip_nonfinit
       "lower the learning rate or check the data; config.train.skip_nonfinite=True skips such steps"
     )
   return f"{what}; stopped without saving it: {newest}. To go on, {hint}"
+
+
+class OutOfMemoryError(MemoryError):
+  """The device (or host) ran out of memory; the message says what to make smaller."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """Whether `error` is XLA's out-of-memory error (JaxRuntimeError RESOURCE_EXHAUSTED)."""
+  return isinstance(error, jax.errors.JaxRuntimeError) and (
+    "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
+  )
+
+
+@contextlib.contextmanager
+def resource_errors(what: str, newest_checkpoint: Callable[[], str] | None = None):
+  """Turns a full disk (fileio.DiskFullError, or orbax's wrapped ENOSPC) and XLA's out-of-memory
+  error raised inside the block into one-line user errors.
+
+  what: what was being done ("training step 300", "drawing samples");
+  newest_checkpoint: () -> a sentence naming the newest good checkpoint (training).
+  """
+  try:
+    yield
+  except Exception as e:
+    if isinstance(e, (fileio.DiskFullError, OutOfMemoryError)) and newest_checkpoint is None:
+      raise
+    if fileio.is_disk_full(e):
+      message = str(e) if isinstance(e, fileio.DiskFullError) else f"the disk is full ({e})"
+      message = message.strip().splitlines()[0]
+      saved = f"; {newest_checkpoint()}" if newest_checkpoint else ""
+      raise fileio.DiskFullError(
+        f"{message}, while {what}{saved}. Free space and run the same command again"
+      ) from None
+    if is_out_of_memory(e):
+      first_line = str(e).strip().splitlines()[0]
+      saved = f"; {newest_checkpoint()}" if newest_checkpoint else ""
+      raise OutOfMemoryError(
+        f"out of memory while {what} ({first_line}){saved}. Lower config.data.batch_size "
+        "(or config.sample.batch_size), use smaller images or a smaller model: self-attention "
+        "memory grows with the square of the number of pixels"
+      ) from None
+    raise

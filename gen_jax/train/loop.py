@@ -18,14 +18,22 @@ from absl import logging
 from tqdm import tqdm
 
 from gen_jax import checkpoint, data, images, sharding, summary
-from gen_jax.train import faults, rng
+from gen_jax.configs import ConfigError
+from gen_jax.train import faults, rng, workdir_lock
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, open_run
 from gen_jax.train.sampling import class_grid_labels, reference_points, save_samples_picture
 
 
-def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
+def train(
+  config,
+  workdir: str,
+  build: BuildFn,
+  *,
+  experiment: str | None = None,
+  resume_unverified: bool = False,
+) -> step_lib.TrainState:
   """Trains (or resumes) the experiment in `workdir`; returns the final state.
 
   Faults, and what each costs:
@@ -54,11 +62,50 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
       device, so at most one step runs past the budget. A resumed run gets a
       new budget.
     * A config that differs from the workdir's config.json outside
-      RESUMABLE_CHANGES, data of another shape, a workdir that cannot be
-      written, a disk too full for the checkpoints or a sampler the model
-      cannot run raise ConfigError at start-up, before anything is written.
+      RESUMABLE_CHANGES (or a missing config.json, unless resume_unverified),
+      another `experiment` than the workdir records, data of another shape, a
+      workdir that cannot be written, a disk too full for the checkpoints or
+      a sampler the model cannot run raise ConfigError at start-up, before
+      anything is written.
+    * A second training in the same workdir is refused at start-up
+      (workdir_lock.WorkdirLockedError names the running one), before it
+      touches anything; the lock of a killed training is taken over.
+    * A full disk raises fileio.DiskFullError and an exhausted memory
+      faults.OutOfMemoryError, one line each, naming the newest checkpoint;
+      an unfinished save is deleted.
+    * A kill during the last step's sample grid: the next run draws it.
   """
-  run = open_run(config, workdir, build, mode="train")
+  run = open_run(
+    config,
+    workdir,
+    build,
+    mode="train",
+    experiment=experiment,
+    resume_unverified=resume_unverified,
+  )
+  try:
+    # One training per workdir: process 0 locks it for all, before anything in it is touched.
+    lock = workdir_lock.acquire(workdir) if run.is_writer else None
+  except BaseException:
+    run.checkpoints.close()
+    raise
+  try:
+    with faults.resource_errors("training", newest_checkpoint=lambda: _newest(workdir)):
+      return _train(run, lock, experiment)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _newest(workdir: str) -> str:
+  steps = checkpoint.saved_steps(workdir)
+  where = checkpoint.checkpoint_dir(workdir)
+  return f"the newest checkpoint is step {steps[-1]} in {where}" if steps else "no checkpoint saved"
+
+
+def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
+  """train() in a locked workdir."""
+  config, workdir = run.config, run.workdir
   tc = config.train
   if run.is_writer:
     devices, processes = jax.device_count(), jax.process_count()
@@ -70,12 +117,22 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
 
   # -- Restore the newest checkpoint, or initialise ----------------------------
   report = print if run.is_writer else (lambda message: None)
+  if lock is not None and workdir_lock.stale_note(lock):
+    report(workdir_lock.stale_note(lock))
   state, start_step = checkpoint.restore_newest(
     run.checkpoints, run.abstract_state, report=report, is_writer=run.is_writer
   )
+  if start_step and start_step > tc.num_steps:
+    raise ConfigError(
+      f"workdir={workdir} holds a checkpoint at step {start_step}, past config.train.num_steps="
+      f"{tc.num_steps}: nothing to train; raise num_steps to go on, or use another workdir"
+    )
   if run.is_writer:  # Only now: the start-up checks compared against the old files.
+    workdir_lib.remove_temporary_files(workdir, report)
     workdir_lib.write_config(workdir, config)
     workdir_lib.write_data_spec(workdir, run.dataset)
+    if experiment:
+      workdir_lib.write_experiment(workdir, experiment)
     # Steps logged after the checkpoint we resume from are about to be redone.
     summary.drop_records_after(workdir, start_step or 0)
   if state is None:
@@ -112,6 +169,9 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
   signals = faults.StopOnSignal(announce=run.is_writer, enabled=jax.process_count() == 1)
   try:
     with signals:
+      if start_step == tc.num_steps and not os.path.exists(grid.path(start_step)):
+        report(f"Drawing the sample grid of step {start_step}, which the last run did not finish")
+        grid.draw(state.ema_params, start_step)
       for step in range(start_step + 1, tc.num_steps + 1):
         batch = sharding.shard_batch(next(batches), run.mesh)
         state, metrics = train_step(state, batch, train_key)
@@ -162,15 +222,17 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
     run.checkpoints.close()
 
   # -- How it ended --------------------------------------------------------------
+  if stopped_by is None and signals.signal_number is not None:
+    stopped_by = signals.signal_number  # during the last step's grid: saved, and still a stop
   if stopped_by is not None:
     raise faults.TrainingInterrupted(step, stopped_by, workdir)
   if run.is_writer and step == tc.num_steps:
-    print(f"Done: {tc.num_steps} steps in {workdir}; samples: {grid.path(tc.num_steps)}")
+    print(f"Done: {tc.num_steps} steps in {workdir}{grid.named(tc.num_steps)}")
   if run.is_writer and out_of_time:
     print(
       f"Stopped on the time budget (config.train.max_seconds={max_seconds:g}) at step {step} "
       f"of {tc.num_steps} after {trained_seconds:.1f} s of training; checkpoint saved in "
-      f"{checkpoint.checkpoint_dir(workdir)}; samples: {grid.path(step)}"
+      f"{checkpoint.checkpoint_dir(workdir)}{grid.named(step)}"
     )
   return state
 
@@ -265,10 +327,22 @@ class SampleGrid:
   def path(self, step: int) -> str:
     return os.path.join(self.directory, f"step_{step:07d}.png")
 
+  def named(self, step: int) -> str:
+    """'; samples: <path>' if the grid of `step` is on disk, else ''."""
+    return f"; samples: {self.path(step)}" if os.path.exists(self.path(step)) else ""
+
   def draw(self, params, step: int) -> None:
+    """Draws and writes the grid of `step`; non-finite samples are reported, not drawn."""
     key = rng.stream(self.run.config.seed, "sample_grid", step)
     samples = self.draw_fn(params, key, self.labels)
-    if self.run.is_writer:
+    bad = int(np.sum(~np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)))
+    if bad and self.run.is_writer:
+      print(
+        f"The sample grid of step {step} is not written: {bad} of {len(samples)} samples hold "
+        f"NaN/inf (config.sample: sampler {self.run.config.sample.sampler}, guidance "
+        f"{self.run.config.sample.guidance_scale})"
+      )
+    elif self.run.is_writer:
       save_samples_picture(self.path(step), samples, self.run.kind, self.reference, self.rows)
       if self.run.kind == "image":
         self.writer.write_image(step, "samples", images.grid(images.to_uint8(samples)))

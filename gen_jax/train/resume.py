@@ -6,10 +6,8 @@ disk must fail now, not at the first checkpoint.
 """
 
 import json
+import os
 import shutil
-
-import jax
-from absl import logging
 
 from gen_jax import checkpoint
 from gen_jax.configs import ConfigError
@@ -33,6 +31,9 @@ RESUMABLE_CHANGES = (
   "eval.",
 )
 _ABSENT = "<absent>"
+# Room for metrics.jsonl, TensorBoard events and sample pictures at start-up (a grid PNG of 64
+# samples is tens of kB); checkpoints are counted exactly.
+LOGS_ALLOWANCE = 2**20
 
 
 def _flatten(tree, prefix=""):
@@ -61,20 +62,30 @@ def config_changes(saved: dict, config) -> list[str]:
   return changes
 
 
-def check_resume_config(config, workdir: str) -> None:
+def check_resume_config(config, workdir: str, *, unverified: bool = False) -> None:
   """Raises ConfigError if `workdir` holds checkpoints of a run whose
-  config.json differs from `config` in a key outside RESUMABLE_CHANGES."""
+  config.json differs from `config` in a key outside RESUMABLE_CHANGES, or
+  whose config.json is missing or damaged (unless `unverified`: then this
+  config is taken as theirs, and a line says so)."""
   if not checkpoint.has_checkpoint(workdir):
     return
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   try:
     saved = workdir_lib.read_saved_config(workdir)
-  except (OSError, ValueError) as e:
-    logging.warning(
-      "cannot read the config.json of %s (%s); resuming without comparing", workdir, e
+    problem = None if saved is not None else f"{path} is missing"
+  except (OSError, ConfigError) as e:
+    saved, problem = None, str(e)
+  if problem and unverified:
+    print(
+      f"Resuming without comparing configs: {problem}; this command's config is taken as theirs"
     )
     return
-  if saved is None:
-    return
+  if problem:
+    raise ConfigError(
+      f"workdir={workdir} holds checkpoints, but {problem}, so this config cannot be compared "
+      "with the one they were trained with (a resumed run could silently differ); put the run's "
+      "config.json back, or pass resume_unverified=True to resume with this command's config"
+    )
   changes = config_changes(saved, config)
   if changes:
     shown = "; ".join(changes[:12])
@@ -96,6 +107,9 @@ def check_resume_data(workdir: str, dataset) -> None:
     kind, shape = workdir_lib.read_data_spec(workdir)
   except checkpoint.NoCheckpointError:  # trained before data specs were written
     return
+  except ConfigError as e:  # damaged: train() writes it again from the data
+    print(f"{e}; writing it again from the data")
+    return
   now = (dataset.kind, tuple(dataset.example_shape))
   if (kind, shape) != now:
     raise ConfigError(
@@ -113,23 +127,24 @@ def check_free_space(workdir: str, abstract_state, keep_checkpoints: int) -> Non
   and at least one.
   """
   num_saved = len(checkpoint.saved_steps(workdir))
-  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+  state_bytes = checkpoint.state_bytes(abstract_state)
   copies = max(keep_checkpoints + 1 - num_saved, 1)
-  need = copies * state_bytes + 16 * 2**20  # + logs and sample pictures
-  existing = workdir_lib.nearest_existing(workdir)
-  free = shutil.disk_usage(existing).free
-  if free < need:
-    raise ConfigError(
-      f"workdir={workdir} has {_size(free)} free, but its checkpoints need about {_size(need)} "
-      f"({copies} x the {_size(state_bytes)} train state, for config.train.keep_checkpoints="
-      f"{keep_checkpoints}); free some space, lower keep_checkpoints or choose another workdir"
+  need = copies * state_bytes + LOGS_ALLOWANCE
+  free = shutil.disk_usage(workdir_lib.nearest_existing(workdir)).free
+  if free >= need:
+    return
+  size = checkpoint.format_size
+  # Advise what would make room: fewer copies only where the copies are most of the need.
+  if copies > 1 and copies * state_bytes > LOGS_ALLOWANCE:
+    advice = (
+      f"free {size(need - free)}, lower config.train.keep_checkpoints (each copy is "
+      f"{size(state_bytes)}) or choose another workdir"
     )
-
-
-def _size(num_bytes) -> str:
-  if num_bytes < 1024:
-    return f"{num_bytes:.0f} bytes"
-  for unit in ("kB", "MB", "GB", "TB"):
-    num_bytes /= 1024
-    if num_bytes < 1024 or unit == "TB":
-      return f"{num_bytes:.1f} {unit}"
+  else:
+    advice = f"free {size(need - free)} or choose another workdir"
+  raise ConfigError(
+    f"workdir={workdir} has {size(free)} free, but the run needs about {size(need)}: "
+    f"{copies} x the {size(state_bytes)} train state (config.train.keep_checkpoints="
+    f"{keep_checkpoints}, and one being written) and {size(LOGS_ALLOWANCE)} for logs and "
+    f"sample pictures; {advice}"
+  )

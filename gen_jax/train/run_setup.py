@@ -20,6 +20,7 @@ import numpy as np
 
 from gen_jax import checkpoint, configs, data, sharding
 from gen_jax.configs import ConfigError
+from gen_jax.data import validation
 from gen_jax.train import resume, step
 from gen_jax.train import workdir as workdir_lib
 
@@ -95,7 +96,15 @@ class Run:
     return sample
 
 
-def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
+def open_run(
+  config,
+  workdir: str,
+  build: BuildFn,
+  mode: str = "train",
+  *,
+  experiment: str | None = None,
+  resume_unverified: bool = False,
+) -> Run:
   """Opens `workdir` for `mode`; raises ConfigError, DataError or NoCheckpointError first.
 
   train: the train split; the workdir's config and data must be those of its
@@ -104,12 +113,16 @@ def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
     the workdir is created.
   sample: needs a checkpoint; no data is read.
   eval: needs a checkpoint; the test split, config.eval.batch_size checked.
+  experiment: the experiment's name, checked against the one the workdir
+    records (workdir.check_experiment); resume_unverified: see
+    resume.check_resume_config.
   """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   configs.validate(config)
+  workdir_lib.check_experiment(workdir, experiment)
   if mode == "train":
-    resume.check_resume_config(config, workdir)
+    resume.check_resume_config(config, workdir, unverified=resume_unverified)
   else:
     checkpoint.require_checkpoint(workdir)
   mesh = sharding.make_mesh()
@@ -126,6 +139,8 @@ def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
   if mode == "train":
     _check_classes(model, dataset)
     resume.check_resume_data(workdir, dataset)
+    where = f"config.data.path={config.data.path}" if config.data.path else dataset.name
+    validation.check_points_dimension(dataset.kind, dataset.example_shape, where)
   tx, train_step = step.train_step_for(config, model)
   replicated = sharding.replicated(mesh)
   abstract = jax.eval_shape(

@@ -14,9 +14,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from gen_jax import data, fileio, images
+from gen_jax import checks, data, fileio, images
 from gen_jax.configs import ConfigError
-from gen_jax.train import rng
+from gen_jax.train import faults, rng
+from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, check_sampler, open_run
 
 
@@ -75,6 +76,8 @@ def sample(
   out_dir: str | None = None,
   class_label: int | None = None,
   guidance_scale: float | None = None,
+  *,
+  experiment: str | None = None,
 ) -> str:
   """Draws num_samples (default config.sample.num_samples) from the latest checkpoint's EMA
   parameters, with `sampler` and `num_steps` (default: config.sample's).
@@ -85,11 +88,27 @@ def sample(
   class `class_label`, or every class with one row each in the picture,
   with classifier-free guidance `guidance_scale` (default: the config's).
   The key of chunk i is rng.stream(seed, "sample", checkpoint step, i).
+  Before any work: out_dir (default: the workdir) must be writable and every
+  setting finite. Samples holding NaN/inf raise NonFiniteError and nothing is
+  written; a full disk or memory raises a one-line error (faults.resource_errors).
+  experiment: the experiment's name, checked against the workdir's.
   """
   num_samples = config.sample.num_samples if num_samples is None else num_samples
   if num_samples <= 0:
     raise ConfigError(f"num_samples={num_samples} must be positive")
-  run = open_run(config, workdir, build, mode="sample")
+  if guidance_scale is not None and not checks.is_real(guidance_scale):
+    raise ConfigError(f"guidance_scale={guidance_scale} must be a finite number")
+  run = open_run(config, workdir, build, mode="sample", experiment=experiment)
+  out_dir = out_dir or workdir
+  if run.is_writer:
+    where = f"out_dir={out_dir}" if out_dir != workdir else f"workdir={workdir}"
+    workdir_lib.check_writable(out_dir, where)
+  with faults.resource_errors("drawing samples"):
+    return _sample(run, num_samples, sampler, num_steps, out_dir, class_label, guidance_scale)
+
+
+def _sample(run, num_samples, sampler, num_steps, out_dir, class_label, guidance_scale) -> str:
+  config = run.config
   num_classes = getattr(run.model, "num_classes", 0)
   if guidance_scale is None:
     guidance_scale = config.sample.guidance_scale
@@ -123,8 +142,12 @@ def sample(
     guidance_scale,
     desc=f"sample ({sampler})",
   )
-  out_dir = out_dir or workdir
-  os.makedirs(out_dir, exist_ok=True)
+  bad = int(np.sum(~np.all(np.isfinite(samples.reshape(num_samples, -1)), axis=1)))
+  if bad:
+    raise faults.NonFiniteError(
+      f"{bad} of {num_samples} samples hold NaN/inf (checkpoint step {int(state.step)}, sampler "
+      f"{sampler}, num_steps={num_steps}, guidance_scale={guidance_scale}); nothing was written"
+    )
   npz_path = os.path.join(out_dir, "samples.npz")
   if run.kind == "points":
     arrays = {"points": samples.astype(np.float32)}

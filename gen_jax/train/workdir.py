@@ -4,6 +4,8 @@ workdir/config.json     the config a run was trained with (write_config,
                         with_saved_config merges it back for sample/eval)
 workdir/data_spec.json  the data's kind and example shape, so sampling needs
                         no data (write_data_spec / read_data_spec)
+workdir/experiment.txt  the name of the experiment (run.py's --experiment)
+                        that trains in it (write_experiment / check_experiment)
 runs/<experiment>-<time>  the default name of a new run (new_workdir); the
                         newest such folder is where sample/eval look
                         (newest_workdir)
@@ -19,6 +21,7 @@ from gen_jax.configs import ConfigError
 
 CONFIG_FILE = "config.json"
 DATA_SPEC = "data_spec.json"
+EXPERIMENT_FILE = "experiment.txt"
 RUNS_DIR = "runs"
 
 
@@ -49,7 +52,7 @@ def nearest_existing(path: str) -> str:
 
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir`; raises ConfigError if it cannot be written."""
-  probe = os.path.join(workdir, ".write_test")
+  probe = os.path.join(workdir, f".write_test.{os.getpid()}")  # two launches may probe at once
   try:
     os.makedirs(workdir, exist_ok=True)
     fileio.write_atomically(probe, "ok")
@@ -64,13 +67,64 @@ def write_config(workdir: str, config) -> None:
   )
 
 
+def check_writable(directory: str, what: str) -> None:
+  """Raises ConfigError now, before any work, if `directory` (created if missing) cannot take a
+  file; `what` names the argument that chose it (e.g. "workdir=runs/x")."""
+  probe = os.path.join(directory, f".write_test.{os.getpid()}")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fileio.write_atomically(probe, "ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(
+      f"{what} is not writable ({e.strerror or e}); choose where the output goes with out_dir=DIR"
+    ) from e
+
+
+def read_json(path: str):
+  """The contents of a JSON file gen_jax wrote; ConfigError naming the file if it is damaged."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ConfigError(f"{path} is damaged (not valid JSON: {e})") from None
+
+
 def read_saved_config(workdir: str) -> dict | None:
-  """The contents of workdir/config.json, or None if there is none."""
+  """The contents of workdir/config.json, or None if there is none; ConfigError if it is damaged."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
+  saved = read_json(path)
+  if not isinstance(saved, dict):
+    raise ConfigError(f"{path} is damaged (not a JSON object)")
+  return saved
+
+
+def write_experiment(workdir: str, experiment: str) -> None:
+  fileio.write_atomically(os.path.join(workdir, EXPERIMENT_FILE), experiment + "\n")
+
+
+def check_experiment(workdir: str, experiment: str | None) -> None:
+  """Raises ConfigError if `workdir` records another experiment than `experiment` (None: any)."""
+  path = os.path.join(workdir, EXPERIMENT_FILE)
+  if experiment is None or not os.path.exists(path):
+    return
   with open(path) as f:
-    return json.load(f)
+    recorded = f.read().strip()
+  if recorded and recorded != experiment:
+    raise ConfigError(
+      f"workdir={workdir} holds a run of the experiment {recorded!r}, not {experiment!r}; pass "
+      f"experiment={recorded} to go on with it, or use another workdir"
+    )
+
+
+def remove_temporary_files(workdir: str, report=print) -> None:
+  """Deletes what a killed writer left half-written in the workdir and its samples/ (a training
+  holding the workdir lock; orbax's own leftovers are checkpoint.restore_newest's)."""
+  for directory in (workdir, os.path.join(workdir, "samples")):
+    for path in fileio.remove_temporary_files(directory):
+      report(f"removed {path}, a file left half-written by an interrupted run")
 
 
 def with_saved_config(config, workdir: str, keep: frozenset[str] = frozenset()):
@@ -117,6 +171,9 @@ def read_data_spec(workdir: str) -> tuple[str, tuple]:
     raise checkpoint.NoCheckpointError(
       f"no {DATA_SPEC} in workdir={workdir}; train first with the same workdir"
     )
-  with open(path) as f:
-    spec = json.load(f)
-  return spec["kind"], tuple(spec["example_shape"])
+  spec = read_json(path)
+  try:
+    kind, shape = spec["kind"], tuple(int(n) for n in spec["example_shape"])
+  except (KeyError, TypeError, ValueError):
+    raise ConfigError(f"{path} is damaged (no kind and example_shape)") from None
+  return kind, shape
