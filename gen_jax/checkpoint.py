@@ -14,6 +14,7 @@ place that decides what counts as a checkpoint on disk.
 """
 
 import contextlib
+import logging as std_logging
 import os
 import shutil
 import sys
@@ -59,22 +60,48 @@ def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
   """Saves `state` (a pytree) as checkpoint `step`; waits until it is on disk.
 
   A full disk raises fileio.DiskFullError saying how much a checkpoint needs,
-  after the unfinished `<step>.orbax-checkpoint-tmp` folder is deleted.
+  after the manager is closed (it would raise the same error again) and the
+  unfinished `<step>.orbax-checkpoint-tmp` folder is deleted; orbax's own log
+  records of it (a traceback per thread and array) are dropped.
   """
+  _DropDiskFullRecords.install()
   try:
     mngr.save(step, args=ocp.args.StandardSave(state), force=True)
     mngr.wait_until_finished()
   except Exception as e:
     if not fileio.is_disk_full(e):
       raise
+    with contextlib.suppress(Exception):
+      mngr.close()
     directory = str(mngr.directory)
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
-      if name.startswith(f"{step}{TMP_SUFFIX}") or name.startswith(f"{step}.orbax-checkpoint"):
+      if name.startswith(f"{step}{TMP_SUFFIX}"):
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     raise fileio.DiskFullError(
       f"the disk is full: checkpoint {step} could not be saved in {directory} (a checkpoint "
       f"needs about {format_size(state_bytes(state))})"
-    ) from None
+    ) from e
+
+
+class _DropDiskFullRecords(std_logging.Filter):
+  """Drops the log records of orbax's threads (absl) and of asyncio's unretrieved tasks that
+  report a full disk: save() raises one DiskFullError for all of them."""
+
+  installed = False
+
+  def filter(self, record) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (
+      (error is not None and fileio.is_disk_full(error))
+      or "No space left on device" in record.getMessage()
+    )
+
+  @classmethod
+  def install(cls) -> None:
+    if not cls.installed:
+      for name in ("absl", "asyncio"):
+        std_logging.getLogger(name).addFilter(cls())
+      cls.installed = True
 
 
 def state_bytes(state) -> int:
