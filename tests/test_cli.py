@@ -44,6 +44,9 @@ def run_py():
     ("no config.json in runs/a/config.json", "no config.json in runs/a/config.json"),
     ("--config.data.name is already a flag", "--config.data.name is already a flag"),
     ("the sampler and the workdir", "the sampler and the workdir"),
+    ("or pass resume_unverified=True to", "or pass --resume_unverified=True to"),
+    ("pass experiment=ddpm_toy2d to go on", "pass --experiment=ddpm_toy2d to go on"),
+    ("choose where it goes with out_dir=DIR", "choose where it goes with --out_dir=DIR"),
   ],
 )
 def test_the_error_line_adds_the_dashes(run_py, library, command_line):

@@ -242,3 +242,15 @@ def test_read_only_output_is_refused_before_any_work_offering_out_dir(tmp_path, 
     r"with out_dir=DIR",
   ):
     workdir_lib.check_writable(str(tmp_path), "workdir=wd")
+
+
+def test_points_that_are_not_2d_are_refused_at_start_up_before_anything_is_written(tmp_path):
+  """Was `too many values to unpack` at the first sample grid, after sample_every steps."""
+  from experiments import ddpm_toy2d
+
+  path = tmp_path / "points.npz"
+  np.savez(path, points=np.zeros((32, 3), np.float32))
+  config = runs.config("ddpm_toy2d", runs.TOY2D, {"data.source": "npz", "data.path": str(path)})
+  with pytest.raises(DataError, match=rf"^config.data.path={path}: the points have shape \(3,\)"):
+    train.train(config, str(tmp_path / "wd"), ddpm_toy2d.build)
+  assert not (tmp_path / "wd").exists()

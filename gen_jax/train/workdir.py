@@ -52,13 +52,7 @@ def nearest_existing(path: str) -> str:
 
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir`; raises ConfigError if it cannot be written."""
-  probe = os.path.join(workdir, f".write_test.{os.getpid()}")  # two launches may probe at once
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    fileio.write_atomically(probe, "ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"workdir={workdir} is not writable: {e}") from e
+  check_writable(workdir, f"workdir={workdir}", hint="")
 
 
 def write_config(workdir: str, config) -> None:
@@ -67,18 +61,18 @@ def write_config(workdir: str, config) -> None:
   )
 
 
-def check_writable(directory: str, what: str) -> None:
+def check_writable(
+  directory: str, what: str, hint: str = "; choose where the output goes with out_dir=DIR"
+) -> None:
   """Raises ConfigError now, before any work, if `directory` (created if missing) cannot take a
-  file; `what` names the argument that chose it (e.g. "workdir=runs/x")."""
-  probe = os.path.join(directory, f".write_test.{os.getpid()}")
+  file; `what` names the argument that chose it (e.g. "workdir=runs/x"), `hint` the way out."""
+  probe = os.path.join(directory, f".write_test.{os.getpid()}")  # two processes may probe at once
   try:
     os.makedirs(directory, exist_ok=True)
     fileio.write_atomically(probe, "ok")
     os.remove(probe)
   except OSError as e:
-    raise ConfigError(
-      f"{what} is not writable ({e.strerror or e}); choose where the output goes with out_dir=DIR"
-    ) from e
+    raise ConfigError(f"{what} is not writable ({e.strerror or e}){hint}") from e
 
 
 def read_json(path: str):
