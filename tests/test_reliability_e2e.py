@@ -200,11 +200,22 @@ def test_a_kill_during_the_last_grid_and_resumes_that_say_what_they_do(tmp_path,
 
 
 def test_sampling_refuses_non_finite_settings_and_samples_and_checks_its_output_first(
-  tmp_path, monkeypatch
+  tmp_path, monkeypatch, capsys
 ):
   workdir = str(tmp_path / "wd")
   config = toy_config(num_steps=1)
-  train.train(config, workdir, ddpm_toy2d.build)
+  make_sampler = train.Run.make_sampler
+
+  def nan_sampler(self, *args, **kwargs):
+    draw = make_sampler(self, *args, **kwargs)
+    return lambda *a, **k: draw(*a, **k) * np.float32(np.nan)
+
+  with pytest.MonkeyPatch.context() as patch:  # the training grid: reported, not drawn
+    patch.setattr(train.Run, "make_sampler", nan_sampler)
+    train.train(config, workdir, ddpm_toy2d.build)
+  out = capsys.readouterr().out
+  assert "The sample grid of step 1 is not written: 4 of 4 samples hold NaN/inf" in out
+  assert out.endswith(f"Done: 1 steps in {workdir}\n") and not os.listdir(f"{workdir}/samples")
   with pytest.raises(train.ConfigError, match=r"^guidance_scale=nan must be a finite number"):
     train.sample(config, workdir, ddpm_toy2d.build, guidance_scale=float("nan"))
 

@@ -26,10 +26,14 @@ Multi-process runs: only process 0 takes the lock (its caller's condition).
 
 import datetime
 import errno
-import fcntl
 import json
 import os
 import socket
+
+try:
+  import fcntl
+except ImportError:  # Windows: no flock; lock.json alone decides
+  fcntl = None
 
 from gen_jax import fileio
 from gen_jax.configs import ConfigError
@@ -161,6 +165,8 @@ class WorkdirLock:
 
 def _flock(fd: int) -> bool | None:
   """True: locked; False: another process holds it; None: this file system has no flock."""
+  if fcntl is None:
+    return None
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return True
