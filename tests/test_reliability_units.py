@@ -8,6 +8,7 @@ real full disk) are in tests/test_reliability_e2e.py.
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -254,3 +255,27 @@ def test_points_that_are_not_2d_are_refused_at_start_up_before_anything_is_writt
   with pytest.raises(DataError, match=rf"^config.data.path={path}: the points have shape \(3,\)"):
     train.train(config, str(tmp_path / "wd"), ddpm_toy2d.build)
   assert not (tmp_path / "wd").exists()
+
+
+def test_images_too_large_for_the_unet_are_refused_before_any_allocation(tmp_path):
+  """Was XLA's out-of-memory error at the first step, asking for petabytes, after minutes of
+  compiling: the middle block's attention over 512 x 512 positions cannot fit anywhere."""
+  from PIL import Image
+
+  from experiments import ddpm_digits
+
+  (tmp_path / "images").mkdir()
+  Image.fromarray(np.zeros((1024, 1024), np.uint8)).save(tmp_path / "images" / "big.png")
+  config = runs.config(
+    "ddpm_digits", {"data.source": "folder", "data.path": str(tmp_path / "images")}
+  )
+  with pytest.raises(train.ConfigError) as info:
+    train.train(config, str(tmp_path / "wd"), ddpm_digits.build)
+  assert re.match(
+    r"images of 1024x1024 are too large for this U-Net: the self-attention of its middle block "
+    r"at 512x512 \(the lowest of config.model.ch_mult's 2 levels\) needs at least 64 x 262144\^2 "
+    r"scores, 16.0 TB, more than the [\d.]+ [kMGT]B of memory",
+    str(info.value),
+  ), str(info.value)
+  assert not (tmp_path / "wd").exists()
+  resume.check_attention_memory(config.model, (8, 8, 1), 128, 1)  # the digits: fine

@@ -1,4 +1,5 @@
-"""Whether a workdir may be resumed with this config and data, and whether its disk has room.
+"""Whether a workdir may be resumed with this config and data, and whether its disk (and the
+device's memory) have room.
 
 Run at start-up, before anything is written: a resumed run must continue the
 run its checkpoints came from (same model, data and optimizer), and a full
@@ -8,6 +9,8 @@ disk must fail now, not at the first checkpoint.
 import json
 import os
 import shutil
+
+import jax
 
 from gen_jax import checkpoint
 from gen_jax.configs import ConfigError
@@ -148,3 +151,42 @@ def check_free_space(workdir: str, abstract_state, keep_checkpoints: int) -> Non
     f"{keep_checkpoints}, and one being written) and {size(LOGS_ALLOWANCE)} for logs and "
     f"sample pictures; {advice}"
   )
+
+
+def check_attention_memory(model_config, example_shape, batch_size: int, num_devices: int) -> None:
+  """U-Nets (a config.model with ch_mult): refuses images too large for the model before any
+  memory is allocated (was XLA's out-of-memory error at the first step, asking for petabytes).
+
+  The middle block attends over every position of the lowest resolution, H / 2^(L-1) by
+  W / 2^(L-1) for L = len(ch_mult) levels: its scores alone are b x P^2 float32 for P positions
+  and b = the batch per device. If that one array exceeds the device's memory (the host's RAM on
+  a CPU), no setting of this run can train.
+  """
+  if "ch_mult" not in model_config or len(example_shape) != 3:
+    return
+  levels = len(model_config.ch_mult)
+  height, width = (max(n >> (levels - 1), 1) for n in example_shape[:2])
+  positions = height * width
+  per_device = -(-batch_size // num_devices)
+  scores = per_device * positions**2 * 4
+  memory = device_memory()
+  if memory and scores > memory:
+    size = checkpoint.format_size
+    raise ConfigError(
+      f"images of {example_shape[0]}x{example_shape[1]} are too large for this U-Net: the "
+      f"self-attention of its middle block at {height}x{width} (the lowest of "
+      f"config.model.ch_mult's {levels} levels) needs at least {per_device} x {positions}^2 "
+      f"scores, {size(scores)}, more than the {size(memory)} of memory; resize the images (the data of "
+      "config.data), add levels to config.model.ch_mult or lower config.data.batch_size"
+    )
+
+
+def device_memory() -> int | None:
+  """Bytes of memory of the first device (an accelerator's limit, or the host's RAM), or None."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None

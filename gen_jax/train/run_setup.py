@@ -153,6 +153,8 @@ def open_run(
     sample = config.sample
     check_sampler(model, abstract_state, sample.sampler, sample.num_steps, sample.eta)
     resume.check_free_space(workdir, abstract_state, config.train.keep_checkpoints)
+    model_config = config.get("model", {})
+    resume.check_attention_memory(model_config, example_shape, config.data.batch_size, mesh.size)
     workdir_lib.prepare_workdir(workdir)
   checkpoints = checkpoint.manager(workdir, config.train.keep_checkpoints, create=mode == "train")
   return Run(
