@@ -71,6 +71,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
   except Exception as e:
     if not fileio.is_disk_full(e):
       raise
+    _drop_closed_loop_errors()
     with contextlib.suppress(Exception):
       mngr.close()
     directory = str(mngr.directory)
@@ -249,6 +250,30 @@ def _restore_first_readable(directory, steps, abstract_state, report, action):
     finally:
       trial.close()
   return None, None, rejected, first_reason
+
+
+def _is_closed_loop_error(error) -> bool:
+  return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+
+
+def _drop_closed_loop_errors() -> None:
+  """After a failed save, tensorstore's callbacks keep arriving at orbax's closed asyncio loop
+  for the rest of the process, each printed as a traceback (through sys.excepthook or
+  sys.unraisablehook): drops those, and only those, from now on."""
+  if getattr(sys.excepthook, "drops_closed_loop_errors", False):
+    return
+  unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+  def unraisable_hook(u):
+    if not _is_closed_loop_error(u.exc_value):
+      unraisable(u)
+
+  def except_hook(kind, value, traceback):
+    if not _is_closed_loop_error(value):
+      excepthook(kind, value, traceback)
+
+  except_hook.drops_closed_loop_errors = True
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from experiments import ddpm_toy2d
 from gen_jax import checkpoint, fileio, train
 from gen_jax.train import loop, sampling
 from tests.support import runs
-from tests.test_reliability import _deliver, logged, saved_steps, toy_config
+from tests.test_reliability import _deliver, _toy_state_bytes, logged, saved_steps, toy_config
 
 TIMEOUT = 120
 env = runs.env_fixture()
@@ -261,43 +261,49 @@ def small_tmpfs(path, size):
     subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_a_real_full_disk_stops_in_one_line_naming_the_newest_checkpoint(tmp_path, monkeypatch):
+def test_a_real_full_disk_stops_in_one_line_naming_the_newest_checkpoint(env, tmp_path):
+  """Was exit 1 after a hundred orbax/tensorstore tracebacks and no error line."""
   disk = tmp_path / "disk"
   with small_tmpfs(disk, "4m"):
-    workdir, filler = str(disk / "wd"), disk / "filler"
-    save = checkpoint.save
+    workdir = disk / "wd"
+    overrides = (
+      runs.TOY2D,
+      {"train.checkpoint_every": 5, "train.sample_every": 10**6, "sample.sampler": "ddim"},
+      {"sample.num_steps": 2},
+    )
+    args = [*runs.flags("ddpm_toy2d", *overrides), f"--workdir={workdir}"]
 
-    def fill(path):
+    def fill(path):  # another job takes the rest of the disk
       with contextlib.suppress(OSError), open(path, "wb", buffering=0) as f:
         while True:
           f.write(b"\0" * 2**12)
 
-    def save_then_fill(mngr, step, state):  # another job fills the disk after checkpoint 3
-      save(mngr, step, state)
-      if step == 3:
-        fill(filler)
-
-    monkeypatch.setattr(checkpoint, "save", save_then_fill)
-    config = toy_config(num_steps=6)
-    config.train.checkpoint_every = 1
-    with pytest.raises(fileio.DiskFullError) as info:
-      train.train(config, workdir, ddpm_toy2d.build)
-    message = str(info.value)
-    assert "\n" not in message and message.startswith("the disk is full")
-    assert f"the newest checkpoint is step 3 in {workdir}/checkpoints" in message
-    assert saved_steps(workdir) == [1, 2, 3] and not temporary_files(workdir)
+    with launched(env, tmp_path, "full", *args, "--config.train.num_steps=100000") as proc:
+      wait_until(lambda: len(saved_steps(workdir)) >= 2, proc)
+      fill(disk / "filler")
+      proc.wait(timeout=TIMEOUT)
+    newest = saved_steps(workdir)[-1]
+    assert proc.returncode == 1
+    size = checkpoint.format_size(_toy_state_bytes())
+    assert re.fullmatch(
+      rf"error: the disk is full: checkpoint {newest + 5} could not be saved in {workdir}/"
+      rf"checkpoints \(a checkpoint needs about {size}\), while training; the newest checkpoint is "
+      rf"step {newest} in {workdir}/checkpoints. Free space and run the same command again",
+      one_line((tmp_path / "full.err").read_text()),
+    )
+    assert not temporary_files(workdir)
     assert not [n for n in os.listdir(f"{workdir}/checkpoints") if checkpoint.TMP_SUFFIX in n]
 
     # --mode=sample on the same full disk: refused before drawing, in one line (was a traceback
     # after the work, and a 0-byte samples.npz.tmp.npz).
     fill(disk / "filler_2")  # (deleting the unfinished save made a little room)
+    config = runs.config("ddpm_toy2d", *overrides, {"train.num_steps": newest + 2})
     with pytest.raises(train.ConfigError, match=r"^workdir=.* is not writable \(the disk is full"):
-      train.sample(config, workdir, ddpm_toy2d.build)
+      train.sample(config, str(workdir), ddpm_toy2d.build)
     assert not temporary_files(workdir) and not os.path.exists(f"{workdir}/samples.npz")
 
-    # Space again: the same command resumes from step 3 and finishes.
-    os.remove(filler)
+    # Space again: the same command resumes from the newest checkpoint and goes on.
+    os.remove(disk / "filler")
     os.remove(disk / "filler_2")
-    monkeypatch.setattr(checkpoint, "save", save)
-    state = train.train(config, workdir, ddpm_toy2d.build)
-    assert int(state.step) == 6 and saved_steps(workdir)[-1] == 6
+    state = train.train(config, str(workdir), ddpm_toy2d.build)
+    assert int(state.step) == newest + 2 and saved_steps(workdir)[-1] == newest + 2
