@@ -28,12 +28,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from experiments import ddpm_toy2d
 from gen_jax import checkpoint, data, sharding, summary, train
 from tests.support import runs
+from tests.support.faults import (
+  deliver,
+  logged,
+  saved_steps,
+  small_state,
+  toy_config,
+  toy_state_bytes,
+  unfinished_saves,
+)
 
 NUM_STEPS = 30
 TOY2D = runs.flags(
@@ -81,32 +89,6 @@ def wait_for(condition, proc, timeout=TIMEOUT) -> bool:
       return True
     time.sleep(0.002)
   raise AssertionError("timed out waiting for the training subprocess")
-
-
-def saved_steps(workdir):
-  directory = checkpoint.checkpoint_dir(str(workdir))
-  names = os.listdir(directory) if os.path.isdir(directory) else []
-  return sorted(int(n) for n in names if n.isdigit())
-
-
-def unfinished_saves(workdir):
-  directory = checkpoint.checkpoint_dir(str(workdir))
-  names = os.listdir(directory) if os.path.isdir(directory) else []
-  return [n for n in names if checkpoint.TMP_SUFFIX in n]
-
-
-def logged(workdir):
-  """The metrics.jsonl records (a last line cut short by a kill is skipped)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  records = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except ValueError:
-          pass
-  return records
 
 
 def final_state(workdir):
@@ -321,19 +303,6 @@ def dataset_with(path):
 # Damaged checkpoints (orbax itself, no model)
 
 
-def small_state(k):
-  params = {
-    "w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3) * k,
-    "b": jnp.full((3,), -k, jnp.float32),
-  }
-  return train.TrainState(
-    step=jnp.asarray(k, jnp.int32),
-    params=params,
-    opt_state=optax.adam(1e-3).init(params),
-    ema_params=jax.tree.map(lambda x: x + 0.5, params),
-  )
-
-
 def _truncate_data_files(step_dir):
   for root, _, files in os.walk(step_dir):
     for name in files:
@@ -410,11 +379,6 @@ def test_when_no_checkpoint_restores_nothing_is_touched(tmp_path):
 # Signals, in process
 
 
-def _deliver(signum):
-  os.kill(os.getpid(), signum)
-  time.sleep(0.05)  # Python runs the handler in the main thread at its next instruction
-
-
 def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
   calls = []
   recorder = lambda signum, frame: calls.append(signum)
@@ -422,15 +386,15 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
   try:
     with train.StopOnSignal(announce=False) as stop:
       assert signal.getsignal(signal.SIGTERM) is not recorder
-      _deliver(signal.SIGTERM)
+      deliver(signal.SIGTERM)
       assert stop.signal_number == signal.SIGTERM and calls == []
-      _deliver(signal.SIGTERM)  # at once: the previous handler, which is back in place
+      deliver(signal.SIGTERM)  # at once: the previous handler, which is back in place
       assert calls == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is recorder
     with train.StopOnSignal(announce=False) as stop:
-      _deliver(signal.SIGINT)
+      deliver(signal.SIGINT)
       assert stop.signal_number == signal.SIGINT
       with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler
-        _deliver(signal.SIGINT)
+        deliver(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is recorder
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. nohup: an ignored signal stays ignored
@@ -438,23 +402,6 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
       assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
   finally:
     signal.signal(signal.SIGTERM, original)
-
-
-def _toy_state_bytes():
-  """The bytes of toy_config()'s train state, counted leaf by leaf."""
-  config = toy_config()
-  model, tx = ddpm_toy2d.build(config, (2,)), train.make_optimizer(config.optim, 6)
-  shapes = jax.eval_shape(lambda k: train.init_state(model, tx, k), jax.random.key(0))
-  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-
-
-def toy_config(num_steps=6):
-  return runs.config(
-    "ddpm_toy2d",
-    runs.TOY2D,
-    {"train.num_steps": num_steps, "train.checkpoint_every": 1000, "train.sample_every": 1000},
-    {"sample.sampler": "ddim", "sample.num_steps": 2},
-  )
 
 
 @pytest.mark.slow
@@ -467,7 +414,7 @@ def test_train_stops_after_the_signalled_step_and_restores_the_handlers(
   def write_then_signal(self, step, scalars):
     write_scalars(self, step, scalars)
     if step == 3:
-      _deliver(signal.SIGTERM)
+      deliver(signal.SIGTERM)
 
   monkeypatch.setattr(summary.MetricWriter, "write_scalars", write_then_signal)
   before = signal.getsignal(signal.SIGTERM)
@@ -530,7 +477,7 @@ def test_full_disk_and_unwritable_workdir_fail_at_start_up(tmp_path, monkeypatch
   # The estimate is the checkpoints (counted exactly) and 1 MB for logs and pictures, and the
   # advice names only what would help: here the pictures, not keep_checkpoints (was a fixed 16 MB
   # allowance that no lower keep_checkpoints could make fit).
-  state = checkpoint.format_size(_toy_state_bytes())
+  state = checkpoint.format_size(toy_state_bytes())
   with pytest.raises(train.ConfigError) as info:
     train.train(toy_config(), str(workdir), ddpm_toy2d.build)
   assert re.fullmatch(

@@ -25,7 +25,7 @@ from experiments import ddpm_toy2d
 from gen_jax import checkpoint, fileio, train
 from gen_jax.train import loop, sampling
 from tests.support import runs
-from tests.test_reliability import _deliver, _toy_state_bytes, logged, saved_steps, toy_config
+from tests.support.faults import deliver, logged, saved_steps, toy_config, toy_state_bytes
 
 TIMEOUT = 120
 env = runs.env_fixture()
@@ -190,7 +190,7 @@ def test_a_kill_during_the_last_grid_and_resumes_that_say_what_they_do(tmp_path,
 
   def draw_then_signal(self, params, step):
     draw(self, params, step)
-    _deliver(signal.SIGINT)
+    deliver(signal.SIGINT)
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(loop.SampleGrid, "draw", draw_then_signal)
@@ -284,7 +284,7 @@ def test_a_real_full_disk_stops_in_one_line_naming_the_newest_checkpoint(env, tm
       proc.wait(timeout=TIMEOUT)
     newest = saved_steps(workdir)[-1]
     assert proc.returncode == 1
-    size = checkpoint.format_size(_toy_state_bytes())
+    size = checkpoint.format_size(toy_state_bytes())
     assert re.fullmatch(
       rf"error: the disk is full: checkpoint {newest + 5} could not be saved in {workdir}/"
       rf"checkpoints \(a checkpoint needs about {size}\), while training; the newest checkpoint is "

@@ -9,9 +9,9 @@ import errno
 import json
 import os
 import re
-import signal
 import socket
-import time
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -22,32 +22,42 @@ from gen_jax.data import DataError, validation
 from gen_jax.train import faults, resume, workdir_lock
 from gen_jax.train import workdir as workdir_lib
 from tests.support import runs
+from tests.support.faults import small_state
 
 # --------------------------------------------------------------------------------------------------
 # One training per workdir
 
 
+# A second process that takes a workdir's lock, says so, and sleeps: the lock module alone, loaded
+# from its file (no JAX), so it starts in a fraction of a second.
+HOLD_LOCK = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("workdir_lock", sys.argv[1])
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+lock.acquire(sys.argv[2])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
 def _hold_lock_in_a_child(workdir):
-  """A forked process that takes the lock of `workdir` and sleeps; returns its pid once it holds it."""
-  read, write = os.pipe()
-  pid = os.fork()
-  if pid == 0:  # the child: no JAX, only the lock
-    try:
-      workdir_lock.acquire(str(workdir))
-      os.write(write, b"locked")
-      time.sleep(60)
-    finally:
-      os._exit(0)
-  os.close(write)
-  assert os.read(read, 6) == b"locked"
-  os.close(read)
-  return pid
+  """A process holding the lock of `workdir`, once it holds it."""
+  child = subprocess.Popen(
+    [sys.executable, "-c", HOLD_LOCK, workdir_lock.__file__, str(workdir)],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=runs.REPO),
+  )
+  assert child.stdout.readline() == "locked\n"
+  return child
 
 
 def test_a_second_training_is_refused_naming_the_first_and_a_killed_ones_lock_is_taken_over(
   tmp_path,
 ):
-  child = _hold_lock_in_a_child(tmp_path)
+  holder = _hold_lock_in_a_child(tmp_path)
+  child = holder.pid
   try:
     owner = json.loads((tmp_path / workdir_lock.OWNER_FILE).read_text())
     with pytest.raises(workdir_lock.WorkdirLockedError) as info:
@@ -57,8 +67,8 @@ def test_a_second_training_is_refused_naming_the_first_and_a_killed_ones_lock_is
     assert f"host {socket.gethostname()}, pid {child}, started {owner['started']}" in message
     assert isinstance(info.value, train.ConfigError)  # run.py: exit 1, one line
   finally:
-    os.kill(child, signal.SIGKILL)  # kill -9: the kernel releases the flock, lock.json stays
-    os.waitpid(child, 0)
+    holder.kill()  # kill -9: the kernel releases the flock, lock.json stays
+    holder.wait()
   assert json.loads((tmp_path / workdir_lock.OWNER_FILE).read_text())["pid"] == child
   lock = workdir_lock.acquire(str(tmp_path))
   assert f"pid {child}" in workdir_lock.stale_note(lock)
@@ -128,8 +138,6 @@ def test_temporary_names_are_hidden_and_leftovers_are_removed(tmp_path):
 
 
 def test_a_checkpoint_save_on_a_full_disk_deletes_its_unfinished_folder(tmp_path, monkeypatch):
-  from tests.test_reliability import small_state
-
   mngr = checkpoint.manager(str(tmp_path), max_to_keep=3)
   checkpoint.save(mngr, 1, small_state(1))
   unfinished = os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "2.orbax-checkpoint-tmp")
