@@ -292,8 +292,9 @@ def _quality_lines(section: dict, title: str, distance: str, score: str) -> list
   return lines
 
 
-def summary(results: dict, workdir: str = "") -> str:
-  """A readable summary of the results `gen_jax.train.evaluate` writes to eval.json."""
+def summary(results: dict, workdir: str = "", *, json_path: str | None = None) -> str:
+  """A readable summary of the results `gen_jax.train.evaluate` writes to eval.json
+  (json_path, default workdir/eval.json)."""
   lines = [
     f"Evaluation of {workdir or 'the run'}: checkpoint step {results['checkpoint_step']}, "
     f"{results['parameters'].upper()} parameters"
@@ -323,8 +324,10 @@ def summary(results: dict, workdir: str = "") -> str:
   seconds = results.get("seconds", {})
   if seconds:
     lines.append("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
-  if workdir:
-    lines.append(f"  all figures and their setup: {os.path.join(workdir, 'eval.json')}")
+  if workdir or json_path:
+    lines.append(
+      f"  all figures and their setup: {json_path or os.path.join(workdir, 'eval.json')}"
+    )
   return "\n".join(lines)
 
 

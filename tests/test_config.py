@@ -21,6 +21,7 @@ BAD = [
   ("train.sample_every", 0),
   ("train.checkpoint_every", 0),
   ("train.keep_checkpoints", 0),
+  ("train.keep_checkpoints", -1),  # was orbax's "max_to_keep must be None or non-negative"
   ("train.ema_decay", 1.0),
   ("train.ema_warmup", 1),
   ("train.max_seconds", -1.0),

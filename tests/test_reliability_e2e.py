@@ -240,10 +240,16 @@ def test_sampling_refuses_non_finite_settings_and_samples_and_checks_its_output_
   monkeypatch.setattr(train.Run, "restore", lambda self: pytest.fail("worked before the check"))
   with pytest.raises(train.ConfigError, match=rf"^workdir={workdir} is not writable"):
     train.sample(config, workdir, ddpm_toy2d.build)
+  with pytest.raises(train.ConfigError, match=r"choose where the output goes with out_dir=DIR"):
+    train.evaluate(config, workdir, ddpm_toy2d.build)
   monkeypatch.undo()
   out_dir = str(tmp_path / "elsewhere")
   path = train.sample(config, workdir, ddpm_toy2d.build, out_dir=out_dir)
   assert path == os.path.join(out_dir, "samples.npz") and os.path.exists(path)
+  config.eval.num_examples = 100
+  train.evaluate(config, workdir, ddpm_toy2d.build, out_dir=out_dir)
+  assert f"all figures and their setup: {out_dir}/eval.json" in capsys.readouterr().out
+  assert sorted(os.listdir(out_dir)) == ["eval.json", "samples.npz", "samples.png"]
 
 
 @contextlib.contextmanager

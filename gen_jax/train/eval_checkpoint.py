@@ -93,7 +93,7 @@ def _evaluate(run: Run, sampler, num_steps, inception_weights, out_dir) -> dict:
   if run.is_writer:
     path = os.path.join(out_dir, "eval.json")
     fileio.write_atomically(path, json.dumps(results, indent=2, sort_keys=True))
-    print(evaluation.summary(results, workdir))
+    print(evaluation.summary(results, workdir, json_path=path))
   return results
 
 
