@@ -29,10 +29,12 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 EXPERIMENTS_DIR = os.path.join(REPO, "experiments")
 sys.path.insert(0, REPO)
 
-# First of all: Ctrl-C or SIGTERM at any moment ends the process in one line (gen_jax/interrupts.py).
+# First of all: Ctrl-C or SIGTERM at any moment ends the process in one line (gen_jax/interrupts.py);
+# only as a command, not when imported (the tests import this file).
 from gen_jax import interrupts
 
-interrupts.install()
+if __name__ == "__main__":
+  interrupts.install()
 
 import importlib
 import pkgutil
