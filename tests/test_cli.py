@@ -6,6 +6,7 @@ import configparser
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -119,3 +120,10 @@ def test_the_experiments_folder_is_not_installed_as_a_package():
   packages = setuptools.find_packages(where=REPO, include=include)
   assert "gen_jax" in packages and "gen_jax.train" in packages
   assert all(p == "gen_jax" or p.startswith("gen_jax.") for p in packages), packages
+
+
+def test_importing_run_py_leaves_the_signal_handlers_alone(run_py):
+  """Only `python run.py` ends the process on Ctrl-C (gen_jax.interrupts); an importer (these
+  tests) keeps its own handlers."""
+  assert signal.getsignal(signal.SIGINT) is not run_py.interrupts.handle
+  assert signal.getsignal(signal.SIGTERM) is not run_py.interrupts.handle
