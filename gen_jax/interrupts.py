@@ -6,13 +6,15 @@ Python's own SIGINT handler raises KeyboardInterrupt at whatever bytecode the
 main thread runs next, and that may be inside a callback from XLA or
 TensorStore (a garbage-collection hook, an asyncio task): there the exception
 is printed as "Exception ignored in ..." and lost (the run goes on), or it
-unwinds through C++ frames and the interpreter's shutdown with XLA threads
-still running ends in a segmentation fault. So no exception is raised at all:
+unwinds through C++ frames, and the interpreter's shutdown with XLA threads
+still running can end in a segmentation fault (seen with --mode=eval). So no
+exception is raised at all:
 the handler writes one line, removes the temporary files being written
 (gen_jax.fileio registers them) and ends the process with os._exit, which
-runs no destructors. That is safe because everything gen_jax writes is
-atomic (a temporary name, then a rename; orbax saves likewise), so a process
-ended between two instructions leaves only whole files behind.
+runs no destructors. That is safe because every file gen_jax writes is
+atomic (a temporary name, then a rename; orbax saves likewise) or, for the
+appended metrics.jsonl, read back without a last line cut short, so a
+process ended between two instructions leaves only whole files behind.
 
 The Python-level handler runs only when the main thread next executes
 bytecode, which may be minutes away while it waits inside one long XLA call.
@@ -73,11 +75,14 @@ def handle(signum, frame=None) -> None:
       os.remove(path)
     except OSError:
       pass
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except Exception:  # a stream closed or locked by the interrupted thread: the line is out
-      pass
+  # Python's buffered output, from the main thread only: the watcher thread could wait forever
+  # on a buffer's lock that a blocked main thread holds (the one line above is out already).
+  if threading.current_thread() is threading.main_thread():
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except Exception:  # a closed stream: the line above is out all the same
+        pass
   os._exit(128 + signum)
 
 
