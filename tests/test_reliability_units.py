@@ -234,10 +234,10 @@ def test_another_experiment_is_refused_naming_both(tmp_path):
 
 
 def test_points_data_must_be_two_dimensional():
-  validation.check_points_dimension("points", (2,), "x.npz")
-  validation.check_points_dimension("image", (8, 8, 1), "x.npz")
+  validation.check_points_dimension("points", (2,), where="x.npz")
+  validation.check_points_dimension("image", (8, 8, 1), where="x.npz")
   with pytest.raises(DataError, match=r"^x.npz: the points have shape \(3,\) each"):
-    validation.check_points_dimension("points", (3,), "x.npz")
+    validation.check_points_dimension("points", (3,), where="x.npz")
 
 
 def test_read_only_output_is_refused_before_any_work_offering_out_dir(tmp_path, monkeypatch):
@@ -250,7 +250,7 @@ def test_read_only_output_is_refused_before_any_work_offering_out_dir(tmp_path, 
     match=r"^workdir=wd is not writable \(Read-only file system\); choose where the output goes "
     r"with out_dir=DIR",
   ):
-    workdir_lib.check_writable(str(tmp_path), "workdir=wd")
+    workdir_lib.check_writable(str(tmp_path), what="workdir=wd")
 
 
 def test_points_that_are_not_2d_are_refused_at_start_up_before_anything_is_written(tmp_path):
@@ -286,4 +286,6 @@ def test_images_too_large_for_the_unet_are_refused_before_any_allocation(tmp_pat
     str(info.value),
   ), str(info.value)
   assert not (tmp_path / "wd").exists()
-  resume.check_attention_memory(config.model, (8, 8, 1), 128, 1)  # the digits: fine
+  resume.check_attention_memory(
+    config.model, (8, 8, 1), batch_size=128, num_devices=1
+  )  # the digits: fine

@@ -53,7 +53,7 @@ def check_examples(arr: np.ndarray, key: str, where: str) -> np.ndarray:
   return points
 
 
-def check_points_dimension(kind: str, example_shape, where: str) -> None:
+def check_points_dimension(kind: str, example_shape, *, where: str) -> None:
   """Points data must be 2-D: the sample pictures drawn while training are scatter plots."""
   if kind == "points" and tuple(example_shape) != (2,):
     raise DataError(

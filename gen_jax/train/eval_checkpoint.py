@@ -62,12 +62,18 @@ def evaluate(
   out_dir = out_dir or workdir
   if run.is_writer:
     where = f"out_dir={out_dir}" if out_dir != workdir else f"workdir={workdir}"
-    workdir_lib.check_writable(out_dir, where)
+    workdir_lib.check_writable(out_dir, what=where)
   with faults.resource_errors("evaluating"):
-    return _evaluate(run, sampler, num_steps, inception_weights, out_dir)
+    return _evaluate(
+      run,
+      sampler=sampler,
+      num_steps=num_steps,
+      inception_weights=inception_weights,
+      out_dir=out_dir,
+    )
 
 
-def _evaluate(run: Run, sampler, num_steps, inception_weights, out_dir) -> dict:
+def _evaluate(run: Run, *, sampler, num_steps, inception_weights, out_dir) -> dict:
   config, workdir = run.config, run.workdir
   sampler = sampler or config.sample.sampler
   num_steps = num_steps or config.sample.num_steps
@@ -88,7 +94,9 @@ def _evaluate(run: Run, sampler, num_steps, inception_weights, out_dir) -> dict:
   results["likelihood"] = _evaluate_likelihood(run, state)
   results["seconds"]["likelihood"] = round(time.time() - start, 1)
   start = time.time()
-  results.update(_evaluate_samples(run, state, sampler, num_steps, inception_weights, out_dir))
+  results.update(
+    _evaluate_samples(run, state, sampler, num_steps, inception_weights, out_dir=out_dir)
+  )
   results["seconds"]["sample_quality"] = round(time.time() - start, 1)
   if run.is_writer:
     path = os.path.join(out_dir, "eval.json")
@@ -202,7 +210,7 @@ def _conditional_accuracy(
 
 
 def _evaluate_samples(
-  run: Run, state: TrainState, sampler: str, num_steps, inception_weights: str | None, out_dir
+  run: Run, state: TrainState, sampler: str, num_steps, inception_weights: str | None, *, out_dir
 ) -> dict:
   """The 'sample_quality' and 'inception' sections of eval.json."""
   config, mesh = run.config, run.mesh

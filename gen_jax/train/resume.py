@@ -153,7 +153,9 @@ def check_free_space(workdir: str, abstract_state, keep_checkpoints: int) -> Non
   )
 
 
-def check_attention_memory(model_config, example_shape, batch_size: int, num_devices: int) -> None:
+def check_attention_memory(
+  model_config, example_shape, *, batch_size: int, num_devices: int
+) -> None:
   """U-Nets (a config.model with ch_mult): refuses images too large for the model before any
   memory is allocated (was XLA's out-of-memory error at the first step, asking for petabytes).
 

@@ -140,7 +140,7 @@ def open_run(
     _check_classes(model, dataset)
     resume.check_resume_data(workdir, dataset)
     where = f"config.data.path={config.data.path}" if config.data.path else dataset.name
-    validation.check_points_dimension(dataset.kind, dataset.example_shape, where)
+    validation.check_points_dimension(dataset.kind, dataset.example_shape, where=where)
   tx, train_step = step.train_step_for(config, model)
   replicated = sharding.replicated(mesh)
   abstract = jax.eval_shape(
@@ -154,7 +154,9 @@ def open_run(
     check_sampler(model, abstract_state, sample.sampler, sample.num_steps, sample.eta)
     resume.check_free_space(workdir, abstract_state, config.train.keep_checkpoints)
     model_config = config.get("model", {})
-    resume.check_attention_memory(model_config, example_shape, config.data.batch_size, mesh.size)
+    resume.check_attention_memory(
+      model_config, example_shape, batch_size=config.data.batch_size, num_devices=mesh.size
+    )
     workdir_lib.prepare_workdir(workdir)
   checkpoints = checkpoint.manager(workdir, config.train.keep_checkpoints, create=mode == "train")
   return Run(

@@ -102,12 +102,20 @@ def sample(
   out_dir = out_dir or workdir
   if run.is_writer:
     where = f"out_dir={out_dir}" if out_dir != workdir else f"workdir={workdir}"
-    workdir_lib.check_writable(out_dir, where)
+    workdir_lib.check_writable(out_dir, what=where)
   with faults.resource_errors("drawing samples"):
-    return _sample(run, num_samples, sampler, num_steps, out_dir, class_label, guidance_scale)
+    return _sample(
+      run,
+      num_samples=num_samples,
+      sampler=sampler,
+      num_steps=num_steps,
+      out_dir=out_dir,
+      class_label=class_label,
+      guidance_scale=guidance_scale,
+    )
 
 
-def _sample(run, num_samples, sampler, num_steps, out_dir, class_label, guidance_scale) -> str:
+def _sample(run, *, num_samples, sampler, num_steps, out_dir, class_label, guidance_scale) -> str:
   config = run.config
   num_classes = getattr(run.model, "num_classes", 0)
   if guidance_scale is None:

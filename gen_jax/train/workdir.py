@@ -52,7 +52,7 @@ def nearest_existing(path: str) -> str:
 
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir`; raises ConfigError if it cannot be written."""
-  check_writable(workdir, f"workdir={workdir}", hint="")
+  check_writable(workdir, what=f"workdir={workdir}", hint="")
 
 
 def write_config(workdir: str, config) -> None:
@@ -62,7 +62,7 @@ def write_config(workdir: str, config) -> None:
 
 
 def check_writable(
-  directory: str, what: str, hint: str = "; choose where the output goes with out_dir=DIR"
+  directory: str, *, what: str, hint: str = "; choose where the output goes with out_dir=DIR"
 ) -> None:
   """Raises ConfigError now, before any work, if `directory` (created if missing) cannot take a
   file; `what` names the argument that chose it (e.g. "workdir=runs/x"), `hint` the way out."""
