@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from gen_jax import interrupts
 
 # `.<name>.<pid>.tmp<ext>` (this module), and `<name><ext>.tmp<ext>` (gen_jax before 2026-11-30).
-_TEMPORARY = re.compile(r"^\..+\.\d+\.tmp(\.[^.]+)?$|^.+(\.[^.]+)\.tmp\2$")
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(\.[^.]+)?$|^.+(\.[^.]+)\.tmp\3$")
 
 
 class DiskFullError(OSError):
@@ -88,17 +88,30 @@ def write_atomically(path: str, content: str | bytes) -> None:
 
 
 def remove_temporary_files(directory: str) -> list[str]:
-  """Deletes the temporary files a killed writer left in `directory` (not recursive); returns them.
-
-  Only for a directory no other process writes to (a locked workdir).
+  """Deletes the temporary files that writers no longer running left in `directory` (not
+  recursive); returns them. A file named by a live process' pid (a --mode=sample writing into a
+  training's workdir) is that process' and stays.
   """
   if not os.path.isdir(directory):
     return []
   removed = []
   for name in sorted(os.listdir(directory)):
-    path = os.path.join(directory, name)
-    if _TEMPORARY.match(name) and os.path.isfile(path):
-      with contextlib.suppress(OSError):
-        os.remove(path)
-        removed.append(path)
+    path, match = os.path.join(directory, name), _TEMPORARY.match(name)
+    if not match or not os.path.isfile(path):
+      continue
+    if match["pid"] and int(match["pid"]) != os.getpid() and _is_running(int(match["pid"])):
+      continue
+    with contextlib.suppress(OSError):
+      os.remove(path)
+      removed.append(path)
   return removed
+
+
+def _is_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True

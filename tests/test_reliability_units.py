@@ -124,12 +124,16 @@ def test_temporary_names_are_hidden_and_leftovers_are_removed(tmp_path):
   path = str(tmp_path / "step_0000200.png")
   assert os.path.basename(fileio.temporary_path(path)).startswith(".step_0000200.png.")
   assert fileio.temporary_path(path).endswith(".tmp.png")  # PIL picks the format by extension
+  dead = subprocess.Popen([sys.executable, "-c", ""])
+  dead.wait()
   leftovers = [
     f".step_0000200.png.{os.getpid()}.tmp.png",
     "step_0000200.png.tmp.png",  # gen_jax before this change
-    ".config.json.77.tmp.json",
+    f".config.json.{dead.pid}.tmp.json",
   ]
-  kept = ["step_0000100.png", "notes.tmp", "a.tmp.txt", ".hidden", "x.png.tmp.jpg"]
+  # Another live process' file (a --mode=sample writing into this workdir) is left alone.
+  busy = f".samples.npz.{os.getppid()}.tmp.npz"
+  kept = ["step_0000100.png", "notes.tmp", "a.tmp.txt", ".hidden", "x.png.tmp.jpg", busy]
   for name in leftovers + kept:
     (tmp_path / name).write_text("")
   removed = fileio.remove_temporary_files(str(tmp_path))
