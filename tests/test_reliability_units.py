@@ -218,7 +218,11 @@ def test_damaged_workdir_files_are_named_and_a_resume_needs_its_config_json(tmp_
       train.with_saved_config(config, str(tmp_path))  # --mode=sample|eval
   # data_spec.json: named when sampling; rewritten from the data when training.
   (tmp_path / "data_spec.json").write_text('{"kind": "points\x01"}')
-  with pytest.raises(train.ConfigError, match=r"data_spec.json is damaged \(not valid JSON: Inv"):
+  with pytest.raises(
+    train.ConfigError,
+    match=r"data_spec.json is damaged \(not valid JSON: Inv.*\); the training command with this "
+    r"workdir writes it again$",
+  ):
     workdir_lib.read_data_spec(str(tmp_path))
   resume.check_resume_data(str(tmp_path), dataset=None)
   assert "data_spec.json is damaged" in capsys.readouterr().out

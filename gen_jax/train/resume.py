@@ -110,8 +110,9 @@ def check_resume_data(workdir: str, dataset) -> None:
     kind, shape = workdir_lib.read_data_spec(workdir)
   except checkpoint.NoCheckpointError:  # trained before data specs were written
     return
-  except ConfigError as e:  # damaged: train() writes it again from the data
-    print(f"{e}; writing it again from the data")
+  except ConfigError:  # damaged: train() writes it again from the data
+    path = os.path.join(workdir, workdir_lib.DATA_SPEC)
+    print(f"{path} is damaged; writing it again from the data")
     return
   now = (dataset.kind, tuple(dataset.example_shape))
   if (kind, shape) != now:

@@ -165,9 +165,12 @@ def read_data_spec(workdir: str) -> tuple[str, tuple]:
     raise checkpoint.NoCheckpointError(
       f"no {DATA_SPEC} in workdir={workdir}; train first with the same workdir"
     )
-  spec = read_json(path)
+  rewrite = "the training command with this workdir writes it again"
   try:
+    spec = read_json(path)
     kind, shape = spec["kind"], tuple(int(n) for n in spec["example_shape"])
+  except ConfigError as e:
+    raise ConfigError(f"{e}; {rewrite}") from None
   except (KeyError, TypeError, ValueError):
-    raise ConfigError(f"{path} is damaged (no kind and example_shape)") from None
+    raise ConfigError(f"{path} is damaged (no kind and example_shape); {rewrite}") from None
   return kind, shape
