@@ -160,8 +160,10 @@ def test_a_kill_during_the_last_grid_and_resumes_that_say_what_they_do(tmp_path,
 
   # What a kill -9 while the last grid was written leaves: the checkpoint, half a picture.
   os.remove(grid)
+  killed = subprocess.Popen([sys.executable, "-c", ""])  # the writer, gone
+  killed.wait()
   half_written = [
-    os.path.join(workdir, "samples", ".step_0000002.png.4242.tmp.png"),
+    os.path.join(workdir, "samples", f".step_0000002.png.{killed.pid}.tmp.png"),
     os.path.join(workdir, "samples", "step_0000002.png.tmp.png"),  # the old temporary name
   ]
   for path in half_written:
