@@ -49,6 +49,7 @@ ARGUMENT_FLAGS = {
   "class_label": "class_label",
   "guidance_scale": "guidance_scale",
   "inception_weights": "inception_weights",
+  "pretrained": "pretrained",
 }
 
 
@@ -106,7 +107,23 @@ def define_flags(argv):
     "runs/<experiment>-<time> for training, the newest one for "
     "sample and eval. The same workdir again resumes.",
   )
-  flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
+  flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "sample", "eval", "export"],
+    "What to do (export: the workdir's EMA U-Net as a diffusers folder, --export_dir).",
+  )
+  flags.DEFINE_string(
+    "pretrained",
+    None,
+    "A diffusers UNet2DModel / DDPMPipeline folder (e.g. google/ddpm-cifar10-32, downloaded "
+    "with `huggingface-cli download google/ddpm-cifar10-32 --local-dir DIR`) to start from: "
+    "its network, weights and scheduler; --mode=train fine-tunes it, sample and eval use it "
+    "as it is (imported into the workdir as step 0).",
+  )
+  flags.DEFINE_string(
+    "export_dir", None, "--mode=export: the new folder to write the diffusers pipeline to."
+  )
   flags.DEFINE_integer(
     "num_samples",
     None,
@@ -196,6 +213,24 @@ def main(argv, module):
 
     jax.distributed.initialize()
   config, workdir = FLAGS.config, FLAGS.workdir
+  if mode == "export" and not FLAGS.export_dir:
+    _fail("--mode=export needs --export_dir=DIR (a new folder)")
+  if FLAGS.pretrained:  # The folder's network, weights and scheduler.
+    from gen_jax.train import from_pretrained
+
+    try:
+      config = from_pretrained.use_pretrained(
+        config, FLAGS.pretrained, keep=_overridden_paths(sys.argv)
+      )
+      if workdir is None:
+        name = os.path.basename(os.path.normpath(FLAGS.pretrained))
+        workdir = os.path.join("runs", f"{FLAGS.experiment}-pretrained-{name}")
+      if mode in ("sample", "eval", "export"):
+        from_pretrained.import_pretrained(config, workdir, module.build)
+    except train.USER_ERRORS as e:
+      if FLAGS.debug:
+        raise
+      _fail(as_flags(str(e).strip().splitlines()[0]))
   if workdir is None and mode == "train":
     workdir = train.new_workdir(FLAGS.experiment)
   elif workdir is None:
@@ -223,6 +258,10 @@ def main(argv, module):
         class_label=FLAGS.class_label,
         guidance_scale=FLAGS.guidance_scale,
       )
+    elif mode == "export":
+      from gen_jax.train import from_pretrained
+
+      from_pretrained.export_workdir(config, workdir, module.build, FLAGS.export_dir)
     else:
       train.evaluate(
         config, workdir, module.build, FLAGS.sampler, FLAGS.sampling_steps, FLAGS.inception_weights

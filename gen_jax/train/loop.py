@@ -18,7 +18,7 @@ from absl import logging
 from tqdm import tqdm
 
 from gen_jax import checkpoint, data, images, sharding, summary
-from gen_jax.train import faults, rng
+from gen_jax.train import faults, from_pretrained, rng
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, open_run
@@ -83,6 +83,8 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
       functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.replicated
     )
     state, start_step = init(rng.stream(config.seed, "init")), 0
+    if config.get("pretrained"):  # Fine-tuning: params and EMA start from the folder's weights.
+      state = from_pretrained.pretrained_state(state, config, run.mesh)
   else:
     logging.info("Resuming from checkpoint at step %d", start_step)
     if run.is_writer:

@@ -1,0 +1,128 @@
+"""Runs that start from a diffusers folder, and workdirs written back as one.
+
+  config = use_pretrained(config, "ddpm-cifar10-32", keep=...)  # config.pretrained, config.diffusion
+  import_pretrained(config, workdir, build)   # a step-0 checkpoint of its weights: sample, eval
+  pretrained_state(state, config, mesh)       # train(): start (params and EMA) from its weights
+  export_workdir(config, workdir, build, out_dir)  # the EMA parameters as a DDPMPipeline folder
+
+A folder becomes a run like any other: its weights are the parameters and
+the EMA parameters of step 0, its scheduler config is config.diffusion, and
+train / sample / evaluate then read the workdir as they read a trained one.
+"""
+
+import functools
+import json
+
+import jax
+
+from gen_jax import checkpoint, diffusers_unet, nets, pretrained, sharding
+from gen_jax.configs import ConfigError
+from gen_jax.train import step as step_lib
+from gen_jax.train import workdir as workdir_lib
+from gen_jax.train.rng import stream
+from gen_jax.train.run_setup import BuildFn, open_run
+
+
+def use_pretrained(config, path: str, keep=frozenset()):
+  """A copy of `config` with config.pretrained = path and config.diffusion set from the
+  folder's scheduler config (`pretrained.diffusion_from_scheduler`), except the dotted paths
+  in `keep` (those overridden on the command line). A folder without a scheduler config
+  keeps the experiment's config.diffusion."""
+  config = config.copy_and_resolve_references()
+  config.pretrained = path
+  spec, _ = pretrained.load_spec(path)  # fails now, naming the folder, if it is not one
+  del spec
+  scheduler_path = pretrained.find_scheduler_config(pretrained.find_unet_dir(path))
+  if scheduler_path is not None:
+    with open(scheduler_path) as f:
+      fields = pretrained.diffusion_from_scheduler(json.load(f))
+    for name, value in fields.items():
+      if f"diffusion.{name}" not in keep:
+        config.diffusion[name] = value
+  return config
+
+
+def pretrained_state(state: step_lib.TrainState, config, mesh) -> step_lib.TrainState:
+  """`state` with its parameters and EMA parameters replaced by config.pretrained's weights
+  (replicated over `mesh`); the optimizer state stays the fresh one of `state`."""
+  loaded = pretrained.load(config.pretrained)
+  params = jax.device_put(loaded.params, sharding.replicated(mesh))
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  if shapes(params) != shapes(state.params):
+    raise ConfigError(f"config.pretrained={config.pretrained}: weights do not fit the model")
+  return state.replace(params=params, ema_params=jax.tree.map(lambda x: x.copy(), params))
+
+
+def import_pretrained(config, workdir: str, build: BuildFn) -> bool:
+  """Writes config.pretrained's weights into `workdir` as the checkpoint of step 0 (params and
+  EMA), with config.json and data_spec.json, so sample and eval read it as a trained run.
+
+  Does nothing, and returns False, if `workdir` has a checkpoint already.
+  """
+  if checkpoint.has_checkpoint(workdir):
+    return False
+  spec, _ = pretrained.load_spec(config.pretrained)
+  height, width = spec.sample_size
+  example_shape = (height, width, spec.in_channels)
+  from gen_jax import configs
+
+  configs.validate(config)
+  model = build(config, example_shape)
+  tx, _ = step_lib.train_step_for(config, model)
+  mesh = sharding.make_mesh()
+  init = jax.jit(
+    functools.partial(step_lib.init_state, model, tx), out_shardings=sharding.replicated(mesh)
+  )
+  state = pretrained_state(init(stream(config.seed, "init")), config, mesh)
+  workdir_lib.prepare_workdir(workdir)
+  manager = checkpoint.manager(workdir, config.train.keep_checkpoints, create=True)
+  try:
+    checkpoint.save(manager, 0, state)
+  finally:
+    manager.close()
+  if jax.process_index() == 0:
+    workdir_lib.write_config(workdir, config)
+    workdir_lib.write_data_spec(workdir, _ImageSpec(example_shape))
+    print(f"Imported {config.pretrained} into {workdir} (checkpoint step 0)")
+  return True
+
+
+class _ImageSpec:
+  """What write_data_spec reads of a dataset: an image of this shape."""
+
+  kind = "image"
+
+  def __init__(self, example_shape):
+    self.example_shape = example_shape
+
+
+def export_workdir(config, workdir: str, build: BuildFn, out_dir: str) -> str:
+  """Writes the EMA parameters of `workdir`'s latest checkpoint as a diffusers DDPMPipeline
+  folder (`pretrained.save`); returns its path.
+
+  The model must be a U-Net diffusion model: gen_jax's nets.UNet (mapped by
+  `diffusers_unet.from_native_unet`) or a UNet2DModel it was loaded as.
+  """
+  run = open_run(config, workdir, build, mode="sample")
+  net = getattr(run.model, "net", None)
+  if not isinstance(net, (nets.UNet, diffusers_unet.DiffusersUNet)):
+    raise ConfigError(
+      f"only U-Net diffusion models export to diffusers; workdir={workdir} holds a "
+      f"{type(net or run.model).__name__}"
+    )
+  if run.kind != "image":
+    raise ConfigError(f"workdir={workdir} holds a model of {run.kind} data, not images")
+  state = run.restore()
+  run.checkpoints.close()
+  params = jax.device_get(state.ema_params)
+  if isinstance(net, nets.UNet):
+    try:
+      spec, params, null_label = diffusers_unet.from_native_unet(net, params, run.example_shape)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  else:
+    spec, null_label = net.spec, net.null_label
+  diffusion = {k: config.diffusion[k] for k in config.diffusion}
+  path = pretrained.save(out_dir, spec, params, diffusion=diffusion, null_label=null_label)
+  print(f"Exported the EMA parameters of step {int(state.step)} to {path}")
+  return path
