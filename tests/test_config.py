@@ -12,6 +12,7 @@ from gen_jax import configs
 # diffusion fields the library reads appears here, except those listed in CHECKED_ELSEWHERE.
 BAD = [
   ("seed", 1.5),
+  ("pretrained", 3),
   ("data.batch_size", 0),
   ("data.random_flip", "yes"),
   ("train.num_steps", 0),
