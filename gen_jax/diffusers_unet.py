@@ -97,7 +97,8 @@ class UNet2DSpec:
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "UNet2DSpec":
     """The spec of a diffusers config.json dict; UnsupportedConfigError names any option
-    outside the DDPM family (keys starting with "_" are diffusers' metadata)."""
+    outside the DDPM family. Keys starting with "_" (diffusers' metadata) and keys that are no
+    argument of UNet2DModel are ignored, as diffusers ignores them."""
     cfg = {k: v for k, v in config.items() if not k.startswith("_") and k not in _IGNORED_KEYS}
     class_name = config.get("_class_name", "UNet2DModel")
     if class_name != "UNet2DModel":
@@ -118,10 +119,8 @@ class UNet2DSpec:
         raise UnsupportedConfigError(
           f"{key}={cfg[key]!r} is not supported (supported: {', '.join(map(repr, allowed))})"
         )
+    # Keys that are no UNet2DModel argument are ignored, as diffusers' from_config ignores them.
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(cfg) - fields - set(fixed))
-    if unknown:
-      raise UnsupportedConfigError(f"unsupported UNet2DModel option(s): {', '.join(unknown)}")
     kwargs = {k: v for k, v in cfg.items() if k in fields}
     if "mid_block_type" in cfg:
       kwargs["mid_block"] = cfg["mid_block_type"] is not None

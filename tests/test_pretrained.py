@@ -193,12 +193,18 @@ def test_parameter_count_of_the_cifar10_model_is_the_papers():
     ("down_block_types", ("CrossAttnDownBlock2D", "DownBlock2D")),
     ("up_block_types", ("UpBlock2D", "SkipUpBlock2D")),
     ("mid_block_type", "UNetMidBlock2DCrossAttn"),
-    ("cross_attention_dim", 32),
+    ("upsample_type", "fir"),
+    ("norm_num_groups", None),
   ],
 )
 def test_unsupported_unet_options_are_refused_by_name(field, value):
   with pytest.raises(diffusers_unet.UnsupportedConfigError, match=field):
     UNet2DSpec.from_config({**TINY, field: value})
+
+
+def test_keys_diffusers_ignores_are_ignored():
+  # UNet2DModel takes no cross_attention_dim: diffusers' from_config drops it, and so does the spec.
+  assert UNet2DSpec.from_config({**TINY, "cross_attention_dim": 32}) == UNet2DSpec.from_config(TINY)
 
 
 def test_sample_size_must_survive_the_downsamplings():
