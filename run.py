@@ -107,12 +107,7 @@ def define_flags(argv):
     "runs/<experiment>-<time> for training, the newest one for "
     "sample and eval. The same workdir again resumes.",
   )
-  flags.DEFINE_enum(
-    "mode",
-    "train",
-    ["train", "sample", "eval", "export"],
-    "What to do (export: the workdir's EMA U-Net as a diffusers folder, --export_dir).",
-  )
+  flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
   flags.DEFINE_string(
     "pretrained",
     None,
@@ -121,9 +116,7 @@ def define_flags(argv):
     "its network, weights and scheduler; --mode=train fine-tunes it, sample and eval use it "
     "as it is (imported into the workdir as step 0).",
   )
-  flags.DEFINE_string(
-    "export_dir", None, "--mode=export: the new folder to write the diffusers pipeline to."
-  )
+
   flags.DEFINE_integer(
     "num_samples",
     None,
@@ -213,8 +206,6 @@ def main(argv, module):
 
     jax.distributed.initialize()
   config, workdir = FLAGS.config, FLAGS.workdir
-  if mode == "export" and not FLAGS.export_dir:
-    _fail("--mode=export needs --export_dir=DIR (a new folder)")
   if FLAGS.pretrained:  # The folder's network, weights and scheduler.
     from gen_jax.train import from_pretrained
 
@@ -225,7 +216,7 @@ def main(argv, module):
       if workdir is None:
         name = os.path.basename(os.path.normpath(FLAGS.pretrained))
         workdir = os.path.join("runs", f"{FLAGS.experiment}-pretrained-{name}")
-      if mode in ("sample", "eval", "export"):
+      if mode in ("sample", "eval"):
         from_pretrained.import_pretrained(config, workdir, module.build)
     except train.USER_ERRORS as e:
       if FLAGS.debug:
@@ -258,10 +249,6 @@ def main(argv, module):
         class_label=FLAGS.class_label,
         guidance_scale=FLAGS.guidance_scale,
       )
-    elif mode == "export":
-      from gen_jax.train import from_pretrained
-
-      from_pretrained.export_workdir(config, workdir, module.build, FLAGS.export_dir)
     else:
       train.evaluate(
         config, workdir, module.build, FLAGS.sampler, FLAGS.sampling_steps, FLAGS.inception_weights

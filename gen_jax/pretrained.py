@@ -203,6 +203,28 @@ def load(path: str, scheduler_config: str | None = None) -> Pretrained:
   return Pretrained(spec, params, null_label, diffusion, unet_dir, scheduler_path)
 
 
+_USED_BY = (
+  "only the U-Net diffusion experiments (those whose build is models.make_unet_diffusion: "
+  "ddpm_digits, ddpm_mnist, ddpm_cifar) start from a diffusers folder"
+)
+
+
+def check_model_uses_it(config, model) -> None:
+  """Raises PretrainedError if config.pretrained is set but `model` is not built around the
+  folder's network (an experiment with a network of its own would ignore it silently)."""
+  if config.get("pretrained") and not isinstance(getattr(model, "net", None), DiffusersUNet):
+    raise PretrainedError(
+      f"config.pretrained={config.pretrained} is not used by this experiment's "
+      f"{type(getattr(model, 'net', model)).__name__}: {_USED_BY}"
+    )
+
+
+def check_config_can_use_it(config) -> None:
+  """Raises PretrainedError if `config` has no diffusion section for the scheduler."""
+  if "diffusion" not in config or "model" not in config:
+    raise PretrainedError(f"this experiment has no diffusion model: {_USED_BY}")
+
+
 # ----------------------------------------------------------------------------
 # The scheduler config <-> config.diffusion
 # ----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import pytest
 
 from gen_jax import diffusers_unet, models, nets, pretrained
 from gen_jax.diffusers_unet import DiffusersUNet, UNet2DSpec
-from gen_jax.train import from_pretrained
 from gen_jax.train import workdir as workdir_lib
 from tests.support import runs
 
@@ -470,13 +469,33 @@ def test_run_py_samples_evaluates_finetunes_and_exports_a_diffusers_folder(env, 
   runs.run_py(env, cwd, *DIGITS_FLAGS, f"--pretrained={folder}", f"--workdir={finetuned}")
   assert os.listdir(os.path.join(finetuned, "checkpoints")) == ["3"]
 
-  # Export (in process: run.py --mode=export calls just this) and read the export with diffusers.
-  config = runs.config("ddpm_digits")
-  config = workdir_lib.with_saved_config(config, finetuned)
-  export = from_pretrained.export_workdir(
-    config, finetuned, models.make_unet_diffusion, str(tmp_path / "export")
+  # The export script, in process, and the export read by diffusers.
+  export = str(tmp_path / "export")
+  assert (
+    runs.load_script("scripts/export_diffusers.py").main(
+      ["--experiment=ddpm_digits", f"--workdir={finetuned}", f"--out={export}"]
+    )
+    == 0
   )
+  config = workdir_lib.with_saved_config(runs.config("ddpm_digits"), finetuned)
   exported = UNet2DModel.from_pretrained(export, subfolder="unet").state_dict()
   # Fine-tuned from the folder's weights: 3 Adam steps move each weight by at most about 3 lr.
   moved = max(float((exported[k] - v).abs().max()) for k, v in model.state_dict().items())
   assert 0 < moved <= 3.5 * config.optim.learning_rate, moved
+
+
+def test_experiments_with_a_network_of_their_own_refuse_a_folder(tmp_path):
+  """ddpm_toy2d's MLP, a VAE, mle_toy: config.pretrained would be ignored, so it is refused."""
+  from gen_jax.train import from_pretrained
+
+  folder = tmp_path / "unet"
+  folder.mkdir()
+  (folder / "config.json").write_text(json.dumps(TINY))
+  toy2d = runs.config("ddpm_toy2d")
+  config = from_pretrained.use_pretrained(toy2d, str(folder))
+  model = runs.load_script("experiments/ddpm_toy2d.py").build(config, (2,))
+  with pytest.raises(pretrained.PretrainedError, match="not used by this experiment's MLPDenoiser"):
+    pretrained.check_model_uses_it(config, model)
+  for name in ("vae_digits", "mle_toy"):
+    with pytest.raises(pretrained.PretrainedError, match="no diffusion model"):
+      from_pretrained.use_pretrained(runs.config(name), str(folder))

@@ -28,10 +28,10 @@ def use_pretrained(config, path: str, keep=frozenset()):
   folder's scheduler config (`pretrained.diffusion_from_scheduler`), except the dotted paths
   in `keep` (those overridden on the command line). A folder without a scheduler config
   keeps the experiment's config.diffusion."""
+  pretrained.check_config_can_use_it(config)
   config = config.copy_and_resolve_references()
   config.pretrained = path
-  spec, _ = pretrained.load_spec(path)  # fails now, naming the folder, if it is not one
-  del spec
+  pretrained.load_spec(path)  # fails now, naming the folder, if it is not one
   scheduler_path = pretrained.find_scheduler_config(pretrained.find_unet_dir(path))
   if scheduler_path is not None:
     with open(scheduler_path) as f:
@@ -68,6 +68,7 @@ def import_pretrained(config, workdir: str, build: BuildFn) -> bool:
 
   configs.validate(config)
   model = build(config, example_shape)
+  pretrained.check_model_uses_it(config, model)
   tx, _ = step_lib.train_step_for(config, model)
   mesh = sharding.make_mesh()
   init = jax.jit(
