@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from gen_jax import diffusers_unet, models, nets, pretrained
+from gen_jax.configs import ConfigError
 from gen_jax.diffusers_unet import DiffusersUNet, UNet2DSpec
 from gen_jax.train import workdir as workdir_lib
 from tests.support import runs
@@ -460,7 +461,9 @@ def test_run_py_samples_evaluates_finetunes_and_exports_a_diffusers_folder(env, 
   with np.load(os.path.join(workdir, "samples.npz")) as f:
     assert f["images"].shape == (4, 8, 8, 1)
 
-  runs.run_py(env, cwd, *DIGITS_FLAGS, f"--workdir={workdir}", "--mode=eval")
+  runs.run_py(
+    env, cwd, *DIGITS_FLAGS, f"--workdir={workdir}", "--mode=eval"
+  )  # no --pretrained needed
   with open(os.path.join(workdir, "eval.json")) as f:
     likelihood = json.load(f)["likelihood"]
   assert np.isfinite(likelihood["bits_per_dim"]) and np.isfinite(likelihood["ode_bits_per_dim"])
@@ -499,3 +502,15 @@ def test_experiments_with_a_network_of_their_own_refuse_a_folder(tmp_path):
   for name in ("vae_digits", "mle_toy"):
     with pytest.raises(pretrained.PretrainedError, match="no diffusion model"):
       from_pretrained.use_pretrained(runs.config(name), str(folder))
+
+
+def test_a_workdir_of_one_folder_refuses_another(tmp_path):
+  from gen_jax.train import from_pretrained
+
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "0").mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps({"pretrained": "/models/a"}))
+  config = runs.config("ddpm_digits")
+  config.pretrained = "/models/b"
+  with pytest.raises(ConfigError, match="pretrained=/models/a, not"):
+    from_pretrained.import_pretrained(config, str(workdir), models.make_unet_diffusion)

@@ -57,9 +57,16 @@ def import_pretrained(config, workdir: str, build: BuildFn) -> bool:
   """Writes config.pretrained's weights into `workdir` as the checkpoint of step 0 (params and
   EMA), with config.json and data_spec.json, so sample and eval read it as a trained run.
 
-  Does nothing, and returns False, if `workdir` has a checkpoint already.
+  Does nothing, and returns False, if `workdir` has a checkpoint already (of the same folder:
+  ConfigError if its config.json names another).
   """
   if checkpoint.has_checkpoint(workdir):
+    saved = workdir_lib.read_saved_config(workdir) or {}
+    if saved.get("pretrained", "") != config.pretrained:
+      raise ConfigError(
+        f"workdir={workdir} holds a run of pretrained={saved.get('pretrained') or '(none)'}, "
+        f"not pretrained={config.pretrained}; use another workdir"
+      )
     return False
   spec, _ = pretrained.load_spec(config.pretrained)
   height, width = spec.sample_size
