@@ -2,7 +2,7 @@
 
   config = use_pretrained(config, "ddpm-cifar10-32", keep=...)  # config.pretrained, config.diffusion
   import_pretrained(config, workdir, build)   # a step-0 checkpoint of its weights: sample, eval
-  pretrained_state(state, config, mesh)       # train(): start (params and EMA) from its weights
+  pretrained_state(config, model, tx, mesh)   # train(): step 0 (params and EMA) from its weights
   export_workdir(config, workdir, build, out_dir)  # the EMA parameters as a DDPMPipeline folder
 
 A folder becomes a run like any other: its weights are the parameters and
@@ -14,12 +14,12 @@ import functools
 import json
 
 import jax
+import jax.numpy as jnp
 
 from gen_jax import checkpoint, diffusers_unet, nets, pretrained, sharding
 from gen_jax.configs import ConfigError
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
-from gen_jax.train.rng import stream
 from gen_jax.train.run_setup import BuildFn, open_run
 
 
@@ -42,15 +42,29 @@ def use_pretrained(config, path: str, keep=frozenset()):
   return config
 
 
-def pretrained_state(state: step_lib.TrainState, config, mesh) -> step_lib.TrainState:
-  """`state` with its parameters and EMA parameters replaced by config.pretrained's weights
-  (replicated over `mesh`); the optimizer state stays the fresh one of `state`."""
+def pretrained_state(config, model, tx, mesh) -> step_lib.TrainState:
+  """The train state of step 0 of a run from config.pretrained: the folder's weights as the
+  parameters and the EMA, a fresh optimizer state, replicated over `mesh`.
+
+  step.init_state with the weights in place of model.init's (which is never compiled: its
+  random initialisers cost more to compile than the whole import).
+  """
   loaded = pretrained.load(config.pretrained)
-  params = jax.device_put(loaded.params, sharding.replicated(mesh))
-  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-  if shapes(params) != shapes(state.params):
-    raise ConfigError(f"config.pretrained={config.pretrained}: weights do not fit the model")
-  return state.replace(params=params, ema_params=jax.tree.map(lambda x: x.copy(), params))
+  abstract = jax.eval_shape(functools.partial(step_lib.init_state, model, tx), jax.random.key(0))
+  shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
+  if shapes(loaded.params) != shapes(abstract.params):
+    raise ConfigError(f"config.pretrained={config.pretrained}: its weights do not fit the model")
+
+  def state_of(params):
+    return step_lib.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      ema_params=jax.tree.map(jnp.copy, params),  # a copy: the step donates the state
+    )
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(state_of, out_shardings=replicated)(jax.device_put(loaded.params, replicated))
 
 
 def import_pretrained(config, workdir: str, build: BuildFn) -> bool:
@@ -77,11 +91,7 @@ def import_pretrained(config, workdir: str, build: BuildFn) -> bool:
   model = build(config, example_shape)
   pretrained.check_model_uses_it(config, model)
   tx, _ = step_lib.train_step_for(config, model)
-  mesh = sharding.make_mesh()
-  init = jax.jit(
-    functools.partial(step_lib.init_state, model, tx), out_shardings=sharding.replicated(mesh)
-  )
-  state = pretrained_state(init(stream(config.seed, "init")), config, mesh)
+  state = pretrained_state(config, model, tx, sharding.make_mesh())
   workdir_lib.prepare_workdir(workdir)
   manager = checkpoint.manager(workdir, config.train.keep_checkpoints, create=True)
   try:

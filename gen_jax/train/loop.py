@@ -82,9 +82,9 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
     init = jax.jit(
       functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.replicated
     )
-    state, start_step = init(rng.stream(config.seed, "init")), 0
     if config.get("pretrained"):  # Fine-tuning: params and EMA start from the folder's weights.
-      state = from_pretrained.pretrained_state(state, config, run.mesh)
+      init = lambda key: from_pretrained.pretrained_state(config, run.model, run.tx, run.mesh)
+    state, start_step = init(rng.stream(config.seed, "init")), 0
   else:
     logging.info("Resuming from checkpoint at step %d", start_step)
     if run.is_writer:
