@@ -124,9 +124,9 @@ class UNet2DSpec:
     kwargs = {k: v for k, v in cfg.items() if k in fields}
     if "mid_block_type" in cfg:
       kwargs["mid_block"] = cfg["mid_block_type"] is not None
-    if "resnet_time_scale_shift" in cfg:
-      kwargs["resnet_time_scale_shift"] = cfg["resnet_time_scale_shift"]
     size = kwargs.get("sample_size", cls.sample_size)
+    if size is None:
+      raise UnsupportedConfigError("sample_size=None: the image size is needed")
     kwargs["sample_size"] = (size, size) if isinstance(size, int) else tuple(size)
     for key in ("down_block_types", "up_block_types", "block_out_channels"):
       if key in kwargs:

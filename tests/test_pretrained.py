@@ -204,6 +204,23 @@ def test_unsupported_unet_options_are_refused_by_name(field, value):
     UNet2DSpec.from_config({**TINY, field: value})
 
 
+@pytest.mark.parametrize(("flip", "shift", "dim"), [(False, 1, 8), (True, 0, 8), (True, 1, 7)])
+def test_timestep_features_are_diffusers_formula(flip, shift, dim):
+  """float64 numpy: f_i = 10000^(-i / (dim//2 - shift)), [sin, cos] (flipped: [cos, sin]), odd dim 0-padded."""
+  t = np.array([0.0, 1.0, 37.0, 999.0])
+  half = dim // 2
+  args = t[:, None] * 10000.0 ** (-np.arange(half) / (half - shift))[None, :]
+  parts = [np.cos(args), np.sin(args)] if flip else [np.sin(args), np.cos(args)]
+  want = np.concatenate([*parts, np.zeros((len(t), dim % 2))], axis=1)
+  got = diffusers_unet.timestep_features(t, dim, flip_sin_to_cos=flip, freq_shift=shift)
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-4)  # float32 phases up to 999 rad
+  # The native U-Net's embedding is the flip=False, shift=1 case.
+  if not flip and shift == 1:
+    np.testing.assert_allclose(
+      np.asarray(nets.timestep_embedding(t, dim)), np.asarray(got), atol=1e-6
+    )
+
+
 def test_keys_diffusers_ignores_are_ignored():
   # UNet2DModel takes no cross_attention_dim: diffusers' from_config drops it, and so does the spec.
   assert UNet2DSpec.from_config({**TINY, "cross_attention_dim": 32}) == UNet2DSpec.from_config(TINY)
