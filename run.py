@@ -50,6 +50,7 @@ ARGUMENT_FLAGS = {
   "guidance_scale": "guidance_scale",
   "inception_weights": "inception_weights",
   "pretrained": "pretrained",
+  "scheduler_config": "scheduler_config",
 }
 
 
@@ -116,7 +117,12 @@ def define_flags(argv):
     "its network, weights and scheduler; --mode=train fine-tunes it, sample and eval use it "
     "as it is (imported into the workdir as step 0).",
   )
-
+  flags.DEFINE_string(
+    "scheduler_config",
+    None,
+    "With --pretrained: a diffusers scheduler_config.json to map onto --config.diffusion "
+    "instead of the one in the folder.",
+  )
   flags.DEFINE_integer(
     "num_samples",
     None,
@@ -211,7 +217,10 @@ def main(argv, module):
 
     try:
       config = from_pretrained.use_pretrained(
-        config, FLAGS.pretrained, keep=_overridden_paths(sys.argv)
+        config,
+        FLAGS.pretrained,
+        keep=_overridden_paths(sys.argv),
+        scheduler_config=FLAGS.scheduler_config,
       )
       if workdir is None:
         name = os.path.basename(os.path.normpath(FLAGS.pretrained))

@@ -105,10 +105,10 @@ def find_unet_dir(path: str) -> str:
     )
     raise PretrainedError(f"pretrained={path}: no such folder{hint}")
   for candidate in (path, os.path.join(path, "unet")):
-    if os.path.isfile(os.path.join(candidate, CONFIG)):
-      with open(os.path.join(candidate, CONFIG)) as f:
-        if json.load(f).get("_class_name", "UNet2DModel") == "UNet2DModel":
-          return candidate
+    config_path = os.path.join(candidate, CONFIG)
+    if os.path.isfile(config_path):
+      if _read_json(config_path, "config").get("_class_name", "UNet2DModel") == "UNet2DModel":
+        return candidate
   raise PretrainedError(
     f"pretrained={path}: neither {path}/{CONFIG} nor {path}/unet/{CONFIG} is a UNet2DModel "
     "config; pass a diffusers UNet2DModel or DDPMPipeline folder (downloaded with "

@@ -518,6 +518,12 @@ def test_experiments_with_a_network_of_their_own_refuse_a_folder(tmp_path):
   model = runs.load_script("experiments/ddpm_toy2d.py").build(config, (2,))
   with pytest.raises(pretrained.PretrainedError, match="not used by this experiment's MLPDenoiser"):
     pretrained.check_model_uses_it(config, model)
+  # A scheduler config given explicitly wins over the folder's (here: none).
+  (tmp_path / "scheduler.json").write_text(json.dumps({"num_train_timesteps": 40}))
+  digits = from_pretrained.use_pretrained(
+    runs.config("ddpm_digits"), str(folder), scheduler_config=str(tmp_path / "scheduler.json")
+  )
+  assert (digits.pretrained, digits.diffusion.num_timesteps) == (str(folder), 40)
   for name in ("vae_digits", "mle_toy"):
     with pytest.raises(pretrained.PretrainedError, match="no diffusion model"):
       from_pretrained.use_pretrained(runs.config(name), str(folder))

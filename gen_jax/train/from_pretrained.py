@@ -12,6 +12,7 @@ train / sample / evaluate then read the workdir as they read a trained one.
 
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -23,17 +24,21 @@ from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, open_run
 
 
-def use_pretrained(config, path: str, keep=frozenset()):
+def use_pretrained(config, path: str, keep=frozenset(), scheduler_config: str | None = None):
   """A copy of `config` with config.pretrained = path and config.diffusion set from the
-  folder's scheduler config (`pretrained.diffusion_from_scheduler`), except the dotted paths
-  in `keep` (those overridden on the command line). A folder without a scheduler config
-  keeps the experiment's config.diffusion."""
+  folder's scheduler config (`pretrained.diffusion_from_scheduler`), or from the file
+  `scheduler_config` if given, except the dotted paths in `keep` (those overridden on the
+  command line). Without either, the experiment's config.diffusion stays."""
   pretrained.check_config_can_use_it(config)
   config = config.copy_and_resolve_references()
   config.pretrained = path
   pretrained.load_spec(path)  # fails now, naming the folder, if it is not one
-  scheduler_path = pretrained.find_scheduler_config(pretrained.find_unet_dir(path))
+  scheduler_path = scheduler_config or pretrained.find_scheduler_config(
+    pretrained.find_unet_dir(path)
+  )
   if scheduler_path is not None:
+    if not os.path.isfile(scheduler_path):
+      raise ConfigError(f"scheduler_config={scheduler_path} is not a file")
     with open(scheduler_path) as f:
       fields = pretrained.diffusion_from_scheduler(json.load(f))
     for name, value in fields.items():
