@@ -61,6 +61,8 @@ ARGUMENT_FLAGS = {
   "out_dir": "out_dir",
   "resume_unverified": "resume_unverified",
   "experiment": "experiment",
+  "pretrained": "pretrained",
+  "scheduler_config": "scheduler_config",
 }
 
 
@@ -119,6 +121,20 @@ def define_flags(argv):
     "sample and eval. The same workdir again resumes.",
   )
   flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
+  flags.DEFINE_string(
+    "pretrained",
+    None,
+    "A diffusers UNet2DModel / DDPMPipeline folder (e.g. google/ddpm-cifar10-32, downloaded "
+    "with `huggingface-cli download google/ddpm-cifar10-32 --local-dir DIR`) to start from: "
+    "its network, weights and scheduler; --mode=train fine-tunes it, sample and eval use it "
+    "as it is (imported into the workdir as step 0).",
+  )
+  flags.DEFINE_string(
+    "scheduler_config",
+    None,
+    "With --pretrained: a diffusers scheduler_config.json to map onto --config.diffusion "
+    "instead of the one in the folder.",
+  )
   flags.DEFINE_integer(
     "num_samples",
     None,
@@ -220,6 +236,25 @@ def main(argv, module):
 
     jax.distributed.initialize()
   config, workdir = FLAGS.config, FLAGS.workdir
+  if FLAGS.pretrained:  # The folder's network, weights and scheduler.
+    from gen_jax.train import from_pretrained
+
+    try:
+      config = from_pretrained.use_pretrained(
+        config,
+        FLAGS.pretrained,
+        keep=_overridden_paths(sys.argv),
+        scheduler_config=FLAGS.scheduler_config,
+      )
+      if workdir is None:
+        name = os.path.basename(os.path.normpath(FLAGS.pretrained))
+        workdir = os.path.join("runs", f"{FLAGS.experiment}-pretrained-{name}")
+      if mode in ("sample", "eval"):
+        from_pretrained.import_pretrained(config, workdir, module.build)
+    except train.USER_ERRORS as e:
+      if FLAGS.debug:
+        raise
+      _fail(as_flags(str(e).strip().splitlines()[0]))
   if workdir is None and mode == "train":
     workdir = train.new_workdir(FLAGS.experiment)
   elif workdir is None:

@@ -31,6 +31,9 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A diffusers UNet2DModel folder whose network and weights a U-Net diffusion experiment
+  # starts from (gen_jax.pretrained; run.py --pretrained=DIR); "" for the experiment's own.
+  config.pretrained = ""
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "digits"  # tfds | digits | toy2d | npz | folder
@@ -119,6 +122,8 @@ def validate(config) -> None:
   """
   if not checks.is_integer(config.seed) or config.seed < 0:
     _fail("seed", "an integer >= 0", config.seed)
+  if not isinstance(config.get("pretrained", ""), str):
+    _fail("pretrained", "a diffusers model folder, or '' for none", config.pretrained)
   for path in _POSITIVE_INTEGERS:
     value = _get(config, path)
     if not checks.is_integer(value) or value <= 0:

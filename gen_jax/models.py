@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax import diffusion, distributions, nets, vae
+from gen_jax import diffusers_unet, diffusion, distributions, nets, vae
+from gen_jax.configs import ConfigError
 
 Array = jax.Array
 
@@ -539,5 +540,44 @@ def make_unet_diffusion(config, example_shape) -> DiffusionModel:
   config: `config.model` (the U-Net, its compute dtype, remat, num_classes, cond_drop_prob) and
   `config.diffusion` (see `diffusion_config`)."""
   m = config.model
+  if config.get("pretrained"):
+    return make_pretrained_diffusion(config, example_shape)
   net = nets.unet_from_config(m, m.compute_dtype, m.remat)
   return make_diffusion_model(config.diffusion, net, example_shape, m.num_classes, m.cond_drop_prob)
+
+
+def make_pretrained_diffusion(config, example_shape) -> DiffusionModel:
+  """The diffusion model around the diffusers UNet2DModel of folder `config.pretrained`
+  (gen_jax.pretrained; its weights are read where a run starts, not here) and
+  `config.diffusion`. The folder decides the architecture, so config.model's
+  network fields are not used; its num_classes must be 0 or the folder's."""
+  from gen_jax import pretrained  # only for runs that start from a diffusers folder
+
+  path, m = config.pretrained, config.model
+  spec, null_label = pretrained.load_spec(path)
+  height, width = spec.sample_size
+  if tuple(example_shape) != (height, width, spec.in_channels):
+    raise ConfigError(
+      f"config.pretrained={path} is a U-Net for {height}x{width}x{spec.in_channels} images, "
+      f"but the data's examples have shape {tuple(example_shape)}"
+    )
+  for field, allowed in (("compute_dtype", "float32"), ("remat", False)):
+    if m.get(field, allowed) != allowed:
+      raise ConfigError(
+        f"config.model.{field}={m[field]!r} is not supported with config.pretrained (only "
+        f"{allowed!r})"
+      )
+  net = diffusers_unet.DiffusersUNet(spec, null_label)
+  num_classes = (spec.num_class_embeds or 0) - (null_label is not None)
+  if m.get("num_classes", 0) not in (0, num_classes):
+    raise ConfigError(
+      f"config.model.num_classes={m.num_classes} but config.pretrained={path} has "
+      f"{num_classes} classes"
+    )
+  cond_drop_prob = m.get("cond_drop_prob", 0.0) if num_classes else 0.0
+  if num_classes and null_label is None and cond_drop_prob:
+    raise ConfigError(
+      f"config.model.cond_drop_prob={cond_drop_prob}: config.pretrained={path} has no null "
+      "class to drop labels to; set it to 0"
+    )
+  return make_diffusion_model(config.diffusion, net, example_shape, num_classes, cond_drop_prob)

@@ -13,6 +13,7 @@ from gen_jax import configs
 BAD = [
   ("seed", 1.5),
   ("seed", -1),
+  ("pretrained", 3),
   ("data.batch_size", 0),
   ("data.random_flip", "yes"),
   ("train.num_steps", 0),

@@ -30,6 +30,8 @@ The modules, each answering one question:
   sampling.py    sample(), and drawing samples in chunks
   eval_checkpoint.py  evaluate(): eval.json
   classifier.py  the evaluation classifier, trained through the same step
+  from_pretrained.py  runs that start from a diffusers folder (run.py
+                 --pretrained), and workdirs exported as one
 
 The step is one jitted pure function `train_step(state, batch, key)`; the key
 of step s is fold_in(key, s), and batch s is a pure function of (seed, s), so

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from gen_jax import checkpoint, data, images, sharding, summary
 from gen_jax.configs import ConfigError
-from gen_jax.train import faults, rng, workdir_lock
+from gen_jax.train import faults, from_pretrained, rng, workdir_lock
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, open_run
@@ -139,6 +139,8 @@ def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
     init = jax.jit(
       functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.replicated
     )
+    if config.get("pretrained"):  # Fine-tuning: params and EMA start from the folder's weights.
+      init = lambda key: from_pretrained.pretrained_state(config, run.model, run.tx, run.mesh)
     state, start_step = init(rng.stream(config.seed, "init")), 0
   else:
     logging.info("Resuming from checkpoint at step %d", start_step)

@@ -136,6 +136,10 @@ def open_run(
     dataset = data.load_dataset(config.data, "train" if mode == "train" else "test")
     kind, example_shape = dataset.kind, tuple(dataset.example_shape)
   model = build(config, example_shape)
+  if config.get("pretrained"):
+    from gen_jax import pretrained  # (safetensors, only for runs from a diffusers folder)
+
+    pretrained.check_model_uses_it(config, model)
   if mode == "train":
     _check_classes(model, dataset)
     resume.check_resume_data(workdir, dataset)
