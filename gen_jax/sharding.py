@@ -52,6 +52,23 @@ def shard_batch(batch: dict, mesh) -> dict:
   }
 
 
+def to_host(tree):
+  """The global values of a pytree of jax.Arrays as numpy arrays, in every process.
+
+  An array sharded over several processes' devices is gathered
+  (multihost_utils.process_allgather); one this process holds whole is copied.
+  """
+
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils
+
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(fetch, tree)
+
+
 def jit_for_mesh(fn: Callable, mesh) -> Callable:
   """jax.jit(fn) with params replicated, the batch sharded and the output replicated."""
   return jax.jit(

@@ -162,6 +162,12 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
     run.checkpoints.close()
 
   # -- How it ended --------------------------------------------------------------
+  if jax.process_count() > 1:  # Each process reads only its slice of every global batch.
+    print(
+      f"Process {jax.process_index()}: read {run.dataset.examples_read} examples of "
+      f"{run.dataset.name} for steps {start_step + 1}..{step} (prefetched ones included)",
+      flush=True,
+    )
   if stopped_by is not None:
     raise faults.TrainingInterrupted(step, stopped_by, workdir)
   if run.is_writer and step == tc.num_steps:

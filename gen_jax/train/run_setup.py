@@ -90,7 +90,7 @@ class Run:
     def sample(params, key, labels=None):
       if labels is not None:
         labels = np.resize(np.asarray(labels, np.int32), padded)
-      return np.asarray(jax.device_get(draw(params, key, labels)))[:num_samples]
+      return sharding.to_host(draw(params, key, labels))[:num_samples]
 
     return sample
 

@@ -124,8 +124,10 @@ def sample(
     desc=f"sample ({sampler})",
   )
   out_dir = out_dir or workdir
-  os.makedirs(out_dir, exist_ok=True)
   npz_path = os.path.join(out_dir, "samples.npz")
+  if not run.is_writer:  # every process drew the samples; process 0 writes them
+    return npz_path
+  os.makedirs(out_dir, exist_ok=True)
   if run.kind == "points":
     arrays = {"points": samples.astype(np.float32)}
   else:
