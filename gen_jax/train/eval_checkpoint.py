@@ -101,7 +101,7 @@ def _evaluate_likelihood(run: Run, state: TrainState) -> dict:
   options = {"ode_steps": config.eval.ode_steps}
   evaluate_fn = jax.jit(
     lambda params, x, key: run.model.evaluate(params, {"x": x}, key, **options),
-    in_shardings=(run.replicated, sharding.data_sharded(run.mesh), run.replicated),
+    in_shardings=(run.state_shardings.ema_params, sharding.data_sharded(run.mesh), run.replicated),
   )
   totals, count = {}, 0
   limit = config.eval.num_examples or None

@@ -66,6 +66,7 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
       f"Training on {devices} device{'s' * (devices > 1)} "
       f"({jax.devices()[0].platform}) in {processes} "
       f"process{'es' * (processes > 1)}; global batch {config.data.batch_size}"
+      + (f"; train state sharded {config.mesh.fsdp} ways (FSDP)" if config.mesh.fsdp > 1 else "")
     )
 
   # -- Restore the newest checkpoint, or initialise ----------------------------
@@ -80,7 +81,7 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
     summary.drop_records_after(workdir, start_step or 0)
   if state is None:
     init = jax.jit(
-      functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.replicated
+      functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.state_shardings
     )
     state, start_step = init(rng.stream(config.seed, "init")), 0
   else:
@@ -90,7 +91,7 @@ def train(config, workdir: str, build: BuildFn) -> step_lib.TrainState:
   logging.info("Parameters: %s", f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
   # -- The step, the data, the logs and the sample grid --------------------------
-  train_step = step_lib.jit_train_step(run.train_step, run.mesh)
+  train_step = step_lib.jit_train_step(run.train_step, run.mesh, run.state_shardings)
   train_key = rng.stream(config.seed, "train")
   batches = data.prefetch(
     data.train_iterator(

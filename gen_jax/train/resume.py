@@ -31,6 +31,7 @@ RESUMABLE_CHANGES = (
   "data.tfds_data_dir",
   "sample.",
   "eval.",
+  "mesh.",  # how the state is laid out over devices; checkpoints restore onto any layout
 )
 _ABSENT = "<absent>"
 

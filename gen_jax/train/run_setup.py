@@ -42,13 +42,18 @@ class Run:
   model: Any
   tx: Any  # the optax optimizer
   train_step: Callable  # the pure step of step.train_step_for; jit with step.jit_train_step
-  abstract_state: step.TrainState  # ShapeDtypeStructs, replicated
+  abstract_state: step.TrainState  # ShapeDtypeStructs with their shardings (state_shardings)
   checkpoints: Any  # orbax CheckpointManager of workdir/checkpoints
   is_writer: bool  # process 0: writes logs, pictures, config.json
 
   @property
   def replicated(self):
     return sharding.replicated(self.mesh)
+
+  @property
+  def state_shardings(self):
+    """Where each array of the train state lives: replicated, or split by config.mesh.fsdp."""
+    return jax.tree.map(lambda s: s.sharding, self.abstract_state)
 
   def restore(self) -> step.TrainState:
     """The newest readable checkpoint (sampling and evaluation: read-only)."""
@@ -112,7 +117,7 @@ def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
     resume.check_resume_config(config, workdir)
   else:
     checkpoint.require_checkpoint(workdir)
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.mesh.fsdp)
   sharding.check_batch_size(config.data.batch_size, mesh)
   if mode == "eval":
     sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
@@ -127,12 +132,13 @@ def open_run(config, workdir: str, build: BuildFn, mode: str = "train") -> Run:
     _check_classes(model, dataset)
     resume.check_resume_data(workdir, dataset)
   tx, train_step = step.train_step_for(config, model)
-  replicated = sharding.replicated(mesh)
   abstract = jax.eval_shape(
     functools.partial(step.init_state, model, tx), jax.random.key(config.seed)
   )
   abstract_state = jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
+    lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+    abstract,
+    sharding.state_shardings(abstract, mesh),
   )
   if mode == "train":  # The sample grids' sampler, before training, not at the first grid.
     sample = config.sample
