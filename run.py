@@ -244,7 +244,7 @@ def main(argv, module):
 
   if FLAGS.distributed and not runs_itself:
     _start_distributed(FLAGS)
-  elif any(FLAGS[name].present for name in DISTRIBUTED_FLAGS):
+  elif not FLAGS.distributed and any(FLAGS[name].present for name in DISTRIBUTED_FLAGS):
     _fail(f"--{'/--'.join(DISTRIBUTED_FLAGS)} need --distributed")
   config, workdir = FLAGS.config, FLAGS.workdir
   if workdir is None and mode == "train":

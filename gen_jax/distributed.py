@@ -151,7 +151,7 @@ def config_fingerprint(config, job: str) -> str:
 
 
 def differences(mine: str, theirs: str) -> list[str]:
-  """'path: theirs -> mine' for each leaf where two config_fingerprint()s differ."""
+  """'path is THEIRS there, MINE here' for each leaf where two config_fingerprint()s differ."""
 
   def flat(tree, prefix=""):
     out = {}
@@ -162,12 +162,13 @@ def differences(mine: str, theirs: str) -> list[str]:
         out[f"{prefix}{key}"] = value
     return out
 
-  a, b = flat(json.loads(theirs)), flat(json.loads(mine))
+  there, here = flat(json.loads(theirs)), flat(json.loads(mine))
   missing = "<absent>"
+  show = lambda v: v if v == missing else json.dumps(v)
   return [
-    f"{k}: {json.dumps(a.get(k, missing))} -> {json.dumps(b.get(k, missing))}"
-    for k in sorted(set(a) | set(b))
-    if a.get(k, missing) != b.get(k, missing)
+    f"{k} is {show(there.get(k, missing))} there, {show(here.get(k, missing))} here"
+    for k in sorted(set(there) | set(here))
+    if there.get(k, missing) != here.get(k, missing)
   ]
 
 
@@ -195,8 +196,8 @@ def check_same_config(config, job: str) -> None:
     peer, changes = bad[0]
     shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
     raise ConfigError(
-      f"process {me} of {count} was started with a different config or job from process "
-      f"{peer} ({shown or 'same values, different types'}); processes "
-      f"{', '.join(str(p) for p, _ in bad)} differ from it (config digest here {digest}). "
-      "Start every process with the same command"
+      f"process {me} of {count} was started differently from process {peer}: "
+      f"{shown or 'the same values of other types'}. Start every process with the same command "
+      f"(differing from this one: process {', '.join(str(p) for p, _ in bad)}; config digest "
+      f"here {digest})"
     )

@@ -44,7 +44,10 @@ def make_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
     raise ConfigError(
       f"config.mesh.fsdp={fsdp!r} must be a positive divisor of the number of devices ({devices})"
     )
-  return jax.make_mesh((devices // fsdp, fsdp), BATCH_AXES)
+  # Auto axes: jit's shardings are annotations that XLA propagates. (jax.make_mesh's default,
+  # Explicit, puts shardings into the types, and then e.g. flax's Dropout fails to trace.)
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh((devices // fsdp, fsdp), BATCH_AXES, axis_types=auto)
 
 
 def replicated(mesh) -> NamedSharding:

@@ -8,6 +8,7 @@ them are not.
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -162,10 +163,13 @@ def test_toy2d_two_processes_match_one_process_and_restore_across_layouts(env, t
     np.testing.assert_allclose(two_samples, f["points"], rtol=1e-5, atol=1e-5)
 
 
-# ddpm_digits: a 1-level U-Net, 2 steps, and --mode=eval (the bound, samples, the evaluation
-# classifier trained across processes and its features) at its smallest.
+# ddpm_digits: a 1-level U-Net, 2 steps, and --mode=eval's likelihood (the bound, L_simple). Cut
+# for time: the sample-quality part (samples, the evaluation classifier and its features, which
+# passed in 2 processes when tried) and the ODE likelihood, each one more set of compiles.
 DIGITS = {
   **support.UNET,
+  # Dropout on a sharded batch: failed to trace on any multi-device mesh with Explicit axes.
+  "model.dropout": 0.1,
   "diffusion.num_timesteps": 10,
   "data.batch_size": 8,
   "train.num_steps": 2,
@@ -177,9 +181,8 @@ DIGITS = {
   "sample.num_steps": 2,
   "eval.batch_size": 8,
   "eval.num_examples": 16,
-  "eval.num_samples": 16,
-  "eval.classifier_steps": 4,
-  "eval.ode_steps": 0,  # the probability-flow ODE: one more big compile, the same gathering
+  "eval.num_samples": 0,
+  "eval.ode_steps": 0,
 }
 
 
@@ -206,11 +209,10 @@ def test_digits_two_processes_train_and_eval_as_one_process(env, tmp_path):
   with open(two / "eval.json") as f:
     two_eval = json.load(f)
   one_eval = train.evaluate(support.config("ddpm_digits", DIGITS), str(here), build("ddpm_digits"))
-  for section in ("likelihood", "sample_quality"):
-    numbers = {k: v for k, v in one_eval[section].items() if isinstance(v, float)}
-    assert len(numbers) >= 2, one_eval[section]
-    for key, value in numbers.items():
-      np.testing.assert_allclose(two_eval[section][key], value, rtol=1e-4, err_msg=key)
+  numbers = {k: v for k, v in one_eval["likelihood"].items() if isinstance(v, float)}
+  assert len(numbers) >= 2 and two_eval["likelihood"]["num_examples"] == 16, one_eval
+  for key, value in numbers.items():
+    np.testing.assert_allclose(two_eval["likelihood"][key], value, rtol=1e-5, err_msg=key)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,7 +255,8 @@ def test_kill_9_ends_the_survivor_relaunch_resumes_exactly_sigterm_saves_one_ste
   survivor_seconds = time.monotonic() - killed_at
   print(f"the survivor ended {survivor_seconds:.1f} s after kill -9 (heartbeat {HEARTBEAT} s)")
   assert survivor.returncode == -signal.SIGABRT, survivor.output[-3000:]
-  assert "stopped sending heartbeats" in survivor.stderr or "task" in survivor.stderr
+  # JAX's own words, naming the lost process ("task 1"), then an abort (exit status 134).
+  assert re.search(r"stopped sending heartbeats\):\s*1\b", survivor.stderr), survivor.stderr[-3000:]
   assert survivor_seconds < SURVIVOR_LIMIT
   before_steps, before_losses = logged(workdir)
   resume_from = checkpoint_steps(workdir)[-1]
@@ -290,7 +293,11 @@ def test_a_process_with_another_config_is_refused_at_start_up(env, tmp_path):
   )
   for r in results:
     assert r.returncode == 1, r.output
-    assert "--config.optim.learning_rate: 0.0" in r.stderr, r.stderr  # 0.01 -> 0.02 or back
+    peer, there, here = (1, 0.02, 0.01) if r.index == 0 else (0, 0.01, 0.02)
+    assert (
+      f"error: process {r.index} of 2 was started differently from process {peer}: "
+      f"--config.optim.learning_rate is {there} there, {here} here" in r.stderr
+    ), r.stderr
     assert "Start every process with the same command" in r.stderr
   assert not (workdir / "checkpoints").exists()
 
@@ -322,8 +329,8 @@ def test_config_differences_name_each_field():
   config.seed, config.optim.b1 = 7, 0.5
   theirs = distributed.config_fingerprint(config, "train")
   assert distributed.differences(mine, theirs) == [
-    "config.optim.b1: 0.5 -> 0.9",
-    "config.seed: 7 -> 0",
+    "config.optim.b1 is 0.5 there, 0.9 here",
+    "config.seed is 7 there, 0 here",
   ]
   assert distributed.differences(mine, distributed.config_fingerprint(config, "eval")) != []
   assert distributed.differences(mine, mine) == []
