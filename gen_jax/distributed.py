@@ -14,10 +14,12 @@ When a process dies. JAX's coordination service (hosted by process 0) expects
 a heartbeat from every process; once one has been silent for
 `heartbeat_timeout_seconds`, the service tells the survivors, and JAX ends
 each of them at once (an abort, exit status 134 on Linux) with a message
-naming the lost task ("task:N" is process N). If process 0 itself dies, the
-others notice the missing service within the same timeout and abort too. So
-a job that loses a process ends everywhere within about
-HEARTBEAT_TIMEOUT_SECONDS, rather than waiting in a collective forever, and
+naming the lost process ("The following tasks are unhealthy (stopped sending
+heartbeats): 1"; task N is process N). If process 0 itself dies, the others
+abort too, at once when its connection closes (measured: 1 s on one machine),
+else when their heartbeats go unanswered. So a job that loses a process ends
+everywhere within about the heartbeat timeout (measured: 5.2-5.8 s with 5 s,
+2 processes on one machine), rather than waiting in a collective forever, and
 relaunching it resumes from the newest checkpoint. `shutdown_timeout_seconds`
 bounds how long a finishing process waits at exit for its peers to finish
 as well.
