@@ -288,11 +288,13 @@ def test_a_process_with_another_config_is_refused_at_start_up(env, tmp_path):
     *toy2d_args(),
     f"--workdir={workdir}",
     per_process=[[], ["--config.optim.learning_rate=0.02"]],
+    via_environment=True,  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
     check=False,
     timeout=120,
   )
   for r in results:
     assert r.returncode == 1, r.output
+    assert f"Distributed: process {r.index} of 2, 1 local / 2 global devices" in r.stdout
     peer, there, here = (1, 0.02, 0.01) if r.index == 0 else (0, 0.01, 0.02)
     assert (
       f"error: process {r.index} of 2 was started differently from process {peer}: "

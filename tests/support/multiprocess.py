@@ -72,28 +72,34 @@ def start(
   *args: str,
   per_process: list[list[str]] | None = None,
   heartbeat_timeout: int | None = None,
+  via_environment: bool = False,
 ) -> list[Process]:
   """Starts `num_processes` run.py processes of one job, each with `devices_per_process` CPU
-  devices; returns at once."""
+  devices; returns at once. The coordinator, process count and index go in as flags, or with
+  `via_environment` as JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
   port = free_port()
   env = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
   logs = tempfile.mkdtemp(prefix="gen_jax_multiprocess_")
   processes = []
   for i in range(num_processes):
+    peers = {
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+      "JAX_NUM_PROCESSES": str(num_processes),
+      "JAX_PROCESS_ID": str(i),
+    }
     command = [
       sys.executable,
       RUN_PY,
       *args,
       "--distributed",
-      f"--coordinator_address=127.0.0.1:{port}",
-      f"--num_processes={num_processes}",
-      f"--process_id={i}",
+      *([] if via_environment else [f"--{k[4:].lower()}={v}" for k, v in peers.items()]),
       *([f"--heartbeat_timeout={heartbeat_timeout}"] if heartbeat_timeout else []),
       *(per_process[i] if per_process else []),
     ]
+    process_env = dict(env, **peers) if via_environment else env
     out, err = os.path.join(logs, f"{i}.out"), os.path.join(logs, f"{i}.err")
     with open(out, "w") as stdout, open(err, "w") as stderr:
-      popen = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+      popen = subprocess.Popen(command, cwd=cwd, env=process_env, stdout=stdout, stderr=stderr)
     processes.append(Process(i, popen, out, err))
   return processes
 
