@@ -49,7 +49,8 @@ def nearest_existing(path: str) -> str:
 
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir`; raises ConfigError if it cannot be written."""
-  probe = os.path.join(workdir, ".write_test")
+  # One probe per process: several processes of a job probe the same shared workdir at once.
+  probe = os.path.join(workdir, f".write_test.{os.getpid()}")
   try:
     os.makedirs(workdir, exist_ok=True)
     fileio.write_atomically(probe, "ok")
