@@ -13,6 +13,7 @@ import datetime
 import glob
 import json
 import os
+import platform
 
 from gen_jax import checkpoint, fileio
 from gen_jax.configs import ConfigError
@@ -50,7 +51,7 @@ def nearest_existing(path: str) -> str:
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir`; raises ConfigError if it cannot be written."""
   # One probe per process: several processes of a job probe the same shared workdir at once.
-  probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+  probe = os.path.join(workdir, f".write_test.{platform.node()}.{os.getpid()}")
   try:
     os.makedirs(workdir, exist_ok=True)
     fileio.write_atomically(probe, "ok")
