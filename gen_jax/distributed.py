@@ -18,7 +18,7 @@ naming the lost process ("The following tasks are unhealthy (stopped sending
 heartbeats): 1"; task N is process N). If process 0 itself dies, the others
 abort too, at once when its connection closes (measured: 1 s on one machine),
 else when their heartbeats go unanswered. So a job that loses a process ends
-everywhere within about the heartbeat timeout (measured: 5.2-5.8 s with 5 s,
+everywhere within about the heartbeat timeout (measured: 3.2-5.8 s with 5 s,
 2 processes on one machine), rather than waiting in a collective forever, and
 relaunching it resumes from the newest checkpoint. `shutdown_timeout_seconds`
 bounds how long a finishing process waits at exit for its peers to finish
