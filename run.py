@@ -63,6 +63,10 @@ ARGUMENT_FLAGS = {
   "experiment": "experiment",
   "pretrained": "pretrained",
   "scheduler_config": "scheduler_config",
+  "coordinator_address": "coordinator_address",
+  "num_processes": "num_processes",
+  "process_id": "process_id",
+  "heartbeat_timeout": "heartbeat_timeout",
 }
 
 
@@ -195,8 +199,20 @@ def define_flags(argv):
   flags.DEFINE_bool(
     "distributed",
     False,
-    "Multi-host: call jax.distributed.initialize() first (on a TPU "
-    "pod slice or a SLURM/Open MPI GPU cluster it finds its peers).",
+    "Several processes (hosts): start jax.distributed first. The peers come from "
+    "--coordinator_address/--num_processes/--process_id, else JAX_COORDINATOR_ADDRESS/"
+    "JAX_NUM_PROCESSES/JAX_PROCESS_ID, else a TPU pod slice or SLURM/Open MPI job.",
+  )
+  flags.DEFINE_string(
+    "coordinator_address", None, "--distributed: process 0's host:port, the same for all."
+  )
+  flags.DEFINE_integer("num_processes", None, "--distributed: how many processes the job has.")
+  flags.DEFINE_integer("process_id", None, "--distributed: this process' index, 0 .. N-1.")
+  flags.DEFINE_integer(
+    "heartbeat_timeout",
+    30,
+    "--distributed: seconds after which a silent (dead) process ends the whole job; "
+    "see gen_jax/distributed.py.",
   )
   config = module.get_config()
   for path in _overridden_paths(argv):  # config_flags would raise a KeyError with a traceback
@@ -219,6 +235,41 @@ def _overridden_paths(argv) -> set[str]:
   return {match[1] for match in found if match}
 
 
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "heartbeat_timeout")
+
+
+def _start_distributed(FLAGS) -> None:
+  """jax.distributed with the flags' coordinator (else the environment's, else auto-detected)."""
+  from gen_jax import configs, distributed
+
+  try:
+    distributed.initialize(
+      FLAGS.coordinator_address,
+      FLAGS.num_processes,
+      FLAGS.process_id,
+      heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+    )
+  except configs.ConfigError as e:
+    _fail(as_flags(str(e)))
+  print(distributed.summary(), flush=True)
+
+
+def _check_peers(FLAGS, config, workdir) -> None:
+  """Every process must run the same experiment, mode, workdir and config, named explicitly."""
+  import jax
+
+  from gen_jax import configs, distributed
+
+  if jax.process_count() > 1 and not FLAGS["workdir"].present:
+    _fail("--distributed with several processes needs --workdir (the same shared folder for all)")
+  try:
+    distributed.check_same_config(
+      config, f"{FLAGS.experiment} --mode={FLAGS.mode} --workdir={os.path.abspath(workdir)}"
+    )
+  except configs.ConfigError as e:
+    _fail(as_flags(str(e)))
+
+
 def main(argv, module):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -232,9 +283,9 @@ def main(argv, module):
   from gen_jax import train
 
   if FLAGS.distributed and not runs_itself:
-    import jax
-
-    jax.distributed.initialize()
+    _start_distributed(FLAGS)
+  elif not FLAGS.distributed and any(FLAGS[name].present for name in DISTRIBUTED_FLAGS):
+    _fail(f"--{'/--'.join(DISTRIBUTED_FLAGS)} need --distributed")
   config, workdir = FLAGS.config, FLAGS.workdir
   if FLAGS.pretrained:  # The folder's network, weights and scheduler.
     from gen_jax.train import from_pretrained
@@ -276,6 +327,8 @@ def main(argv, module):
   try:
     if mode != "train":  # the config it was trained with; --config.* flags still win
       config = train.with_saved_config(config, workdir, keep=_overridden_paths(sys.argv))
+    if FLAGS.distributed and not runs_itself:
+      _check_peers(FLAGS, config, workdir)
     if runs_itself:
       module.run(config, workdir)
     elif mode == "train":
@@ -316,7 +369,8 @@ def main(argv, module):
     if jax.process_index() == 0:
       args = [*sys.argv[1:], *([] if FLAGS["workdir"].present else [f"--workdir={workdir}"])]
       command = shlex.join(["python", sys.argv[0], *args])
-      print(f"{e}. To resume, run the same command:\n  {command}", flush=True)
+      every = " in every process" if jax.process_count() > 1 else ""
+      print(f"{e}. To resume, run the same command{every}:\n  {command}", flush=True)
     sys.exit(128 + e.signal_number)
   except train.USER_ERRORS as e:  # Only these: any other exception is a bug, with its traceback.
     if FLAGS.debug:

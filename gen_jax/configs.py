@@ -13,6 +13,7 @@ Sections and the fields an experiment may add:
   optim    optimizer and learning-rate schedule
   sample   how samples are drawn: sampler, steps, guidance, how many
   eval     --mode=eval: likelihood and sample-quality settings
+  mesh     how the devices are used: fsdp > 1 shards the train state (gen_jax.sharding)
   model    the network; the library reads compute_dtype, remat (U-Nets),
            num_classes and cond_drop_prob (class-conditional diffusion)
   diffusion  the diffusion process (models.diffusion_config)
@@ -79,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.num_samples = 1000  # sample quality from N samples; 0: skip it
   config.eval.classifier_steps = 2000  # training steps of the evaluation classifier
   config.eval.ode_steps = 100  # diffusion on images: ODE likelihood steps; 0: skip it
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.fsdp = (
+    1  # shard params, grads, optimizer state, EMA this many ways (gen_jax.sharding)
+  )
   return config
 
 
@@ -97,6 +103,7 @@ _POSITIVE_INTEGERS = (
   "sample.num_samples",
   "eval.batch_size",
   "eval.classifier_steps",
+  "mesh.fsdp",
 )
 _BOOLEANS = ("data.random_flip", "train.ema_warmup", "train.skip_nonfinite")
 _CHOICES = {"optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine")}

@@ -49,6 +49,7 @@ BAD = [
   ("eval.num_samples", 1),
   ("eval.classifier_steps", 0),
   ("eval.ode_steps", -1),
+  ("mesh.fsdp", 0),
   ("model.compute_dtype", "float16"),
   ("model.remat", "yes"),
   ("model.num_classes", -1),

@@ -6,13 +6,16 @@ so the rest of the suite keeps its single device.
 
 import json
 import os
+import shutil
 import subprocess
 
 import jax
 import numpy as np
 import pytest
 
+from experiments import ddpm_toy2d
 from gen_jax import checkpoint, sharding, train
+from gen_jax.configs import ConfigError
 from tests.support import runs as support  # `runs` is a fixture here
 
 # Wider than support.TOY2D and a batch that 8 devices share, so the comparisons see a real model.
@@ -184,3 +187,67 @@ def test_check_batch_size_names_the_flag():
   sharding.check_batch_size(jax.device_count() * 3, mesh)
   with pytest.raises(ValueError, match="eval.batch_size"):
     sharding.check_batch_size(0, mesh, "eval.batch_size")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FSDP: the train state sharded over the mesh's 'fsdp' axis
+
+# Wide enough that the hidden layers' (128, 128) kernels and their Adam moments are sharded.
+FSDP_MODEL = {"model.width": 128, "model.num_blocks": 2, "diffusion.num_timesteps": 20}
+FSDP_RUN = support.flags(
+  "ddpm_toy2d",
+  FSDP_MODEL,
+  {"data.batch_size": 16, "sample.num_samples": 8, "train.sample_every": 1000},
+  {"train.checkpoint_every": 2, "train.log_every": 1, "optim.learning_rate": 1e-2},
+  {"train.num_steps": 4},
+)
+
+
+@pytest.mark.slow
+def test_fsdp_resumes_data_parallel_checkpoint_with_the_same_losses(env, tmp_path):
+  """8 devices: data 8 x fsdp 1, then its step-2 checkpoint resumed as data 2 x fsdp 4, against
+  data 8 x fsdp 1 throughout (same losses and parameters); both restored here on one device."""
+  fast = dict(env, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+  dp, switched = str(tmp_path / "dp"), str(tmp_path / "dp_then_fsdp")
+  ok(run(fast, tmp_path, 8, *FSDP_RUN, f"--workdir={dp}"))
+  shutil.copytree(dp, switched)
+  shutil.rmtree(os.path.join(switched, "checkpoints", "4"))
+  resumed = ok(run(fast, tmp_path, 8, *FSDP_RUN, f"--workdir={switched}", "--config.mesh.fsdp=4"))
+  assert "train state sharded 4 ways (FSDP)" in resumed.stdout and "from step 2" in resumed.stdout
+  np.testing.assert_allclose(losses(switched), losses(dp), rtol=1e-5)
+
+  def restore_here(workdir):  # onto this process' one device, whatever layout wrote it
+    config = support.config("ddpm_toy2d", FSDP_MODEL)
+    run_ = train.open_run(config, workdir, ddpm_toy2d.build, mode="sample")
+    try:
+      return run_.restore()
+    finally:
+      run_.checkpoints.close()
+
+  reference = restore_here(dp)
+  assert int(reference.step) == 4
+  state = restore_here(switched)  # written by the fsdp = 4 layout
+  assert_trees_close(state.params, reference.params)
+  assert_trees_close(state.opt_state, reference.opt_state)
+  assert_trees_close(state.ema_params, reference.ema_params)
+
+
+def test_fsdp_spec_shards_the_largest_divisible_axis_and_replicates_small_arrays():
+  P = jax.sharding.PartitionSpec
+  assert sharding.fsdp_spec((128, 128), 4) == P("fsdp")  # a tie: the first axis
+  assert sharding.fsdp_spec((3, 3, 128, 256), 8) == P(None, None, None, "fsdp")
+  assert sharding.fsdp_spec((256, 96), 64) == P("fsdp")  # 64 divides 256, not 96
+  assert sharding.fsdp_spec((96, 256), 64) == P(None, "fsdp")
+  assert sharding.fsdp_spec((128, 128), 1) == P()
+  assert sharding.fsdp_spec((256,), 4) == P()  # below MIN_SHARDED_SIZE: replicated
+  assert sharding.fsdp_spec((), 4) == P()
+  assert sharding.fsdp_spec((129, 127), 4) == P()  # no axis divides
+  assert sharding.fsdp_spec((256,), 4, min_size=1) == P("fsdp")
+
+
+def test_mesh_fsdp_must_divide_the_devices():
+  mesh = sharding.make_mesh()
+  assert mesh.axis_names == ("data", "fsdp") and mesh.shape["fsdp"] == 1
+  for bad in (0, jax.device_count() + 1, 1.5):
+    with pytest.raises(ConfigError, match=r"config\.mesh\.fsdp=.* must be a positive divisor"):
+      sharding.make_mesh(bad)

@@ -74,6 +74,7 @@ class Dataset:
     num_examples: examples in the split (None for infinite data).
     num_classes: number of label classes, or None when batches have no 'label'.
     pixel_levels: 256 for images, None for points.
+    examples_read: how many examples this object has fetched (all batches, prefetched ones too).
   """
 
   def __init__(
@@ -97,6 +98,8 @@ class Dataset:
     self.random_flip = bool(random_flip) and kind == "image"
     self._fetch = fetch
     self._max_value = max_value
+    # Examples fetched so far by this process (a multi-process run reads only its slices).
+    self.examples_read = 0
 
   def __repr__(self) -> str:
     return (
@@ -107,6 +110,7 @@ class Dataset:
   def _batch(self, indices: np.ndarray) -> Batch:
     """{'x': float32 (k, *example_shape), 'label': int32 (k,) if labelled} for example indices (k,)."""
     raw, labels = self._fetch(indices)
+    self.examples_read += len(indices)
     x = raw.astype(np.float32)
     if self._max_value is not None:
       x = x / np.float32(self._max_value / 2) - np.float32(1)

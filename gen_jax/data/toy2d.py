@@ -78,7 +78,9 @@ class Toy2DDataset(Dataset):
     """{'x': float32 (batch_size // process_count, 2)} drawn from default_rng([seed, step])."""
     sl = local_slice(batch_size, process_index, process_count)
     rng = np.random.default_rng([int(seed), int(step)])
-    return {"x": sample_toy2d(self._toy_name, batch_size, rng)[sl]}
+    x = sample_toy2d(self._toy_name, batch_size, rng)[sl]  # cheap: drawn whole, this slice kept
+    self.examples_read += len(x)
+    return {"x": x}
 
   def eval_batches(
     self, batch_size: int, process_index: int = 0, process_count: int = 1

@@ -124,8 +124,8 @@ def _evaluate_likelihood(run: Run, state: TrainState) -> dict:
   batch_size = config.eval.batch_size
   options = {"ode_steps": config.eval.ode_steps}
   evaluate_fn = jax.jit(
-    lambda params, batch, key: run.model.evaluate(params, batch, key, **options),
-    in_shardings=(run.replicated, sharding.data_sharded(run.mesh), run.replicated),
+    lambda params, x, key: run.model.evaluate(params, {"x": x}, key, **options),
+    in_shardings=(run.state_shardings.ema_params, sharding.data_sharded(run.mesh), run.replicated),
   )
   totals, count = {}, 0
   limit = config.eval.num_examples or None
@@ -140,10 +140,12 @@ def _evaluate_likelihood(run: Run, state: TrainState) -> dict:
   )
   with jax.default_matmul_precision("highest"):
     for i, batch in enumerate(progress):
-      mask = np.asarray(batch.pop("mask", np.ones(len(batch["x"]), bool)))
       key = rng.stream(config.seed, "eval_likelihood", i)
-      values = jax.device_get(
-        evaluate_fn(state.ema_params, sharding.shard_batch({"x": batch["x"]}, run.mesh), key)
+      # The global batch: each process holds its rows; values and mask are gathered whole.
+      local = {"x": batch["x"], "mask": batch.pop("mask", np.ones(len(batch["x"]), bool))}
+      global_batch = sharding.shard_batch(local, run.mesh)
+      values, mask = sharding.to_host(
+        (evaluate_fn(state.ema_params, global_batch["x"], key), global_batch["mask"])
       )
       for name, v in values.items():
         totals[name] = totals.get(name, 0.0) + float(np.sum(np.asarray(v)[mask]))

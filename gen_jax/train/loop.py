@@ -113,6 +113,7 @@ def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
       f"Training on {devices} device{'s' * (devices > 1)} "
       f"({jax.devices()[0].platform}) in {processes} "
       f"process{'es' * (processes > 1)}; global batch {config.data.batch_size}"
+      + (f"; train state sharded {config.mesh.fsdp} ways (FSDP)" if config.mesh.fsdp > 1 else "")
     )
 
   # -- Restore the newest checkpoint, or initialise ----------------------------
@@ -137,7 +138,7 @@ def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
     summary.drop_records_after(workdir, start_step or 0)
   if state is None:
     init = jax.jit(
-      functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.replicated
+      functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.state_shardings
     )
     if config.get("pretrained"):  # Fine-tuning: params and EMA start from the folder's weights.
       init = lambda key: from_pretrained.pretrained_state(config, run.model, run.tx, run.mesh)
@@ -149,7 +150,7 @@ def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
   logging.info("Parameters: %s", f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
   # -- The step, the data, the logs and the sample grid --------------------------
-  train_step = step_lib.jit_train_step(run.train_step, run.mesh)
+  train_step = step_lib.jit_train_step(run.train_step, run.mesh, run.state_shardings)
   train_key = rng.stream(config.seed, "train")
   batches = data.prefetch(
     data.train_iterator(
@@ -226,6 +227,12 @@ def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
   # -- How it ended --------------------------------------------------------------
   if stopped_by is None and signals.signal_number is not None:
     stopped_by = signals.signal_number  # during the last step's grid: saved, and still a stop
+  if jax.process_count() > 1:  # Each process reads only its slice of every global batch.
+    print(
+      f"Process {jax.process_index()}: read {run.dataset.examples_read} examples of "
+      f"{run.dataset.name} for steps {start_step + 1}..{step} (prefetched ones included)",
+      flush=True,
+    )
   if stopped_by is not None:
     raise faults.TrainingInterrupted(step, stopped_by, workdir)
   if run.is_writer and step == tc.num_steps:

@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = (
   "data.tfds_data_dir",
   "sample.",
   "eval.",
+  "mesh.",  # how the state is laid out over devices; checkpoints restore onto any layout
 )
 _ABSENT = "<absent>"
 # Room for metrics.jsonl, TensorBoard events and sample pictures at start-up (a grid PNG of 64

@@ -43,13 +43,18 @@ class Run:
   model: Any
   tx: Any  # the optax optimizer
   train_step: Callable  # the pure step of step.train_step_for; jit with step.jit_train_step
-  abstract_state: step.TrainState  # ShapeDtypeStructs, replicated
+  abstract_state: step.TrainState  # ShapeDtypeStructs with their shardings (state_shardings)
   checkpoints: Any  # orbax CheckpointManager of workdir/checkpoints
   is_writer: bool  # process 0: writes logs, pictures, config.json
 
   @property
   def replicated(self):
     return sharding.replicated(self.mesh)
+
+  @property
+  def state_shardings(self):
+    """Where each array of the train state lives: replicated, or split by config.mesh.fsdp."""
+    return jax.tree.map(lambda s: s.sharding, self.abstract_state)
 
   def restore(self) -> step.TrainState:
     """The newest readable checkpoint (sampling and evaluation: read-only)."""
@@ -91,7 +96,7 @@ class Run:
     def sample(params, key, labels=None):
       if labels is not None:
         labels = np.resize(np.asarray(labels, np.int32), padded)
-      return np.asarray(jax.device_get(draw(params, key, labels)))[:num_samples]
+      return sharding.to_host(draw(params, key, labels))[:num_samples]
 
     return sample
 
@@ -125,7 +130,7 @@ def open_run(
     resume.check_resume_config(config, workdir, unverified=resume_unverified)
   else:
     checkpoint.require_checkpoint(workdir)
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.mesh.fsdp)
   sharding.check_batch_size(config.data.batch_size, mesh)
   if mode == "eval":
     sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
@@ -146,12 +151,13 @@ def open_run(
     where = f"config.data.path={config.data.path}" if config.data.path else dataset.name
     validation.check_points_dimension(dataset.kind, dataset.example_shape, where=where)
   tx, train_step = step.train_step_for(config, model)
-  replicated = sharding.replicated(mesh)
   abstract = jax.eval_shape(
     functools.partial(step.init_state, model, tx), jax.random.key(config.seed)
   )
   abstract_state = jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
+    lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+    abstract,
+    sharding.state_shardings(abstract, mesh),
   )
   if mode == "train":  # The sample grids' sampler, before training, not at the first grid.
     sample = config.sample

@@ -157,6 +157,9 @@ def _sample(run, *, num_samples, sampler, num_steps, out_dir, class_label, guida
       f"{sampler}, num_steps={num_steps}, guidance_scale={guidance_scale}); nothing was written"
     )
   npz_path = os.path.join(out_dir, "samples.npz")
+  if not run.is_writer:  # every process drew the samples; process 0 writes them
+    return npz_path
+  os.makedirs(out_dir, exist_ok=True)
   if run.kind == "points":
     arrays = {"points": samples.astype(np.float32)}
   else:

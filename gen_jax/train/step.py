@@ -147,13 +147,16 @@ def train_step_for(config, model):
   return tx, step
 
 
-def jit_train_step(train_step, mesh):
-  """train_step jitted for the mesh: state and key replicated, the batch sharded along its
-  leading axis, the state donated (updated in place)."""
+def jit_train_step(train_step, mesh, state_shardings=None):
+  """train_step jitted for the mesh: the state laid out as `state_shardings` (a pytree of
+  shardings, from sharding.state_shardings; default: replicated) in and out, the key and the
+  metrics replicated, the batch sharded along its leading axis, the state donated (updated in
+  place)."""
   replicated = sharding.replicated(mesh)
+  state = replicated if state_shardings is None else state_shardings
   return jax.jit(
     train_step,
-    in_shardings=(replicated, sharding.data_sharded(mesh), replicated),
-    out_shardings=(replicated, replicated),
+    in_shardings=(state, sharding.data_sharded(mesh), replicated),
+    out_shardings=(state, replicated),
     donate_argnums=0,
   )

@@ -15,6 +15,7 @@ import datetime
 import glob
 import json
 import os
+import platform
 
 from gen_jax import checkpoint, fileio
 from gen_jax.configs import ConfigError
@@ -66,7 +67,8 @@ def check_writable(
 ) -> None:
   """Raises ConfigError now, before any work, if `directory` (created if missing) cannot take a
   file; `what` names the argument that chose it (e.g. "workdir=runs/x"), `hint` the way out."""
-  probe = os.path.join(directory, f".write_test.{os.getpid()}")  # two processes may probe at once
+  # One probe per process: the processes of a job (several hosts) probe a shared folder at once.
+  probe = os.path.join(directory, f".write_test.{platform.node()}.{os.getpid()}")
   try:
     os.makedirs(directory, exist_ok=True)
     fileio.write_atomically(probe, "ok")
