@@ -186,8 +186,9 @@ def check_attention_memory(
 
 
 def device_memory() -> int | None:
-  """Bytes of memory of the first device (an accelerator's limit, or the host's RAM), or None."""
-  stats = jax.devices()[0].memory_stats() or {}
+  """Bytes of memory of this process' first device (an accelerator's limit, or the host's RAM), or
+  None. A local device: memory_stats() refuses the devices of other processes."""
+  stats = jax.local_devices()[0].memory_stats() or {}
   if "bytes_limit" in stats:
     return int(stats["bytes_limit"])
   try:
