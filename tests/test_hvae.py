@@ -262,3 +262,65 @@ def test_stochastic_layer_prior_draw_and_bounded_scale():
       posterior_mean=mean[:, :1],
       posterior_logvar=logvar[:, :1],
     )
+
+
+@pytest.mark.parametrize(
+  ("experiment", "path", "value"),
+  [
+    ("hvae_digits", "model.likelihood", "gaussian"),
+    ("hvae_digits", "model.num_mixtures", 0),
+    ("hvae_digits", "model.kl_warmup_steps", -1),
+    ("hvae_digits", "model.free_bits", -0.5),
+    ("hvae_digits", "model.min_scale", 0.0),
+    ("hvae_digits", "model.layers_per_resolution", (1, 0, 2, 2)),
+    ("vae_digits", "model.iwae_chunk", 300),
+    ("vae_digits", "model.binarize", "yes"),
+  ],
+)
+def test_config_refuses_bad_model_fields(experiment, path, value):
+  import ml_collections
+
+  from gen_jax import configs
+  from tests.support import runs
+
+  config = ml_collections.ConfigDict(runs.config(experiment).to_dict(), type_safe=False)
+  configs.validate(config)
+  runs.apply(config, {path: value})
+  with pytest.raises(configs.ConfigError, match=rf"^config\.{path} must be"):
+    configs.validate(config)
+
+
+def test_hvae_build_refuses_resolutions_that_do_not_fit():
+  from experiments import hvae_digits
+  from gen_jax import configs
+  from tests.support import runs
+
+  config = runs.config("hvae_digits", {"model.resolutions": (1, 3, 4, 8)})
+  with pytest.raises(configs.ConfigError, match="config.model.resolutions"):
+    hvae_digits.build(config, (8, 8, 1))
+
+
+def test_skip_grad_norm_skips_large_gradients_and_counts_them():
+  """optim.skip_grad_norm: an update whose gradient norm reaches the threshold leaves the parameters and Adam's
+  moments as they were and is counted; a smaller one is the plain optimizer's update."""
+  import ml_collections
+
+  from gen_jax import configs, train
+
+  optim = configs.base_config().optim
+  optim.skip_grad_norm = 1.0
+  plain = ml_collections.ConfigDict(optim.to_dict())
+  plain.skip_grad_norm = 0.0
+  params = {"w": jnp.array([1.0, -2.0])}
+  tx, tx_plain = train.make_optimizer(optim, 100), train.make_optimizer(plain, 100)
+  state, state_plain = tx.init(params), tx_plain.init(params)
+  small, large = {"w": jnp.array([0.3, 0.4])}, {"w": jnp.array([6.0, 8.0])}
+  updates, state = tx.update(small, state, params)
+  updates_plain, state_plain = tx_plain.update(small, state_plain, params)
+  np.testing.assert_array_equal(updates["w"], updates_plain["w"])
+  before = jax.tree.leaves(state.inner_state.inner_state)
+  updates, state = tx.update(large, state, params)
+  assert np.all(np.asarray(updates["w"]) == 0)
+  for a, b in zip(before, jax.tree.leaves(state.inner_state.inner_state)):
+    np.testing.assert_array_equal(a, b)
+  assert int(state.inner_state.num_skipped) == 1
