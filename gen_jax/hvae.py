@@ -139,12 +139,14 @@ def iwae_bound(
 
   log_weight_fn(key) -> (B,): `log_importance_weight` of one top-down pass through the
   posterior, drawn with `key` (the bottom-up features of x computed once, outside it). The K
-  passes run `chunk_size` at a time (vmapped over keys), chunks in a lax.scan
-  (vae.log_mean_exp_chunked), so memory stays one chunk's for K = 5000.
+  passes run one after the other (jax.lax.map: each pass is already batched over the B
+  examples, and a vmap over draws would merge a batch axis laid out over devices with the draw
+  axis), `chunk_size` of them per step of the running logsumexp (vae.log_mean_exp_chunked), so
+  memory stays one pass's for K = 5000.
   """
   chunk = num_samples if chunk_size is None else chunk_size
   return vae.log_mean_exp_chunked(
-    key, lambda k: jax.vmap(log_weight_fn)(jax.random.split(k, chunk)), num_samples, chunk
+    key, lambda k: jax.lax.map(log_weight_fn, jax.random.split(k, chunk)), num_samples, chunk
   )
 
 

@@ -92,8 +92,11 @@ class Decoder(nn.Module):
   def __call__(self, key, features=None, num_samples: int | None = None, temperature: float = 1.0):
     batch = next(iter(features.values())).shape[0] if features is not None else num_samples
     r0 = self.resolutions[0]
-    h = self.param("h_top", zeros_init, (1, r0, r0, self.width))
-    h = jnp.broadcast_to(h, (batch, r0, r0, self.width))
+    h_top = self.param("h_top", zeros_init, (1, r0, r0, self.width))
+    if features is None:
+      h = jnp.broadcast_to(h_top, (batch, r0, r0, self.width))
+    else:  # laid out (sharded) as the batch, so that concatenating with the features is allowed
+      h = jnp.zeros_like(features[r0]) + h_top
     num_layers = sum(self.layers_per_resolution)
     keys = iter(jax.random.split(key, num_layers))
     offset = _offset(self.min_scale)

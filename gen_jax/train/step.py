@@ -159,7 +159,7 @@ def make_train_step(
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     if lr_schedule is not None:
       metrics["learning_rate"] = lr_schedule(state.step)
-    if isinstance(opt_state.inner_state, SkipLargeGradientsState):
+    if isinstance(getattr(opt_state, "inner_state", None), SkipLargeGradientsState):
       metrics["skipped_large_grad_steps"] = opt_state.inner_state.num_skipped
     if skip_nonfinite:
       metrics["skipped_nonfinite_steps"] = opt_state.total_notfinite
