@@ -1,5 +1,6 @@
-"""scripts/likelihood_table.py: tiny hvae_digits and vae_digits trained through run.py on one budget, evaluated with
-one classifier, and the table holding what their eval.json files say; the rows of a DDPM eval.json (bound and ODE)."""
+"""scripts/likelihood_table.py: a tiny hvae_digits trained and evaluated through run.py and its row of the table
+(the end-to-end run of the new experiment); the orchestration over several experiments (one evaluation classifier,
+given workdirs, the picture) with run.py stubbed; the rows of a DDPM eval.json (bound and ODE)."""
 
 import json
 import math
@@ -10,11 +11,6 @@ import pytest
 
 from tests.support import runs as support
 
-TINY = {
-  "hvae_digits": support.HVAE,
-  "vae_digits": support.MLP_VAE,
-}
-
 
 def load_script():
   return support.load_script("scripts/likelihood_table.py")
@@ -24,11 +20,7 @@ def load_script():
 def table_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("table") / "out")
   cache = str(tmp_path_factory.mktemp("jax_cache"))
-  overrides = [
-    f"--override={name}:{path}={value}"
-    for name, tiny in TINY.items()
-    for path, value in tiny.items()
-  ]
+  overrides = [f"--override=hvae_digits:{path}={value}" for path, value in support.HVAE.items()]
   overrides += [
     f"--override={o}"
     for o in ("data.batch_size=8", "sample.num_samples=4", "eval.batch_size=8", "train.log_every=1")
@@ -41,7 +33,7 @@ def table_run(tmp_path_factory):
       patch.setenv(name, value)
     rows = load_script().main(
       [
-        "--experiments=hvae_digits,vae_digits",
+        "--experiments=hvae_digits",
         "--budget_seconds=0.5",
         f"--workdir={workdir}",
         "--num_samples=16",
@@ -54,38 +46,95 @@ def table_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_both_train_evaluate_and_fill_the_table(table_run):
+def test_hvae_trains_evaluates_and_fills_its_row(table_run):
   workdir, rows = table_run
-  assert [r["experiment"] for r in rows] == ["hvae_digits", "vae_digits"]
+  assert [r["experiment"] for r in rows] == ["hvae_digits"]
   with open(os.path.join(workdir, "table.md")) as f:
     lines = [line for line in f if line.startswith("| ") and "`" in line]
-  assert len(lines) == 2
-  for row, line in zip(rows, lines):
-    with open(os.path.join(workdir, row["experiment"], "eval.json")) as f:
-      results = json.load(f)
-    likelihood = results["likelihood"]
-    assert likelihood["num_examples"] == 8 and likelihood["data"] == "digits/test"
-    assert math.isfinite(likelihood["bits_per_dim"]) and likelihood["bits_per_dim"] > 0
-    # bits/dim is the IWAE NLL in nats over D ln 2, D = 64
-    np.testing.assert_allclose(
-      likelihood["bits_per_dim"], likelihood["nll_iwae"] / (64 * math.log(2)), rtol=1e-6
-    )
-    assert "K=4" in likelihood["setup"]["nll_iwae"]
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    assert cells[1] == f"{likelihood['bits_per_dim']:.3f}"
-    assert cells[3] == f"{results['num_parameters']:,}"
-    assert cells[5] == f"{results['sample_quality']['fd_samples_vs_test']:.2f}"
-    assert cells[2].startswith(f"{results['checkpoint_step']:,} steps, ")
-  # one evaluation classifier for both rows (the second run reused the first's)
-  assert rows[0]["feature_space"] == rows[1]["feature_space"]
-  text = open(os.path.join(workdir, "table.md")).read()
-  assert "WARNING" not in text
+  with open(os.path.join(workdir, "hvae_digits", "eval.json")) as f:
+    results = json.load(f)
+  likelihood = results["likelihood"]
+  assert likelihood["num_examples"] == 8 and likelihood["data"] == "digits/test"
+  assert math.isfinite(likelihood["bits_per_dim"]) and likelihood["bits_per_dim"] > 0
+  # bits/dim is the IWAE NLL in nats over D ln 2, D = 64
+  np.testing.assert_allclose(
+    likelihood["bits_per_dim"], likelihood["nll_iwae"] / (64 * math.log(2)), rtol=1e-6
+  )
+  assert "K=4" in likelihood["setup"]["nll_iwae"]
+  cells = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+  assert len(lines) == 1 and cells[0] == "hierarchical VAE: IWAE bound (`hvae_digits`)"
+  assert cells[1] == f"{likelihood['bits_per_dim']:.3f}"
+  assert cells[3] == f"{results['num_parameters']:,}"
+  assert cells[5] == f"{results['sample_quality']['fd_samples_vs_test']:.2f}"
+  assert cells[2].startswith(f"{results['checkpoint_step']:,} steps, ")
   assert os.path.isfile(os.path.join(workdir, "samples.png"))
   # the hierarchy's KL warm-up over 2 steps reached the loss through the train step
   with open(os.path.join(workdir, "hvae_digits", "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   assert [r["kl_weight"] for r in records[:2]] == [0.0, 0.5]
   assert all(r["skipped_large_grad_steps"] == 0 for r in records)
+
+
+def test_several_experiments_share_one_classifier_and_given_runs_are_not_trained(
+  tmp_path, monkeypatch
+):
+  """run.py stubbed: it records its calls, 'trains' (a checkpoint and a grid) and 'evaluates' (an eval.json whose
+  feature space is the evaluation classifier found in the workdir, trained there when absent)."""
+  from PIL import Image
+
+  script = load_script()
+  calls = []
+
+  def fake_run_py(experiment, workdir, mode, flags):
+    calls.append((experiment, mode))
+    if mode == "train":
+      os.makedirs(os.path.join(workdir, "checkpoints", "7"))
+      os.makedirs(os.path.join(workdir, "samples"))
+      Image.new("L", (10, 10), 128).save(os.path.join(workdir, "samples", "step_0000007.png"))
+    else:
+      classifier = os.path.join(workdir, "eval_classifier")
+      if not os.path.isdir(classifier):
+        os.makedirs(classifier)
+        with open(os.path.join(classifier, "id"), "w") as f:
+          f.write(experiment)
+      with open(os.path.join(classifier, "id")) as f:
+        trained_by = f.read()
+      results = {
+        "checkpoint_step": 7,
+        "num_parameters": 10,
+        "likelihood": {"bits_per_dim": 3.0, "num_examples": 8, "data": "digits/test"},
+        "sample_quality": {"feature_space": {"trained_by": trained_by, "path": classifier}},
+      }
+      with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(results, f)
+    return 1.5
+
+  monkeypatch.setattr(script, "run_py", fake_run_py)
+  given = tmp_path / "given"
+  os.makedirs(given / "checkpoints" / "3")
+  os.makedirs(given / "samples")
+  Image.new("L", (10, 10), 0).save(given / "samples" / "step_0000003.png")
+  rows = script.main(
+    [
+      f"--workdir={tmp_path / 'out'}",
+      "--experiments=vae_digits,hvae_digits,ddpm_digits",
+      f"--run=hvae_digits={given}",
+    ]
+  )
+  assert calls == [
+    ("vae_digits", "train"),
+    ("ddpm_digits", "train"),
+    ("vae_digits", "eval"),
+    ("hvae_digits", "eval"),
+    ("ddpm_digits", "eval"),
+  ]
+  assert {r["feature_space"]["trained_by"] for r in rows} == {"vae_digits"}
+  assert [r["train_seconds"] for r in rows] == [1.5, None, 1.5]
+  text = (tmp_path / "out" / "table.md").read_text()
+  assert "WARNING" not in text
+  assert "| 7 steps, 2 s | 10 |" in text and "| 7 steps | 10 |" in text
+  picture = np.asarray(Image.open(tmp_path / "out" / "samples.png"))
+  assert picture.shape[1] > 30  # three grids side by side
 
 
 def test_rows_of_a_diffusion_eval_json_and_refused_arguments(tmp_path, capsys):
