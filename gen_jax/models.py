@@ -15,9 +15,10 @@ NHWC) with an optional boolean 'mask' in evaluation. The classes are frozen
 dataclasses, so jitted functions can close over them.
 
 Longer than the house's ~400 lines on purpose: the interface above is read
-here, once, with both of its implementations (DiffusionModel, VAEModel) and
-the config builders that make them; the next model family (a hierarchical
-VAE, VDM) is the point to split this file into one module per family.
+here, once, with its implementations (DiffusionModel, VAEModel, HVAEModel)
+and the config builders that make them. HVAEModel was added beside VDM's
+model in parallel work: this is the point to split the file into one module
+per family.
 """
 
 import dataclasses
@@ -619,7 +620,8 @@ class HVAEModel:
     x = _likelihood_targets(self.likelihood, self.binarize, batch["x"], binarize_key)
     terms = hvae.elbo(*self._pass(params, x, pass_key))
     mask = batch.get("mask")
-    kl_weight = hvae.kl_warmup_weight(0 if step is None else step, self.kl_warmup_steps)
+    # step=None (outside training): the objective itself, KL weight 1.
+    kl_weight = 1.0 if step is None else hvae.kl_warmup_weight(step, self.kl_warmup_steps)
     loss = hvae.training_loss(terms, kl_weight=kl_weight, free_bits=self.free_bits, mask=mask)
     layer_kl = jnp.mean(terms.kl_per_layer, axis=0)
     metrics = {
