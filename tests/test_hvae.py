@@ -210,12 +210,13 @@ def test_wrong_posterior_gap_is_the_joint_kl_and_iwae_closes_it():
       jax.vmap(lambda k: hvae.iwae_bound(k, log_weight, num, chunk))(
         jax.random.split(key, repeats)
       ).mean(0)
-      for num, chunk, repeats in ((10, None, 64), (100, None, 16), (2000, 500, 2))
+      for num, chunk, repeats in ((10, None, 64), (2000, 500, 2))
     ]
 
+  # measured: ELBO gap 0.55 nats; K = 10 leaves 0.001-0.05, K = 2000 0.001-0.02
   gaps = [exact - np.asarray(b, np.float64) for b in bounds(jax.random.key(2))]
-  assert np.all(gaps[0] < gap) and np.all(gaps[1] < gaps[0]), (gap, gaps)
-  assert np.all(np.abs(gaps[-1]) < 0.03), gaps[-1]
+  assert np.all(gaps[0] < 0.2 * gap), (gap, gaps)
+  assert np.all(np.abs(gaps[-1]) < 0.03) and np.mean(np.abs(gaps[-1])) < np.mean(gaps[0]), gaps
 
 
 def test_training_loss_warmup_and_free_bits():
