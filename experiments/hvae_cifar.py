@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
       free_bits=0.0,
       temperature=1.0,
       iwae_samples=5000,
-      iwae_chunk=50,
+      iwae_chunk=10,
     )
   )
 

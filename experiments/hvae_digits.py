@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
       free_bits=0.0,  # nats per layer (batch mean) below which a KL is not pushed down; 0: off
       temperature=1.0,  # prior scale when sampling
       iwae_samples=5000,
-      iwae_chunk=250,
+      iwae_chunk=50,
     )
   )
 

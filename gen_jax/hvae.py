@@ -133,21 +133,21 @@ def log_importance_weight(log_likelihood, layers: Sequence[LayerSample]) -> Arra
 
 
 def iwae_bound(
-  key, log_weight_fn: Callable[[Array], Array], num_samples: int, chunk_size: int | None = None
+  key,
+  log_weights_fn: Callable[[Array, int], Array],
+  num_samples: int,
+  chunk_size: int | None = None,
 ) -> Array:
   """L_K = log (1/K) sum_k w_k (Burda et al. 2016) of the hierarchy, per example, nats.
 
-  log_weight_fn(key) -> (B,): `log_importance_weight` of one top-down pass through the
-  posterior, drawn with `key` (the bottom-up features of x computed once, outside it). The K
-  passes run one after the other (jax.lax.map: each pass is already batched over the B
-  examples, and a vmap over draws would merge a batch axis laid out over devices with the draw
-  axis), `chunk_size` of them per step of the running logsumexp (vae.log_mean_exp_chunked), so
-  memory stays one pass's for K = 5000.
+  log_weights_fn(key, n) -> (n, B): `log_importance_weight` of n independent top-down passes
+  through the posterior (the networks run them as one pass over the batch repeated n times, so
+  the bottom-up features are computed once and the batch axis keeps its layout over devices).
+  The K passes come `chunk_size` at a time (default: all K), with a running logsumexp over the
+  chunks (vae.log_mean_exp_chunked), so memory stays one chunk's for K = 5000.
   """
   chunk = num_samples if chunk_size is None else chunk_size
-  return vae.log_mean_exp_chunked(
-    key, lambda k: jax.lax.map(log_weight_fn, jax.random.split(k, chunk)), num_samples, chunk
-  )
+  return vae.log_mean_exp_chunked(key, lambda k: log_weights_fn(k, chunk), num_samples, chunk)
 
 
 def kl_warmup_weight(step, warmup_steps: int) -> Array:

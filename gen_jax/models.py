@@ -651,10 +651,15 @@ class HVAEModel:
     features = self.encoder.apply(params["encoder"], x)  # once for all K passes
     terms = hvae.elbo(*self._pass(params, x, elbo_key, features))
 
-    def log_weight(pass_key):
-      return hvae.log_importance_weight(*self._pass(params, x, pass_key, features))
+    def log_weights(pass_key, num_draws):
+      # num_draws passes as one: each example repeated in place, (B * n), so that the batch axis
+      # keeps its layout over devices (a vmap over draws would merge it with the draw axis).
+      repeat = lambda a: jnp.repeat(a, num_draws, axis=0)
+      repeated = {r: repeat(f) for r, f in features.items()}
+      log_w = hvae.log_importance_weight(*self._pass(params, repeat(x), pass_key, repeated))
+      return log_w.reshape(x.shape[0], num_draws).T  # (n, B)
 
-    iwae = hvae.iwae_bound(iwae_key, log_weight, self.iwae_samples, self.iwae_chunk)
+    iwae = hvae.iwae_bound(iwae_key, log_weights, self.iwae_samples, self.iwae_chunk)
     out = {
       "elbo": terms.elbo,
       "log_likelihood": terms.log_likelihood,

@@ -201,13 +201,13 @@ def test_wrong_posterior_gap_is_the_joint_kl_and_iwae_closes_it():
   se = elbo.std(0) / math.sqrt(len(elbo))
   assert np.all(np.abs(elbo.mean(0) - (exact - gap)) < 4 * se), (elbo.mean(0) - exact + gap, se)
 
-  def log_weight(key):
-    return _pass_terms(key, x, params)[1]
+  def log_weights(key, num_draws):  # (num_draws, B): one pass per key
+    return jax.vmap(lambda k: _pass_terms(k, x, params)[1])(jax.random.split(key, num_draws))
 
   @jax.jit
   def bounds(key):
     return [
-      jax.vmap(lambda k: hvae.iwae_bound(k, log_weight, num, chunk))(
+      jax.vmap(lambda k: hvae.iwae_bound(k, log_weights, num, chunk))(
         jax.random.split(key, repeats)
       ).mean(0)
       for num, chunk, repeats in ((10, None, 64), (2000, 500, 2))
