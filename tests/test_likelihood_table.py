@@ -17,9 +17,11 @@ def load_script():
 
 
 @pytest.fixture(scope="module")
-def table_run(tmp_path_factory):
+def table_run(request, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("table") / "out")
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  # the test session's compilation cache (tests/conftest.py), else one of this module's own
+  cache = getattr(request.config, "cache", None)
+  cache = str(cache.mkdir("jax_compilation_cache") if cache else tmp_path_factory.mktemp("jax"))
   overrides = [f"--override=hvae_digits:{path}={value}" for path, value in support.HVAE.items()]
   overrides += [
     f"--override={o}"
