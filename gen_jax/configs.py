@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.eps = 1e-8
   config.optim.weight_decay = 0.0
   config.optim.grad_clip_norm = 1.0  # 0 disables clipping
+  config.optim.skip_grad_norm = 0.0  # skip updates whose gradient norm reaches this (VDVAE); 0: off
 
   config.sample = ml_collections.ConfigDict()
   config.sample.sampler = "ddpm"  # ddpm | ddim | respaced | dpm++2m | heun
@@ -115,6 +116,7 @@ _REALS = {
   "optim.b2": (0.0, 1.0, True),
   "optim.weight_decay": (0.0, None, False),
   "optim.grad_clip_norm": (0.0, None, False),
+  "optim.skip_grad_norm": (0.0, None, False),
   "sample.eta": (0.0, None, False),
   "sample.guidance_scale": (None, None, False),
 }
@@ -238,6 +240,47 @@ def _check_model(model) -> None:
     _fail("model.num_classes", "an integer >= 0 (0: unconditional)", model.num_classes)
   if "cond_drop_prob" in model:
     _check_real(model, "cond_drop_prob", 0.0, 1.0, True, prefix="model.")
+  _check_vae_model(model)
+
+
+def _check_vae_model(model) -> None:
+  """The VAE and hierarchical-VAE fields (experiments vae_*, hvae_*), where present."""
+  from gen_jax import decoders
+
+  if "likelihood" in model and model.likelihood not in decoders.LIKELIHOODS:
+    _fail("model.likelihood", f"one of {decoders.LIKELIHOODS}", model.likelihood)
+  if "num_mixtures" in model and (
+    not checks.is_integer(model.num_mixtures) or model.num_mixtures < 1
+  ):
+    _fail("model.num_mixtures", "an integer >= 1", model.num_mixtures)
+  if "binarize" in model and not isinstance(model.binarize, bool):
+    _fail("model.binarize", "True or False", model.binarize)
+  for name in ("iwae_samples", "width", "latent_channels", "encoder_blocks"):
+    if name in model and (not checks.is_integer(model[name]) or model[name] < 1):
+      _fail(f"model.{name}", "a positive integer", model[name])
+  if "iwae_chunk" in model and model.iwae_chunk is not None:
+    chunk = model.iwae_chunk
+    if not checks.is_integer(chunk) or chunk < 1 or model.iwae_samples % chunk:
+      _fail(
+        "model.iwae_chunk", f"None or a divisor of model.iwae_samples={model.iwae_samples}", chunk
+      )
+  if "kl_warmup_steps" in model and (
+    not checks.is_integer(model.kl_warmup_steps) or model.kl_warmup_steps < 0
+  ):
+    _fail("model.kl_warmup_steps", "an integer >= 0 (0: no warm-up)", model.kl_warmup_steps)
+  if "free_bits" in model:
+    _check_real(model, "free_bits", 0.0, None, False, prefix="model.")
+  if "min_scale" in model:
+    _check_real(model, "min_scale", 0.0, 1.0, True, prefix="model.")
+    if model.min_scale <= 0:
+      _fail("model.min_scale", "a number in (0, 1)", model.min_scale)
+  if "temperature" in model:
+    _check_real(model, "temperature", 0.0, None, False, prefix="model.")
+  if "layers_per_resolution" in model and (
+    not model.layers_per_resolution
+    or any(not checks.is_integer(n) or n < 1 for n in model.layers_per_resolution)
+  ):
+    _fail("model.layers_per_resolution", "positive integers", model.layers_per_resolution)
 
 
 def _check_diffusion(section) -> None:

@@ -251,7 +251,7 @@ def split_description(num_examples: int) -> str:
 # ----------------------------------------------------------------------------
 
 _LIKELIHOOD_NAMES = {
-  "bits_per_dim": "bits/dim (variational bound)",
+  "bits_per_dim": "bits/dim (the bound in setup)",
   "ode_bits_per_dim": "bits/dim (probability-flow ODE)",
   "loss": "L_simple",
   "nll_iwae": "NLL (IWAE bound), nats",

@@ -15,9 +15,10 @@ NHWC) with an optional boolean 'mask' in evaluation. The classes are frozen
 dataclasses, so jitted functions can close over them.
 
 Longer than the house's ~400 lines on purpose: the interface above is read
-here, once, with both of its implementations (DiffusionModel, VAEModel) and
-the config builders that make them; the next model family (a hierarchical
-VAE, VDM) is the point to split this file into one module per family.
+here, once, with its implementations (DiffusionModel, VAEModel, HVAEModel)
+and the config builders that make them. HVAEModel was added beside VDM's
+model in parallel work: this is the point to split the file into one module
+per family.
 """
 
 import dataclasses
@@ -29,7 +30,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax import diffusers_unet, diffusion, distributions, nets, vae
+from gen_jax import (
+  configs,
+  decoders,
+  diffusers_unet,
+  diffusion,
+  hvae,
+  hvae_nets,
+  nets,
+  vae,
+)
 from gen_jax.configs import ConfigError
 
 Array = jax.Array
@@ -278,13 +288,14 @@ class VAEModel:
 
   Attributes:
     encoder: Flax module x -> (mean, logvar), each (B, latent_dim).
-    decoder: Flax module z -> decoder outputs: logits (likelihood
-      'bernoulli') or (mean, log_scale) (likelihood 'discretized_gaussian').
+    decoder: Flax module z -> raw outputs (B, *example_shape, P), read by gen_jax.decoders as
+      the likelihood's parameters (P = decoders.num_outputs(likelihood, num_mixtures)).
     example_shape: shape of one data example.
     latent_dim: size of z.
-    likelihood: 'bernoulli' (data in [-1, 1] mapped to probabilities
-      (x + 1) / 2 and, when `binarize`, sampled to {0, 1} anew for every
-      batch: dynamic binarization) or 'discretized_gaussian' (8-bit images).
+    likelihood: 'logistic_mixture' or 'discretized_gaussian' (8-bit data in [-1, 1], bits/dim)
+      or 'bernoulli' (data mapped to probabilities (x + 1) / 2 and, when `binarize`, sampled to
+      {0, 1} anew for every batch: dynamic binarization).
+    num_mixtures: K of 'logistic_mixture'.
     iwae_samples: K for the importance-weighted bound in `evaluate`.
   """
 
@@ -296,6 +307,10 @@ class VAEModel:
   binarize: bool = True
   iwae_samples: int = 100
   iwae_chunk: int | None = None
+  num_mixtures: int = 1
+
+  def __post_init__(self):
+    decoders.check_likelihood(self.likelihood, self.num_mixtures)
 
   def init(self, key) -> Any:
     enc_key, dec_key = jax.random.split(key)
@@ -304,22 +319,11 @@ class VAEModel:
     return {"encoder": self.encoder.init(enc_key, x), "decoder": self.decoder.init(dec_key, z)}
 
   def _targets(self, x, key):
-    if self.likelihood == "bernoulli":
-      probs = (x + 1.0) / 2.0
-      if self.binarize:
-        return jax.random.bernoulli(key, probs).astype(x.dtype)
-      return probs
-    return x
+    return _likelihood_targets(self.likelihood, self.binarize, x, key)
 
   def _log_likelihood_fn(self, params):
     def log_likelihood(x, z):
-      out = self.decoder.apply(params["decoder"], z)
-      if self.likelihood == "bernoulli":
-        logp = distributions.bernoulli_log_prob(x, logits=out)
-      else:
-        mean, log_scale = out
-        # The network's parameter is log sigma; the distribution takes log sigma^2.
-        logp = distributions.discretized_gaussian_log_prob(x, mean=mean, logvar=2.0 * log_scale)
+      logp = decoders.log_prob(self.likelihood, x, self.decoder.apply(params["decoder"], z))
       return jnp.sum(logp.reshape(logp.shape[0], -1), axis=-1)
 
     return log_likelihood
@@ -340,21 +344,18 @@ class VAEModel:
       "log_likelihood": _mean(terms.log_likelihood, mask),
       "kl": _mean(terms.kl, mask),
     }
-    if self.likelihood == "discretized_gaussian":
+    if self.likelihood != "bernoulli":
       metrics["bits_per_dim"] = loss / (math.prod(self.example_shape) * math.log(2))
     return loss, metrics
 
   def sample(self, params, key, num_samples: int, **unused) -> Array:
-    """z ~ N(0, I), then the decoder's mean (probabilities mapped to [-1, 1])."""
+    """z ~ N(0, I), then the decoder's mean in [-1, 1] (`decoders.mean`)."""
     del unused
     z = jax.random.normal(key, (num_samples, self.latent_dim))
-    out = self.decoder.apply(params["decoder"], z)
-    if self.likelihood == "bernoulli":
-      return 2.0 * jax.nn.sigmoid(out) - 1.0
-    return out[0]
+    return decoders.mean(self.likelihood, self.decoder.apply(params["decoder"], z))
 
   def evaluate(self, params, batch, key, **unused) -> dict[str, Array]:
-    """Per-example ELBO terms and the IWAE bound (nats; bits/dim for images)."""
+    """Per-example ELBO terms and the IWAE bound (nats; bits/dim on 8-bit data)."""
     del unused  # diffusion-only options (ode_steps)
     binarize_key, elbo_key, iwae_key = jax.random.split(key, 3)
     x = self._targets(batch["x"], binarize_key)
@@ -367,34 +368,54 @@ class VAEModel:
       "kl": terms.kl,
       "nll_iwae": -iwae,
     }
-    if self.likelihood == "discretized_gaussian":
+    if self.likelihood != "bernoulli":
       out["bits_per_dim"] = -iwae / (math.prod(self.example_shape) * math.log(2))
     return out
 
   def describe_sample(self, **unused) -> dict:
     """How `sample` draws (it takes no sampler settings)."""
     del unused
-    return {"sampler": "z ~ N(0, I), then the decoder's mean"}
+    return {"sampler": "z ~ N(0, I), then the decoder's mean", "network_calls": 1}
 
   def describe_evaluate(self, **unused) -> dict[str, str]:
     """How each figure of `evaluate` is computed."""
     del unused
-    data = (
-      "dynamically binarized test data (one Bernoulli draw of each image per evaluation)"
-      if self.likelihood == "bernoulli" and self.binarize
-      else "the test data"
-    )
+    data = _describe_data(self.likelihood, self.binarize)
     chunks = f", in chunks of {self.iwae_chunk}" if self.iwae_chunk else ""
     out = {
-      "elbo": f"ELBO in nats on {data}: one z ~ q(z|x), analytic KL",
+      "elbo": f"ELBO in nats on {data}: one z ~ q(z|x), analytic KL; "
+      f"{decoders.describe(self.likelihood, self.num_mixtures)}",
       "log_likelihood": "the ELBO's reconstruction term log p(x|z), one z ~ q(z|x)",
       "kl": "the ELBO's KL(q(z|x) || N(0, I)), analytic",
       "nll_iwae": f"test negative log-likelihood in nats: -L_K, the importance-weighted bound "
       f"with K={self.iwae_samples} samples per example{chunks}, on {data}",
     }
-    if self.likelihood == "discretized_gaussian":
-      out["bits_per_dim"] = "nll_iwae / (D ln 2), D the number of dimensions (8-bit data)"
+    if self.likelihood != "bernoulli":
+      out["bits_per_dim"] = _BITS_PER_DIM
     return out
+
+
+_BITS_PER_DIM = (
+  "nll_iwae / (D ln 2), D the number of dimensions: -log P(x) of the 8-bit data itself (each "
+  "value's bin of width 2/255, the end bins to +-inf), as the DDPM bound's discretized decoder"
+)
+
+
+def _likelihood_targets(likelihood: str, binarize: bool, x, key):
+  """What the decoder models: 8-bit data as given, or for 'bernoulli' the pixel probabilities
+  (x + 1) / 2, binarized by one Bernoulli draw when `binarize`."""
+  if likelihood != "bernoulli":
+    return x
+  probs = (x + 1.0) / 2.0
+  return jax.random.bernoulli(key, probs).astype(x.dtype) if binarize else probs
+
+
+def _describe_data(likelihood: str, binarize: bool) -> str:
+  if likelihood == "bernoulli" and binarize:
+    return "dynamically binarized test data (one Bernoulli draw of each image per evaluation)"
+  if likelihood == "bernoulli":
+    return "the test data's pixel intensities as Bernoulli probabilities"
+  return "the 8-bit test data"
 
 
 def diffusion_config(
@@ -517,21 +538,29 @@ def make_diffusion_model(
 
 
 def make_mlp_vae(model_config, example_shape) -> VAEModel:
-  """The MLP VAE with a Bernoulli decoder on dynamically binarized images.
+  """The MLP VAE of vae_digits and vae_mnist.
 
-  model_config: hidden (encoder widths; the decoder mirrors them),
-  latent_dim, iwae_samples, iwae_chunk.
+  model_config: hidden (encoder widths; the decoder mirrors them), latent_dim, iwae_samples,
+  iwae_chunk, and optionally likelihood ('bernoulli', the default: dynamically binarized
+  images; 'logistic_mixture' or 'discretized_gaussian': 8-bit images), num_mixtures and
+  binarize (default True).
   """
   m = model_config
+  likelihood, num_mixtures = m.get("likelihood", "bernoulli"), m.get("num_mixtures", 1)
+  decoders.check_likelihood(likelihood, num_mixtures)
+  outputs = decoders.num_outputs(likelihood, num_mixtures)
   return VAEModel(
     encoder=nets.MLPEncoder(hidden=tuple(m.hidden), latent_dim=m.latent_dim),
-    decoder=nets.MLPDecoder(out_shape=tuple(example_shape), hidden=tuple(m.hidden)[::-1]),
+    decoder=nets.MLPDecoder(
+      out_shape=tuple(example_shape) + (outputs,), hidden=tuple(m.hidden)[::-1]
+    ),
     example_shape=tuple(example_shape),
     latent_dim=m.latent_dim,
-    likelihood="bernoulli",
-    binarize=True,
+    likelihood=likelihood,
+    binarize=m.get("binarize", True),
     iwae_samples=m.iwae_samples,
     iwae_chunk=m.iwae_chunk,
+    num_mixtures=num_mixtures,
   )
 
 
@@ -581,3 +610,175 @@ def make_pretrained_diffusion(config, example_shape) -> DiffusionModel:
       "class to drop labels to; set it to 0"
     )
   return make_diffusion_model(config.diffusion, net, example_shape, num_classes, cond_drop_prob)
+
+
+@dataclasses.dataclass(frozen=True)
+class HVAEModel:
+  """A top-down hierarchical VAE (gen_jax.hvae; networks gen_jax.hvae_nets), trained on its ELBO.
+
+  Attributes:
+    encoder: bottom-up network x -> {resolution: features}.
+    decoder: top-down network (key, features | None, num_samples) -> (raw outputs, layers).
+    example_shape: shape of one image.
+    likelihood, num_mixtures, binarize: p(x | z_1), as VAEModel's (gen_jax.decoders).
+    kl_warmup_steps: the KL's weight rises linearly from 0 to 1 over these steps (0: always 1).
+    free_bits: nats per layer below which a layer's batch-mean KL is not pushed down (0: off).
+    iwae_samples, iwae_chunk: K of the importance-weighted bound in `evaluate`, and how many
+      top-down passes run at once.
+    temperature: the prior's scale factor when sampling (1: the model's own distribution).
+  """
+
+  encoder: nn.Module
+  decoder: nn.Module
+  example_shape: tuple[int, ...]
+  likelihood: str = "logistic_mixture"
+  num_mixtures: int = 5
+  binarize: bool = True
+  kl_warmup_steps: int = 0
+  free_bits: float = 0.0
+  iwae_samples: int = 100
+  iwae_chunk: int | None = None
+  temperature: float = 1.0
+  # train_step passes the step to `loss` (KL warm-up).
+  loss_uses_step = True
+
+  def __post_init__(self):
+    decoders.check_likelihood(self.likelihood, self.num_mixtures)
+
+  def init(self, key) -> Any:
+    enc_key, dec_key, z_key = jax.random.split(key, 3)
+    x = jnp.zeros((1,) + tuple(self.example_shape), jnp.float32)
+    encoder_params = self.encoder.init(enc_key, x)
+    features = self.encoder.apply(encoder_params, x)
+    return {"encoder": encoder_params, "decoder": self.decoder.init(dec_key, z_key, features)}
+
+  def _pass(self, params, x, key, features=None):
+    """One top-down pass through the posterior: (log p(x | z) (B,), layers)."""
+    if features is None:
+      features = self.encoder.apply(params["encoder"], x)
+    raw, layers = self.decoder.apply(params["decoder"], key, features)
+    logp = decoders.log_prob(self.likelihood, x, raw)
+    return jnp.sum(logp.reshape(logp.shape[0], -1), axis=-1), layers
+
+  def _bits(self, nats):
+    return nats / (math.prod(self.example_shape) * math.log(2))
+
+  def loss(self, params, batch, key, train: bool = True, step=None):
+    del train
+    binarize_key, pass_key = jax.random.split(key)
+    x = _likelihood_targets(self.likelihood, self.binarize, batch["x"], binarize_key)
+    terms = hvae.elbo(*self._pass(params, x, pass_key))
+    mask = batch.get("mask")
+    # step=None (outside training): the objective itself, KL weight 1.
+    kl_weight = 1.0 if step is None else hvae.kl_warmup_weight(step, self.kl_warmup_steps)
+    loss = hvae.training_loss(terms, kl_weight=kl_weight, free_bits=self.free_bits, mask=mask)
+    layer_kl = jnp.mean(terms.kl_per_layer, axis=0)
+    metrics = {
+      "loss": loss,
+      "elbo": _mean(terms.elbo, mask),
+      "log_likelihood": _mean(terms.log_likelihood, mask),
+      "kl": _mean(terms.kl, mask),
+      "kl_weight": kl_weight,
+      # layers carrying information (batch-mean KL above 0.01 nats): posterior collapse shows here
+      "active_layers": jnp.sum(layer_kl > 0.01),
+    }
+    if self.likelihood != "bernoulli":
+      metrics["bits_per_dim"] = self._bits(-metrics["elbo"])
+    return loss, metrics
+
+  def sample(self, params, key, num_samples: int, **unused) -> Array:
+    """z_L, ..., z_1 from the top-down prior (scaled by `temperature`), then the decoder's mean."""
+    del unused
+    raw, _ = self.decoder.apply(params["decoder"], key, None, num_samples, self.temperature)
+    return decoders.mean(self.likelihood, raw)
+
+  def evaluate(self, params, batch, key, **unused) -> dict[str, Array]:
+    """Per-example ELBO terms and the IWAE bound (nats; bits/dim on 8-bit data)."""
+    del unused
+    binarize_key, elbo_key, iwae_key = jax.random.split(key, 3)
+    x = _likelihood_targets(self.likelihood, self.binarize, batch["x"], binarize_key)
+    features = self.encoder.apply(params["encoder"], x)  # once for all K passes
+    terms = hvae.elbo(*self._pass(params, x, elbo_key, features))
+
+    def log_weights(pass_key, num_draws):
+      # num_draws passes as one: each example repeated in place, (B * n), so that the batch axis
+      # keeps its layout over devices (a vmap over draws would merge it with the draw axis).
+      repeat = lambda a: jnp.repeat(a, num_draws, axis=0)
+      repeated = {r: repeat(f) for r, f in features.items()}
+      log_w = hvae.log_importance_weight(*self._pass(params, repeat(x), pass_key, repeated))
+      return log_w.reshape(x.shape[0], num_draws).T  # (n, B)
+
+    iwae = hvae.iwae_bound(iwae_key, log_weights, self.iwae_samples, self.iwae_chunk)
+    out = {
+      "elbo": terms.elbo,
+      "log_likelihood": terms.log_likelihood,
+      "kl": terms.kl,
+      "nll_iwae": -iwae,
+    }
+    if self.likelihood != "bernoulli":
+      out["bits_per_dim"] = self._bits(-iwae)
+    return out
+
+  def describe_sample(self, **unused) -> dict:
+    del unused
+    return {
+      "sampler": f"z_L..z_1 from the top-down prior (temperature {self.temperature:g}), then the "
+      "decoder's mean",
+      "network_calls": 1,
+    }
+
+  def describe_evaluate(self, **unused) -> dict[str, str]:
+    del unused
+    data = _describe_data(self.likelihood, self.binarize)
+    chunks = f", {self.iwae_chunk} passes at a time" if self.iwae_chunk else ""
+    out = {
+      "elbo": f"ELBO in nats on {data}: one top-down pass z ~ q, the analytic Gaussian KL of "
+      f"each layer given the layers above; {decoders.describe(self.likelihood, self.num_mixtures)}",
+      "log_likelihood": "the ELBO's reconstruction term log p(x | z), one pass",
+      "kl": "the sum over layers of KL(q(z_l | z_>l, x) || p(z_l | z_>l)), one pass",
+      "nll_iwae": f"test negative log-likelihood in nats: -L_K, the importance-weighted bound "
+      f"with K={self.iwae_samples} top-down passes per example{chunks}, on {data}",
+    }
+    if self.likelihood != "bernoulli":
+      out["bits_per_dim"] = _BITS_PER_DIM
+    return out
+
+
+def make_hvae(config, example_shape) -> HVAEModel:
+  """The hierarchical VAE of hvae_digits / hvae_cifar from `config.model` (see those files)."""
+  m = config.model
+  decoders.check_likelihood(m.likelihood, m.num_mixtures)
+  image_shape = tuple(example_shape)
+  resolutions, layers = tuple(m.resolutions), tuple(m.layers_per_resolution)
+  if len(resolutions) != len(layers) or list(resolutions) != sorted(resolutions):
+    raise configs.ConfigError(
+      "config.model.resolutions must be increasing (top-down) and as long as "
+      f"config.model.layers_per_resolution; got {resolutions} and {layers}"
+    )
+  if any(image_shape[0] % r for r in resolutions) or resolutions[-1] > image_shape[0]:
+    raise configs.ConfigError(
+      f"config.model.resolutions {resolutions} must divide the image size {image_shape[0]}"
+    )
+  return HVAEModel(
+    encoder=hvae_nets.Encoder(
+      width=m.width, resolutions=resolutions, blocks_per_resolution=m.encoder_blocks
+    ),
+    decoder=hvae_nets.Decoder(
+      width=m.width,
+      latent_channels=m.latent_channels,
+      resolutions=resolutions,
+      layers_per_resolution=layers,
+      image_shape=image_shape,
+      outputs_per_channel=decoders.num_outputs(m.likelihood, m.num_mixtures),
+      min_scale=m.min_scale,
+    ),
+    example_shape=image_shape,
+    likelihood=m.likelihood,
+    num_mixtures=m.num_mixtures,
+    binarize=m.binarize,
+    kl_warmup_steps=m.kl_warmup_steps,
+    free_bits=m.free_bits,
+    iwae_samples=m.iwae_samples,
+    iwae_chunk=m.iwae_chunk,
+    temperature=m.temperature,
+  )

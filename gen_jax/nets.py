@@ -247,7 +247,8 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-  """p(x|z): z -> hidden layers -> per-pixel outputs of `out_shape` (e.g. logits)."""
+  """p(x|z): z -> hidden layers -> outputs of `out_shape` (e.g. (*image_shape, P): the raw
+  distribution parameters that gen_jax.decoders reads)."""
 
   out_shape: Sequence[int]
   hidden: Sequence[int] = (512, 512)
@@ -277,11 +278,12 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-  """p(x|z) for images: z -> transposed convolutions -> per-pixel means in
-  [-1, 1] (tanh) and a learned per-channel log-scale, each (B, H, W, C)."""
+  """p(x|z) for images: z -> transposed convolutions -> `outputs_per_channel` raw numbers per
+  channel of each pixel, (B, H, W, C, P), read as a distribution by gen_jax.decoders."""
 
   image_shape: Sequence[int]
   channels: Sequence[int] = (256, 128, 64)
+  outputs_per_channel: int = 2
 
   @nn.compact
   def __call__(self, z):
@@ -292,9 +294,8 @@ class ConvDecoder(nn.Module):
     for c in self.channels:
       h = nn.ConvTranspose(c, (4, 4), strides=(2, 2))(h)
       h = nn.swish(nn.GroupNorm(min(32, c))(h))
-    mean = jnp.tanh(nn.Conv(out_c, (3, 3))(h))
-    log_scale = self.param("log_scale", nn.initializers.constant(-2.0), (out_c,))
-    return mean, jnp.broadcast_to(log_scale, mean.shape)
+    out = nn.Conv(out_c * self.outputs_per_channel, (3, 3))(h)
+    return out.reshape(out.shape[:3] + (out_c, self.outputs_per_channel))
 
 
 class ImageClassifier(nn.Module):

@@ -131,17 +131,37 @@ def iwae_bound(
     log_lik = jax.vmap(lambda zk: _check_per_example(log_likelihood(x, zk), mean.shape[:-1]))(z)
     return log_lik + log_prior - log_q  # (chunk, ...)
 
-  num_chunks = num_samples // chunk
+  return log_mean_exp_chunked(key, log_weights, num_samples, chunk)
+
+
+def log_mean_exp_chunked(key, log_weights_fn, num_samples: int, chunk_size: int) -> Array:
+  """log (1/K) sum_k exp(w_k) over K = num_samples log-weights drawn chunk by chunk.
+
+  The importance-weighted bound of any latent-variable model (this module's
+  VAE, gen_jax.hvae's hierarchy): log_weights_fn(key) returns `chunk_size`
+  draws of log w = log p(x, z) - log q(z | x), shape (chunk_size, ...). With
+  one chunk it is called once with `key`; with several, with
+  jax.random.split(key, K / chunk_size) in a lax.scan carrying a running
+  logsumexp, so memory stays that of one chunk for K in the thousands.
+
+  Returns:
+    (...,): logsumexp_k w_k - log K.
+  """
+  if num_samples < 1 or chunk_size < 1 or num_samples % chunk_size:
+    raise ValueError(
+      f"chunk_size={chunk_size} must be >= 1 and divide num_samples={num_samples} (>= 1)"
+    )
+  num_chunks = num_samples // chunk_size
   if num_chunks == 1:
-    total = jax.nn.logsumexp(log_weights(key), axis=0)
+    total = jax.nn.logsumexp(log_weights_fn(key), axis=0)
   else:
 
     def body(running, chunk_key):
-      lse = jax.nn.logsumexp(log_weights(chunk_key), axis=0)
-      return jnp.logaddexp(running, lse), None
+      return jnp.logaddexp(running, jax.nn.logsumexp(log_weights_fn(chunk_key), axis=0)), None
 
-    init = jnp.full(mean.shape[:-1], -jnp.inf, mean.dtype)
-    total, _ = jax.lax.scan(body, init, jax.random.split(key, num_chunks))
+    chunk_keys = jax.random.split(key, num_chunks)
+    init = jax.nn.logsumexp(log_weights_fn(chunk_keys[0]), axis=0)
+    total, _ = jax.lax.scan(body, init, chunk_keys[1:])
   return total - math.log(num_samples)
 
 

@@ -150,20 +150,35 @@ def _number(value, digits):
 def describe_model(experiment, config) -> str:
   m = config["model"]
   if experiment == VAE:
-    return f"MLP VAE, hidden {tuple(m['hidden'])}, {m['latent_dim']}-d latent, Bernoulli decoder"
+    likelihood = m.get("likelihood", "bernoulli")
+    decoder = {
+      "bernoulli": "Bernoulli decoder",
+      "discretized_gaussian": "discretized Gaussian decoder",
+      "logistic_mixture": f"decoder: {m.get('num_mixtures')} discretized logistics",
+    }[likelihood]
+    return f"MLP VAE, hidden {tuple(m['hidden'])}, {m['latent_dim']}-d latent, {decoder}"
   return (
     f"DDPM, U-Net {m['ch']} channels x {tuple(m['ch_mult'])}, "
     f"T = {config['diffusion']['num_timesteps']}, {config['diffusion']['prediction']}-prediction"
   )
 
 
-def likelihood_cell(experiment, likelihood, num_dims) -> str:
+def vae_is_binarized(config) -> bool:
+  return config["model"].get("likelihood", "bernoulli") == "bernoulli"
+
+
+def likelihood_cell(experiment, likelihood, num_dims, config) -> str:
   """The likelihood as the model defines it, with its units and its data."""
-  if experiment == VAE:
+  if experiment == VAE and vae_is_binarized(config):
     nll = likelihood["nll_iwae"]
     return (
       f"{_number(nll, 2)} nats/image = {_number(nll / (num_dims * math.log(2)), 3)} bits/dim "
       f"(IWAE bound; binarized test digits, {num_dims} binary pixels)"
+    )
+  if experiment == VAE:
+    return (
+      f"{_number(likelihood['bits_per_dim'], 3)} bits/dim (IWAE bound, K = "
+      f"{config['model']['iwae_samples']:,}; 8-bit test digits, {num_dims} pixels of 256 levels)"
     )
   return (
     f"{_number(likelihood['bits_per_dim'], 3)} bits/dim (variational bound; 8-bit test digits, "
@@ -191,7 +206,9 @@ def table_rows(runs) -> list[tuple[str, str, str]]:
     row("training process wall time, s", lambda r: _number(r["train_seconds"], 1)),
     row(
       "likelihood (as each model defines it)",
-      lambda r: likelihood_cell(r["experiment"], r["eval"]["likelihood"], r["num_dims"]),
+      lambda r: likelihood_cell(
+        r["experiment"], r["eval"]["likelihood"], r["num_dims"], r["config"]
+      ),
     ),
     row(
       "likelihood evaluation: test examples, wall time s",
@@ -249,7 +266,11 @@ def markdown(runs, budget_seconds, command) -> str:
     "",
     "- The likelihoods are not comparable: the VAE models binarized digits (each pixel a Bernoulli draw, at most "
     "1 bit), DDPM the 8-bit digits; the same unit measures different data. Both are upper bounds on their "
-    "model's negative log-likelihood.",
+    "model's negative log-likelihood."
+    if vae_is_binarized(runs[VAE]["config"])
+    else "- The likelihoods are comparable: both are -log P(x) of the same 8-bit test digits in bits/dim (each "
+    "value's bin of width 2/255, the end bins to +-inf), upper bounds on each model's negative log-likelihood: "
+    "the VAE's importance-weighted bound, DDPM's variational bound.",
     f"- The sample-quality figures are comparable: the same {space['num_classes']}-class evaluation classifier "
     f"(trained {space['num_steps']} steps on {space['data']}; Fréchet distance in its {space['feature_dim']}-d "
     f"penultimate layer, IS-like score from its softmax), the same real data and the same number of samples. "
@@ -258,7 +279,7 @@ def markdown(runs, budget_seconds, command) -> str:
     if same_classifier(runs)
     else "- WARNING: the two evaluations used different evaluation classifiers (a different seed or setting), so "
     "their sample-quality figures are not in one feature space.",
-    "- The VAE's samples are its decoder's means (pixel probabilities) for z ~ N(0, I), as `vae_digits` draws "
+    "- The VAE's samples are its decoder's means for z ~ N(0, I), as `vae_digits` draws "
     "them; DDPM's come from its sampler. Both models sample with their EMA parameters.",
     f"- The budget (`train.max_seconds`) counts each training loop from its first compiled step (logs and "
     f"checkpoints included, one sample grid at the end); the process wall time adds start-up, compilation and "

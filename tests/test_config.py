@@ -37,6 +37,7 @@ BAD = [
   ("optim.eps", 0.0),
   ("optim.weight_decay", -1.0),
   ("optim.grad_clip_norm", -1.0),
+  ("optim.skip_grad_norm", -1.0),
   ("sample.num_steps", 0),
   ("sample.num_steps", 1001),  # more than T
   ("sample.sampler", "foo"),

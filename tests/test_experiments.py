@@ -42,6 +42,8 @@ def test_experiments_are_discovered():
     "ddpm_digits",
     "ddpm_mnist",
     "ddpm_toy2d",
+    "hvae_cifar",
+    "hvae_digits",
     "vae_cifar",
     "vae_digits",
     "vae_mnist",

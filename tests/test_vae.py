@@ -407,3 +407,59 @@ def test_vmap_equals_batched():
   )
   np.testing.assert_allclose(to64(iwae_b), exact_log_px(x), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(to64(iwae_v), exact_log_px(x), rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# gen_jax.decoders: a decoder's raw outputs read as a pixel likelihood
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("likelihood", ["discretized_gaussian", "logistic_mixture"])
+def test_decoder_likelihoods_are_distributions_on_the_8bit_grid(likelihood):
+  """For any raw outputs, the 256 values of a pixel have probabilities summing to 1; the raw numbers are read in
+  the documented order (mixture: K logits, K means, K log-scales) with the soft floor on log-scales."""
+  from gen_jax import decoders, distributions
+
+  k = 3
+  p = decoders.num_outputs(likelihood, k)
+  raw = jnp.asarray(np.random.default_rng(0).normal(size=(4, p)) * 2, jnp.float32)
+  raw = raw.at[0, -1].set(-30.0)  # a log-scale far below the floor
+  grid = jnp.linspace(-1.0, 1.0, 256)[:, None]  # (256, 1): every value for each of the 4 pixels
+  lp = np.asarray(
+    jax.jit(decoders.log_prob, static_argnums=0)(likelihood, grid, raw[None]), np.float64
+  )
+  assert lp.shape == (256, 4)
+  np.testing.assert_allclose(np.exp(lp).sum(0), 1.0, atol=2e-5)
+  if likelihood == "logistic_mixture":
+    logits, means, log_scales = raw[:, :k], raw[:, k : 2 * k], raw[:, 2 * k :]
+    want = distributions.discretized_logistic_mixture_log_prob(
+      grid, logits=logits, means=means, log_scales=decoders.bounded_log_scale(log_scales)
+    )
+  else:
+    want = distributions.discretized_gaussian_log_prob(
+      grid, mean=raw[:, 0], logvar=2 * decoders.bounded_log_scale(raw[:, 1])
+    )
+  np.testing.assert_allclose(lp, np.asarray(want, np.float64), rtol=1e-6)
+  floor = np.asarray(decoders.bounded_log_scale(jnp.array([-30.0, -7.0, 0.0, 5.0])), np.float64)
+  np.testing.assert_allclose(floor, [-7.0, -7.0 + math.log(2), 0.0, 5.0], atol=1e-3)
+  # softplus, not a hard clamp: a log-scale below the floor still gets a gradient
+  assert float(jax.grad(decoders.bounded_log_scale)(-8.0)) > 0.2
+
+
+@pytest.mark.slow
+def test_vae_model_reports_bits_per_dim_of_its_iwae_nll_on_8bit_data():
+  from experiments import vae_digits
+  from tests.support import runs
+
+  config = runs.config("vae_digits", runs.MLP_VAE)
+  model = vae_digits.build(config, (8, 8, 1))
+  assert model.likelihood == "logistic_mixture" and model.num_mixtures == 5
+  params = model.init(jax.random.key(0))
+  x = jnp.round(jax.random.uniform(jax.random.key(1), (3, 8, 8, 1)) * 255) / 127.5 - 1
+  out = jax.jit(model.evaluate)(params, {"x": x}, jax.random.key(2))
+  np.testing.assert_allclose(out["bits_per_dim"], out["nll_iwae"] / (64 * math.log(2)), rtol=1e-6)
+  assert np.all(np.asarray(out["nll_iwae"]) > 0)
+  samples = model.sample(params, jax.random.key(3), 5)
+  assert samples.shape == (5, 8, 8, 1) and float(jnp.max(jnp.abs(samples))) <= 1.0
+  with pytest.raises(ValueError, match="config.model.likelihood"):
+    vae_digits.build(runs.config("vae_digits", {"model.likelihood": "poisson"}), (8, 8, 1))

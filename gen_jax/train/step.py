@@ -13,7 +13,8 @@ that is True when the step went non-finite beyond what the config allows: the
 loop reads it where it syncs anyway and stops (gen_jax.train.faults).
 """
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -74,7 +75,37 @@ def make_optimizer(
     opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
   if optim.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), opt)
+  if optim.get("skip_grad_norm", 0.0) > 0:
+    opt = skip_large_gradients(opt, optim.skip_grad_norm)
   return optax.apply_if_finite(opt, MAX_CONSECUTIVE_NONFINITE if skip_nonfinite else 0)
+
+
+class SkipLargeGradientsState(NamedTuple):
+  inner_state: Any
+  num_skipped: jax.Array  # int32: updates skipped so far
+
+
+def skip_large_gradients(inner: optax.GradientTransformation, max_norm: float):
+  """Skips (no parameter change, inner state kept) every update whose gradient's global norm,
+  before clipping, is at least max_norm; counts them. VDVAE's skip_threshold: a rare huge
+  gradient of a deep hierarchy would otherwise move the Adam moments and parameters far, even
+  clipped. config.optim.skip_grad_norm; 0 leaves the optimizer (and its state) without it."""
+
+  def init(params):
+    return SkipLargeGradientsState(inner.init(params), jnp.zeros((), jnp.int32))
+
+  def update(grads, state, params=None):
+    updates, inner_state = inner.update(grads, state.inner_state, params)
+    keep = optax.tree.norm(grads) < max_norm
+    updates = jax.tree.map(lambda u: jnp.where(keep, u, jnp.zeros_like(u)), updates)
+    inner_state = jax.tree.map(
+      lambda new, old: jnp.where(keep, new, old), inner_state, state.inner_state
+    )
+    return updates, SkipLargeGradientsState(
+      inner_state, state.num_skipped + (~keep).astype(jnp.int32)
+    )
+
+  return optax.GradientTransformation(init, update)
 
 
 def init_state(model, tx, key) -> TrainState:
@@ -113,7 +144,10 @@ def make_train_step(
 
   def train_step(state: TrainState, batch, key):
     step_key = jax.random.fold_in(key, state.step)
-    grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+    loss_fn = model.loss
+    if getattr(model, "loss_uses_step", False):  # a step-dependent objective (KL warm-up)
+      loss_fn = functools.partial(model.loss, step=state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch, step_key, True)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -125,6 +159,8 @@ def make_train_step(
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     if lr_schedule is not None:
       metrics["learning_rate"] = lr_schedule(state.step)
+    if isinstance(getattr(opt_state, "inner_state", None), SkipLargeGradientsState):
+      metrics["skipped_large_grad_steps"] = opt_state.inner_state.num_skipped
     if skip_nonfinite:
       metrics["skipped_nonfinite_steps"] = opt_state.total_notfinite
       metrics[HALT] = opt_state.notfinite_count >= MAX_CONSECUTIVE_NONFINITE

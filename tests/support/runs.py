@@ -59,6 +59,18 @@ CONV_VAE = {
   "model.iwae_samples": 4,
   "model.iwae_chunk": 2,
 }
+# The hierarchical VAE of hvae_digits / hvae_cifar: two stochastic layers (1x1, 4x4), two logistics.
+HVAE = {
+  "model.width": 8,
+  "model.latent_channels": 2,
+  "model.resolutions": (1, 4),
+  "model.layers_per_resolution": (1, 1),
+  "model.encoder_blocks": 1,
+  "model.num_mixtures": 2,
+  "model.kl_warmup_steps": 2,
+  "model.iwae_samples": 4,
+  "model.iwae_chunk": 2,
+}
 # Two training steps of any experiment, every output written, a 2-step DDIM sampler.
 TWO_STEPS = {
   "data.batch_size": 4,
@@ -113,6 +125,8 @@ def tiny(config, example_shape):
   m = config.model
   if "ch" in m:  # U-Net
     apply(config, UNET, {"model.attn_resolutions": (example_shape[0],)})  # keep an attention block
+  elif "resolutions" in m:  # hierarchical VAE (before "width", which it also has)
+    apply(config, HVAE)
   elif "width" in m:  # MLP denoiser
     apply(config, {k: v for k, v in TOY2D.items() if k.startswith("model.")})
   elif "hidden" in m:
