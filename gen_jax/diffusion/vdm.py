@@ -111,12 +111,22 @@ def variance_tap(values):
 
 
 def _tap_fwd(values):
-  return variance_tap(values), None
+  return variance_tap(values), values
 
 
-def _tap_bwd(_, cotangents):
+def _tap_bwd(values, cotangents):
   values_bar, tap_bar = cotangents
-  return (jax.tree.map(lambda v: 2.0 * tap_bar * v, values_bar),)
+
+  def scaled(value, value_bar):
+    out = 2.0 * tap_bar * value_bar
+    # Under an explicit mesh the cotangent may be batch-sharded where the value is not:
+    # a custom_vjp must return its inputs' types.
+    want = jax.typeof(value).sharding
+    if want.mesh.axis_names and jax.typeof(out).sharding != want:
+      out = jax.sharding.reshard(out, want)
+    return out
+
+  return (jax.tree.map(scaled, values, values_bar),)
 
 
 variance_tap.defvjp(_tap_fwd, _tap_bwd)
