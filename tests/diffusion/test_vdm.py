@@ -443,3 +443,47 @@ def test_config_errors_name_the_field(field, value, message):
   config.vdm[field] = value
   with pytest.raises(ConfigError, match=message):
     configs.validate(config)
+
+
+# ----------------------------------------------------------------------------
+# The model kind (gen_jax.models.VDMModel), on a one-parameter network
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_vdm_model_loss_sample_evaluate():
+  import flax.linen as nn
+
+  from gen_jax import models
+
+  class Scaled(nn.Module):  # eps_hat = w z
+    @nn.compact
+    def __call__(self, z, t, train=False):
+      assert t.shape == z.shape[:1]  # the noise level, one per example
+      return self.param("w", nn.initializers.constant(0.5), ()) * z
+
+  schedule = vdm.LogSNRSchedule("learned", num_features=4)
+  model = models.VDMModel(Scaled(), schedule, (2, 2, 1), eval_time_samples=2, sample_steps=3)
+  params = model.init(jax.random.key(0))
+  assert set(params) == {"net", "gamma"}
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 2, 2, 1)) / 127.5 - 1, jnp.float32)
+  loss, metrics = model.loss(params, {"x": x}, jax.random.key(1), train=False)
+  parts = metrics["diffusion"] + metrics["prior"] + metrics["reconstruction"]
+  np.testing.assert_allclose(loss, parts, rtol=1e-5)  # the bound in bits/dim, term by term
+  np.testing.assert_allclose([metrics["gamma_0"], metrics["gamma_1"]], [-13.3, 5.0], rtol=1e-6)
+  out = model.evaluate(params, {"x": x}, jax.random.key(2))
+  assert set(out) == {"bits_per_dim", "diffusion", "prior", "reconstruction"}
+  assert out["bits_per_dim"].shape == (3,)
+  samples = model.sample(params, jax.random.key(3), 5)
+  k = (np.asarray(samples) + 1) * 127.5
+  assert samples.shape == (5, 2, 2, 1) and np.allclose(k, np.round(k), atol=1e-4)
+
+
+def test_vdm_model_refuses_other_samplers_and_labels():
+  from gen_jax import models
+
+  model = models.VDMModel(None, vdm.LogSNRSchedule(), (2, 2, 1))
+  with pytest.raises(ValueError, match="sampler must be 'ddpm'"):
+    model.sample(None, jax.random.key(3), 5, sampler="ddim")
+  with pytest.raises(ValueError, match="unconditional"):
+    model.sample(None, jax.random.key(3), 5, labels=np.zeros(5, int))
