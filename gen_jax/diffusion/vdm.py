@@ -169,7 +169,8 @@ class LogSNRSchedule:
     """(gamma(0), gamma(1))."""
     if self.kind == "learned":
       return params["gamma_0"], params["gamma_1"]
-    return jnp.asarray(self.gamma_min, jnp.float32), jnp.asarray(self.gamma_max, jnp.float32)
+    dtype = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
+    return jnp.asarray(self.gamma_min, dtype), jnp.asarray(self.gamma_max, dtype)
 
   def __call__(self, params, t) -> Array:
     """gamma(t), t (B,) -> (B,)."""
