@@ -5,7 +5,7 @@ Run:
   python run.py --experiment=vdm_digits --workdir=runs/vdm_digits --mode=sample --num_samples=1000
   python run.py --experiment=vdm_digits --workdir=runs/vdm_digits --mode=eval
 
-The network, batch, steps and learning rate are ddpm_digits' (the same minutes on a CPU), so the
+The network, batch, steps and learning rate are ddpm_digits' (a step costs the same), so the
 two bounds in bits/dim on the 8-bit test digits compare at equal budgets. What differs is the
 objective (Kingma et al. 2021): the bound itself, L_inf + prior + reconstruction, with a learned
 gamma(t) = -log SNR(t) whose endpoints are trained on the bound and whose interior on the
