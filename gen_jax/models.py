@@ -782,6 +782,11 @@ def make_unet_vdm(config, example_shape) -> VDMModel:
   """The U-Net VDM of vdm_digits and vdm_cifar: `config.model` (the U-Net) and `config.vdm`
   (`vdm_config`; checked by configs.validate)."""
   m, v = config.model, config.vdm
+  if config.get("pretrained"):
+    raise ConfigError(
+      f"config.pretrained={config.pretrained}: pretrained diffusers U-Nets start DDPM "
+      "experiments; a VDM trains its own network and schedule"
+    )
   return VDMModel(
     net=nets.unet_from_config(m, m.compute_dtype, m.remat),
     schedule=diffusion.vdm.LogSNRSchedule(

@@ -487,3 +487,12 @@ def test_vdm_model_refuses_other_samplers_and_labels():
     model.sample(None, jax.random.key(3), 5, sampler="ddim")
   with pytest.raises(ValueError, match="unconditional"):
     model.sample(None, jax.random.key(3), 5, labels=np.zeros(5, int))
+
+
+def test_vdm_refuses_a_pretrained_folder():
+  from experiments import vdm_digits
+
+  config = vdm_digits.get_config()
+  config.pretrained = "some/diffusers/folder"
+  with pytest.raises(ConfigError, match="config.pretrained"):
+    vdm_digits.build(config, (8, 8, 1))
