@@ -17,6 +17,7 @@ Sections and the fields an experiment may add:
   model    the network; the library reads compute_dtype, remat (U-Nets),
            num_classes and cond_drop_prob (class-conditional diffusion)
   diffusion  the diffusion process (models.diffusion_config)
+  vdm      a variational diffusion model's schedule and bound (models.vdm_config)
 """
 
 import ml_collections
@@ -152,6 +153,8 @@ def validate(config) -> None:
   if "diffusion" in config:
     _check_diffusion(config.diffusion)
     _check_sampler(config.sample, config.diffusion.num_timesteps)
+  if "vdm" in config:
+    _check_vdm(config.vdm)
 
 
 def _check_optim(optim) -> None:
@@ -310,6 +313,37 @@ def _check_diffusion(section) -> None:
     _fail("diffusion.prediction", f"one of {diffusion.PREDICTIONS}", section.prediction)
   if not isinstance(section.clip, bool):
     _fail("diffusion.clip", "True or False", section.clip)
+
+
+def _check_vdm(section) -> None:
+  from gen_jax.diffusion import vdm
+
+  if section.schedule not in vdm.SCHEDULES:
+    _fail("vdm.schedule", f"one of {vdm.SCHEDULES}", section.schedule)
+  for name in ("gamma_min", "gamma_max"):
+    _check_real(section, name, None, None, False, prefix="vdm.")
+  if not section.gamma_min < section.gamma_max:
+    _fail(
+      "vdm.gamma_max", f"greater than config.vdm.gamma_min={section.gamma_min}", section.gamma_max
+    )
+  if not checks.is_integer(section.num_timesteps) or section.num_timesteps < 0:
+    _fail("vdm.num_timesteps", "0 (continuous time) or a positive integer", section.num_timesteps)
+  if section.interior not in ("variance", "bound"):
+    _fail("vdm.interior", "'variance' or 'bound'", section.interior)
+  if section.schedule == "learned" and section.interior == "variance" and section.num_timesteps:
+    _fail(
+      "vdm.interior",
+      "'bound' with config.vdm.num_timesteps > 0 (the T-step bound depends on the schedule's "
+      "interior; only the continuous one leaves it free for the variance)",
+      section.interior,
+    )
+  if section.decoder not in vdm.DECODERS:
+    _fail("vdm.decoder", f"one of {vdm.DECODERS}", section.decoder)
+  if not isinstance(section.antithetic, bool):
+    _fail("vdm.antithetic", "True or False", section.antithetic)
+  for name in ("num_features", "eval_time_samples", "sample_steps"):
+    if not checks.is_integer(section[name]) or section[name] <= 0:
+      _fail(f"vdm.{name}", "a positive integer", section[name])
 
 
 def _check_real(node, path, low, high, open_high, prefix="") -> None:

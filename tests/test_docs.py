@@ -86,6 +86,18 @@ def test_the_checker_catches_a_wrong_name():
     ("gen_jax/diffusion/forward.py", ["q_step", "make_q_sample", "q_posterior"]),
     ("gen_jax/diffusion/reverse.py", ["p_mean_variance"]),
     ("gen_jax/diffusion/losses.py", ["simple_loss", "vlb_term", "prior_kl", "vlb_bits_per_dim"]),
+    (
+      "gen_jax/diffusion/vdm.py",
+      [
+        "vdm_terms",
+        "diffusion_loss",
+        "discrete_diffusion_loss",
+        "prior_kl",
+        "reconstruction_nll",
+        "LogSNRSchedule",
+        "variance_tap",
+      ],
+    ),
   ],
 )
 def test_covers_every_equation(path, names):

@@ -10,6 +10,8 @@ One module per question; every public name is re-exported here, so
   ode         the exact likelihood of the probability-flow ODE
   timesteps   the time grids (DDIM's, uniform in log-sigma, Karras et al.'s rho-grid)
   samplers    ddpm, ddim, respaced, dpm++2m, heun, `ddim_invert`, and `SAMPLERS`, their one registry
+  vdm         the continuous-time variational bound (Kingma et al. 2021), its log-SNR schedules
+              and ancestral sampler: a module of its own, `diffusion.vdm.vdm_terms(...)`
 
 Conventions:
   * t is 0-based: t = 0 is the first noising step (the paper's x_1) and
@@ -27,6 +29,7 @@ Conventions:
     passed to jitted functions as an ordinary pytree argument.
 """
 
+from gen_jax.diffusion import vdm
 from gen_jax.diffusion.forward import (
   PREDICTIONS,
   Array,
@@ -177,6 +180,7 @@ __all__ = [
   "snap_sigmas",
   "spaced_timesteps",
   "v_target",
+  "vdm",
   "vlb_bits_per_dim",
   "vlb_nats_per_dim",
   "vlb_term",

@@ -86,6 +86,14 @@ TWO_STEPS = {
   "eval.num_examples": 8,
 }
 
+# A VDM (vdm_digits, vdm_cifar): a small learned schedule, 2 ancestral steps, 2 times per example.
+VDM = {
+  "vdm.num_features": 8,
+  "vdm.eval_time_samples": 2,
+  "sample.sampler": "ddpm",
+  "sample.num_steps": 2,
+}
+
 
 def merged(*overrides: dict) -> dict:
   """One {path: value} dict from several; later ones win."""
@@ -139,7 +147,10 @@ def tiny(config, example_shape):
     )
   if "diffusion" in config:
     config.diffusion.num_timesteps = 20
-  return apply(config, TWO_STEPS)
+  apply(config, TWO_STEPS)
+  if "vdm" in config:
+    apply(config, VDM)
+  return config
 
 
 def load_script(relative_path: str):
