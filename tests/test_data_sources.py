@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gen_jax import data
-from tests.support.runs import data_config
+from tests.support.runs import data_config, load_script
 
 # ---------------------------------------------------------------------------------------------------------------
 # config validation
@@ -65,6 +65,53 @@ def test_tfds_missing_data_says_what_to_do(tmp_path):
   assert "array_record" in message and "\n" not in message
   assert info.value.__suppress_context__  # no chained tfds traceback
   assert time.monotonic() - start < 10  # never waits on the network
+
+
+@pytest.fixture(scope="module")
+def cifar_shaped_tfds(tmp_path_factory):
+  """A tiny cifar10 written as TFDS ArrayRecord files without TensorFlow (benchmarks/input_pipeline.py's
+  writer): (data_dir, {split: (images, labels)})."""
+  pytest.importorskip("tensorflow_datasets")
+  writer = load_script("benchmarks/input_pipeline.py")
+  splits = writer.cifar_shaped(num_train=12, num_test=5, seed=3)
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  writer.write_tfds_images(data_dir, "cifar10", splits)
+  return data_dir, splits
+
+
+def test_tfds_array_record_round_trip(cifar_shaped_tfds):
+  """The pixels and labels written come back exactly, in index order, through gen_jax's tfds source."""
+  data_dir, splits = cifar_shaped_tfds
+  for split, (images, labels) in splits.items():
+    ds = data.load_dataset(
+      data_config(source="tfds", name="cifar10", tfds_data_dir=data_dir), split
+    )
+    assert ds.example_shape == (32, 32, 3) and ds.num_examples == len(images)
+    assert ds.num_classes == 10 and ds.name == f"cifar10/{split}"
+    batch = next(ds.eval_batches(len(images)))
+    np.testing.assert_array_equal(batch["x"], images.astype(np.float32) / np.float32(127.5) - 1)
+    np.testing.assert_array_equal(batch["label"], labels)
+  assert "tensorflow" not in sys.modules
+  with pytest.raises(data.DataError, match=r"data\.num_workers must be an int >= 0, got -1"):
+    data.load_dataset(data_config(source="tfds", name="cifar10", num_workers=-1), "train")
+
+
+@pytest.mark.slow
+def test_tfds_worker_processes_give_the_same_batches(cifar_shaped_tfds):
+  """num_workers=3 reads each batch in three processes: the batches (flips and an epoch boundary included) are
+  those of the in-thread reader, so a run may change its worker count and resume exactly."""
+  data_dir, _ = cifar_shaped_tfds
+  config = lambda workers: data_config(
+    source="tfds", name="cifar10", tfds_data_dir=data_dir, random_flip=True, num_workers=workers
+  )
+  in_thread = data.load_dataset(config(0), "train")
+  workers = data.load_dataset(config(3), "train")
+  for step in (0, 1, 2):  # batch 5 over 12 examples: step 2 spans epochs 0 and 1
+    a = in_thread.get_batch(step, seed=7, batch_size=5)
+    b = workers.get_batch(step, seed=7, batch_size=5)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  half = workers.get_batch(2, seed=7, batch_size=6, process_index=1, process_count=2)
+  np.testing.assert_array_equal(half["x"], in_thread.get_batch(2, seed=7, batch_size=6)["x"][3:])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = (
   "train.skip_nonfinite",
   "model.remat",
   "data.tfds_data_dir",
+  "data.num_workers",
   "sample.",
   "eval.",
 )
