@@ -21,8 +21,16 @@ DATA_AXIS = "data"
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over all devices of all processes."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A 1-D mesh over all devices of all processes.
+
+  Auto axes, not jax.make_mesh's default Explicit ones: with Explicit axes every array's type carries its
+  sharding, and an op that mixes a batch-sharded array with one it creates (Flax's dropout mask, which
+  `jax.random.bernoulli` makes unsharded) fails to trace. The jit shardings here fix inputs and outputs;
+  XLA places everything in between.
+  """
+  return jax.make_mesh(
+    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh) -> NamedSharding:

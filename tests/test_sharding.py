@@ -4,6 +4,8 @@ Each run is a subprocess of run.py with XLA_FLAGS=--xla_force_host_platform_devi
 so the rest of the suite keeps its single device.
 """
 
+import functools
+import importlib
 import json
 import os
 import subprocess
@@ -184,3 +186,16 @@ def test_check_batch_size_names_the_flag():
   sharding.check_batch_size(jax.device_count() * 3, mesh)
   with pytest.raises(ValueError, match="eval.batch_size"):
     sharding.check_batch_size(0, mesh, "eval.batch_size")
+
+
+def test_the_mesh_step_traces_a_unet_with_dropout():
+  """ddpm_cifar's U-Net has dropout 0.1. On a mesh of Explicit axes (jax.make_mesh's default), Flax's
+  unsharded dropout mask beside the batch-sharded activations failed to trace, so run.py could not train it."""
+  config = support.config("ddpm_cifar", support.UNET, {"model.dropout": 0.1})
+  model = importlib.import_module("experiments.ddpm_cifar").build(config, (8, 8, 3))
+  tx, step = train.train_step_for(config, model)
+  mesh = sharding.make_mesh()
+  state = jax.eval_shape(functools.partial(train.init_state, model, tx), jax.random.key(0))
+  x = jax.ShapeDtypeStruct((2, 8, 8, 3), np.float32, sharding=sharding.data_sharded(mesh))
+  _, metrics = jax.eval_shape(train.jit_train_step(step, mesh), state, {"x": x}, jax.random.key(1))
+  assert metrics["loss"].shape == ()  # traced: no compilation needed to see the failure
