@@ -10,8 +10,10 @@ per user rather than one per workdir's parent, because
     fresh `runs/<experiment>-<time>` (every training launch without --workdir) reuses what the last one compiled,
     and so do `--mode=sample|eval` on any workdir;
   * JAX loads and runs what it finds in the cache (its own warning: the cache is trusted), so it belongs in a
-    folder only its user writes (created with mode 0700), not beside a workdir on a shared disk;
-  * on several hosts each one keeps its own cache on its local disk instead of all writing to one NFS folder.
+    folder only its user writes (created with mode 0700), not beside a workdir on a shared disk.
+On several hosts (--distributed) JAX writes entries from process 0 only, expecting one folder that every host
+reads: there, pass a shared folder (`--compilation_cache_dir=/mnt/shared/jax_cache`, or a gs:// path with
+etils[epath] installed), or only host 0 ever loads anything.
 JAX's own settings win over the default: JAX_COMPILATION_CACHE_DIR names another folder,
 JAX_ENABLE_COMPILATION_CACHE=false turns it off (the tests do, so run.py never writes to their user's home),
 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS and JAX_COMPILATION_CACHE_MAX_SIZE (which needs the `filelock`
@@ -57,14 +59,17 @@ def configure(
     return None
   if cache_dir is not None and not str(cache_dir).strip():
     raise ValueError("cache_dir is empty; give a folder, or turn the compilation cache off")
-  folder = cache_dir or jax.config.jax_compilation_cache_dir or default_cache_dir(environ)
-  folder = os.path.abspath(os.path.expanduser(str(folder)))
-  try:
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"cache_dir={folder} cannot be created ({e.strerror})") from None
-  if not os.access(folder, os.W_OK | os.X_OK):
-    raise ValueError(f"cache_dir={folder} is not a writable folder")
+  folder = str(cache_dir or jax.config.jax_compilation_cache_dir or default_cache_dir(environ))
+  if (
+    "://" not in folder
+  ):  # a local folder; a bucket (gs://...) JAX opens itself, through etils.epath
+    folder = os.path.abspath(os.path.expanduser(folder))
+    try:
+      os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as e:
+      raise ValueError(f"cache_dir={folder} cannot be created ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+      raise ValueError(f"cache_dir={folder} is not a writable folder")
   jax.config.update("jax_compilation_cache_dir", folder)
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)

@@ -47,6 +47,8 @@ def test_configure_precedence(tmp_path, jax_cache_settings):
   folder = compile_cache.configure(cache_dir=str(tmp_path / "flag" / "cache"), environ=environ)
   assert folder == jax.config.jax_compilation_cache_dir == str(tmp_path / "flag" / "cache")
   assert os.stat(folder).st_mode & 0o777 == 0o700
+  # A bucket is passed to JAX as it is (JAX opens it through etils.epath, at the first compilation).
+  assert compile_cache.configure(cache_dir="gs://bucket/jax_cache") == "gs://bucket/jax_cache"
   # With no setting at all: the user cache folder.
   jax.config.update("jax_compilation_cache_dir", None)
   assert compile_cache.configure(environ=environ) == str(
