@@ -1,9 +1,13 @@
-"""Tests of gen_jax/compile_cache.py and run.py's persistent compilation cache: where it lives, what wins over
-what, and that a second run.py of the same configuration loads its compiled programs instead of compiling them.
+"""Start-up: gen_jax/compile_cache.py and run.py's persistent compilation cache (where it lives, what wins over
+what, and that a second run.py of the same configuration loads its compiled programs instead of compiling
+them), and the imports a run pays for.
 """
 
+import importlib.util
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -96,3 +100,19 @@ def test_second_run_loads_the_compiled_programs(tmp_path):
     set(written) <= hits
   )  # every program written by the first run was loaded, none compiled again
   assert sorted(f.split("-")[0] for f in os.listdir(folder)) == written
+
+
+def test_the_metric_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch when it is installed (seconds of start-up); summary.py blocks that import,
+  and only for that moment: torch stays importable."""
+  if importlib.util.find_spec("torch") is None:
+    pytest.skip("torch is not installed: nothing to block")
+  code = (
+    "import sys; from gen_jax import summary; summary.MetricWriter(sys.argv[1]).close(); "
+    "assert 'torch' not in sys.modules, 'torch was imported'; "
+    "import importlib.util; assert importlib.util.find_spec('torch') is not None"
+  )
+  env = dict(os.environ, PYTHONPATH=runs.REPO)
+  result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True)
+  assert result.returncode == 0, result.stderr.decode()
+  assert os.listdir(tmp_path / "tensorboard")
