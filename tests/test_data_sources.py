@@ -2,6 +2,8 @@
 TFDS (mock data), .npz files and image folders, and the one-line errors that name the file.
 """
 
+import os
+import subprocess
 import sys
 import time
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from gen_jax import data
-from tests.support.runs import data_config, load_script
+from tests.support.runs import REPO, data_config, load_script
 
 # ---------------------------------------------------------------------------------------------------------------
 # config validation
@@ -25,6 +27,30 @@ def test_config_errors():
   with pytest.raises(data.DataError, match="data.path"):
     data.load_dataset(data_config(source="npz"), "train")
   assert data.load_dataset(data_config(), "train").example_shape == (8, 8, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# digits
+
+
+def test_digits_are_read_without_importing_sklearn():
+  """The digits come from scikit-learn's own table file, equal to load_digits(), and scikit-learn (seconds of
+  start-up) is never imported for them."""
+  from sklearn.datasets import load_digits
+
+  from gen_jax.data import sources
+
+  images, labels = sources._digits_arrays()
+  reference = load_digits()
+  np.testing.assert_array_equal(images, reference.images)
+  np.testing.assert_array_equal(labels, reference.target)
+  code = (
+    "import sys; from gen_jax import data; data.load_dataset({'source': 'digits'}, 'train'); "
+    "assert 'sklearn' not in sys.modules"
+  )
+  env = dict(os.environ, PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr.decode()
 
 
 # ---------------------------------------------------------------------------------------------------------------
