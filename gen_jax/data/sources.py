@@ -210,7 +210,7 @@ def _tfds(
   """A TFDS image data set read by random access (`tfds.data_source`, ArrayRecord files, no TensorFlow).
 
   num_workers = 0 reads and decodes the records in the calling thread (the training loop's prefetch thread):
-  one core, 1,500-4,000 CIFAR-sized images/s (README, Performance), less than one GPU trains on; two threads
+  one core, about 4,000 CIFAR-sized images/s (README, Performance), less than an H100 trains on; two threads
   decoded no faster than one (measured). num_workers = k > 0 splits each batch's indices into k contiguous
   chunks read by k worker processes, and concatenates them in order: the same batch for every k.
   """
