@@ -67,6 +67,7 @@ ARGUMENT_FLAGS = {
   "num_processes": "num_processes",
   "process_id": "process_id",
   "heartbeat_timeout": "heartbeat_timeout",
+  "cache_dir": "compilation_cache_dir",
 }
 
 
@@ -214,6 +215,19 @@ def define_flags(argv):
     "--distributed: seconds after which a silent (dead) process ends the whole job; "
     "see gen_jax/distributed.py.",
   )
+  flags.DEFINE_bool(
+    "compilation_cache",
+    True,
+    "Keep XLA's compiled programs on disk, so the next run of the same configuration "
+    "starts without compiling them again (JAX's persistent compilation cache; see "
+    "gen_jax/compile_cache.py). --nocompilation_cache turns it off.",
+  )
+  flags.DEFINE_string(
+    "compilation_cache_dir",
+    None,
+    "Folder of the compilation cache; default: $JAX_COMPILATION_CACHE_DIR if set, else "
+    "$XDG_CACHE_HOME/gen_jax/jax_compilation_cache (~/.cache/gen_jax/jax_compilation_cache).",
+  )
   config = module.get_config()
   for path in _overridden_paths(argv):  # config_flags would raise a KeyError with a traceback
     try:
@@ -280,8 +294,12 @@ def main(argv, module):
       f"--mode={mode} does not apply to --experiment={FLAGS.experiment}: "
       "it runs as a whole with --mode=train (the default)"
     )
-  from gen_jax import train
+  from gen_jax import compile_cache, train
 
+  try:  # Before anything compiles: JAX opens the cache at the first compiled program.
+    compile_cache.configure(enabled=FLAGS.compilation_cache, cache_dir=FLAGS.compilation_cache_dir)
+  except ValueError as e:
+    _fail(as_flags(str(e)))
   if FLAGS.distributed and not runs_itself:
     _start_distributed(FLAGS)
   elif not FLAGS.distributed and any(FLAGS[name].present for name in DISTRIBUTED_FLAGS):

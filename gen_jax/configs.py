@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.batch_size = 128  # global, over all devices
   config.data.random_flip = False
+  config.data.num_workers = 0  # tfds: processes that read and decode records; 0: none
 
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 10_000

@@ -5,6 +5,8 @@ trip, the evaluation metrics); `python -m pytest` is the full suite, which CI ru
 end-to-end tests (run.py in a subprocess, tiny configs) live in tests/support/.
 """
 
+import os
+
 import jax
 import pytest
 
@@ -13,13 +15,19 @@ def pytest_configure(config):
   """Keeps XLA's compiled programs in pytest's cache folder (.pytest_cache), so a second run of the suite
   compiles only what changed: on a CPU, compiling the many tiny programs is most of the fast tier's time.
 
-  Off with `-p no:cacheprovider`, and when JAX_COMPILATION_CACHE_DIR already names a cache; emptied with
-  `--cache-clear` (it is never pruned: a size limit needs the `filelock` package).
+  Processes the tests start inherit it (run.py would otherwise use its default, in the user's home). Off with
+  `-p no:cacheprovider` (for those processes too), and when JAX_COMPILATION_CACHE_DIR already names a cache;
+  emptied with `--cache-clear` (it is never pruned: a size limit needs the `filelock` package).
   """
   cache = getattr(config, "cache", None)
-  if cache is None or jax.config.jax_compilation_cache_dir:
+  if jax.config.jax_compilation_cache_dir:
     return
-  jax.config.update("jax_compilation_cache_dir", str(cache.mkdir("jax_compilation_cache")))
+  if cache is None:  # and run.py processes started by a test must not fill the user's own cache
+    os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
+    return
+  folder = str(cache.mkdir("jax_compilation_cache"))
+  jax.config.update("jax_compilation_cache_dir", folder)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = folder  # run.py processes too: never the user's home
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 

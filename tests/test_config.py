@@ -76,6 +76,7 @@ CHECKED_ELSEWHERE = {
   "data.name",
   "data.path",
   "data.tfds_data_dir",
+  "data.num_workers",
 }
 
 

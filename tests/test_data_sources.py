@@ -2,6 +2,8 @@
 TFDS (mock data), .npz files and image folders, and the one-line errors that name the file.
 """
 
+import os
+import subprocess
 import sys
 import time
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from gen_jax import data
-from tests.support.runs import data_config
+from tests.support.runs import REPO, data_config, load_script
 
 # ---------------------------------------------------------------------------------------------------------------
 # config validation
@@ -25,6 +27,30 @@ def test_config_errors():
   with pytest.raises(data.DataError, match="data.path"):
     data.load_dataset(data_config(source="npz"), "train")
   assert data.load_dataset(data_config(), "train").example_shape == (8, 8, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# digits
+
+
+def test_digits_are_read_without_importing_sklearn():
+  """The digits come from scikit-learn's own table file, equal to load_digits(), and scikit-learn (seconds of
+  start-up) is never imported for them."""
+  from sklearn.datasets import load_digits
+
+  from gen_jax.data import sources
+
+  images, labels = sources._digits_arrays()
+  reference = load_digits()
+  np.testing.assert_array_equal(images, reference.images)
+  np.testing.assert_array_equal(labels, reference.target)
+  code = (
+    "import sys; from gen_jax import data; data.load_dataset({'source': 'digits'}, 'train'); "
+    "assert 'sklearn' not in sys.modules"
+  )
+  env = dict(os.environ, PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr.decode()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -65,6 +91,53 @@ def test_tfds_missing_data_says_what_to_do(tmp_path):
   assert "array_record" in message and "\n" not in message
   assert info.value.__suppress_context__  # no chained tfds traceback
   assert time.monotonic() - start < 10  # never waits on the network
+
+
+@pytest.fixture(scope="module")
+def cifar_shaped_tfds(tmp_path_factory):
+  """A tiny cifar10 written as TFDS ArrayRecord files without TensorFlow (benchmarks/input_pipeline.py's
+  writer): (data_dir, {split: (images, labels)})."""
+  pytest.importorskip("tensorflow_datasets")
+  writer = load_script("benchmarks/input_pipeline.py")
+  splits = writer.cifar_shaped(num_train=12, num_test=5, seed=3)
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  writer.write_tfds_images(data_dir, "cifar10", splits)
+  return data_dir, splits
+
+
+def test_tfds_array_record_round_trip(cifar_shaped_tfds):
+  """The pixels and labels written come back exactly, in index order, through gen_jax's tfds source."""
+  data_dir, splits = cifar_shaped_tfds
+  for split, (images, labels) in splits.items():
+    ds = data.load_dataset(
+      data_config(source="tfds", name="cifar10", tfds_data_dir=data_dir), split
+    )
+    assert ds.example_shape == (32, 32, 3) and ds.num_examples == len(images)
+    assert ds.num_classes == 10 and ds.name == f"cifar10/{split}"
+    batch = next(ds.eval_batches(len(images)))
+    np.testing.assert_array_equal(batch["x"], images.astype(np.float32) / np.float32(127.5) - 1)
+    np.testing.assert_array_equal(batch["label"], labels)
+  assert "tensorflow" not in sys.modules
+  with pytest.raises(data.DataError, match=r"data\.num_workers must be an int >= 0, got -1"):
+    data.load_dataset(data_config(source="tfds", name="cifar10", num_workers=-1), "train")
+
+
+@pytest.mark.slow
+def test_tfds_worker_processes_give_the_same_batches(cifar_shaped_tfds):
+  """num_workers=3 reads each batch in three processes: the batches (flips and an epoch boundary included) are
+  those of the in-thread reader, so a run may change its worker count and resume exactly."""
+  data_dir, _ = cifar_shaped_tfds
+  config = lambda workers: data_config(
+    source="tfds", name="cifar10", tfds_data_dir=data_dir, random_flip=True, num_workers=workers
+  )
+  in_thread = data.load_dataset(config(0), "train")
+  workers = data.load_dataset(config(3), "train")
+  for step in (0, 1, 2):  # batch 5 over 12 examples: step 2 spans epochs 0 and 1
+    a = in_thread.get_batch(step, seed=7, batch_size=5)
+    b = workers.get_batch(step, seed=7, batch_size=5)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  half = workers.get_batch(2, seed=7, batch_size=6, process_index=1, process_count=2)
+  np.testing.assert_array_equal(half["x"], in_thread.get_batch(2, seed=7, batch_size=6)["x"][3:])
 
 
 # ---------------------------------------------------------------------------------------------------------------

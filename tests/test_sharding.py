@@ -4,6 +4,8 @@ Each run is a subprocess of run.py with XLA_FLAGS=--xla_force_host_platform_devi
 so the rest of the suite keeps its single device.
 """
 
+import functools
+import importlib
 import json
 import os
 import shutil
@@ -251,3 +253,16 @@ def test_mesh_fsdp_must_divide_the_devices():
   for bad in (0, jax.device_count() + 1, 1.5):
     with pytest.raises(ConfigError, match=r"config\.mesh\.fsdp=.* must be a positive divisor"):
       sharding.make_mesh(bad)
+
+
+def test_the_mesh_step_traces_a_unet_with_dropout():
+  """ddpm_cifar's U-Net has dropout 0.1. On a mesh of Explicit axes (jax.make_mesh's default), Flax's
+  unsharded dropout mask beside the batch-sharded activations failed to trace, so run.py could not train it."""
+  config = support.config("ddpm_cifar", support.UNET, {"model.dropout": 0.1})
+  model = importlib.import_module("experiments.ddpm_cifar").build(config, (8, 8, 3))
+  tx, step = train.train_step_for(config, model)
+  mesh = sharding.make_mesh()
+  state = jax.eval_shape(functools.partial(train.init_state, model, tx), jax.random.key(0))
+  x = jax.ShapeDtypeStruct((2, 8, 8, 3), np.float32, sharding=sharding.data_sharded(mesh))
+  _, metrics = jax.eval_shape(train.jit_train_step(step, mesh), state, {"x": x}, jax.random.key(1))
+  assert metrics["loss"].shape == ()  # traced: no compilation needed to see the failure

@@ -30,6 +30,7 @@ RESUMABLE_CHANGES = (
   "train.skip_nonfinite",
   "model.remat",
   "data.tfds_data_dir",
+  "data.num_workers",
   "sample.",
   "eval.",
   "mesh.",  # how the state is laid out over devices; checkpoints restore onto any layout

@@ -197,6 +197,8 @@ def subprocess_env(cache_dir: str | None = None, fast_compile: bool = True) -> d
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
     )
+  else:  # run.py's default cache is in the user's home: a test never writes there
+    env.update(JAX_ENABLE_COMPILATION_CACHE="false")
   return env
 
 

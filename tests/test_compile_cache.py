@@ -1,0 +1,118 @@
+"""Start-up: gen_jax/compile_cache.py and run.py's persistent compilation cache (where it lives, what wins over
+what, and that a second run.py of the same configuration loads its compiled programs instead of compiling
+them), and the imports a run pays for.
+"""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from gen_jax import compile_cache
+from tests.support import runs
+
+_SETTINGS = (
+  "jax_enable_compilation_cache",
+  "jax_compilation_cache_dir",
+  "jax_persistent_cache_min_compile_time_secs",
+)
+
+
+@pytest.fixture
+def jax_cache_settings():
+  """Restores this process's cache settings (the suite's own cache, tests/conftest.py) after the test."""
+  saved = {name: getattr(jax.config, name) for name in _SETTINGS}
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+
+
+def test_default_cache_dir_follows_xdg():
+  assert compile_cache.default_cache_dir({"XDG_CACHE_HOME": "/x/cache"}) == (
+    "/x/cache/gen_jax/jax_compilation_cache"
+  )
+  home = os.path.expanduser("~")
+  expected = os.path.join(home, ".cache", "gen_jax", "jax_compilation_cache")
+  assert compile_cache.default_cache_dir({}) == expected
+  assert compile_cache.default_cache_dir({"XDG_CACHE_HOME": ""}) == expected  # empty means unset
+
+
+def test_configure_precedence(tmp_path, jax_cache_settings):
+  environ = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+  # JAX_COMPILATION_CACHE_DIR (here: the suite's own cache, set by conftest) wins over the default ...
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "from_env"))
+  assert compile_cache.configure(environ=environ) == str(tmp_path / "from_env")
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == compile_cache.MIN_COMPILE_SECONDS
+  # ... and an explicit folder wins over both; it is created, private to the user.
+  folder = compile_cache.configure(cache_dir=str(tmp_path / "flag" / "cache"), environ=environ)
+  assert folder == jax.config.jax_compilation_cache_dir == str(tmp_path / "flag" / "cache")
+  assert os.stat(folder).st_mode & 0o777 == 0o700
+  # A bucket is passed to JAX as it is (JAX opens it through etils.epath, at the first compilation).
+  assert compile_cache.configure(cache_dir="gs://bucket/jax_cache") == "gs://bucket/jax_cache"
+  # With no setting at all: the user cache folder.
+  jax.config.update("jax_compilation_cache_dir", None)
+  assert compile_cache.configure(environ=environ) == str(
+    tmp_path / "xdg" / compile_cache.CACHE_FOLDER
+  )
+  # A minimum compile time the user set in the environment is kept.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 7.0)
+  compile_cache.configure(environ={**environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "7"})
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == 7.0
+
+
+def test_configure_off_and_bad_folders(tmp_path, jax_cache_settings):
+  assert compile_cache.configure(enabled=False, cache_dir=str(tmp_path)) is None
+  assert not jax.config.jax_enable_compilation_cache
+  # Off stays off: JAX_ENABLE_COMPILATION_CACHE=false (what the tests' run.py processes get) beats a folder.
+  assert compile_cache.configure(cache_dir=str(tmp_path)) is None
+  jax.config.update("jax_enable_compilation_cache", True)
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  with pytest.raises(ValueError, match=r"cache_dir=.*a_file.* cannot be created"):
+    compile_cache.configure(cache_dir=str(a_file / "cache"))
+  with pytest.raises(ValueError, match="cache_dir is empty"):
+    compile_cache.configure(cache_dir=" ")
+
+
+@pytest.mark.slow
+def test_second_run_loads_the_compiled_programs(tmp_path):
+  """Two trainings of the same tiny config, fresh workdirs, nothing but XDG_CACHE_HOME set: the first writes
+  the default cache folder, the second finds the initialisation, the training step and the sampler there."""
+  env = runs.subprocess_env()
+  del env["JAX_ENABLE_COMPILATION_CACHE"]  # run.py's default, as a user gets it
+  env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_LOG_COMPILES="1")
+  args = runs.flags("ddpm_toy2d", runs.TOY2D, {"train.num_steps": 1, "sample.num_steps": 2})
+  args += ["--config.sample.sampler=ddim"]
+  first = runs.run_py(env, tmp_path, *args, "--workdir=first")
+  folder = tmp_path / "xdg" / compile_cache.CACHE_FOLDER
+  written = sorted(f.split("-")[0] for f in os.listdir(folder))
+  assert {"jit_init_state", "jit_train_step"} <= set(written), written
+  assert "cache hit" not in first.stderr
+
+  second = runs.run_py(env, tmp_path, *args, "--workdir=second")
+  hits = set(re.findall(r"Persistent compilation cache hit for '(\w+)'", second.stderr))
+  assert {"jit_init_state", "jit_train_step"} <= hits, second.stderr[-3000:]
+  assert (
+    set(written) <= hits
+  )  # every program written by the first run was loaded, none compiled again
+  assert sorted(f.split("-")[0] for f in os.listdir(folder)) == written
+
+
+def test_the_metric_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch when it is installed (seconds of start-up); summary.py blocks that import,
+  and only for that moment: torch stays importable."""
+  if importlib.util.find_spec("torch") is None:
+    pytest.skip("torch is not installed: nothing to block")
+  code = (
+    "import sys; from gen_jax import summary; summary.MetricWriter(sys.argv[1]).close(); "
+    "assert 'torch' not in sys.modules, 'torch was imported'; "
+    "import importlib.util; assert importlib.util.find_spec('torch') is not None"
+  )
+  env = dict(os.environ, PYTHONPATH=runs.REPO)
+  result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True)
+  assert result.returncode == 0, result.stderr.decode()
+  assert os.listdir(tmp_path / "tensorboard")
