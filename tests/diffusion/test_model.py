@@ -1,4 +1,4 @@
-"""Tests for DiffusionModel (gen_jax/models.py) as the diffusion package sees it: the
+"""Tests for DiffusionModel (gen_jax/models/diffusion_model.py) as the diffusion package sees it: the
 sampler dispatch through `diffusion.SAMPLERS`, what `describe_sample` records, and
 the `prediction` field (eps | x0 | v) in training, sampling and evaluation.
 """

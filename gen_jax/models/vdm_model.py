@@ -1,0 +1,234 @@
+"""The variational diffusion model (Kingma et al. 2021) behind the model interface
+(gen_jax.models): VDMModel and its builders; the mathematics is gen_jax.diffusion.vdm."""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gen_jax import (
+  diffusion,
+  nets,
+)
+from gen_jax.configs import ConfigError
+from gen_jax.models._common import _mean
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class VDMModel:
+  """A variational diffusion model trained on its bound (`diffusion.vdm`), in bits per dimension.
+
+  Attributes:
+    net: the eps-network, net.apply(params, z_t, t, train=..., rngs=...), t its noise-level
+      input: 1000 (gamma_t - gamma_min) / (gamma_max - gamma_min) (the DDPM U-Net's time scale;
+      vdm feeds the same normalised gamma).
+    schedule: gamma(t) = -log SNR(t), fixed or learned (`diffusion.vdm.LogSNRSchedule`).
+    example_shape: one example's shape.
+    num_timesteps: 0 for the continuous-time loss L_inf, T > 0 for the T-step bound L_T.
+    antithetic: vdm's low-discrepancy times over the batch.
+    interior: a learned schedule's interior is trained on "variance" (the paper's choice: the
+      gradient of E[L_diffusion^2], continuous time only) or on the "bound"; its endpoints
+      always on the bound.
+    decoder: "discretized" (8-bit data, a bound on -log P(x) in bits/dim) or "gaussian"
+      (continuous data, a density bound in nats/dim).
+    eval_time_samples: K stratified times per example for the diffusion term in `evaluate`.
+    sample_steps: the ancestral sampler's default number of steps.
+  """
+
+  net: nn.Module
+  schedule: Any  # diffusion.vdm.LogSNRSchedule
+  example_shape: tuple[int, ...]
+  num_timesteps: int = 0
+  antithetic: bool = True
+  interior: str = "variance"
+  decoder: str = "discretized"
+  eval_time_samples: int = 100
+  sample_steps: int = 1000
+
+  def init(self, key) -> Any:
+    net_key, gamma_key = jax.random.split(key)
+    x = jnp.zeros((1,) + tuple(self.example_shape), jnp.float32)
+    params = {"net": self.net.init(net_key, x, jnp.zeros((1,), jnp.float32), train=False)}
+    gamma = self.schedule.init(gamma_key)
+    if gamma:  # fixed schedules have no parameters (and no empty entry to checkpoint)
+      params["gamma"] = gamma
+    return params
+
+  def eps_fn(self, params, train: bool = False, dropout_key=None):
+    """The network as eps_fn(z_t, gamma_t) -> eps_hat."""
+    rngs = {"dropout": dropout_key} if dropout_key is not None else None
+    low, high = self.schedule.gamma_min, self.schedule.gamma_max
+    return lambda z, gamma: self.net.apply(
+      params["net"], z, 1000.0 * (gamma - low) / (high - low), train=train, rngs=rngs
+    )
+
+  def _terms(self, params, x, key, train: bool, time_samples: int):
+    terms_key, dropout_key = jax.random.split(key)
+    return diffusion.vdm.vdm_terms(
+      terms_key,
+      self.eps_fn(params, train, dropout_key if train else None),
+      self.schedule,
+      params.get("gamma", {}),
+      x,
+      num_steps=self.num_timesteps,
+      time_samples=time_samples,
+      antithetic=self.antithetic,
+      decoder=self.decoder,
+      variance_tap=train and self.interior == "variance" and self.schedule.kind == "learned",
+    )
+
+  def _per_dim(self, nats):
+    """nats -> bits/dim (discretized decoder) or nats/dim (gaussian)."""
+    num_dims = math.prod(self.example_shape)
+    if self.decoder == "discretized":
+      return diffusion.vdm.bits_per_dim(nats, num_dims)
+    return nats / num_dims
+
+  def loss(self, params, batch, key, train: bool = True):
+    """The bound per dimension (vdm's training loss: bits/dim), one time per example."""
+    terms = self._terms(params, batch["x"], key, train, time_samples=1)
+    mask = batch.get("mask")
+    loss = self._per_dim(diffusion.vdm.objective(terms, mask))
+    gamma_0, gamma_1 = self.schedule.endpoints(params.get("gamma", {}))
+    metrics = {
+      "loss": loss,
+      "diffusion": self._per_dim(_mean(terms.diffusion, mask)),
+      "prior": self._per_dim(_mean(terms.prior, mask)),
+      "reconstruction": self._per_dim(_mean(terms.reconstruction, mask)),
+      "gamma_0": gamma_0,
+      "gamma_1": gamma_1,
+    }
+    return loss, metrics
+
+  def sample(
+    self,
+    params,
+    key,
+    num_samples: int,
+    sampler: str = "ddpm",
+    num_steps: int | None = None,
+    labels=None,
+    guidance_scale: float = 0.0,
+    **unused,
+  ) -> Array:
+    """Ancestral sampling on the learned (or fixed) schedule with num_steps steps (default
+    sample_steps), `diffusion.vdm.sample`; sampler must be "ddpm" (ancestral)."""
+    del unused  # eta, s_churn: options of other samplers
+    if sampler != "ddpm":
+      raise ValueError(
+        f"a VDM samples ancestrally on its own schedule: sampler must be 'ddpm', got {sampler!r}"
+      )
+    if labels is not None or guidance_scale:
+      raise ValueError("a VDM is unconditional: no labels or guidance_scale")
+    return diffusion.vdm.sample(
+      key,
+      self.eps_fn(params),
+      self.schedule,
+      params.get("gamma", {}),
+      (num_samples,) + tuple(self.example_shape),
+      num_steps=num_steps or self.sample_steps,
+      decoder=self.decoder,
+    )
+
+  def evaluate(self, params, batch, key, **unused) -> dict[str, Array]:
+    """The bound per example with eval_time_samples stratified times: bits_per_dim (or
+    nats_per_dim) and its three terms in the same unit."""
+    del unused  # ode_steps: the DDPM's probability-flow likelihood
+    terms = self._terms(params, batch["x"], key, False, self.eval_time_samples)
+    name = "bits_per_dim" if self.decoder == "discretized" else "nats_per_dim"
+    return {
+      name: self._per_dim(terms.total),
+      "diffusion": self._per_dim(terms.diffusion),
+      "prior": self._per_dim(terms.prior),
+      "reconstruction": self._per_dim(terms.reconstruction),
+    }
+
+  def describe_sample(self, sampler: str = "ddpm", num_steps: int | None = None, **unused) -> dict:
+    del unused
+    steps = num_steps or self.sample_steps
+    return {
+      "sampler": f"{sampler}: ancestral p(z_s | z_t) on the model's gamma at t = i / {steps}",
+      "num_steps": steps,
+      "network_calls": steps,
+    }
+
+  def describe_evaluate(self, **unused) -> dict[str, str]:
+    del unused
+    unit = "bits/dim" if self.decoder == "discretized" else "nats/dim"
+    diffusion_term = (
+      "L_inf = 1/2 gamma'(t) ||eps - eps_hat||^2 (continuous time)"
+      if not self.num_timesteps
+      else f"L_T, T={self.num_timesteps} steps: T/2 expm1(gamma_t - gamma_s) ||eps - eps_hat||^2"
+    )
+    decoder = (
+      "-log p(x | z_0), the 256-level categorical proportional to q(z_0 | x), one z_0"
+      if self.decoder == "discretized"
+      else "-log N(x; z_0 / alpha_0, exp(gamma_0)), one z_0"
+    )
+    name = "bits_per_dim" if self.decoder == "discretized" else "nats_per_dim"
+    return {
+      name: f"the VDM bound (Kingma et al. 2021) in {unit}: prior + reconstruction + diffusion, "
+      f"schedule '{self.schedule.kind}', data on the 8-bit grid as DDPM's bound, no dequantisation",
+      "diffusion": f"{diffusion_term}, averaged over {self.eval_time_samples} stratified times "
+      f"per example, one eps each; {unit}",
+      "prior": f"KL(q(z_1 | x) || N(0, I)), analytic; {unit}",
+      "reconstruction": f"{decoder}; {unit}",
+    }
+
+
+def vdm_config(
+  schedule: str = "learned",
+  gamma_min: float = -13.3,
+  gamma_max: float = 5.0,
+  num_timesteps: int = 0,
+  interior: str = "variance",
+):
+  """The `config.vdm` section of a VDM experiment (vdm's CIFAR-10 defaults for gamma's range).
+
+  schedule: "linear" | "cosine" | "learned" (monotone network, endpoints trained on the bound,
+  interior on `interior`: "variance" or "bound"); num_timesteps 0: continuous time.
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      schedule=schedule,
+      gamma_min=gamma_min,
+      gamma_max=gamma_max,
+      num_timesteps=num_timesteps,
+      interior=interior,
+      num_features=1024,  # the learned schedule's hidden width (vdm's)
+      antithetic=True,
+      decoder="discretized",
+      eval_time_samples=100,
+      sample_steps=1000,
+    )
+  )
+
+
+def make_unet_vdm(config, example_shape) -> VDMModel:
+  """The U-Net VDM of vdm_digits and vdm_cifar: `config.model` (the U-Net) and `config.vdm`
+  (`vdm_config`; checked by configs.validate)."""
+  m, v = config.model, config.vdm
+  if config.get("pretrained"):
+    raise ConfigError(
+      f"config.pretrained={config.pretrained}: pretrained diffusers U-Nets start DDPM "
+      "experiments; a VDM trains its own network and schedule"
+    )
+  return VDMModel(
+    net=nets.unet_from_config(m, m.compute_dtype, m.remat),
+    schedule=diffusion.vdm.LogSNRSchedule(
+      kind=v.schedule, gamma_min=v.gamma_min, gamma_max=v.gamma_max, num_features=v.num_features
+    ),
+    example_shape=tuple(example_shape),
+    num_timesteps=v.num_timesteps,
+    antithetic=v.antithetic,
+    interior=v.interior,
+    decoder=v.decoder,
+    eval_time_samples=v.eval_time_samples,
+    sample_steps=v.sample_steps,
+  )
