@@ -65,13 +65,15 @@ def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
   records of it (a traceback per thread and array) are dropped.
   """
   _DropDiskFullRecords.install()
+  # Before the save, not after its failure: tensorstore's late callbacks can reach the closed loop
+  # before the except clause runs (seen in CI on a loaded machine).
+  _drop_closed_loop_errors()
   try:
     mngr.save(step, args=ocp.args.StandardSave(state), force=True)
     mngr.wait_until_finished()
   except Exception as e:
     if not fileio.is_disk_full(e):
       raise
-    _drop_closed_loop_errors()
     with contextlib.suppress(Exception):
       mngr.close()
     directory = str(mngr.directory)

@@ -37,6 +37,7 @@ _state = {"message": "{name} received: stopped at once; nothing half-written was
 _temporary_files: set[str] = set()
 _deferred = {"count": 0}
 _wakeup: list[socket.socket] = []  # the socket pair of the wakeup fd, kept open
+_ending = threading.Lock()  # held by the thread that ends the process
 
 
 def install(message: str | None = None) -> None:
@@ -65,6 +66,10 @@ def set_message(message: str) -> None:
 
 def handle(signum, frame=None) -> None:
   """The signal handler: one line on stderr, temporary files removed, os._exit(128 + signum)."""
+  # The main thread's handler and the watcher thread both see one signal: the first one ends the
+  # process, the other waits for that (else the line was printed twice).
+  if not _ending.acquire(blocking=False):
+    threading.Event().wait()
   name = signal.Signals(signum).name
   try:
     os.write(2, ("\n" + _state["message"].format(name=name) + "\n").encode())

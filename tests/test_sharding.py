@@ -71,24 +71,13 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, env):
-  """Six steps on 1 and on 8 devices, and the two runs that switch device count at step 3."""
+  """Six steps on 1 and on 8 devices. (Restoring across device counts, 1 -> 4 and 4 -> 1 devices
+  in 1 and 2 processes, is tests/test_distributed.py's.)"""
   root = tmp_path_factory.mktemp("sharding")
   out = {}
-  for name, first, second in (
-    ("one", 1, None),
-    ("eight", 8, None),
-    ("eight_then_one", 8, 1),
-    ("one_then_eight", 1, 8),
-  ):
+  for name, devices in (("one", 1), ("eight", 8)):
     workdir = str(root / name)
-    if second is None:
-      ok(run(env, root, first, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=6"))
-    else:
-      ok(run(env, root, first, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=3"))
-      resumed = ok(
-        run(env, root, second, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=6")
-      )
-      assert "Resuming" in resumed.stdout
+    ok(run(env, root, devices, *TOY2D, f"--workdir={workdir}", "--config.train.num_steps=6"))
     out[name] = workdir
   out["root"] = root
   return out
@@ -109,16 +98,6 @@ def test_log_reports_devices(runs, env):
     run(env, runs["root"], 8, *TOY2D, f"--workdir={runs['eight']}", "--config.train.num_steps=6")
   )
   assert "8 devices" in result.stdout
-
-
-@pytest.mark.parametrize("name", ["eight_then_one", "one_then_eight"])
-@pytest.mark.slow
-def test_restore_across_device_counts(runs, name):
-  one = restored_params(runs["one"])
-  switched = restored_params(runs[name])
-  assert int(switched.step) == 6
-  assert_trees_close(switched.params, one.params)
-  assert_trees_close(switched.opt_state, one.opt_state)
 
 
 @pytest.mark.slow

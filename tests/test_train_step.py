@@ -38,9 +38,9 @@ def steps_made(monkeypatch):
     made.append(real_make(*args, **kwargs))
     return made[-1]
 
-  def jit(fn, mesh):
+  def jit(fn, mesh, *args, **kwargs):  # *args: the state's shardings (FSDP)
     jitted.append(fn)
-    return real_jit(fn, mesh)
+    return real_jit(fn, mesh, *args, **kwargs)
 
   monkeypatch.setattr(step_lib, "make_train_step", make)
   monkeypatch.setattr(step_lib, "jit_train_step", jit)
