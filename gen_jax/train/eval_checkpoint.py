@@ -59,10 +59,7 @@ def evaluate(
   if inception_weights and not os.path.isfile(os.path.expanduser(inception_weights)):
     raise ConfigError(f"inception_weights={inception_weights} is not a file")
   run = open_run(config, workdir, build, mode="eval", experiment=experiment)
-  out_dir = out_dir or workdir
-  if run.is_writer:
-    where = f"out_dir={out_dir}" if out_dir != workdir else f"workdir={workdir}"
-    workdir_lib.check_writable(out_dir, what=where)
+  out_dir = workdir_lib.output_dir(workdir, out_dir, is_writer=run.is_writer)
   with faults.resource_errors("evaluating"):
     return _evaluate(
       run,

@@ -99,10 +99,7 @@ def sample(
   if guidance_scale is not None and not checks.is_real(guidance_scale):
     raise ConfigError(f"guidance_scale={guidance_scale} must be a finite number")
   run = open_run(config, workdir, build, mode="sample", experiment=experiment)
-  out_dir = out_dir or workdir
-  if run.is_writer:
-    where = f"out_dir={out_dir}" if out_dir != workdir else f"workdir={workdir}"
-    workdir_lib.check_writable(out_dir, what=where)
+  out_dir = workdir_lib.output_dir(workdir, out_dir, is_writer=run.is_writer)
   with faults.resource_errors("drawing samples"):
     return _sample(
       run,

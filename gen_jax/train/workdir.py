@@ -77,6 +77,16 @@ def check_writable(
     raise ConfigError(f"{what} is not writable ({e.strerror or e}){hint}") from e
 
 
+def output_dir(workdir: str, out_dir: str | None, *, is_writer: bool) -> str:
+  """Where --mode=sample|eval writes: `out_dir`, default the workdir; the writing process checks,
+  before any work, that it can take files (ConfigError naming the argument that chose it)."""
+  out_dir = out_dir or workdir
+  if is_writer:
+    where = f"out_dir={out_dir}" if out_dir != workdir else f"workdir={workdir}"
+    check_writable(out_dir, what=where)
+  return out_dir
+
+
 def read_json(path: str):
   """The contents of a JSON file gen_jax wrote; ConfigError naming the file if it is damaged."""
   try:
