@@ -13,7 +13,6 @@ In process: damaged checkpoints, the signal handler, interrupted train(), the da
 and workdir checks.
 """
 
-import contextlib
 import functools
 import json
 import os
@@ -34,7 +33,9 @@ from experiments import ddpm_toy2d
 from gen_jax import checkpoint, data, sharding, summary, train
 from tests.support import runs
 from tests.support.faults import (
+  TIMEOUT,
   deliver,
+  launched,
   logged,
   saved_steps,
   small_state,
@@ -47,31 +48,12 @@ NUM_STEPS = 30
 TOY2D = runs.flags(
   "ddpm_toy2d", runs.TOY2D, {"train.sample_every": 1000000, "train.num_steps": NUM_STEPS}
 )
-TIMEOUT = 120  # seconds, for any one subprocess
 
 # The runs share compiled programs, so a restarted run is training within a few seconds.
 env = runs.env_fixture()
 run = functools.partial(runs.run_py, timeout=TIMEOUT)
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-@contextlib.contextmanager
-def launched(env, cwd, *args):
-  """run.py in the background (output to files, so no pipe fills up); killed if still running."""
-  with (
-    open(os.path.join(cwd, "out.txt"), "w") as out,
-    open(os.path.join(cwd, "err.txt"), "w") as err,
-  ):
-    proc = subprocess.Popen(
-      [sys.executable, runs.RUN_PY, *args], cwd=cwd, env=env, stdout=out, stderr=err
-    )
-    try:
-      yield proc
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-      proc.wait(timeout=TIMEOUT)
 
 
 def read(cwd, name):

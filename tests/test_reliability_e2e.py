@@ -24,28 +24,24 @@ import pytest
 from experiments import ddpm_toy2d
 from gen_jax import checkpoint, fileio, train
 from gen_jax.train import loop, sampling
-from tests.support import runs
-from tests.support.faults import deliver, logged, saved_steps, toy_config, toy_state_bytes
+from tests.support import faults, runs
+from tests.support.faults import (
+  TIMEOUT,
+  deliver,
+  logged,
+  saved_steps,
+  toy_config,
+  toy_state_bytes,
+)
 
-TIMEOUT = 120
 env = runs.env_fixture()
 run = functools.partial(runs.run_py, timeout=TIMEOUT)
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
 
-@contextlib.contextmanager
 def launched(env, cwd, name, *args):
   """run.py in the background, output to cwd/<name>.out and .err; killed if still running."""
-  with open(cwd / f"{name}.out", "w") as out, open(cwd / f"{name}.err", "w") as err:
-    proc = subprocess.Popen(
-      [sys.executable, runs.RUN_PY, *args], cwd=cwd, env=env, stdout=out, stderr=err
-    )
-    try:
-      yield proc
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-      proc.wait(timeout=TIMEOUT)
+  return faults.launched(env, cwd, *args, stdout=f"{name}.out", stderr=f"{name}.err")
 
 
 def wait_until(condition, proc):

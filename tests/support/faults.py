@@ -1,8 +1,11 @@
 """What the fault-injection tests share: a tiny ddpm_toy2d config, a tiny train state, and reading a
 workdir's checkpoints and metrics as a test sees them."""
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -13,6 +16,27 @@ import optax
 from experiments import ddpm_toy2d
 from gen_jax import checkpoint, train
 from tests.support import runs
+
+TIMEOUT = 120  # seconds, for any one subprocess
+
+
+@contextlib.contextmanager
+def launched(env, cwd, *args, stdout="out.txt", stderr="err.txt"):
+  """run.py in the background, output to files in cwd (so no pipe fills up); killed if still
+  running at the end."""
+  with (
+    open(os.path.join(cwd, stdout), "w") as out,
+    open(os.path.join(cwd, stderr), "w") as err,
+  ):
+    proc = subprocess.Popen(
+      [sys.executable, runs.RUN_PY, *args], cwd=cwd, env=env, stdout=out, stderr=err
+    )
+    try:
+      yield proc
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+      proc.wait(timeout=TIMEOUT)
 
 
 def saved_steps(workdir):
