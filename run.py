@@ -29,9 +29,9 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 EXPERIMENTS_DIR = os.path.join(REPO, "experiments")
 sys.path.insert(0, REPO)
 
-# First of all: Ctrl-C or SIGTERM at any moment ends the process in one line (gen_jax/interrupts.py);
+# First of all: Ctrl-C or SIGTERM at any moment ends the process in one line (gen_jax/runtime/interrupts.py);
 # only as a command, not when imported (the tests import this file).
-from gen_jax import interrupts
+from gen_jax.runtime import interrupts
 
 if __name__ == "__main__":
   interrupts.install()
@@ -43,8 +43,8 @@ import shlex
 
 from absl import app, flags, logging
 
-# Before any JAX computation: XLA reads its flags once (see gen_jax/cpu_flags.py).
-from gen_jax import cpu_flags
+# Before any JAX computation: XLA reads its flags once (see gen_jax/runtime/cpu_flags.py).
+from gen_jax.runtime import cpu_flags
 
 cpu_flags.set_default_cpu_flags()
 
@@ -213,14 +213,14 @@ def define_flags(argv):
     "heartbeat_timeout",
     30,
     "--distributed: seconds after which a silent (dead) process ends the whole job; "
-    "see gen_jax/distributed.py.",
+    "see gen_jax/runtime/distributed.py.",
   )
   flags.DEFINE_bool(
     "compilation_cache",
     True,
     "Keep XLA's compiled programs on disk, so the next run of the same configuration "
     "starts without compiling them again (JAX's persistent compilation cache; see "
-    "gen_jax/compile_cache.py). --nocompilation_cache turns it off.",
+    "gen_jax/runtime/compile_cache.py). --nocompilation_cache turns it off.",
   )
   flags.DEFINE_string(
     "compilation_cache_dir",
@@ -254,7 +254,8 @@ DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "hear
 
 def _start_distributed(FLAGS) -> None:
   """jax.distributed with the flags' coordinator (else the environment's, else auto-detected)."""
-  from gen_jax import configs, distributed
+  from gen_jax import configs
+  from gen_jax.runtime import distributed
 
   try:
     distributed.initialize(
@@ -272,7 +273,8 @@ def _check_peers(FLAGS, config, workdir) -> None:
   """Every process must run the same experiment, mode, workdir and config, named explicitly."""
   import jax
 
-  from gen_jax import configs, distributed
+  from gen_jax import configs
+  from gen_jax.runtime import distributed
 
   if jax.process_count() > 1 and not FLAGS["workdir"].present:
     _fail("--distributed with several processes needs --workdir (the same shared folder for all)")
@@ -294,7 +296,8 @@ def main(argv, module):
       f"--mode={mode} does not apply to --experiment={FLAGS.experiment}: "
       "it runs as a whole with --mode=train (the default)"
     )
-  from gen_jax import compile_cache, train
+  from gen_jax import train
+  from gen_jax.runtime import compile_cache
 
   try:  # Before anything compiles: JAX opens the cache at the first compiled program.
     compile_cache.configure(enabled=FLAGS.compilation_cache, cache_dir=FLAGS.compilation_cache_dir)

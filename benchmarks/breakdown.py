@@ -30,7 +30,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gen_jax import cpu_flags
+from gen_jax.runtime import cpu_flags
 
 cpu_flags.set_default_cpu_flags()
 

@@ -46,7 +46,8 @@ def main():
 
   import jax
 
-  from gen_jax import sharding, train
+  from gen_jax import train
+  from gen_jax.train import sharding
 
   module = importlib.import_module(f"experiments.{args.experiment}")
   config = module.get_config()
@@ -106,7 +107,7 @@ def main():
       f"{row['total_mib'] / base['total_mib']:.3f}"
     )
   if args.out:
-    from gen_jax import fileio
+    from gen_jax.runtime import fileio
 
     fileio.write_atomically(args.out, json.dumps(rows, indent=2))
 

@@ -25,7 +25,7 @@ What is measured:
     two runtimes slowed each other down in one process. Each ours/peer pair
     alternates rounds (ours, peer, ours, ...), one process running while the
     other waits, and reports medians, so load changes hit both sides.
-  * XLA_FLAGS: gen_jax's CPU defaults (gen_jax/cpu_flags.py) are in effect
+  * XLA_FLAGS: gen_jax's CPU defaults (gen_jax/runtime/cpu_flags.py) are in effect
     unless GEN_JAX_CPU_FLAGS=0; the table's first line prints them.
 """
 
@@ -42,14 +42,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gen_jax import cpu_flags
+from gen_jax.runtime import cpu_flags
 
 cpu_flags.set_default_cpu_flags()
 
 import jax
 
 from experiments import ddpm_cifar, ddpm_digits
-from gen_jax import sharding, train
+from gen_jax import train
+from gen_jax.train import sharding
 
 # Dense datasheet peaks in TFLOP/s (SXM parts), by the compute dtype.
 GPU_PEAKS = {

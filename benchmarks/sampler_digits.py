@@ -26,8 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from experiments import ddpm_digits
-from gen_jax import data, evaluation, sharding, train
-from gen_jax.train import classifier
+from gen_jax import data, evaluation, train
+from gen_jax.train import classifier, sharding
 
 SAMPLERS = ("respaced", "ddim", "dpm++2m", "heun")
 

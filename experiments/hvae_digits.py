@@ -1,6 +1,6 @@
 """Hierarchical (top-down) VAE on scikit-learn's 8x8 digits (offline): 5 stochastic layers at 1x1, 4x4, 8x8, logistic mixtures.
 
-A ladder VAE in the style of VDVAE / NVAE (gen_jax.hvae, gen_jax.hvae_nets), scaled for 8x8 images:
+A ladder VAE in the style of VDVAE / NVAE (gen_jax.vae.hvae, gen_jax.nets.hvae), scaled for 8x8 images:
 a bottom-up encoder, a top-down decoder with stochastic layers at resolutions 1, 4 and 8, the
 ELBO as the reconstruction minus the analytic Gaussian KL of every layer, KL warm-up, optional free
 bits, softplus-bounded scales and skipped updates on gradient-norm spikes. --mode=eval reports the

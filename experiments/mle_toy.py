@@ -46,8 +46,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from gen_jax import checks, distributions, fileio, images, vae
+from gen_jax import checks, distributions, images, vae
 from gen_jax.configs import ConfigError
+from gen_jax.runtime import fileio
 from gen_jax.train import step as train_step_lib
 
 FITS = ("forward_gaussian", "forward_mixture", "reverse_gaussian")
@@ -296,7 +297,7 @@ def run(config, workdir: str) -> dict:
   log_p = np.asarray(log_density(target, eval_samples), np.float64)
   entropy, entropy_se = -log_p.mean(), log_p.std() / math.sqrt(log_p.size)
 
-  from gen_jax import summary  # tensorboardX only where logs are written.
+  from gen_jax.train import summary  # tensorboardX only where logs are written.
 
   writer = summary.MetricWriter(workdir)
   for i, step in enumerate(logged):

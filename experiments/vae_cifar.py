@@ -11,7 +11,8 @@ Run (needs TFDS's cifar10):
 
 import ml_collections
 
-from gen_jax import configs, decoders, models, nets
+from gen_jax import configs, models, nets
+from gen_jax.vae import decoders
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -13,7 +13,7 @@ Sections and the fields an experiment may add:
   optim    optimizer and learning-rate schedule
   sample   how samples are drawn: sampler, steps, guidance, how many
   eval     --mode=eval: likelihood and sample-quality settings
-  mesh     how the devices are used: fsdp > 1 shards the train state (gen_jax.sharding)
+  mesh     how the devices are used: fsdp > 1 shards the train state (gen_jax.train.sharding)
   model    the network; the library reads compute_dtype, remat (U-Nets),
            num_classes and cond_drop_prob (class-conditional diffusion)
   diffusion  the diffusion process (models.diffusion_config)
@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.fsdp = (
-    1  # shard params, grads, optimizer state, EMA this many ways (gen_jax.sharding)
+    1  # shard params, grads, optimizer state, EMA this many ways (gen_jax.train.sharding)
   )
   return config
 
@@ -249,7 +249,7 @@ def _check_model(model) -> None:
 
 def _check_vae_model(model) -> None:
   """The VAE and hierarchical-VAE fields (experiments vae_*, hvae_*), where present."""
-  from gen_jax import decoders
+  from gen_jax.vae import decoders
 
   if "likelihood" in model and model.likelihood not in decoders.LIKELIHOODS:
     _fail("model.likelihood", f"one of {decoders.LIKELIHOODS}", model.likelihood)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gen_jax import fileio
+from gen_jax.runtime import fileio
 
 
 def to_uint8(images) -> np.ndarray:
@@ -39,7 +39,7 @@ def grid(
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  """Writes a uint8 (H, W, C) image atomically (gen_jax.fileio)."""
+  """Writes a uint8 (H, W, C) image atomically (gen_jax.runtime.fileio)."""
   image = np.asarray(image)
   if image.shape[-1] == 1:
     image = image[..., 0]

@@ -4,7 +4,7 @@
 
 The .pth is pytorch-fid's port of TensorFlow's FID Inception graph (see the README for where to download it). The
 .npz holds the state dict unchanged: one float32 array per PyTorch name (e.g. 'Mixed_6b.branch7x7_2.conv.weight',
-PyTorch layout); gen_jax.inception transposes it into Flax's layout when loading, and checks every name and shape
+PyTorch layout); gen_jax.evaluation.inception transposes it into Flax's layout when loading, and checks every name and shape
 (this script checks them too, when gen_jax is importable).
 
 PyTorch files are pickles that point at raw tensor storage. They are read here with a restricted unpickler that
@@ -229,13 +229,13 @@ def main(argv=None) -> int:
   }
   try:  # Check names and shapes against the Flax network when gen_jax is importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from gen_jax import inception
+    from gen_jax.evaluation import inception
   except ImportError:
     print("gen_jax not importable: names and shapes not checked")
   else:
     inception.variables_from_state_dict(state_dict, source=args.pth)
-    print("names and shapes fit gen_jax.inception.FIDInceptionV3")
-  # Written under a temporary name, then renamed; by hand, not with gen_jax.fileio: this script
+    print("names and shapes fit gen_jax.evaluation.inception.FIDInceptionV3")
+  # Written under a temporary name, then renamed; by hand, not with gen_jax.runtime.fileio: this script
   # also runs where gen_jax is not importable (numpy alone).
   tmp = args.npz + ".tmp.npz"
   np.savez(tmp, **state_dict)

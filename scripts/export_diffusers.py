@@ -20,7 +20,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from gen_jax import cpu_flags
+from gen_jax.runtime import cpu_flags
 
 cpu_flags.set_default_cpu_flags()
 

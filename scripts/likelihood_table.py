@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compare_vae_diffusion import _grayscale, read_json, run_py, side_by_side
 
-from gen_jax import fileio
+from gen_jax.runtime import fileio
 
 EXPERIMENTS_DIR = os.path.join(REPO, "experiments")
 DEFAULT_EXPERIMENTS = ("vae_digits", "hvae_digits", "ddpm_digits", "vdm_digits")

@@ -123,7 +123,7 @@ def test_the_experiments_folder_is_not_installed_as_a_package():
 
 
 def test_importing_run_py_leaves_the_signal_handlers_alone(run_py):
-  """Only `python run.py` ends the process on Ctrl-C (gen_jax.interrupts); an importer (these
+  """Only `python run.py` ends the process on Ctrl-C (gen_jax.runtime.interrupts); an importer (these
   tests) keeps its own handlers."""
   assert signal.getsignal(signal.SIGINT) is not run_py.interrupts.handle
   assert signal.getsignal(signal.SIGTERM) is not run_py.interrupts.handle

@@ -1,4 +1,4 @@
-"""Start-up: gen_jax/compile_cache.py and run.py's persistent compilation cache (where it lives, what wins over
+"""Start-up: gen_jax/runtime/compile_cache.py and run.py's persistent compilation cache (where it lives, what wins over
 what, and that a second run.py of the same configuration loads its compiled programs instead of compiling
 them), and the imports a run pays for.
 """
@@ -12,7 +12,7 @@ import sys
 import jax
 import pytest
 
-from gen_jax import compile_cache
+from gen_jax.runtime import compile_cache
 from tests.support import runs
 
 _SETTINGS = (

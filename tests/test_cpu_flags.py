@@ -1,4 +1,4 @@
-"""gen_jax.cpu_flags: which XLA flags are added, when, and that XLA accepts them."""
+"""gen_jax.runtime.cpu_flags: which XLA flags are added, when, and that XLA accepts them."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import cpu_flags
+from gen_jax.runtime import cpu_flags
 from tests.support import runs
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
@@ -49,7 +49,7 @@ def test_installed_jaxlib_accepts_the_flags_and_convolves_correctly():
   code = f"""
 import os, sys, numpy as np
 sys.path.insert(0, {runs.REPO!r})
-from gen_jax import cpu_flags
+from gen_jax.runtime import cpu_flags
 added = cpu_flags.set_default_cpu_flags()
 import jax
 x = np.asarray({x.tolist()!r}, np.float32)

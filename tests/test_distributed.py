@@ -17,9 +17,10 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import distributed, train
+from gen_jax import train
 from gen_jax.configs import ConfigError
 from gen_jax.data import dataset as dataset_lib
+from gen_jax.runtime import distributed
 from tests.support import multiprocess
 from tests.support import runs as support
 

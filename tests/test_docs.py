@@ -82,7 +82,7 @@ def test_the_checker_catches_a_wrong_name():
       ],
     ),
     ("experiments/mle_toy.py", ["negative_log_likelihood", "forward_kl", "reverse_kl"]),
-    ("gen_jax/vae.py", ["elbo", "reparameterize", "iwae_bound"]),
+    ("gen_jax/vae/elbo.py", ["elbo", "reparameterize", "iwae_bound"]),
     ("gen_jax/diffusion/forward.py", ["q_step", "make_q_sample", "q_posterior"]),
     ("gen_jax/diffusion/reverse.py", ["p_mean_variance"]),
     ("gen_jax/diffusion/losses.py", ["simple_loss", "vlb_term", "prior_kl", "vlb_bits_per_dim"]),

@@ -17,7 +17,9 @@ import scipy.linalg
 import scipy.stats
 
 from experiments import ddpm_digits
-from gen_jax import checkpoint, data, evaluation, inception, sharding, train
+from gen_jax import data, evaluation, train
+from gen_jax.evaluation import inception
+from gen_jax.train import checkpoint, sharding
 from gen_jax.train import classifier as eval_classifier
 from tests.support import runs
 from tests.support.inception import random_variables as random_inception_variables

@@ -1,11 +1,11 @@
-"""gen_jax.fileio: atomic writes leave the old file or the new one, and no temporary file."""
+"""gen_jax.runtime.fileio: atomic writes leave the old file or the new one, and no temporary file."""
 
 import os
 
 import numpy as np
 import pytest
 
-from gen_jax import fileio
+from gen_jax.runtime import fileio
 
 
 def test_write_atomically_text_and_bytes(tmp_path):

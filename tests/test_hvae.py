@@ -1,4 +1,4 @@
-"""Tests of gen_jax.hvae with a linear-Gaussian hierarchy as the exact oracle (float64 numpy).
+"""Tests of gen_jax.vae.hvae with a linear-Gaussian hierarchy as the exact oracle (float64 numpy).
 
 Model, L = 3 layers of d = 2 latents, x in R^5:
   z_3 ~ N(0, I),  z_l | z_{l+1} ~ N(a_l * z_{l+1} + b_l, diag(v_l)) (l = 2, 1),
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gen_jax import hvae
+from gen_jax.vae import hvae
 
 L, D_LAT, D_OBS, S_OBS = 3, 2, 5, 0.4
 RNG = np.random.default_rng(0)
@@ -111,7 +111,7 @@ def gaussian_kl(m0, s0, m1, s1):
 
 
 def top_down(key, x, params):
-  """One top-down pass of the oracle through `params`' posterior with gen_jax.hvae: (log p(x|z), layers)."""
+  """One top-down pass of the oracle through `params`' posterior with gen_jax.vae.hvae: (log p(x|z), layers)."""
   x = jnp.asarray(x, jnp.float32)
   mu = jnp.asarray(MEAN[Z], jnp.float32) + (x - jnp.asarray(MEAN[X], jnp.float32)) @ jnp.asarray(
     GAIN.T, jnp.float32

@@ -1,4 +1,4 @@
-"""Tests of gen_jax.inception (the FID Inception-v3) and scripts/convert_inception_weights.py, without real weights.
+"""Tests of gen_jax.evaluation.inception (the FID Inception-v3) and scripts/convert_inception_weights.py, without real weights.
 
 No network here, so the published weights are never loaded: the tests check the architecture against
 torchvision's published parameter count, the layers' conventions (PyTorch weight layouts, BatchNorm, TF-style
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax import inception
+from gen_jax.evaluation import inception
 from tests.support import runs
 from tests.support.inception import random_variables
 

@@ -1,4 +1,4 @@
-"""diffusers UNet2DModel checkpoints in gen_jax (gen_jax.diffusers_unet, gen_jax.pretrained): the forward
+"""diffusers UNet2DModel checkpoints in gen_jax (gen_jax.pretrained.diffusers_unet, gen_jax.pretrained): the forward
 pass against diffusers' own on the same random weights, the weight and scheduler mappings, export and
 re-import, the error messages, and run.py --pretrained end to end.
 
@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen_jax import diffusers_unet, models, nets, pretrained
+from gen_jax import models, nets, pretrained
 from gen_jax.configs import ConfigError
-from gen_jax.diffusers_unet import DiffusersUNet, UNet2DSpec
+from gen_jax.pretrained import diffusers_unet
+from gen_jax.pretrained.diffusers_unet import DiffusersUNet, UNet2DSpec
 from gen_jax.train import workdir as workdir_lib
 from tests.support import runs
 

@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 
 from experiments import ddpm_toy2d
-from gen_jax import checkpoint, data, sharding, summary, train
+from gen_jax import data, train
+from gen_jax.train import checkpoint, sharding, summary
 from tests.support import runs
 from tests.support.faults import (
   TIMEOUT,

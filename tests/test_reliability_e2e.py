@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from experiments import ddpm_toy2d
-from gen_jax import checkpoint, fileio, train
-from gen_jax.train import loop, sampling
+from gen_jax import train
+from gen_jax.runtime import fileio
+from gen_jax.train import checkpoint, loop, sampling
 from tests.support import faults, runs
 from tests.support.faults import (
   TIMEOUT,

@@ -17,9 +17,10 @@ import jax
 import numpy as np
 import pytest
 
-from gen_jax import checkpoint, fileio, train
+from gen_jax import train
 from gen_jax.data import DataError, validation
-from gen_jax.train import faults, resume, workdir_lock
+from gen_jax.runtime import fileio
+from gen_jax.train import checkpoint, faults, resume, workdir_lock
 from gen_jax.train import workdir as workdir_lib
 from tests.support import runs
 from tests.support.faults import small_state

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from experiments import ddpm_toy2d
-from gen_jax import checkpoint, sharding, train
+from gen_jax import train
 from gen_jax.configs import ConfigError
+from gen_jax.train import checkpoint, sharding
 from tests.support import runs as support  # `runs` is a fixture here
 
 # Wider than support.TOY2D and a batch that 8 devices share, so the comparisons see a real model.

@@ -1,4 +1,4 @@
-"""Tests of gen_jax.train and gen_jax.checkpoint: exact resume, checkpoints, schedule, EMA, logs, one compile."""
+"""Tests of gen_jax.train and gen_jax.train.checkpoint: exact resume, checkpoints, schedule, EMA, logs, one compile."""
 
 import functools
 import glob
@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from experiments import ddpm_toy2d
-from gen_jax import checkpoint, configs, sharding, train
+from gen_jax import configs, train
+from gen_jax.train import checkpoint, sharding
 from tests.support import runs
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from experiments import ddpm_digits, ddpm_toy2d, mle_toy
-from gen_jax import data, sharding, train
-from gen_jax.train import classifier
+from gen_jax import data, train
+from gen_jax.train import classifier, sharding
 from gen_jax.train import step as step_lib
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

@@ -410,7 +410,7 @@ def test_vmap_equals_batched():
 
 
 # ---------------------------------------------------------------------------
-# gen_jax.decoders: a decoder's raw outputs read as a pixel likelihood
+# gen_jax.vae.decoders: a decoder's raw outputs read as a pixel likelihood
 # ---------------------------------------------------------------------------
 
 
@@ -418,7 +418,8 @@ def test_vmap_equals_batched():
 def test_decoder_likelihoods_are_distributions_on_the_8bit_grid(likelihood):
   """For any raw outputs, the 256 values of a pixel have probabilities summing to 1; the raw numbers are read in
   the documented order (mixture: K logits, K means, K log-scales) with the soft floor on log-scales."""
-  from gen_jax import decoders, distributions
+  from gen_jax import distributions
+  from gen_jax.vae import decoders
 
   k = 3
   p = decoders.num_outputs(likelihood, k)

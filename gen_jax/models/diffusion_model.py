@@ -9,13 +9,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax import (
-  diffusers_unet,
-  diffusion,
-  nets,
-)
+from gen_jax import diffusion, nets
 from gen_jax.configs import ConfigError
 from gen_jax.models._common import _mean
+from gen_jax.pretrained import diffusers_unet
 
 Array = jax.Array
 

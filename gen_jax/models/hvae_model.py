@@ -1,5 +1,5 @@
 """The top-down hierarchical VAE behind the model interface (gen_jax.models): HVAEModel and
-its builder; the mathematics is gen_jax.hvae, the networks gen_jax.hvae_nets."""
+its builder; the mathematics is gen_jax.vae.hvae, the networks gen_jax.nets.hvae."""
 
 import dataclasses
 import math
@@ -9,26 +9,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax import (
-  configs,
-  decoders,
-  hvae,
-  hvae_nets,
-)
+from gen_jax import configs
 from gen_jax.models._common import _BITS_PER_DIM, _describe_data, _likelihood_targets, _mean
+from gen_jax.nets import hvae as hvae_nets
+from gen_jax.vae import decoders, hvae
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class HVAEModel:
-  """A top-down hierarchical VAE (gen_jax.hvae; networks gen_jax.hvae_nets), trained on its ELBO.
+  """A top-down hierarchical VAE (gen_jax.vae.hvae; networks gen_jax.nets.hvae), trained on its ELBO.
 
   Attributes:
     encoder: bottom-up network x -> {resolution: features}.
     decoder: top-down network (key, features | None, num_samples) -> (raw outputs, layers).
     example_shape: shape of one image.
-    likelihood, num_mixtures, binarize: p(x | z_1), as VAEModel's (gen_jax.decoders).
+    likelihood, num_mixtures, binarize: p(x | z_1), as VAEModel's (gen_jax.vae.decoders).
     kl_warmup_steps: the KL's weight rises linearly from 0 to 1 over these steps (0: always 1).
     free_bits: nats per layer below which a layer's batch-mean KL is not pushed down (0: off).
     iwae_samples, iwae_chunk: K of the importance-weighted bound in `evaluate`, and how many

@@ -8,12 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax import (
-  decoders,
-  nets,
-  vae,
-)
+from gen_jax import nets, vae
 from gen_jax.models._common import _BITS_PER_DIM, _describe_data, _likelihood_targets, _mean
+from gen_jax.vae import decoders
 
 Array = jax.Array
 
@@ -24,7 +21,7 @@ class VAEModel:
 
   Attributes:
     encoder: Flax module x -> (mean, logvar), each (B, latent_dim).
-    decoder: Flax module z -> raw outputs (B, *example_shape, P), read by gen_jax.decoders as
+    decoder: Flax module z -> raw outputs (B, *example_shape, P), read by gen_jax.vae.decoders as
       the likelihood's parameters (P = decoders.num_outputs(likelihood, num_mixtures)).
     example_shape: shape of one data example.
     latent_dim: size of z.

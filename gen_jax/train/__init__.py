@@ -39,52 +39,83 @@ a resumed run continues exactly as an uninterrupted one. How train() survives
 signals, kills, NaNs and changed configs is in its docstring.
 """
 
-from gen_jax.checkpoint import NoCheckpointError, UnreadableCheckpointError
-from gen_jax.configs import ConfigError
-from gen_jax.configs import validate as validate_config
-from gen_jax.data import DataError
-from gen_jax.fileio import DiskFullError
-from gen_jax.inception import InceptionWeightsError
-from gen_jax.train.classifier import load_or_train_classifier, train_classifier
-from gen_jax.train.eval_checkpoint import evaluate, read_images
-from gen_jax.train.faults import (
-  NonFiniteError,
-  OutOfMemoryError,
-  StopOnSignal,
-  TrainingInterrupted,
-)
-from gen_jax.train.loop import train
-from gen_jax.train.resume import RESUMABLE_CHANGES, check_resume_config, config_changes
-from gen_jax.train.rng import STREAMS, stream
-from gen_jax.train.run_setup import BuildFn, Run, open_run
-from gen_jax.train.sampling import class_grid_labels, draw_samples, sample
-from gen_jax.train.step import (
-  HALT,
-  MAX_CONSECUTIVE_NONFINITE,
-  TrainState,
-  init_state,
-  jit_train_step,
-  learning_rate_schedule,
-  make_optimizer,
-  make_train_step,
-  train_step_for,
-)
-from gen_jax.train.workdir import new_workdir, newest_workdir, with_saved_config
-from gen_jax.train.workdir_lock import WorkdirLockedError
+import importlib
+
+# name -> (module, attribute): resolved on first use (PEP 562), so that `import gen_jax.train`
+# (or one of its modules) loads neither the Inception network nor the evaluation code.
+_LAZY = {
+  "BuildFn": ("gen_jax.train.run_setup", "BuildFn"),
+  "ConfigError": ("gen_jax.configs", "ConfigError"),
+  "DataError": ("gen_jax.data", "DataError"),
+  "DiskFullError": ("gen_jax.runtime.fileio", "DiskFullError"),
+  "HALT": ("gen_jax.train.step", "HALT"),
+  "InceptionWeightsError": ("gen_jax.evaluation.inception", "InceptionWeightsError"),
+  "MAX_CONSECUTIVE_NONFINITE": ("gen_jax.train.step", "MAX_CONSECUTIVE_NONFINITE"),
+  "NoCheckpointError": ("gen_jax.train.checkpoint", "NoCheckpointError"),
+  "NonFiniteError": ("gen_jax.train.faults", "NonFiniteError"),
+  "OutOfMemoryError": ("gen_jax.train.faults", "OutOfMemoryError"),
+  "RESUMABLE_CHANGES": ("gen_jax.train.resume", "RESUMABLE_CHANGES"),
+  "Run": ("gen_jax.train.run_setup", "Run"),
+  "STREAMS": ("gen_jax.train.rng", "STREAMS"),
+  "StopOnSignal": ("gen_jax.train.faults", "StopOnSignal"),
+  "TrainState": ("gen_jax.train.step", "TrainState"),
+  "TrainingInterrupted": ("gen_jax.train.faults", "TrainingInterrupted"),
+  "UnreadableCheckpointError": ("gen_jax.train.checkpoint", "UnreadableCheckpointError"),
+  "WorkdirLockedError": ("gen_jax.train.workdir_lock", "WorkdirLockedError"),
+  "check_resume_config": ("gen_jax.train.resume", "check_resume_config"),
+  "class_grid_labels": ("gen_jax.train.sampling", "class_grid_labels"),
+  "config_changes": ("gen_jax.train.resume", "config_changes"),
+  "draw_samples": ("gen_jax.train.sampling", "draw_samples"),
+  "evaluate": ("gen_jax.train.eval_checkpoint", "evaluate"),
+  "init_state": ("gen_jax.train.step", "init_state"),
+  "jit_train_step": ("gen_jax.train.step", "jit_train_step"),
+  "learning_rate_schedule": ("gen_jax.train.step", "learning_rate_schedule"),
+  "load_or_train_classifier": ("gen_jax.train.classifier", "load_or_train_classifier"),
+  "make_optimizer": ("gen_jax.train.step", "make_optimizer"),
+  "make_train_step": ("gen_jax.train.step", "make_train_step"),
+  "new_workdir": ("gen_jax.train.workdir", "new_workdir"),
+  "newest_workdir": ("gen_jax.train.workdir", "newest_workdir"),
+  "open_run": ("gen_jax.train.run_setup", "open_run"),
+  "read_images": ("gen_jax.train.eval_checkpoint", "read_images"),
+  "sample": ("gen_jax.train.sampling", "sample"),
+  "stream": ("gen_jax.train.rng", "stream"),
+  "train": ("gen_jax.train.loop", "train"),
+  "train_classifier": ("gen_jax.train.classifier", "train_classifier"),
+  "train_step_for": ("gen_jax.train.step", "train_step_for"),
+  "validate_config": ("gen_jax.configs", "validate"),
+  "with_saved_config": ("gen_jax.train.workdir", "with_saved_config"),
+}
 
 # The errors that mean "change the input": a bad config or argument, missing or bad data,
 # no checkpoint to read, a run that went non-finite. A command line shows them in one line;
 # anything else is a bug and keeps its traceback.
-USER_ERRORS = (
-  ConfigError,
-  DataError,
-  NoCheckpointError,
-  UnreadableCheckpointError,
-  NonFiniteError,
-  InceptionWeightsError,
-  DiskFullError,  # full disk or quota: free space, resume
-  OutOfMemoryError,  # smaller batch or images
+_USER_ERROR_NAMES = (
+  "ConfigError",
+  "DataError",
+  "NoCheckpointError",
+  "UnreadableCheckpointError",
+  "NonFiniteError",
+  "InceptionWeightsError",
+  "DiskFullError",  # full disk or quota: free space, resume
+  "OutOfMemoryError",  # smaller batch or images
 )
+
+
+def __getattr__(name):
+  if name == "USER_ERRORS":
+    value = tuple(__getattr__(n) for n in _USER_ERROR_NAMES)
+  elif name in _LAZY:
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module), attribute)
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY) | {"USER_ERRORS"})
+
 
 __all__ = [
   "HALT",

@@ -19,8 +19,9 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from gen_jax import checkpoint, checks, fileio, nets, sharding
-from gen_jax.train import rng, step
+from gen_jax import checks, nets
+from gen_jax.runtime import fileio
+from gen_jax.train import checkpoint, rng, sharding, step
 
 CLASSIFIER_DIR = "eval_classifier"
 CLASSIFIER_BATCH_SIZE = 128

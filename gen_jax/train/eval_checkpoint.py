@@ -14,9 +14,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from gen_jax import data, evaluation, fileio, inception, sharding
+from gen_jax import data, evaluation
 from gen_jax.configs import ConfigError
-from gen_jax.train import classifier, faults, rng
+from gen_jax.evaluation import inception
+from gen_jax.runtime import fileio
+from gen_jax.train import classifier, faults, rng, sharding
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, check_sampler, open_run
 from gen_jax.train.sampling import class_grid_labels, draw_samples
@@ -52,7 +54,7 @@ def evaluate(
       their real-data floors, the classifier's test accuracy and every setting
       (samples.seconds: the wall time of drawing them, compilation included);
     inception: the same with the FID Inception-v3 (RGB data): FID and IS when
-      `inception_weights` (an .npz, see gen_jax.inception) is given, else
+      `inception_weights` (an .npz, see gen_jax.evaluation.inception) is given, else
       {'skipped': why}.
   A part that cannot be computed holds {'skipped': why} instead.
   """
@@ -316,7 +318,7 @@ def _evaluate_samples(
       reference=reference,
       weights=os.path.abspath(inception_weights),
       feature_space={
-        "network": "FID Inception-v3 (gen_jax.inception, pytorch-fid's graph)",
+        "network": "FID Inception-v3 (gen_jax.evaluation.inception, pytorch-fid's graph)",
         "features": "2048-d pool features",
         "probabilities": "softmax over 1008 logits",
         "is_splits": num_splits,

@@ -20,7 +20,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from gen_jax import checkpoint, fileio
+from gen_jax.runtime import fileio
+from gen_jax.train import checkpoint
 from gen_jax.train.step import HALT, MAX_CONSECUTIVE_NONFINITE
 
 

@@ -17,8 +17,10 @@ import os
 import jax
 import jax.numpy as jnp
 
-from gen_jax import checkpoint, diffusers_unet, nets, pretrained, sharding
+from gen_jax import nets, pretrained
 from gen_jax.configs import ConfigError
+from gen_jax.pretrained import diffusers_unet
+from gen_jax.train import checkpoint, sharding
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, open_run

@@ -17,9 +17,9 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from gen_jax import checkpoint, data, images, sharding, summary
+from gen_jax import data, images
 from gen_jax.configs import ConfigError
-from gen_jax.train import faults, from_pretrained, rng, workdir_lock
+from gen_jax.train import checkpoint, faults, from_pretrained, rng, sharding, summary, workdir_lock
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, open_run

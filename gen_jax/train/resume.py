@@ -12,8 +12,8 @@ import shutil
 
 import jax
 
-from gen_jax import checkpoint
 from gen_jax.configs import ConfigError
+from gen_jax.train import checkpoint
 from gen_jax.train import workdir as workdir_lib
 
 # Config keys a resumed run may change: they leave the model, the data and the

@@ -18,10 +18,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from gen_jax import checkpoint, configs, data, sharding
+from gen_jax import configs, data
 from gen_jax.configs import ConfigError
 from gen_jax.data import validation
-from gen_jax.train import resume, step
+from gen_jax.train import checkpoint, resume, sharding, step
 from gen_jax.train import workdir as workdir_lib
 
 BuildFn = Callable[[ml_collections.ConfigDict, tuple], Any]

@@ -14,8 +14,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from gen_jax import checks, data, fileio, images
+from gen_jax import checks, data, images
 from gen_jax.configs import ConfigError
+from gen_jax.runtime import fileio
 from gen_jax.train import faults, rng
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, check_sampler, open_run

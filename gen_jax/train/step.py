@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gen_jax import sharding
+from gen_jax.train import sharding
 
 # With train.skip_nonfinite, this many non-finite gradients in a row stop training (NonFiniteError).
 MAX_CONSECUTIVE_NONFINITE = 20

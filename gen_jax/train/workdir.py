@@ -17,8 +17,9 @@ import json
 import os
 import platform
 
-from gen_jax import checkpoint, fileio
 from gen_jax.configs import ConfigError
+from gen_jax.runtime import fileio
+from gen_jax.train import checkpoint
 
 CONFIG_FILE = "config.json"
 DATA_SPEC = "data_spec.json"

@@ -35,8 +35,8 @@ try:
 except ImportError:  # Windows: no flock; lock.json alone decides
   fcntl = None
 
-from gen_jax import fileio
 from gen_jax.configs import ConfigError
+from gen_jax.runtime import fileio
 
 LOCK_FILE = ".lock"
 OWNER_FILE = "lock.json"

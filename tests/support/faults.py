@@ -14,7 +14,8 @@ import numpy as np
 import optax
 
 from experiments import ddpm_toy2d
-from gen_jax import checkpoint, train
+from gen_jax import train
+from gen_jax.train import checkpoint
 from tests.support import runs
 
 TIMEOUT = 120  # seconds, for any one subprocess

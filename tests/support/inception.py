@@ -5,7 +5,7 @@ import math
 import jax
 import numpy as np
 
-from gen_jax import inception
+from gen_jax.evaluation import inception
 
 
 def random_variables(seed=0):

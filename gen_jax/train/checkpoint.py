@@ -9,7 +9,7 @@ can still be unreadable (a disk error, a partial copy, a hand edit), so
 resuming goes through `restore_newest`, which tries the steps newest first and
 sets aside (and reports) the ones that cannot be restored.
 Small numpy pytrees (the evaluation classifier) are saved as npz files through
-gen_jax.fileio (a temporary name, then renamed). `saved_steps` is the one
+gen_jax.runtime.fileio (a temporary name, then renamed). `saved_steps` is the one
 place that decides what counts as a checkpoint on disk.
 """
 
@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from gen_jax import fileio
+from gen_jax.runtime import fileio
 
 # The name orbax gives an unfinished save (`<step>.orbax-checkpoint-tmp`), as a kill -9 mid-save
 # leaves it.

@@ -16,13 +16,12 @@ summary of eval.json.
 
 Where the rest lives: the feature spaces are the evaluation classifier
 (gen_jax.train.classifier, trained through the shared train step) and the FID
-Inception-v3 (gen_jax.inception); networks are applied to host arrays by
-gen_jax.sharding.map_batches; gen_jax.train.evaluate assembles eval.json. The
+Inception-v3 (gen_jax.evaluation.inception); networks are applied to host arrays by
+gen_jax.train.sharding.map_batches; gen_jax.train.evaluate assembles eval.json. The
 names that lived here before (train_classifier, map_batches, ...) still
 resolve, to those modules.
 """
 
-import importlib
 import os
 from typing import Any
 
@@ -34,19 +33,6 @@ from gen_jax import images
 
 Array = Any  # numpy or jax array
 
-# Names that moved, and their modules now (resolved on first use: gen_jax.train imports this module).
-_MOVED = {
-  "map_batches": "gen_jax.sharding",
-  "jit_for_mesh": "gen_jax.sharding",
-  "CLASSIFIER_DIR": "gen_jax.train.classifier",
-  "CLASSIFIER_BATCH_SIZE": "gen_jax.train.classifier",
-  "CLASSIFIER_LEARNING_RATE": "gen_jax.train.classifier",
-  "make_classifier": "gen_jax.train.classifier",
-  "train_classifier": "gen_jax.train.classifier",
-  "classifier_outputs": "gen_jax.train.classifier",
-  "classifier_accuracy": "gen_jax.train.classifier",
-  "load_or_train_classifier": "gen_jax.train.classifier",
-}
 # Fixed, so that the two halves of the test split are the same in every evaluation.
 _HALVES_SEED = 0
 
@@ -330,8 +316,3 @@ def summary(results: dict, workdir: str = "", *, json_path: str | None = None) -
     )
   return "\n".join(lines)
 
-
-def __getattr__(name):
-  if name in _MOVED:
-    return getattr(importlib.import_module(_MOVED[name]), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -81,7 +81,7 @@ def set_default_cpu_flags(environ=None) -> list[str]:
     return []
   if _backends_started():
     warnings.warn(
-      "gen_jax.cpu_flags: XLA has already started, so its CPU flags "
+      "gen_jax.runtime.cpu_flags: XLA has already started, so its CPU flags "
       f"{added} are not set; call set_default_cpu_flags() before the "
       "first JAX computation",
       stacklevel=2,

@@ -8,12 +8,12 @@
               posterior  q(z_l | h, x) = N(mu_q, sigma_q), from a block on [h, encoder(x)_r],
               z_l ~ q (or ~ p when generating), h <- h + proj(z_l), h <- h + block(h),
             nearest-neighbour upsampling between resolutions, and an output head giving P raw
-            numbers per channel of each pixel, (B, H, W, C, P), for gen_jax.decoders.
+            numbers per channel of each pixel, (B, H, W, C, P), for gen_jax.vae.decoders.
 
 Scales are softplus-bounded (hvae.bounded_logvar): sigma = min_scale + softplus(raw + offset), the
 offset making sigma = 1 at raw = 0. Every residual branch ends in a zero-initialised convolution, so
 the network starts as the identity plus the prior's N(0, 1) (VDVAE scales these layers down; zero is
-the limit of that). The math of each layer is gen_jax.hvae.stochastic_layer.
+the limit of that). The math of each layer is gen_jax.vae.hvae.stochastic_layer.
 """
 
 import math
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen_jax import hvae
+from gen_jax.vae import hvae
 
 zeros_init = nn.initializers.zeros
 

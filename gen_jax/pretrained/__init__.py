@@ -36,15 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from gen_jax import fileio
 from gen_jax.configs import ConfigError
-from gen_jax.diffusers_unet import (
+from gen_jax.pretrained.diffusers_unet import (
   DiffusersUNet,
   UNet2DSpec,
   UnsupportedConfigError,
   params_from_state_dict,
   state_dict_from_params,
 )
+from gen_jax.runtime import fileio
 
 CONFIG = "config.json"
 SAFETENSORS = "diffusion_pytorch_model.safetensors"

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Iterator
 
-from gen_jax import interrupts
+from gen_jax.runtime import interrupts
 
 # `.<name>.<pid>.tmp<ext>` (this module), and `<name><ext>.tmp<ext>` (gen_jax before 2026-11-30).
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(\.[^.]+)?$|^.+(\.[^.]+)\.tmp\3$")
@@ -62,7 +62,7 @@ def atomic_path(path: str) -> Iterator[str]:
 
   The temporary name keeps the extension (`x.png` -> `.x.png.<pid>.tmp.png`), so
   writers that choose a format by extension (PIL, np.savez) work unchanged.
-  If the block raises, or a signal ends the process (gen_jax.interrupts), the
+  If the block raises, or a signal ends the process (gen_jax.runtime.interrupts), the
   temporary file is removed and `path` is untouched. ENOSPC becomes DiskFullError.
   """
   tmp = temporary_path(path)

@@ -10,7 +10,7 @@ unwinds through C++ frames, and the interpreter's shutdown with XLA threads
 still running can end in a segmentation fault (seen with --mode=eval). So no
 exception is raised at all:
 the handler writes one line, removes the temporary files being written
-(gen_jax.fileio registers them) and ends the process with os._exit, which
+(gen_jax.runtime.fileio registers them) and ends the process with os._exit, which
 runs no destructors. That is safe because every file gen_jax writes is
 atomic (a temporary name, then a rename; orbax saves likewise) or, for the
 appended metrics.jsonl, read back without a last line cut short, so a

@@ -138,7 +138,7 @@ def log_mean_exp_chunked(key, log_weights_fn, num_samples: int, chunk_size: int)
   """log (1/K) sum_k exp(w_k) over K = num_samples log-weights drawn chunk by chunk.
 
   The importance-weighted bound of any latent-variable model (this module's
-  VAE, gen_jax.hvae's hierarchy): log_weights_fn(key) returns `chunk_size`
+  VAE, gen_jax.vae.hvae's hierarchy): log_weights_fn(key) returns `chunk_size`
   draws of log w = log p(x, z) - log q(z | x), shape (chunk_size, ...). With
   one chunk it is called once with `key`; with several, with
   jax.random.split(key, K / chunk_size) in a lax.scan carrying a running

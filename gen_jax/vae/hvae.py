@@ -12,7 +12,7 @@ given the z's above:
 
   ELBO(x) = E_q[ log p(x | z) ] - sum_l E_q[ KL(q(z_l | z_{>l}, x) || p(z_l | z_{>l})) ]  <=  log p(x),
 
-estimated with one pass. The network (gen_jax.hvae_nets) calls `stochastic_layer` once per layer;
+estimated with one pass. The network (gen_jax.nets.hvae) calls `stochastic_layer` once per layer;
 the functions here turn its LayerSample records into the bound, the training objective (KL warm-up,
 free bits) and the importance-weighted bound. Per-example arrays have shape (B,); a layer's latent
 has any shape (B, ...) (a feature map in the networks, a vector in the tests).
@@ -24,7 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gen_jax import distributions, vae
+from gen_jax import distributions
+from gen_jax.vae.elbo import log_mean_exp_chunked, reparameterize
 
 Array = jax.Array
 
@@ -79,7 +80,7 @@ def stochastic_layer(
       "stochastic_layer: posterior_mean, posterior_logvar, prior_mean must have one shape, got "
       f"{posterior_mean.shape}, {posterior_logvar.shape}, {prior_mean.shape}"
     )
-  z = vae.reparameterize(key, posterior_mean, posterior_logvar)
+  z = reparameterize(key, posterior_mean, posterior_logvar)
   return LayerSample(
     z=z,
     kl=_sum_per_example(
@@ -144,10 +145,10 @@ def iwae_bound(
   through the posterior (the networks run them as one pass over the batch repeated n times, so
   the bottom-up features are computed once and the batch axis keeps its layout over devices).
   The K passes come `chunk_size` at a time (default: all K), with a running logsumexp over the
-  chunks (vae.log_mean_exp_chunked), so memory stays one chunk's for K = 5000.
+  chunks (log_mean_exp_chunked), so memory stays one chunk's for K = 5000.
   """
   chunk = num_samples if chunk_size is None else chunk_size
-  return vae.log_mean_exp_chunked(key, lambda k: log_weights_fn(k, chunk), num_samples, chunk)
+  return log_mean_exp_chunked(key, lambda k: log_weights_fn(k, chunk), num_samples, chunk)
 
 
 def kl_warmup_weight(step, warmup_steps: int) -> Array:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from gen_jax import fileio
+from gen_jax.runtime import fileio
 
 METRICS_FILE = "metrics.jsonl"
 
