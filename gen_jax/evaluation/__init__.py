@@ -315,4 +315,3 @@ def summary(results: dict, workdir: str = "", *, json_path: str | None = None) -
       f"  all figures and their setup: {json_path or os.path.join(workdir, 'eval.json')}"
     )
   return "\n".join(lines)
-
