@@ -26,6 +26,7 @@ extensions = [
   "sphinx.ext.mathjax",
   "sphinx.ext.viewcode",
   "plain_docstrings",
+  "source_links",
 ]
 source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build"]
