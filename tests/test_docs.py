@@ -1,19 +1,30 @@
-"""docs/math.md cannot rot: its Python blocks run in order, its links resolve,
-every `name` it links is defined in the file it links to, and it covers the
-lecture's equations."""
+"""The documentation cannot rot.
 
+docs/math.md: its Python blocks run in order, its links resolve, every `name` it links is defined
+in the file it links to, and it covers the lecture's equations. Every other page (README.md,
+docs/*.md): each Python block runs on its own and gives what its comments promise; every relative
+link points to a file that exists, and to a heading of it; every page is in the site's table of
+contents. A region between `<!-- not-executed -->` and `<!-- /not-executed -->` is neither run nor
+checked (tests/support/pages.py). The commands of the pages are checked in tests/test_readme.py.
+"""
+
+import functools
+import importlib.util
+import math
 import os
 import re
 
+import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import pages
+
+REPO = pages.REPO
 DOC = os.path.join(REPO, "docs", "math.md")
 
 
 def _text():
-  with open(DOC) as f:
-    return f.read()
+  return pages.read(DOC)
 
 
 def _links(text):
@@ -33,7 +44,7 @@ def _defines(path, name):
 @pytest.mark.slow
 def test_python_blocks_run_in_order(monkeypatch):
   monkeypatch.chdir(REPO)  # the page says: run from the repository root
-  blocks = re.findall(r"```python\n(.*?)```", _text(), flags=re.S)
+  blocks = pages.blocks(pages.executed(_text()), "python")
   assert len(blocks) >= 10
   namespace = {}
   for index, code in enumerate(blocks):
@@ -118,3 +129,171 @@ def test_readme_links_the_page_at_the_top():
   with open(os.path.join(REPO, "README.md")) as f:
     head = "".join(f.readlines()[:20])
   assert "(docs/math.md)" in head
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every page: its Python blocks, its links, the site's table of contents
+
+# (page, index) of every Python block outside docs/math.md, whose blocks build on each other (above).
+BLOCKS = [
+  (pages.name(path), index)
+  for path in pages.PAGES
+  if path != DOC
+  for index in range(len(pages.blocks(pages.executed(pages.read(path)), "python")))
+]
+
+
+@functools.cache
+def _run_block(page, index):
+  """The names one block defines, once per session."""
+  code = pages.blocks(pages.executed(pages.read(os.path.join(REPO, page))), "python")[index]
+  namespace = {}
+  exec(compile(code, f"{page} python block {index}", "exec"), namespace)
+  return namespace
+
+
+def _block_with(text):
+  """The names defined by the one block that contains `text`."""
+  (found,) = [
+    (page, index)
+    for page, index in BLOCKS
+    if text in pages.blocks(pages.executed(pages.read(os.path.join(REPO, page))), "python")[index]
+  ]
+  return _run_block(*found)
+
+
+@pytest.mark.parametrize("page,index", BLOCKS)
+@pytest.mark.slow
+def test_python_block_runs(page, index):
+  _run_block(page, index)
+
+
+@pytest.mark.slow
+def test_math_core_block_gives_the_shapes_and_values_it_names():
+  out = _block_with("vae.iwae_bound")
+  assert out["x_t"].shape == out["x0"].shape == (16, 8, 8, 1)
+  assert out["losses"].shape == (16,) and out["v_losses"].shape == (16,)
+  assert out["samples"].shape == (16, 8, 8, 1) and np.all(np.isfinite(out["samples"]))
+  assert out["log_p"].shape == (4,) and np.all(np.isfinite(out["log_p"]))
+  # The encoder is the prior N(0, I) itself, so KL = 0; the decoder's x = (z1 + z2) 1 + noise makes
+  # x ~ N(0, I + 2 11^T), so log p(1) = -1.5 log 2pi - 0.5 log 7 - 3 / 14, which K = 1000 nearly attains.
+  np.testing.assert_array_equal(out["terms"].kl, np.zeros(4))
+  log_px = -1.5 * math.log(2 * math.pi) - 0.5 * math.log(7.0) - 3.0 / 14.0
+  np.testing.assert_allclose(out["nll"], np.full(4, -log_px), atol=0.05)
+
+
+def test_evaluation_block_gives_the_values_its_comments_promise():
+  out = _block_with("evaluation.frechet_distance")
+  assert out["fd"] == pytest.approx(8 * 0.5**2, abs=0.2)  # "about 8 * 0.5**2 = 2"
+  assert out["score"] == pytest.approx(10.0, abs=0.1)  # "confident, varied: about 10"
+
+
+def _slugs(path):
+  """The anchors of a page's headings, as GitHub and MyST make them (a repeat gets -1, -2, ...)."""
+  slugs = set()
+  for title in re.findall(
+    r"^#{1,6} +(.+?) *$", re.sub(r"```.*?```", "", pages.read(path), flags=re.S), flags=re.M
+  ):
+    slug = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+    repeat, unique = 0, slug
+    while unique in slugs:
+      repeat += 1
+      unique = f"{slug}-{repeat}"
+    slugs.add(unique)
+  return slugs
+
+
+def _broken_links(path):
+  """The relative links of a page (code blocks aside) whose file, or heading, does not exist."""
+  text = re.sub(r"```.*?```", "", pages.read(path), flags=re.S)
+  broken = []
+  for _, target in _links(text):
+    file, _, anchor = target.partition("#")
+    full = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+    if not os.path.exists(full):
+      broken.append(f"{target}: no such file")
+    elif anchor and full.endswith(".md") and anchor not in _slugs(full):
+      broken.append(f"{target}: no heading #{anchor} in {pages.name(full)}")
+  return broken
+
+
+@pytest.mark.parametrize("page", [pages.name(path) for path in pages.PAGES])
+def test_relative_links_point_to_existing_files_and_headings(page):
+  assert not _broken_links(os.path.join(REPO, page))
+
+
+def test_the_link_checker_catches_a_missing_file_and_heading(tmp_path):
+  (tmp_path / "a.md").write_text("# A page\n\n## Its part\n")
+  (tmp_path / "b.md").write_text(
+    "[ok](a.md#its-part) [top](#b) [file](a.md) [gone](c.md) [wrong](a.md#its-whole)\n"
+    "```bash\n[in code](d.md)\n```\n# B\n"
+  )
+  assert _broken_links(str(tmp_path / "b.md")) == [
+    "c.md: no such file",
+    f"a.md#its-whole: no heading #its-whole in {pages.name(str(tmp_path / 'a.md'))}",
+  ]
+  assert {"a-page", "its-part"} == _slugs(str(tmp_path / "a.md"))
+  assert "evaluation---modeeval" in _slugs(os.path.join(REPO, "docs", "likelihoods.md"))
+
+
+def test_not_executed_regions_are_closed():
+  for path in pages.PAGES:
+    markers = re.findall(r"<!-- (/?)not-executed -->", pages.read(path))
+    assert markers == ["", "/"] * (len(markers) // 2), (
+      f"{pages.name(path)}: unbalanced not-executed markers"
+    )
+
+
+def test_every_page_is_in_the_sites_table_of_contents():
+  """docs/index.md's toctrees list every page of docs/ and docs/api/ (Sphinx would warn, in CI)."""
+  index = pages.read(os.path.join(pages.DOCS, "index.md"))
+  listed = {
+    line.strip()
+    for block in re.findall(r"```\{toctree\}\n(.*?)```", index, flags=re.S)
+    for line in block.splitlines()
+  }
+  for path in pages.PAGES[1:]:
+    entry = os.path.splitext(os.path.relpath(path, pages.DOCS))[0]
+    assert entry == "index" or entry in listed, f"docs/index.md does not list {entry}"
+
+
+def test_plain_docstrings_become_restructuredtext():
+  """docs/_ext/plain_docstrings.py: indented runs become literal blocks, stray * and | are escaped,
+  a Returns: that names several values becomes a list, and napoleon's sections are left to it."""
+  spec = importlib.util.spec_from_file_location(
+    "plain_docstrings", os.path.join(pages.DOCS, "_ext", "plain_docstrings.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  docstring = [
+    "Loss per example with",
+    "  eps: target = noise,",
+    "       the MSE;",
+    "where `f`(x) is |x|, shape (B, *rest).",
+    "",
+    "Args:",
+    "  x: (B, *rest), see `g`.",
+    "",
+    "Returns:",
+    "  fd_a: the first;",
+    "  fd_b: the second, over",
+    "    two lines.",
+  ]
+  assert module.convert(docstring) == [
+    "Loss per example with ::",
+    "",
+    "  eps: target = noise,",
+    "       the MSE;",
+    "",
+    "where `f`\\ (x) is \\|x\\|, shape (B, \\*rest).",
+    "",
+    "Args:",
+    "  x: (B, \\*rest), see `g`.",
+    "",
+    ":returns:",
+    "",
+    "   * fd_a: the first;",
+    "   * fd_b: the second, over",
+    "     two lines.",
+    "",
+  ]

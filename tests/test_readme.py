@@ -1,34 +1,31 @@
-"""The README's Python examples run and give what they say, and its commands name real flags and fields.
+"""The commands of README.md and docs/*.md name real flags and fields.
 
 The flags are run.py's own (`python run.py --helpxml`, once), the config fields each experiment's
-get_config(): removing a flag from run.py, or renaming a field, fails here until the README follows.
-test_the_checker_catches_* shows that the checks can fail.
+get_config(): removing a flag from run.py, or renaming a field, fails here until the pages follow.
+test_the_checker_catches_* shows that the checks can fail. The pages' Python snippets run in
+tests/test_docs.py; a region between `<!-- not-executed -->` and `<!-- /not-executed -->` is
+skipped by both (tests/support/pages.py).
 """
 
-import functools
-import math
-import os
 import re
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import pytest
 
 import run
-from tests.support import runs
+from tests.support import pages, runs
 
-README = os.path.join(runs.REPO, "README.md")
 # `python run.py` and its arguments, up to the end of the line, a comment, a closing quote or backtick.
 COMMAND = re.compile(r"python run\.py\b([^#\"`\n]*)")
 
 
+def _texts():
+  """Every page's executed text, README first."""
+  return [pages.executed(pages.read(path)) for path in pages.PAGES]
+
+
 def _text():
-  with open(README) as f:
-    return f.read()
-
-
-def _blocks(language):
-  return re.findall(rf"```{language}\n(.*?)```", _text(), flags=re.S)
+  return "\n".join(_texts())
 
 
 def _commands(text):
@@ -101,8 +98,8 @@ def problems(command, flags, configs):
 
 
 def test_commands_use_known_experiments_flags_and_config_fields(run_py_flags, experiment_configs):
-  commands = _commands(_text())
-  assert len(commands) > 20, commands  # the README's commands were found
+  commands = [command for text in _texts() for command in _commands(text)]
+  assert len(commands) > 20, commands  # the pages' commands were found
   wrong = {c: found for c in commands if (found := problems(c, run_py_flags, experiment_configs))}
   assert not wrong, wrong
 
@@ -110,7 +107,7 @@ def test_commands_use_known_experiments_flags_and_config_fields(run_py_flags, ex
 def test_every_config_field_the_prose_names_exists(experiment_configs):
   """`--config.<path>` outside a command (prose, other scripts' flags) names a field of some experiment."""
   paths = set(re.findall(r"--(?:no)?config\.([a-z0-9_.]*[a-z0-9_])", _text()))
-  assert paths, "no --config.<path> found in the README"
+  assert paths, "no --config.<path> found in the pages"
   unknown = [p for p in paths if not any(_has_field(c, p) for c in experiment_configs.values())]
   assert not unknown, unknown
 
@@ -136,45 +133,12 @@ def test_the_checker_catches_a_misspelled_field_a_removed_flag_and_a_bad_value(
   ]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The Python blocks, and what their comments promise
-
-
-@functools.cache
-def _run_block(index):
-  """The names a block defines, once per session."""
-  namespace = {}
-  exec(compile(_blocks("python")[index], f"README.md python block {index}", "exec"), namespace)
-  return namespace
-
-
-def _block_with(text):
-  """The names defined by the one block that contains `text`."""
-  (index,) = [i for i, block in enumerate(_blocks("python")) if text in block]
-  return _run_block(index)
-
-
-@pytest.mark.parametrize("index", range(len(_blocks("python"))))
-@pytest.mark.slow
-def test_python_block_runs(index):
-  _run_block(index)
-
-
-@pytest.mark.slow
-def test_math_core_block_gives_the_shapes_and_values_it_names():
-  out = _block_with("vae.iwae_bound")
-  assert out["x_t"].shape == out["x0"].shape == (16, 8, 8, 1)
-  assert out["losses"].shape == (16,) and out["v_losses"].shape == (16,)
-  assert out["samples"].shape == (16, 8, 8, 1) and np.all(np.isfinite(out["samples"]))
-  assert out["log_p"].shape == (4,) and np.all(np.isfinite(out["log_p"]))
-  # The encoder is the prior N(0, I) itself, so KL = 0; the decoder's x = (z1 + z2) 1 + noise makes
-  # x ~ N(0, I + 2 11^T), so log p(1) = -1.5 log 2pi - 0.5 log 7 - 3 / 14, which K = 1000 nearly attains.
-  np.testing.assert_array_equal(out["terms"].kl, np.zeros(4))
-  log_px = -1.5 * math.log(2 * math.pi) - 0.5 * math.log(7.0) - 3.0 / 14.0
-  np.testing.assert_allclose(out["nll"], np.full(4, -log_px), atol=0.05)
-
-
-def test_evaluation_block_gives_the_values_its_comments_promise():
-  out = _block_with("evaluation.frechet_distance")
-  assert out["fd"] == pytest.approx(8 * 0.5**2, abs=0.2)  # "about 8 * 0.5**2 = 2"
-  assert out["score"] == pytest.approx(10.0, abs=0.1)  # "confident, varied: about 10"
+def test_commands_are_read_from_every_page_but_not_from_not_executed_regions():
+  """The README keeps its first run; each docs page that shows commands is read; a pending one is not."""
+  assert " --mode=sample --num_samples=1000" in _commands(pages.read(pages.README))
+  for page in ("experiments", "samplers", "likelihoods", "pretrained", "scaling", "interruptions"):
+    assert _commands(pages.read(f"{pages.DOCS}/{page}.md")), page
+  pending = (
+    "`python run.py --config.no.such=1`\n<!-- not-executed -->\n```bash\npython run.py --x\n```\n"
+  )
+  assert _commands(pages.executed(pending + "<!-- /not-executed -->")) == [" --config.no.such=1"]
