@@ -9,6 +9,14 @@ else happens here once:
   sample(config, workdir, build, …) samples.npz + PNG from the EMA parameters
   evaluate(config, workdir, build, …)  likelihood on the test split and
                                     sample quality; eval.json
+  load_trained(workdir)             the trained model, its EMA (or raw)
+                                    parameters, config and a ready model_fn,
+                                    for your own script
+
+The names here (`__all__`, reviewed: tests/train/test_package.py) are those a
+user calls: the four above, the errors they raise, and the pieces of the step
+for a loop of your own. Everything else is in its module, e.g.
+gen_jax.train.run_setup.open_run, gen_jax.train.workdir.with_saved_config.
 
 The modules, each answering one question:
 
@@ -32,6 +40,7 @@ The modules, each answering one question:
   classifier.py  the evaluation classifier, trained through the same step
   from_pretrained.py  runs that start from a diffusers folder (run.py
                  --pretrained), and workdirs exported as one
+  load.py        load_trained(): a workdir's model, parameters and config
 
 The step is one jitted pure function `train_step(state, batch, key)`; the key
 of step s is fold_in(key, s), and batch s is a pure function of (seed, s), so
@@ -48,42 +57,26 @@ _LAZY = {
   "ConfigError": ("gen_jax.configs", "ConfigError"),
   "DataError": ("gen_jax.data", "DataError"),
   "DiskFullError": ("gen_jax.runtime.fileio", "DiskFullError"),
-  "HALT": ("gen_jax.train.step", "HALT"),
   "InceptionWeightsError": ("gen_jax.evaluation.inception", "InceptionWeightsError"),
-  "MAX_CONSECUTIVE_NONFINITE": ("gen_jax.train.step", "MAX_CONSECUTIVE_NONFINITE"),
   "NoCheckpointError": ("gen_jax.train.checkpoint", "NoCheckpointError"),
   "NonFiniteError": ("gen_jax.train.faults", "NonFiniteError"),
   "OutOfMemoryError": ("gen_jax.train.faults", "OutOfMemoryError"),
-  "RESUMABLE_CHANGES": ("gen_jax.train.resume", "RESUMABLE_CHANGES"),
-  "Run": ("gen_jax.train.run_setup", "Run"),
-  "STREAMS": ("gen_jax.train.rng", "STREAMS"),
-  "StopOnSignal": ("gen_jax.train.faults", "StopOnSignal"),
   "TrainState": ("gen_jax.train.step", "TrainState"),
+  "Trained": ("gen_jax.train.load", "Trained"),
   "TrainingInterrupted": ("gen_jax.train.faults", "TrainingInterrupted"),
   "UnreadableCheckpointError": ("gen_jax.train.checkpoint", "UnreadableCheckpointError"),
   "WorkdirLockedError": ("gen_jax.train.workdir_lock", "WorkdirLockedError"),
-  "check_resume_config": ("gen_jax.train.resume", "check_resume_config"),
-  "class_grid_labels": ("gen_jax.train.sampling", "class_grid_labels"),
-  "config_changes": ("gen_jax.train.resume", "config_changes"),
-  "draw_samples": ("gen_jax.train.sampling", "draw_samples"),
   "evaluate": ("gen_jax.train.eval_checkpoint", "evaluate"),
   "init_state": ("gen_jax.train.step", "init_state"),
   "jit_train_step": ("gen_jax.train.step", "jit_train_step"),
   "learning_rate_schedule": ("gen_jax.train.step", "learning_rate_schedule"),
-  "load_or_train_classifier": ("gen_jax.train.classifier", "load_or_train_classifier"),
+  "load_trained": ("gen_jax.train.load", "load_trained"),
   "make_optimizer": ("gen_jax.train.step", "make_optimizer"),
   "make_train_step": ("gen_jax.train.step", "make_train_step"),
-  "new_workdir": ("gen_jax.train.workdir", "new_workdir"),
-  "newest_workdir": ("gen_jax.train.workdir", "newest_workdir"),
-  "open_run": ("gen_jax.train.run_setup", "open_run"),
-  "read_images": ("gen_jax.train.eval_checkpoint", "read_images"),
   "sample": ("gen_jax.train.sampling", "sample"),
   "stream": ("gen_jax.train.rng", "stream"),
   "train": ("gen_jax.train.loop", "train"),
-  "train_classifier": ("gen_jax.train.classifier", "train_classifier"),
   "train_step_for": ("gen_jax.train.step", "train_step_for"),
-  "validate_config": ("gen_jax.configs", "validate"),
-  "with_saved_config": ("gen_jax.train.workdir", "with_saved_config"),
 }
 
 # The errors that mean "change the input": a bad config or argument, missing or bad data,
@@ -118,10 +111,6 @@ def __dir__():
 
 
 __all__ = [
-  "HALT",
-  "MAX_CONSECUTIVE_NONFINITE",
-  "RESUMABLE_CHANGES",
-  "STREAMS",
   "USER_ERRORS",
   "BuildFn",
   "ConfigError",
@@ -131,32 +120,20 @@ __all__ = [
   "NoCheckpointError",
   "NonFiniteError",
   "OutOfMemoryError",
-  "Run",
-  "StopOnSignal",
   "TrainState",
+  "Trained",
   "TrainingInterrupted",
   "UnreadableCheckpointError",
   "WorkdirLockedError",
-  "check_resume_config",
-  "class_grid_labels",
-  "config_changes",
-  "draw_samples",
   "evaluate",
   "init_state",
   "jit_train_step",
   "learning_rate_schedule",
-  "load_or_train_classifier",
+  "load_trained",
   "make_optimizer",
   "make_train_step",
-  "new_workdir",
-  "newest_workdir",
-  "open_run",
-  "read_images",
   "sample",
   "stream",
   "train",
-  "train_classifier",
   "train_step_for",
-  "validate_config",
-  "with_saved_config",
 ]
