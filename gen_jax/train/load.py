@@ -1,8 +1,9 @@
 """A trained model from its workdir, in one call: load_trained.
 
   trained = load_trained("runs/ddpm_digits-20261205-101500")   # EMA parameters, newest step
-  x = diffusion.ddim_sample(key, trained.model_fn, trained.model.schedule, (16, 8, 8, 1),
-                            num_steps=50, prediction=trained.model.prediction)
+  model = trained.model
+  x = diffusion.ddim_sample(key, trained.model_fn, model.schedule, (16, 8, 8, 1), num_steps=50,
+                            clip=model.clip, prediction=model.prediction)
 
 The model is rebuilt by the gen_jax.models builder that trained it: training records its name in
 workdir/builder.txt (record_builder); a workdir written before gen_jax 0.2 has only
@@ -13,6 +14,7 @@ the run trained on. No experiments/ module and no sys.path change is needed.
 """
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -97,6 +99,7 @@ class Trained:
       return model.model_fn(params)
     if isinstance(model, models.VDMModel):
       return model.eps_fn(params)
+    # A VAE's own closures, the ones its loss and evaluate call: exactly the model's networks.
     if isinstance(model, models.VAEModel):
       return VAEFunctions(model._encode_fn(params), model._log_likelihood_fn(params))
     if isinstance(model, models.HVAEModel):
@@ -108,7 +111,7 @@ class Trained:
 
 
 def load_trained(
-  workdir: str,
+  workdir: str | os.PathLike,
   *,
   params: str = "ema",
   step: int | None = None,
@@ -130,8 +133,11 @@ def load_trained(
   """
   if params not in PARAMS:
     raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
-  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+  if step is not None and (
+    isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0
+  ):
     raise ValueError(f"step must be None (the newest) or an integer >= 0, got {step!r}")
+  workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
     raise checkpoint.NoCheckpointError(f"workdir={workdir} does not exist; train first")
   checkpoint.require_checkpoint(workdir)
@@ -144,11 +150,11 @@ def load_trained(
   config = ml_collections.ConfigDict(_lists_as_tuples(saved))
   _, example_shape = workdir_lib.read_data_spec(workdir)
   model = (build or resolve_builder(workdir))(config, example_shape)
-  if step is not None and step not in checkpoint.saved_steps(workdir):
+  if step is not None and int(step) not in checkpoint.saved_steps(workdir):
     raise checkpoint.NoCheckpointError(
       f"step={step}: workdir={workdir} has checkpoints at steps {checkpoint.saved_steps(workdir)}"
     )
-  state = _restore(workdir, config, model, step)
+  state = _restore(workdir, config, model, None if step is None else int(step))
   return Trained(
     model=model,
     params=state.ema_params if params == "ema" else state.params,

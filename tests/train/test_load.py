@@ -103,7 +103,7 @@ def test_model_fn_draws_what_sample_mode_draws(toy_workdir, tmp_path):
 
 
 def test_step_picks_the_checkpoint(toy_workdir):
-  earlier = train.load_trained(toy_workdir, step=2, params="raw")
+  earlier = train.load_trained(toy_workdir, step=np.int64(2), params="raw")
   assert earlier.step == 2
   assert_trees_equal(earlier.params, checkpoint_tree(toy_workdir, 2)["params"])
   assert train.load_trained(toy_workdir, step=4).step == 4
@@ -127,9 +127,9 @@ def test_bad_arguments_are_named(toy_workdir, kwargs, match):
 
 def test_no_workdir_and_no_checkpoint(tmp_path):
   with pytest.raises(train.NoCheckpointError, match="does not exist; train first"):
-    train.load_trained(str(tmp_path / "missing"))
+    train.load_trained(tmp_path / "missing")
   with pytest.raises(train.NoCheckpointError, match="no checkpoint in"):
-    train.load_trained(str(tmp_path))
+    train.load_trained(tmp_path)  # a pathlib.Path as well as a str
 
 
 def test_builder_from_experiment_txt_or_build_argument(toy_workdir, tmp_path):
