@@ -102,6 +102,33 @@ def test_model_fn_draws_what_sample_mode_draws(toy_workdir, tmp_path):
   np.testing.assert_allclose(ddim(chunk_key, 4), np.load(npz)["points"], rtol=1e-5, atol=1e-6)
 
 
+env = runs.env_fixture()
+
+
+@pytest.mark.slow
+def test_a_run_sharded_over_four_devices_loads_on_one(env, tmp_path):
+  """run.py on 4 simulated devices, the train state sharded 2 ways (FSDP): load_trained restores
+  it onto this process' one CPU device, as sample mode's restore does here (orbax alone refuses
+  a checkpoint of another topology without a target)."""
+  workdir = str(tmp_path / "fsdp")
+  wide = {"model.width": 128, "model.num_blocks": 1, "data.batch_size": 8}
+  args = runs.flags("ddpm_toy2d", *TOY, wide, {"train.num_steps": 2, "mesh.fsdp": 2})
+  result = runs.run_py(env, tmp_path, *args, f"--workdir={workdir}", devices=4)
+  assert "train state sharded 2 ways (FSDP)" in result.stdout
+  trained = train.load_trained(workdir)
+  assert trained.step == 2 and trained.config.mesh.fsdp == 2
+  run = run_setup.open_run(
+    runs.config("ddpm_toy2d", *TOY, wide), workdir, ddpm_toy2d.build, mode="sample"
+  )
+  try:
+    state = run.restore()
+  finally:
+    run.checkpoints.close()
+  assert_trees_equal(trained.params, state.ema_params)
+  cpu = jax.local_devices(backend="cpu")[0]
+  assert all(leaf.devices() == {cpu} for leaf in jax.tree.leaves(trained.params))
+
+
 def test_step_picks_the_checkpoint(toy_workdir):
   earlier = train.load_trained(toy_workdir, step=np.int64(2), params="raw")
   assert earlier.step == 2
