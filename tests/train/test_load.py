@@ -220,6 +220,7 @@ def test_every_experiment_with_a_build_is_mapped():
   assert sorted(with_build) == sorted(load.EXPERIMENT_BUILDERS)
 
 
+@pytest.mark.slow  # a second training; the diffusion tests above are the fast tier's
 def test_vae_workdir(tmp_path):
   workdir = str(tmp_path / "vae")
   config = runs.config("vae_digits", runs.MLP_VAE, runs.TWO_STEPS, {"train.sample_every": 1000})
