@@ -157,3 +157,39 @@ __all__ = [
   "vlb_term",
   "vlb_terms",
 ]
+
+# Plumbing that gen_jax.diffusion re-exported before 0.2 -> the module it stays in. The old names
+# still resolve for one release, with a DeprecationWarning; they go in 0.3.
+_PLUMBING = {
+  "Array": "forward",
+  "check_prediction": "forward",
+  "check_prediction_for_schedule": "forward",
+  "check_decoder": "losses",
+  "default_ode_steps": "ode",
+  "ode_timesteps": "ode",
+  "check_variance": "reverse",
+  "COMMON_OPTIONS": "samplers",
+  "SamplerSpec": "samplers",
+  "sampler_num_steps": "samplers",
+  "sampler_spec": "samplers",
+  "PRIOR_KL_WARNING": "schedules",
+  "check_timesteps": "timesteps",
+  "edm_sigma_range": "timesteps",
+  "snap_sigmas": "timesteps",
+}
+
+
+def __getattr__(name):
+  import importlib  # here, not at the top: the package namespace holds the public names only
+  import warnings
+
+  if name not in _PLUMBING:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  module = f"{__name__}.{_PLUMBING[name]}"
+  warnings.warn(
+    f"gen_jax.diffusion.{name} is no longer re-exported in gen_jax 0.2: import it from {module} "
+    "(the old path goes in 0.3)",
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  return getattr(importlib.import_module(module), name)

@@ -49,6 +49,7 @@ signals, kills, NaNs and changed configs is in its docstring.
 """
 
 import importlib
+import warnings
 
 # name -> (module, attribute): resolved on first use (PEP 562), so that `import gen_jax.train`
 # (or one of its modules) loads neither the Inception network nor the evaluation code.
@@ -79,6 +80,29 @@ _LAZY = {
   "train_step_for": ("gen_jax.train.step", "train_step_for"),
 }
 
+# Names gen_jax.train re-exported before 0.2 -> (module, attribute) where they stay. The old names
+# still resolve for one release, with a DeprecationWarning; they go in 0.3.
+_NO_LONGER_EXPORTED = {
+  "HALT": ("gen_jax.train.step", "HALT"),
+  "MAX_CONSECUTIVE_NONFINITE": ("gen_jax.train.step", "MAX_CONSECUTIVE_NONFINITE"),
+  "RESUMABLE_CHANGES": ("gen_jax.train.resume", "RESUMABLE_CHANGES"),
+  "Run": ("gen_jax.train.run_setup", "Run"),
+  "STREAMS": ("gen_jax.train.rng", "STREAMS"),
+  "StopOnSignal": ("gen_jax.train.faults", "StopOnSignal"),
+  "check_resume_config": ("gen_jax.train.resume", "check_resume_config"),
+  "class_grid_labels": ("gen_jax.train.sampling", "class_grid_labels"),
+  "config_changes": ("gen_jax.train.resume", "config_changes"),
+  "draw_samples": ("gen_jax.train.sampling", "draw_samples"),
+  "load_or_train_classifier": ("gen_jax.train.classifier", "load_or_train_classifier"),
+  "new_workdir": ("gen_jax.train.workdir", "new_workdir"),
+  "newest_workdir": ("gen_jax.train.workdir", "newest_workdir"),
+  "open_run": ("gen_jax.train.run_setup", "open_run"),
+  "read_images": ("gen_jax.train.eval_checkpoint", "read_images"),
+  "train_classifier": ("gen_jax.train.classifier", "train_classifier"),
+  "validate_config": ("gen_jax.configs", "validate"),
+  "with_saved_config": ("gen_jax.train.workdir", "with_saved_config"),
+}
+
 # The errors that mean "change the input": a bad config or argument, missing or bad data,
 # no checkpoint to read, a run that went non-finite. A command line shows them in one line;
 # anything else is a bug and keeps its traceback.
@@ -100,6 +124,15 @@ def __getattr__(name):
   elif name in _LAZY:
     module, attribute = _LAZY[name]
     value = getattr(importlib.import_module(module), attribute)
+  elif name in _NO_LONGER_EXPORTED:  # not cached: each use warns
+    module, attribute = _NO_LONGER_EXPORTED[name]
+    warnings.warn(
+      f"gen_jax.train.{name} is no longer re-exported in gen_jax 0.2: use {module}.{attribute} "
+      "(the old path goes in 0.3)",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), attribute)
   else:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
   globals()[name] = value
