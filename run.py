@@ -298,6 +298,7 @@ def main(argv, module):
     )
   from gen_jax import train
   from gen_jax.runtime import compile_cache
+  from gen_jax.train import workdir as workdir_lib
 
   try:  # Before anything compiles: JAX opens the cache at the first compiled program.
     compile_cache.configure(enabled=FLAGS.compilation_cache, cache_dir=FLAGS.compilation_cache_dir)
@@ -328,9 +329,9 @@ def main(argv, module):
         raise
       _fail(as_flags(str(e).strip().splitlines()[0]))
   if workdir is None and mode == "train":
-    workdir = train.new_workdir(FLAGS.experiment)
+    workdir = workdir_lib.new_workdir(FLAGS.experiment)
   elif workdir is None:
-    workdir = train.newest_workdir(FLAGS.experiment)
+    workdir = workdir_lib.newest_workdir(FLAGS.experiment)
     if workdir is None:
       _fail(f"--mode={mode}: no runs/{FLAGS.experiment}-* workdir; train first or pass --workdir")
     print(f"Using the newest workdir: {workdir}")
@@ -347,7 +348,7 @@ def main(argv, module):
   experiment = FLAGS.experiment
   try:
     if mode != "train":  # the config it was trained with; --config.* flags still win
-      config = train.with_saved_config(config, workdir, keep=_overridden_paths(sys.argv))
+      config = workdir_lib.with_saved_config(config, workdir, keep=_overridden_paths(sys.argv))
     if FLAGS.distributed and not runs_itself:
       _check_peers(FLAGS, config, workdir)
     if runs_itself:

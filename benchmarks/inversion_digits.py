@@ -23,7 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from experiments import ddpm_digits
-from gen_jax import diffusion, train
+from gen_jax import diffusion
+from gen_jax.train.eval_checkpoint import read_images
+from gen_jax.train.run_setup import open_run
+from gen_jax.train.workdir import with_saved_config
 
 
 def main():
@@ -32,11 +35,11 @@ def main():
   parser.add_argument("--steps", default="50,200")
   args = parser.parse_args()
 
-  config = train.with_saved_config(ddpm_digits.get_config(), args.workdir)
-  run = train.open_run(config, args.workdir, ddpm_digits.build, mode="eval")
+  config = with_saved_config(ddpm_digits.get_config(), args.workdir)
+  run = open_run(config, args.workdir, ddpm_digits.build, mode="eval")
   state = run.restore()
   model = run.model
-  images = jnp.asarray(train.read_images(run.dataset))
+  images = jnp.asarray(read_images(run.dataset))
   model_fn = model.model_fn(state.ema_params)
   schedule = model.schedule
   print(

@@ -26,8 +26,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from experiments import ddpm_digits
-from gen_jax import data, evaluation, train
+from gen_jax import data, evaluation
 from gen_jax.train import classifier, sharding
+from gen_jax.train.eval_checkpoint import read_images
+from gen_jax.train.run_setup import open_run
+from gen_jax.train.workdir import with_saved_config
 
 SAMPLERS = ("respaced", "ddim", "dpm++2m", "heun")
 
@@ -41,8 +44,8 @@ def main():
   args = parser.parse_args()
   calls = [int(c) for c in args.calls.split(",")]
 
-  config = train.with_saved_config(ddpm_digits.get_config(), args.workdir)
-  run = train.open_run(config, args.workdir, ddpm_digits.build, mode="eval")
+  config = with_saved_config(ddpm_digits.get_config(), args.workdir)
+  run = open_run(config, args.workdir, ddpm_digits.build, mode="eval")
   state = run.restore()
   train_dataset = data.load_dataset(config.data, "train")
   net, params, info = classifier.load_or_train_classifier(
@@ -60,8 +63,8 @@ def main():
       "features"
     ].astype(np.float64)
   )
-  test_stats = stats(train.read_images(run.dataset))
-  real = train.read_images(train_dataset, args.num_samples)
+  test_stats = stats(read_images(run.dataset))
+  real = read_images(train_dataset, args.num_samples)
   floor = float(evaluation.frechet_distance(*stats(real), *test_stats))
   print(
     f"checkpoint step {int(state.step)}, {args.num_samples} samples, classifier test accuracy "

@@ -8,7 +8,7 @@ Run:
 
 import ml_collections
 
-from gen_jax import configs, models, nets
+from gen_jax import configs, models
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,6 +34,5 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config, example_shape) -> models.DiffusionModel:
-  net = nets.MLPDenoiser(width=config.model.width, num_blocks=config.model.num_blocks)
-  return models.make_diffusion_model(config.diffusion, net, example_shape)
+# The model: a gen_jax.models builder; training records its name for gen_jax.train.load_trained.
+build = models.make_mlp_diffusion

@@ -56,5 +56,5 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config, example_shape) -> models.HVAEModel:
-  return models.make_hvae(config, example_shape)
+# The model: a gen_jax.models builder; training records its name for gen_jax.train.load_trained.
+build = models.make_hvae

@@ -11,8 +11,7 @@ Run (needs TFDS's cifar10):
 
 import ml_collections
 
-from gen_jax import configs, models, nets
-from gen_jax.vae import decoders
+from gen_jax import configs, models
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -45,21 +44,5 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config, example_shape) -> models.VAEModel:
-  m = config.model
-  decoders.check_likelihood(m.likelihood, m.num_mixtures)
-  return models.VAEModel(
-    encoder=nets.ConvEncoder(channels=tuple(m.channels), latent_dim=m.latent_dim),
-    decoder=nets.ConvDecoder(
-      image_shape=tuple(example_shape),
-      channels=tuple(m.channels)[::-1],
-      outputs_per_channel=decoders.num_outputs(m.likelihood, m.num_mixtures),
-    ),
-    example_shape=tuple(example_shape),
-    latent_dim=m.latent_dim,
-    likelihood=m.likelihood,
-    binarize=m.binarize,
-    num_mixtures=m.num_mixtures,
-    iwae_samples=m.iwae_samples,
-    iwae_chunk=m.iwae_chunk,
-  )
+# The model: a gen_jax.models builder; training records its name for gen_jax.train.load_trained.
+build = models.make_conv_vae

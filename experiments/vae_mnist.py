@@ -30,5 +30,5 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config, example_shape) -> models.VAEModel:
-  return models.make_mlp_vae(config.model, example_shape)
+# The model: a gen_jax.models builder; training records its name for gen_jax.train.load_trained.
+build = models.make_mlp_vae

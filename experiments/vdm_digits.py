@@ -61,5 +61,5 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config, example_shape) -> models.VDMModel:
-  return models.make_unet_vdm(config, example_shape)
+# The model: a gen_jax.models builder; training records its name for gen_jax.train.load_trained.
+build = models.make_unet_vdm

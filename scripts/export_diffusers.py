@@ -27,7 +27,8 @@ cpu_flags.set_default_cpu_flags()
 
 def export(experiment: str, workdir: str, out: str) -> str:
   """The folder written (see the module docstring)."""
-  from gen_jax.train import from_pretrained, with_saved_config
+  from gen_jax.train import from_pretrained
+  from gen_jax.train.workdir import with_saved_config
 
   module = importlib.import_module(f"experiments.{experiment}")
   config = with_saved_config(module.get_config(), workdir)

@@ -21,6 +21,7 @@ from gen_jax import train
 from gen_jax.configs import ConfigError
 from gen_jax.data import dataset as dataset_lib
 from gen_jax.runtime import distributed
+from gen_jax.train import run_setup
 from tests.support import multiprocess
 from tests.support import runs as support
 
@@ -59,7 +60,7 @@ def build(experiment):
 def restored(experiment, overrides, workdir):
   """The newest checkpoint of `workdir`, restored in this process (one device)."""
   config = support.config(experiment, overrides)
-  run = train.open_run(config, str(workdir), build(experiment), mode="sample")
+  run = run_setup.open_run(config, str(workdir), build(experiment), mode="sample")
   try:
     return run.restore()
   finally:

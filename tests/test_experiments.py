@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gen_jax import data, train
+from gen_jax import configs, data, train
 from tests.support import runs
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -74,7 +74,7 @@ def test_experiment_builds_trains_two_steps_and_evaluates(name):
     f"{name} needs a docstring: its first line is the --helpfull entry"
   )
   config = module.get_config()
-  train.validate_config(config)  # the full-size config is valid as shipped
+  configs.validate(config)  # the full-size config is valid as shipped
   if name in RUN_END_TO_END_ELSEWHERE:
     return
   with mock_tfds():

@@ -207,7 +207,7 @@ def test_wrong_posterior_gap_is_the_joint_kl_and_iwae_closes_it():
   @jax.jit
   def bounds(key):
     return [
-      jax.vmap(lambda k: hvae.iwae_bound(k, log_weights, num, chunk))(
+      jax.vmap(lambda k: hvae.iwae_bound_from_log_weights(k, log_weights, num, chunk))(
         jax.random.split(key, repeats)
       ).mean(0)
       for num, chunk, repeats in ((10, None, 64), (2000, 500, 2))
@@ -217,6 +217,17 @@ def test_wrong_posterior_gap_is_the_joint_kl_and_iwae_closes_it():
   gaps = [exact - np.asarray(b, np.float64) for b in bounds(jax.random.key(2))]
   assert np.all(gaps[0] < 0.2 * gap), (gap, gaps)
   assert np.all(np.abs(gaps[-1]) < 0.03) and np.mean(np.abs(gaps[-1])) < np.mean(gaps[0]), gaps
+
+
+def test_old_iwae_bound_name_warns_and_gives_the_same_bound():
+  """hvae.iwae_bound was renamed (gen_jax.vae.iwae_bound is the one-layer VAE's, another function):
+  the old name stays for one release, warns, and returns the new function's value."""
+  log_weights = lambda key, n: jax.random.normal(key, (n, 3))
+  key = jax.random.key(0)
+  with pytest.warns(DeprecationWarning, match="iwae_bound_from_log_weights"):
+    old = hvae.iwae_bound(key, log_weights, 8, chunk_size=4)
+  new = hvae.iwae_bound_from_log_weights(key, log_weights, 8, chunk_size=4)
+  np.testing.assert_array_equal(old, new)
 
 
 def test_training_loss_warmup_and_free_bits():

@@ -31,7 +31,7 @@ import pytest
 
 from experiments import ddpm_toy2d
 from gen_jax import data, train
-from gen_jax.train import checkpoint, sharding, summary
+from gen_jax.train import checkpoint, faults, resume, sharding, summary
 from tests.support import runs
 from tests.support.faults import (
   TIMEOUT,
@@ -367,13 +367,13 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
   recorder = lambda signum, frame: calls.append(signum)
   original = signal.signal(signal.SIGTERM, recorder)
   try:
-    with train.StopOnSignal(announce=False) as stop:
+    with faults.StopOnSignal(announce=False) as stop:
       assert signal.getsignal(signal.SIGTERM) is not recorder
       deliver(signal.SIGTERM)
       assert stop.signal_number == signal.SIGTERM and calls == []
       deliver(signal.SIGTERM)  # at once: the previous handler, which is back in place
       assert calls == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is recorder
-    with train.StopOnSignal(announce=False) as stop:
+    with faults.StopOnSignal(announce=False) as stop:
       deliver(signal.SIGINT)
       assert stop.signal_number == signal.SIGINT
       with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler
@@ -381,7 +381,7 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is recorder
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. nohup: an ignored signal stays ignored
-    with train.StopOnSignal(announce=False):
+    with faults.StopOnSignal(announce=False):
       assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
   finally:
     signal.signal(signal.SIGTERM, original)
@@ -426,18 +426,18 @@ def test_resume_config_check_lists_changed_keys_and_allows_harmless_ones(tmp_pat
   )
   harmless.model.remat = True  # (a new key of this model section: resumable all the same)
   harmless.sample.num_steps, harmless.eval.batch_size = 5, 3
-  assert train.config_changes(saved, harmless) == []
+  assert resume.config_changes(saved, harmless) == []
   changed = toy_config()
   changed.model.width, changed.data.name, changed.optim.learning_rate = 32, "two_moons", 0.5
   changed.model.compute_dtype = "bfloat16"  # other numbers: another run
-  assert train.config_changes(saved, changed) == [
+  assert resume.config_changes(saved, changed) == [
     'data.name: "eight_gaussians" -> "two_moons"',
     'model.compute_dtype: <absent> -> "bfloat16"',
     "model.width: 16 -> 32",
     "optim.learning_rate: 0.001 -> 0.5",
   ]
   del saved["model"]["num_blocks"]
-  assert train.config_changes(saved, toy_config()) == ["model.num_blocks: <absent> -> 1"]
+  assert resume.config_changes(saved, toy_config()) == ["model.num_blocks: <absent> -> 1"]
 
 
 @pytest.mark.slow

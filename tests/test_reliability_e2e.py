@@ -24,7 +24,7 @@ import pytest
 from experiments import ddpm_toy2d
 from gen_jax import train
 from gen_jax.runtime import fileio
-from gen_jax.train import checkpoint, loop, sampling
+from gen_jax.train import checkpoint, loop, run_setup, sampling
 from tests.support import faults, runs
 from tests.support.faults import (
   TIMEOUT,
@@ -203,14 +203,14 @@ def test_sampling_refuses_non_finite_settings_and_samples_and_checks_its_output_
 ):
   workdir = str(tmp_path / "wd")
   config = toy_config(num_steps=1)
-  make_sampler = train.Run.make_sampler
+  make_sampler = run_setup.Run.make_sampler
 
   def nan_sampler(self, *args, **kwargs):
     draw = make_sampler(self, *args, **kwargs)
     return lambda *a, **k: draw(*a, **k) * np.float32(np.nan)
 
   with pytest.MonkeyPatch.context() as patch:  # the training grid: reported, not drawn
-    patch.setattr(train.Run, "make_sampler", nan_sampler)
+    patch.setattr(run_setup.Run, "make_sampler", nan_sampler)
     train.train(config, workdir, ddpm_toy2d.build)
   out = capsys.readouterr().out
   assert "The sample grid of step 1 is not written: 4 of 4 samples hold NaN/inf" in out
@@ -236,7 +236,7 @@ def test_sampling_refuses_non_finite_settings_and_samples_and_checks_its_output_
     write(path, content)
 
   monkeypatch.setattr(fileio, "write_atomically", read_only)
-  monkeypatch.setattr(train.Run, "restore", lambda self: pytest.fail("worked before the check"))
+  monkeypatch.setattr(run_setup.Run, "restore", lambda self: pytest.fail("worked before the check"))
   with pytest.raises(train.ConfigError, match=rf"^workdir={workdir} is not writable"):
     train.sample(config, workdir, ddpm_toy2d.build)
   with pytest.raises(train.ConfigError, match=r"choose where the output goes with out_dir=DIR"):

@@ -216,7 +216,7 @@ def test_damaged_workdir_files_are_named_and_a_resume_needs_its_config_json(tmp_
     with pytest.raises(train.ConfigError, match=rf"{config_json} is damaged \(not valid JSON"):
       resume.check_resume_config(config, str(tmp_path))
     with pytest.raises(train.ConfigError, match=rf"^{config_json} is damaged"):
-      train.with_saved_config(config, str(tmp_path))  # --mode=sample|eval
+      workdir_lib.with_saved_config(config, str(tmp_path))  # --mode=sample|eval
   # data_spec.json: named when sampling; rewritten from the data when training.
   (tmp_path / "data_spec.json").write_text('{"kind": "points\x01"}')
   with pytest.raises(

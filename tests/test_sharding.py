@@ -18,7 +18,7 @@ import pytest
 from experiments import ddpm_toy2d
 from gen_jax import train
 from gen_jax.configs import ConfigError
-from gen_jax.train import checkpoint, sharding
+from gen_jax.train import checkpoint, run_setup, sharding
 from tests.support import runs as support  # `runs` is a fixture here
 
 # Wider than support.TOY2D and a batch that 8 devices share, so the comparisons see a real model.
@@ -200,7 +200,7 @@ def test_fsdp_resumes_data_parallel_checkpoint_with_the_same_losses(env, tmp_pat
 
   def restore_here(workdir):  # onto this process' one device, whatever layout wrote it
     config = support.config("ddpm_toy2d", FSDP_MODEL)
-    run_ = train.open_run(config, workdir, ddpm_toy2d.build, mode="sample")
+    run_ = run_setup.open_run(config, workdir, ddpm_toy2d.build, mode="sample")
     try:
       return run_.restore()
     finally:

@@ -365,7 +365,7 @@ def test_config_errors_name_the_flag_and_write_nothing(tmp_path):
     section, key = path.split(".")
     config[section][key] = value
     with pytest.raises(train.ConfigError, match=f"config.{path}"):
-      train.validate_config(config)
+      configs.validate(config)
   with pytest.raises(train.ConfigError, match="num_samples"):
     train.sample(toy_config(), str(tmp_path / "never"), ddpm_toy2d.build, num_samples=0)
 

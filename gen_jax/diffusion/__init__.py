@@ -1,7 +1,10 @@
 """Gaussian diffusion (DDPM, Ho et al. 2020) and its samplers, as pure functions.
 
-One module per question; every public name is re-exported here, so
-`from gen_jax import diffusion; diffusion.ddim_sample(...)` works:
+One module per question; the names researchers call are re-exported here (`__all__`, a
+reviewed list: tests/diffusion/test_package.py), so `from gen_jax import diffusion;
+diffusion.ddim_sample(...)` works. Plumbing (argument checks, the sampler registry's record type,
+the grids the samplers build internally) stays in its module, e.g.
+`gen_jax.diffusion.samplers.SamplerSpec`, `gen_jax.diffusion.timesteps.check_timesteps`:
   schedules   the betas (linear, cosine, zero terminal SNR), `Schedule`, respacing, sigma_t
   forward     q(x_t | x_0), q(x_{t-1} | x_t, x_0), the targets eps / x0 / v / score, `eps_and_x0`
   guidance    classifier-free guidance, `guided_eps_fn`
@@ -32,12 +35,9 @@ Conventions:
 from gen_jax.diffusion import vdm
 from gen_jax.diffusion.forward import (
   PREDICTIONS,
-  Array,
   EpsFn,
   ModelFn,
   as_eps_fn,
-  check_prediction,
-  check_prediction_for_schedule,
   eps_and_x0,
   eps_from_prediction,
   make_q_sample,
@@ -56,7 +56,6 @@ from gen_jax.diffusion.guidance import guided_eps_fn
 from gen_jax.diffusion.losses import (
   DECODERS,
   VLBTerms,
-  check_decoder,
   prior_kl,
   simple_loss,
   vlb_bits_per_dim,
@@ -64,17 +63,10 @@ from gen_jax.diffusion.losses import (
   vlb_term,
   vlb_terms,
 )
-from gen_jax.diffusion.ode import (
-  default_ode_steps,
-  ode_bits_per_dim,
-  ode_log_likelihood,
-  ode_timesteps,
-)
-from gen_jax.diffusion.reverse import VARIANCES, check_variance, p_mean_variance
+from gen_jax.diffusion.ode import ode_bits_per_dim, ode_log_likelihood
+from gen_jax.diffusion.reverse import VARIANCES, p_mean_variance
 from gen_jax.diffusion.samplers import (
-  COMMON_OPTIONS,
   SAMPLERS,
-  SamplerSpec,
   Trajectory,
   ddim_invert,
   ddim_sample,
@@ -84,11 +76,8 @@ from gen_jax.diffusion.samplers import (
   heun_sample,
   respaced_ddpm_sample,
   run_sampler,
-  sampler_num_steps,
-  sampler_spec,
 )
 from gen_jax.diffusion.schedules import (
-  PRIOR_KL_WARNING,
   Schedule,
   cosine_betas,
   linear_betas,
@@ -102,46 +91,32 @@ from gen_jax.diffusion.schedules import (
 )
 from gen_jax.diffusion.timesteps import (
   SPACINGS,
-  check_timesteps,
   ddim_timesteps,
-  edm_sigma_range,
   edm_timesteps,
   karras_sigmas,
   log_sigma_timesteps,
-  snap_sigmas,
   spaced_timesteps,
 )
 
 __all__ = [
-  "COMMON_OPTIONS",
   "DECODERS",
   "PREDICTIONS",
-  "PRIOR_KL_WARNING",
   "SAMPLERS",
   "SPACINGS",
   "VARIANCES",
-  "Array",
   "EpsFn",
   "ModelFn",
-  "SamplerSpec",
   "Schedule",
   "Trajectory",
   "VLBTerms",
   "as_eps_fn",
-  "check_decoder",
-  "check_prediction",
-  "check_prediction_for_schedule",
-  "check_timesteps",
-  "check_variance",
   "cosine_betas",
   "ddim_invert",
   "ddim_sample",
   "ddim_timesteps",
   "ddpm_sample",
-  "default_ode_steps",
   "describe_sampler",
   "dpmpp_2m_sample",
-  "edm_sigma_range",
   "edm_timesteps",
   "eps_and_x0",
   "eps_from_prediction",
@@ -154,7 +129,6 @@ __all__ = [
   "make_schedule",
   "ode_bits_per_dim",
   "ode_log_likelihood",
-  "ode_timesteps",
   "p_mean_variance",
   "predict_eps_from_score",
   "predict_eps_from_v",
@@ -170,14 +144,11 @@ __all__ = [
   "respace_schedule",
   "respaced_ddpm_sample",
   "run_sampler",
-  "sampler_num_steps",
-  "sampler_spec",
   "schedule_from_alphas_cumprod",
   "schedule_sigmas",
   "score_from_eps",
   "sigma_to_timestep",
   "simple_loss",
-  "snap_sigmas",
   "spaced_timesteps",
   "v_target",
   "vdm",
@@ -186,3 +157,39 @@ __all__ = [
   "vlb_term",
   "vlb_terms",
 ]
+
+# Plumbing that gen_jax.diffusion re-exported before 0.2 -> the module it stays in. The old names
+# still resolve for one release, with a DeprecationWarning; they go in 0.3.
+_PLUMBING = {
+  "Array": "forward",
+  "check_prediction": "forward",
+  "check_prediction_for_schedule": "forward",
+  "check_decoder": "losses",
+  "default_ode_steps": "ode",
+  "ode_timesteps": "ode",
+  "check_variance": "reverse",
+  "COMMON_OPTIONS": "samplers",
+  "SamplerSpec": "samplers",
+  "sampler_num_steps": "samplers",
+  "sampler_spec": "samplers",
+  "PRIOR_KL_WARNING": "schedules",
+  "check_timesteps": "timesteps",
+  "edm_sigma_range": "timesteps",
+  "snap_sigmas": "timesteps",
+}
+
+
+def __getattr__(name):
+  import importlib  # here, not at the top: the package namespace holds the public names only
+  import warnings
+
+  if name not in _PLUMBING:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  module = f"{__name__}.{_PLUMBING[name]}"
+  warnings.warn(
+    f"gen_jax.diffusion.{name} is no longer re-exported in gen_jax 0.2: import it from {module} "
+    "(the old path goes in 0.3)",
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  return getattr(importlib.import_module(module), name)

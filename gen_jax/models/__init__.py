@@ -18,6 +18,11 @@ One module per family, each with the config builders that make it:
 diffusion_model (DDPM-family, gen_jax's networks or a diffusers folder),
 vae_model (one latent layer), hvae_model (top-down hierarchy), vdm_model
 (the continuous-time variational bound); _common holds what two share.
+
+The builders, `make_*(config, example_shape) -> model` from a whole config:
+make_unet_diffusion, make_mlp_diffusion, make_pretrained_diffusion, make_unet_vdm, make_mlp_vae,
+make_conv_vae, make_hvae. Each experiment binds one as its `build`; training records its name in
+the workdir, so gen_jax.train.load_trained rebuilds the model from the workdir alone.
 """
 
 from gen_jax.models.diffusion_model import (
@@ -25,11 +30,12 @@ from gen_jax.models.diffusion_model import (
   diffusion_betas,
   diffusion_config,
   make_diffusion_model,
+  make_mlp_diffusion,
   make_pretrained_diffusion,
   make_unet_diffusion,
 )
 from gen_jax.models.hvae_model import HVAEModel, make_hvae
-from gen_jax.models.vae_model import VAEModel, make_mlp_vae
+from gen_jax.models.vae_model import VAEModel, make_conv_vae, make_mlp_vae
 from gen_jax.models.vdm_model import VDMModel, make_unet_vdm, vdm_config
 
 __all__ = [
@@ -39,8 +45,10 @@ __all__ = [
   "VDMModel",
   "diffusion_betas",
   "diffusion_config",
+  "make_conv_vae",
   "make_diffusion_model",
   "make_hvae",
+  "make_mlp_diffusion",
   "make_mlp_vae",
   "make_pretrained_diffusion",
   "make_unet_diffusion",

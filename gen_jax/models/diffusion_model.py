@@ -378,6 +378,13 @@ def make_unet_diffusion(config, example_shape) -> DiffusionModel:
   return make_diffusion_model(config.diffusion, net, example_shape, m.num_classes, m.cond_drop_prob)
 
 
+def make_mlp_diffusion(config, example_shape) -> DiffusionModel:
+  """The MLP DDPM of ddpm_toy2d (points, e.g. (2,)), from a whole config: `config.model`
+  (width, num_blocks of `nets.MLPDenoiser`) and `config.diffusion` (see `diffusion_config`)."""
+  net = nets.MLPDenoiser(width=config.model.width, num_blocks=config.model.num_blocks)
+  return make_diffusion_model(config.diffusion, net, example_shape)
+
+
 def make_pretrained_diffusion(config, example_shape) -> DiffusionModel:
   """The diffusion model around the diffusers UNet2DModel of folder `config.pretrained`
   (gen_jax.pretrained; its weights are read where a run starts, not here) and

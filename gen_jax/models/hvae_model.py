@@ -113,7 +113,9 @@ class HVAEModel:
       log_w = hvae.log_importance_weight(*self._pass(params, repeat(x), pass_key, repeated))
       return log_w.reshape(x.shape[0], num_draws).T  # (n, B)
 
-    iwae = hvae.iwae_bound(iwae_key, log_weights, self.iwae_samples, self.iwae_chunk)
+    iwae = hvae.iwae_bound_from_log_weights(
+      iwae_key, log_weights, self.iwae_samples, self.iwae_chunk
+    )
     out = {
       "elbo": terms.elbo,
       "log_likelihood": terms.log_likelihood,

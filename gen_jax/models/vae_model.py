@@ -1,4 +1,5 @@
-"""The one-layer VAE behind the model interface (gen_jax.models): VAEModel and its MLP builder."""
+"""The one-layer VAE behind the model interface (gen_jax.models): VAEModel and its MLP and
+convolutional builders."""
 
 import dataclasses
 import math
@@ -128,15 +129,15 @@ class VAEModel:
     return out
 
 
-def make_mlp_vae(model_config, example_shape) -> VAEModel:
-  """The MLP VAE of vae_digits and vae_mnist.
+def make_mlp_vae(config, example_shape) -> VAEModel:
+  """The MLP VAE of vae_digits and vae_mnist, from a whole config (as every builder).
 
-  model_config: hidden (encoder widths; the decoder mirrors them), latent_dim, iwae_samples,
+  config.model: hidden (encoder widths; the decoder mirrors them), latent_dim, iwae_samples,
   iwae_chunk, and optionally likelihood ('bernoulli', the default: dynamically binarized
   images; 'logistic_mixture' or 'discretized_gaussian': 8-bit images), num_mixtures and
   binarize (default True).
   """
-  m = model_config
+  m = config.model
   likelihood, num_mixtures = m.get("likelihood", "bernoulli"), m.get("num_mixtures", 1)
   decoders.check_likelihood(likelihood, num_mixtures)
   outputs = decoders.num_outputs(likelihood, num_mixtures)
@@ -152,4 +153,30 @@ def make_mlp_vae(model_config, example_shape) -> VAEModel:
     iwae_samples=m.iwae_samples,
     iwae_chunk=m.iwae_chunk,
     num_mixtures=num_mixtures,
+  )
+
+
+def make_conv_vae(config, example_shape) -> VAEModel:
+  """The convolutional VAE of vae_cifar, from a whole config.
+
+  config.model: channels (encoder widths, halving the resolution each; the decoder mirrors
+  them), latent_dim, likelihood, num_mixtures, binarize, iwae_samples, iwae_chunk (as
+  `make_mlp_vae`'s, all required).
+  """
+  m = config.model
+  decoders.check_likelihood(m.likelihood, m.num_mixtures)
+  return VAEModel(
+    encoder=nets.ConvEncoder(channels=tuple(m.channels), latent_dim=m.latent_dim),
+    decoder=nets.ConvDecoder(
+      image_shape=tuple(example_shape),
+      channels=tuple(m.channels)[::-1],
+      outputs_per_channel=decoders.num_outputs(m.likelihood, m.num_mixtures),
+    ),
+    example_shape=tuple(example_shape),
+    latent_dim=m.latent_dim,
+    likelihood=m.likelihood,
+    binarize=m.binarize,
+    num_mixtures=m.num_mixtures,
+    iwae_samples=m.iwae_samples,
+    iwae_chunk=m.iwae_chunk,
   )

@@ -9,6 +9,14 @@ else happens here once:
   sample(config, workdir, build, …) samples.npz + PNG from the EMA parameters
   evaluate(config, workdir, build, …)  likelihood on the test split and
                                     sample quality; eval.json
+  load_trained(workdir)             the trained model, its EMA (or raw)
+                                    parameters, config and a ready model_fn,
+                                    for your own script
+
+The names here (`__all__`, reviewed: tests/train/test_package.py) are those a
+user calls: the four above, the errors they raise, and the pieces of the step
+for a loop of your own. Everything else is in its module, e.g.
+gen_jax.train.run_setup.open_run, gen_jax.train.workdir.with_saved_config.
 
 The modules, each answering one question:
 
@@ -32,6 +40,7 @@ The modules, each answering one question:
   classifier.py  the evaluation classifier, trained through the same step
   from_pretrained.py  runs that start from a diffusers folder (run.py
                  --pretrained), and workdirs exported as one
+  load.py        load_trained(): a workdir's model, parameters and config
 
 The step is one jitted pure function `train_step(state, batch, key)`; the key
 of step s is fold_in(key, s), and batch s is a pure function of (seed, s), so
@@ -40,6 +49,7 @@ signals, kills, NaNs and changed configs is in its docstring.
 """
 
 import importlib
+import warnings
 
 # name -> (module, attribute): resolved on first use (PEP 562), so that `import gen_jax.train`
 # (or one of its modules) loads neither the Inception network nor the evaluation code.
@@ -48,40 +58,47 @@ _LAZY = {
   "ConfigError": ("gen_jax.configs", "ConfigError"),
   "DataError": ("gen_jax.data", "DataError"),
   "DiskFullError": ("gen_jax.runtime.fileio", "DiskFullError"),
-  "HALT": ("gen_jax.train.step", "HALT"),
   "InceptionWeightsError": ("gen_jax.evaluation.inception", "InceptionWeightsError"),
-  "MAX_CONSECUTIVE_NONFINITE": ("gen_jax.train.step", "MAX_CONSECUTIVE_NONFINITE"),
   "NoCheckpointError": ("gen_jax.train.checkpoint", "NoCheckpointError"),
   "NonFiniteError": ("gen_jax.train.faults", "NonFiniteError"),
   "OutOfMemoryError": ("gen_jax.train.faults", "OutOfMemoryError"),
-  "RESUMABLE_CHANGES": ("gen_jax.train.resume", "RESUMABLE_CHANGES"),
-  "Run": ("gen_jax.train.run_setup", "Run"),
-  "STREAMS": ("gen_jax.train.rng", "STREAMS"),
-  "StopOnSignal": ("gen_jax.train.faults", "StopOnSignal"),
   "TrainState": ("gen_jax.train.step", "TrainState"),
+  "Trained": ("gen_jax.train.load", "Trained"),
   "TrainingInterrupted": ("gen_jax.train.faults", "TrainingInterrupted"),
   "UnreadableCheckpointError": ("gen_jax.train.checkpoint", "UnreadableCheckpointError"),
   "WorkdirLockedError": ("gen_jax.train.workdir_lock", "WorkdirLockedError"),
-  "check_resume_config": ("gen_jax.train.resume", "check_resume_config"),
-  "class_grid_labels": ("gen_jax.train.sampling", "class_grid_labels"),
-  "config_changes": ("gen_jax.train.resume", "config_changes"),
-  "draw_samples": ("gen_jax.train.sampling", "draw_samples"),
   "evaluate": ("gen_jax.train.eval_checkpoint", "evaluate"),
   "init_state": ("gen_jax.train.step", "init_state"),
   "jit_train_step": ("gen_jax.train.step", "jit_train_step"),
   "learning_rate_schedule": ("gen_jax.train.step", "learning_rate_schedule"),
-  "load_or_train_classifier": ("gen_jax.train.classifier", "load_or_train_classifier"),
+  "load_trained": ("gen_jax.train.load", "load_trained"),
   "make_optimizer": ("gen_jax.train.step", "make_optimizer"),
   "make_train_step": ("gen_jax.train.step", "make_train_step"),
+  "sample": ("gen_jax.train.sampling", "sample"),
+  "stream": ("gen_jax.train.rng", "stream"),
+  "train": ("gen_jax.train.loop", "train"),
+  "train_step_for": ("gen_jax.train.step", "train_step_for"),
+}
+
+# Names gen_jax.train re-exported before 0.2 -> (module, attribute) where they stay. The old names
+# still resolve for one release, with a DeprecationWarning; they go in 0.3.
+_NO_LONGER_EXPORTED = {
+  "HALT": ("gen_jax.train.step", "HALT"),
+  "MAX_CONSECUTIVE_NONFINITE": ("gen_jax.train.step", "MAX_CONSECUTIVE_NONFINITE"),
+  "RESUMABLE_CHANGES": ("gen_jax.train.resume", "RESUMABLE_CHANGES"),
+  "Run": ("gen_jax.train.run_setup", "Run"),
+  "STREAMS": ("gen_jax.train.rng", "STREAMS"),
+  "StopOnSignal": ("gen_jax.train.faults", "StopOnSignal"),
+  "check_resume_config": ("gen_jax.train.resume", "check_resume_config"),
+  "class_grid_labels": ("gen_jax.train.sampling", "class_grid_labels"),
+  "config_changes": ("gen_jax.train.resume", "config_changes"),
+  "draw_samples": ("gen_jax.train.sampling", "draw_samples"),
+  "load_or_train_classifier": ("gen_jax.train.classifier", "load_or_train_classifier"),
   "new_workdir": ("gen_jax.train.workdir", "new_workdir"),
   "newest_workdir": ("gen_jax.train.workdir", "newest_workdir"),
   "open_run": ("gen_jax.train.run_setup", "open_run"),
   "read_images": ("gen_jax.train.eval_checkpoint", "read_images"),
-  "sample": ("gen_jax.train.sampling", "sample"),
-  "stream": ("gen_jax.train.rng", "stream"),
-  "train": ("gen_jax.train.loop", "train"),
   "train_classifier": ("gen_jax.train.classifier", "train_classifier"),
-  "train_step_for": ("gen_jax.train.step", "train_step_for"),
   "validate_config": ("gen_jax.configs", "validate"),
   "with_saved_config": ("gen_jax.train.workdir", "with_saved_config"),
 }
@@ -107,6 +124,15 @@ def __getattr__(name):
   elif name in _LAZY:
     module, attribute = _LAZY[name]
     value = getattr(importlib.import_module(module), attribute)
+  elif name in _NO_LONGER_EXPORTED:  # not cached: each use warns
+    module, attribute = _NO_LONGER_EXPORTED[name]
+    warnings.warn(
+      f"gen_jax.train.{name} is no longer re-exported in gen_jax 0.2: use {module}.{attribute} "
+      "(the old path goes in 0.3)",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), attribute)
   else:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
   globals()[name] = value
@@ -118,10 +144,6 @@ def __dir__():
 
 
 __all__ = [
-  "HALT",
-  "MAX_CONSECUTIVE_NONFINITE",
-  "RESUMABLE_CHANGES",
-  "STREAMS",
   "USER_ERRORS",
   "BuildFn",
   "ConfigError",
@@ -131,32 +153,20 @@ __all__ = [
   "NoCheckpointError",
   "NonFiniteError",
   "OutOfMemoryError",
-  "Run",
-  "StopOnSignal",
   "TrainState",
+  "Trained",
   "TrainingInterrupted",
   "UnreadableCheckpointError",
   "WorkdirLockedError",
-  "check_resume_config",
-  "class_grid_labels",
-  "config_changes",
-  "draw_samples",
   "evaluate",
   "init_state",
   "jit_train_step",
   "learning_rate_schedule",
-  "load_or_train_classifier",
+  "load_trained",
   "make_optimizer",
   "make_train_step",
-  "new_workdir",
-  "newest_workdir",
-  "open_run",
-  "read_images",
   "sample",
   "stream",
   "train",
-  "train_classifier",
   "train_step_for",
-  "validate_config",
-  "with_saved_config",
 ]

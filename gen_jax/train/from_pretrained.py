@@ -23,6 +23,7 @@ from gen_jax.pretrained import diffusers_unet
 from gen_jax.train import checkpoint, sharding
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
+from gen_jax.train.load import record_builder
 from gen_jax.train.run_setup import BuildFn, open_run
 
 
@@ -108,6 +109,7 @@ def import_pretrained(config, workdir: str, build: BuildFn) -> bool:
   if jax.process_index() == 0:
     workdir_lib.write_config(workdir, config)
     workdir_lib.write_data_spec(workdir, _ImageSpec(example_shape))
+    record_builder(workdir, build)  # so load_trained rebuilds the model from the workdir
     print(f"Imported {config.pretrained} into {workdir} (checkpoint step 0)")
   return True
 

@@ -22,6 +22,7 @@ from gen_jax.configs import ConfigError
 from gen_jax.train import checkpoint, faults, from_pretrained, rng, sharding, summary, workdir_lock
 from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
+from gen_jax.train.load import record_builder
 from gen_jax.train.run_setup import BuildFn, Run, open_run
 from gen_jax.train.sampling import class_grid_labels, reference_points, save_samples_picture
 
@@ -91,7 +92,7 @@ def train(
     raise
   try:
     with faults.resource_errors("training", newest_checkpoint=lambda: _newest(workdir)):
-      return _train(run, lock, experiment)
+      return _train(run, lock, experiment, build)
   finally:
     if lock is not None:
       lock.release()
@@ -103,7 +104,7 @@ def _newest(workdir: str) -> str:
   return f"the newest checkpoint is step {steps[-1]} in {where}" if steps else "no checkpoint saved"
 
 
-def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
+def _train(run: Run, lock, experiment: str | None, build: BuildFn) -> step_lib.TrainState:
   """train() in a locked workdir."""
   config, workdir = run.config, run.workdir
   tc = config.train
@@ -134,6 +135,7 @@ def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
     workdir_lib.write_data_spec(workdir, run.dataset)
     if experiment:
       workdir_lib.write_experiment(workdir, experiment)
+    record_builder(workdir, build)  # so load_trained rebuilds the model from the workdir
     # Steps logged after the checkpoint we resume from are about to be redone.
     summary.drop_records_after(workdir, start_step or 0)
   if state is None:

@@ -6,6 +6,8 @@ workdir/data_spec.json  the data's kind and example shape, so sampling needs
                         no data (write_data_spec / read_data_spec)
 workdir/experiment.txt  the name of the experiment (run.py's --experiment)
                         that trains in it (write_experiment / check_experiment)
+workdir/builder.txt     the gen_jax.models builder of its model (write_builder;
+                        gen_jax.train.load_trained reads it)
 runs/<experiment>-<time>  the default name of a new run (new_workdir); the
                         newest such folder is where sample/eval look
                         (newest_workdir)
@@ -24,6 +26,7 @@ from gen_jax.train import checkpoint
 CONFIG_FILE = "config.json"
 DATA_SPEC = "data_spec.json"
 EXPERIMENT_FILE = "experiment.txt"
+BUILDER_FILE = "builder.txt"
 RUNS_DIR = "runs"
 
 
@@ -110,6 +113,10 @@ def read_saved_config(workdir: str) -> dict | None:
 
 def write_experiment(workdir: str, experiment: str) -> None:
   fileio.write_atomically(os.path.join(workdir, EXPERIMENT_FILE), experiment + "\n")
+
+
+def write_builder(workdir: str, name: str) -> None:
+  fileio.write_atomically(os.path.join(workdir, BUILDER_FILE), name + "\n")
 
 
 def check_experiment(workdir: str, experiment: str | None) -> None:

@@ -1,4 +1,5 @@
-"""The hierarchical (top-down, ladder) VAE's objective: per-layer KLs, the ELBO, the IWAE bound.
+"""The hierarchical (top-down, ladder) VAE's objective: per-layer KLs, the ELBO, the IWAE bound
+(`iwae_bound_from_log_weights`).
 
 Model (Sønderby et al. 2016; Kingma et al. 2016; NVAE, Vahdat & Kautz 2020; VDVAE, Child 2021):
 latents z_1..z_L, generated top down, each given the ones above it,
@@ -18,6 +19,7 @@ free bits) and the importance-weighted bound. Per-example arrays have shape (B,)
 has any shape (B, ...) (a feature map in the networks, a vector in the tests).
 """
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -133,7 +135,7 @@ def log_importance_weight(log_likelihood, layers: Sequence[LayerSample]) -> Arra
   return jnp.asarray(log_likelihood) + sum(layer.log_p - layer.log_q for layer in layers)
 
 
-def iwae_bound(
+def iwae_bound_from_log_weights(
   key,
   log_weights_fn: Callable[[Array, int], Array],
   num_samples: int,
@@ -149,6 +151,19 @@ def iwae_bound(
   """
   chunk = num_samples if chunk_size is None else chunk_size
   return log_mean_exp_chunked(key, lambda k: log_weights_fn(k, chunk), num_samples, chunk)
+
+
+def iwae_bound(*args, **kwargs) -> Array:
+  """Deprecated alias of `iwae_bound_from_log_weights` (renamed in gen_jax 0.2, removed in 0.3):
+  `gen_jax.vae.iwae_bound(key, x, encode, log_likelihood, ...)` is the one-layer VAE's bound,
+  a different function, so the hierarchical one is named after what it takes."""
+  warnings.warn(
+    "gen_jax.vae.hvae.iwae_bound is renamed iwae_bound_from_log_weights in gen_jax 0.2; the old "
+    "name goes in 0.3 (gen_jax.vae.iwae_bound is the one-layer VAE's, a different function)",
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  return iwae_bound_from_log_weights(*args, **kwargs)
 
 
 def kl_warmup_weight(step, warmup_steps: int) -> Array:

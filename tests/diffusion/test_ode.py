@@ -298,6 +298,8 @@ def test_default_num_steps_valid_for_small_T():
   )(jnp.zeros((2, 2)))
   scans = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
   assert len(scans) == 1 and scans[0].params["length"] == 19
-  assert diffusion.default_ode_steps(1000) == 256 and diffusion.default_ode_steps(250) == 249
+  assert (
+    diffusion.ode.default_ode_steps(1000) == 256 and diffusion.ode.default_ode_steps(250) == 249
+  )
   with pytest.raises(ValueError, match="num_probes"):
     diffusion.ode_log_likelihood(jax.random.key(0), fn, sched, jnp.zeros((2, 2)), num_probes=0)

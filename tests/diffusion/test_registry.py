@@ -40,22 +40,22 @@ def test_registry_entries():
 
 
 def test_sampler_num_steps():
-  assert diffusion.sampler_num_steps("ddpm", 7, 50) == 50  # always all T
-  assert diffusion.sampler_num_steps("ddim", None, 50) == 50
-  assert diffusion.sampler_num_steps("respaced", None, 50) == 50
-  assert diffusion.sampler_num_steps("dpm++2m", None, 50) == 20
-  assert diffusion.sampler_num_steps("heun", None, 50) == 18
-  assert diffusion.sampler_num_steps("heun", 0, 50) == 18  # 0 means the default, as None
+  assert diffusion.samplers.sampler_num_steps("ddpm", 7, 50) == 50  # always all T
+  assert diffusion.samplers.sampler_num_steps("ddim", None, 50) == 50
+  assert diffusion.samplers.sampler_num_steps("respaced", None, 50) == 50
+  assert diffusion.samplers.sampler_num_steps("dpm++2m", None, 50) == 20
+  assert diffusion.samplers.sampler_num_steps("heun", None, 50) == 18
+  assert diffusion.samplers.sampler_num_steps("heun", 0, 50) == 18  # 0 means the default, as None
   for name in ("ddim", "respaced", "dpm++2m", "heun"):
-    assert diffusion.sampler_num_steps(name, 7, 50) == 7
+    assert diffusion.samplers.sampler_num_steps(name, 7, 50) == 7
     for bad in (51, 2.5, True, -1):
       with pytest.raises(ValueError, match=re.escape(f"num_steps for sampler '{name}'")):
-        diffusion.sampler_num_steps(name, bad, 50)
+        diffusion.samplers.sampler_num_steps(name, bad, 50)
   # A default larger than T is refused, not silently cut.
   with pytest.raises(ValueError, match=r"in \[1, 10\], got 20"):
-    diffusion.sampler_num_steps("dpm++2m", None, 10)
+    diffusion.samplers.sampler_num_steps("dpm++2m", None, 10)
   with pytest.raises(ValueError, match="sampler must be one of"):
-    diffusion.sampler_num_steps("euler", None, 50)
+    diffusion.samplers.sampler_num_steps("euler", None, 50)
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_network_calls_as_registered(name, num_steps):
   run = jax.jit(lambda k: diffusion.run_sampler(name, k, eps_fn, sched, (4, 2), num_steps))
   jax.block_until_ready(run(jax.random.key(0)))
   jax.effects_barrier()
-  steps = diffusion.sampler_num_steps(name, num_steps, 20)
+  steps = diffusion.samplers.sampler_num_steps(name, num_steps, 20)
   assert len(counter) == diffusion.SAMPLERS[name].network_calls(steps)
 
 

@@ -299,7 +299,7 @@ def test_prior_mismatch_warning():
     ):
       diffusion.make_schedule(betas)
   # The threshold: ac_{T-1} just above and below 1 - exp(-2e-3).
-  edge = -math.expm1(-2 * diffusion.PRIOR_KL_WARNING)
+  edge = -math.expm1(-2 * diffusion.schedules.PRIOR_KL_WARNING)
   with pytest.warns(UserWarning):
     diffusion.schedule_from_alphas_cumprod([0.9, edge * 1.01])
   with warnings.catch_warnings():

@@ -107,10 +107,10 @@ def test_spaced_timesteps_are_diffusers():
 
 def test_check_timesteps_names_the_caller():
   with pytest.raises(TypeError, match=r"ddim_sample: timesteps must hold integer .*float32"):
-    diffusion.check_timesteps(np.array([5.0, 1.0], np.float32), 10, "ddim_sample")
+    diffusion.timesteps.check_timesteps(np.array([5.0, 1.0], np.float32), 10, "ddim_sample")
   for bad in ([1, 5], [5, 5, 1], [10, 2], [3, -1], []):
     with pytest.raises(ValueError, match="ddim_sample: timesteps"):
-      diffusion.check_timesteps(np.array(bad, np.int32), 10, "ddim_sample")
+      diffusion.timesteps.check_timesteps(np.array(bad, np.int32), 10, "ddim_sample")
 
 
 def test_log_sigma_timesteps_zero_snr():
