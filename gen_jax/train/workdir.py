@@ -17,7 +17,7 @@ import json
 import os
 import platform
 
-from gen_jax.configs import ConfigError
+from gen_jax.configs import ConfigError, upgrade_saved_config
 from gen_jax.runtime import fileio
 from gen_jax.train import checkpoint
 
@@ -98,14 +98,16 @@ def read_json(path: str):
 
 
 def read_saved_config(workdir: str) -> dict | None:
-  """The contents of workdir/config.json, or None if there is none; ConfigError if it is damaged."""
+  """The contents of workdir/config.json, or None if there is none; ConfigError if it is damaged.
+  A config.json written by an older version comes with its renamed fields under their new
+  names (configs.upgrade_saved_config: sample.eta)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
   saved = read_json(path)
   if not isinstance(saved, dict):
     raise ConfigError(f"{path} is damaged (not a JSON object)")
-  return saved
+  return upgrade_saved_config(saved)
 
 
 def write_experiment(workdir: str, experiment: str) -> None:
