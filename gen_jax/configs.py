@@ -180,6 +180,19 @@ def upgrade_saved_config(saved: dict) -> dict:
   return saved
 
 
+def unset_options_not_taken(sample, keep=frozenset()) -> None:
+  """Sets each of sample.options that sample.sampler does not take to None (its default),
+  except the paths in keep ("sample.options.eta": set on the command line). For a workdir's
+  saved options when the command line asks for another sampler (workdir.with_saved_config):
+  ddim's eta does not follow to --config.sample.sampler=heun, where validate would refuse it."""
+  from gen_jax.diffusion import samplers
+
+  spec = samplers.SAMPLERS.get(sample.sampler)
+  for name in sample.get("options", {}):
+    if spec is not None and name not in spec.options and f"sample.options.{name}" not in keep:
+      sample.options[name] = None
+
+
 # ----------------------------------------------------------------------------
 # validate
 # ----------------------------------------------------------------------------

@@ -378,3 +378,22 @@ def test_a_workdir_written_before_the_options_samples_with_its_eta(tmp_path):
   config = workdir_lib.with_saved_config(ddpm_digits.get_config(), str(tmp_path))
   assert config.sample.options.eta == 0.7 and "eta" not in config.sample
   configs.validate(config)
+
+
+def test_another_sampler_on_the_command_line_leaves_the_saved_sampler_s_options(tmp_path):
+  """Saved: ddim with eta 0.5. --config.sample.sampler=heun must not inherit eta (which heun
+  does not take, and which the command line cannot unset); an option given with it stays."""
+  from gen_jax.train import workdir as workdir_lib
+
+  saved = ddpm_digits.get_config()
+  saved.sample.options.eta = 0.5
+  (tmp_path / "config.json").write_text(saved.to_json())
+  config = ddpm_digits.get_config()
+  config.sample.sampler = "heun"
+  config.sample.options.s_churn = 1.0
+  keep = frozenset({"sample.sampler", "sample.options.s_churn"})
+  merged = workdir_lib.with_saved_config(config, str(tmp_path), keep=keep)
+  assert merged.sample.options.eta is None and merged.sample.options.s_churn == 1.0
+  configs.validate(merged)
+  same = workdir_lib.with_saved_config(ddpm_digits.get_config(), str(tmp_path))
+  assert same.sample.sampler == "ddim" and same.sample.options.eta == 0.5

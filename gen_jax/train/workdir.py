@@ -17,7 +17,7 @@ import json
 import os
 import platform
 
-from gen_jax.configs import ConfigError, upgrade_saved_config
+from gen_jax.configs import ConfigError, unset_options_not_taken, upgrade_saved_config
 from gen_jax.runtime import fileio
 from gen_jax.train import checkpoint
 
@@ -142,7 +142,8 @@ def with_saved_config(config, workdir: str, keep: frozenset[str] = frozenset()):
 
   keep: dotted paths (e.g. "sample.num_steps") whose value in `config` wins,
   such as the ones overridden on the command line. Keys the saved config has
-  and `config` lacks are left out; tuples stay tuples.
+  and `config` lacks are left out; tuples stay tuples. With "sample.sampler" in
+  keep, the saved options that sampler does not take are left unset.
   """
   saved = read_saved_config(workdir)
   if saved is None:
@@ -162,6 +163,8 @@ def with_saved_config(config, workdir: str, keep: frozenset[str] = frozenset()):
         node[key] = value
 
   merge(config, saved, "")
+  if "sample.sampler" in keep:  # the saved sampler's options stay with it
+    unset_options_not_taken(config.sample, keep)
   return config
 
 
