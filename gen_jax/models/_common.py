@@ -42,13 +42,12 @@ def _describe_data(likelihood: str, binarize: bool) -> str:
 # ----------------------------------------------------------------------------
 
 
-def check_integers(model, names, low: int = 1) -> None:
-  """Each of `names` present in config.model must be an integer >= low."""
+def check_integers(model, names, low: int = 1, want: str | None = None) -> None:
+  """Each of `names` present in config.model must be an integer >= low (`want` says so)."""
+  want = want or ("a positive integer" if low == 1 else f"an integer >= {low}")
   for name in names:
     if name in model and (not checks.is_integer(model[name]) or model[name] < low):
-      configs.fail(
-        f"model.{name}", "a positive integer" if low == 1 else f"an integer >= {low}", model[name]
-      )
+      configs.fail(f"model.{name}", want, model[name])
 
 
 def check_positive_tuples(model, names, *, may_be_empty=()) -> None:

@@ -304,7 +304,8 @@ def check_config(config) -> None:
   model = config.get("model", {})
   _common.check_unet_section(model)
   _common.check_integers(model, ("width",))
-  _common.check_integers(model, ("num_blocks", "num_classes"), low=0)
+  _common.check_integers(model, ("num_blocks",), low=0)
+  _common.check_integers(model, ("num_classes",), low=0, want="an integer >= 0 (0: unconditional)")
   if "cond_drop_prob" in model:
     configs.check_real(model, "cond_drop_prob", 0.0, 1.0, open_high=True, prefix="model.")
   check_diffusion_section(config.diffusion)

@@ -158,7 +158,7 @@ def check_config(config) -> None:
   check: only the data knows the image size."""
   model = config.model
   _common.check_integers(model, ("width", "latent_channels", "encoder_blocks"))
-  _common.check_integers(model, ("kl_warmup_steps",), low=0)
+  _common.check_integers(model, ("kl_warmup_steps",), low=0, want="an integer >= 0 (0: no warm-up)")
   _common.check_positive_tuples(model, ("resolutions", "layers_per_resolution"))
   resolutions, layers = tuple(model.resolutions), tuple(model.layers_per_resolution)
   if len(resolutions) != len(layers) or list(resolutions) != sorted(resolutions):
