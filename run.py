@@ -49,26 +49,11 @@ from gen_jax.runtime import cpu_flags
 cpu_flags.set_default_cpu_flags()
 
 DEFAULT_EXPERIMENT = "ddpm_digits"
-# Library argument names in error messages ("num_steps=5") -> this command's flags.
-ARGUMENT_FLAGS = {
-  "workdir": "workdir",
-  "num_samples": "num_samples",
-  "sampler": "sampler",
-  "num_steps": "sampling_steps",
-  "class_label": "class_label",
-  "guidance_scale": "guidance_scale",
-  "inception_weights": "inception_weights",
-  "out_dir": "out_dir",
-  "resume_unverified": "resume_unverified",
-  "experiment": "experiment",
-  "pretrained": "pretrained",
-  "scheduler_config": "scheduler_config",
-  "coordinator_address": "coordinator_address",
-  "num_processes": "num_processes",
-  "process_id": "process_id",
-  "heartbeat_timeout": "heartbeat_timeout",
-  "cache_dir": "compilation_cache_dir",
-}
+# The library names its arguments in error messages ("num_samples=0") as this command names its
+# flags (--num_samples), except these: library name -> flag. The others are derived: every flag
+# that define_flags defines besides --config (_COMMAND_FLAGS).
+ARGUMENT_FLAGS = {"num_steps": "sampling_steps", "cache_dir": "compilation_cache_dir"}
+_COMMAND_FLAGS: set[str] = set()
 
 
 def list_experiments() -> dict[str, str]:
@@ -91,8 +76,9 @@ def experiments_help() -> str:
 def as_flags(message: str) -> str:
   """The library names config fields `config.x` and arguments `name=value`; here they are flags."""
   message = re.sub(r"(?<![\w./-])config\.(?!json\b)(?=\w)", "--config.", message)
-  names = "|".join(ARGUMENT_FLAGS)
-  return re.sub(rf"(?<![\w./-])({names})=", lambda m: f"--{ARGUMENT_FLAGS[m[1]]}=", message)
+  argument_flags = {**{name: name for name in _COMMAND_FLAGS}, **ARGUMENT_FLAGS}
+  names = "|".join(sorted(argument_flags))
+  return re.sub(rf"(?<![\w./-])({names})=", lambda m: f"--{argument_flags[m[1]]}=", message)
 
 
 def _fail(message: str) -> None:
@@ -104,7 +90,7 @@ def define_flags(argv):
   """Defines the flags; --config comes from the chosen experiment's get_config()."""
   from ml_collections import config_flags
 
-  from gen_jax import configs, diffusion
+  from gen_jax import configs
 
   name = DEFAULT_EXPERIMENT
   for i, arg in enumerate(argv):
@@ -115,6 +101,27 @@ def define_flags(argv):
   if name not in list_experiments():
     _fail(f"unknown --experiment={name!r}; the experiments are:\n{experiments_help()}")
   module = importlib.import_module(f"experiments.{name}")
+  define_command_flags()
+  config = module.get_config()
+  for path in _overridden_paths(argv):  # config_flags would raise a KeyError with a traceback
+    try:
+      configs.check_path(config, path)
+    except configs.ConfigError as e:
+      _fail(as_flags(str(e)))
+  config_flags.DEFINE_config_dict(
+    "config",
+    config,
+    "The experiment's config; override fields as --config.<path>=<value>.",
+    lock_config=True,
+  )
+  return module
+
+
+def define_command_flags() -> None:
+  """Defines every flag but --config, and records their names (as_flags)."""
+  from gen_jax import diffusion
+
+  before = set(flags.FLAGS)
   flags.DEFINE_string(
     "experiment", DEFAULT_EXPERIMENT, "Experiment to run, one of:\n" + experiments_help()
   )
@@ -228,25 +235,33 @@ def define_flags(argv):
     "Folder of the compilation cache; default: $JAX_COMPILATION_CACHE_DIR if set, else "
     "$XDG_CACHE_HOME/gen_jax/jax_compilation_cache (~/.cache/gen_jax/jax_compilation_cache).",
   )
-  config = module.get_config()
-  for path in _overridden_paths(argv):  # config_flags would raise a KeyError with a traceback
-    try:
-      configs.check_path(config, path)
-    except configs.ConfigError as e:
-      _fail(as_flags(str(e)))
-  config_flags.DEFINE_config_dict(
-    "config",
-    config,
-    "The experiment's config; override fields as --config.<path>=<value>.",
-    lock_config=True,
-  )
-  return module
+  _COMMAND_FLAGS.update(set(flags.FLAGS) - before)
 
 
 def _overridden_paths(argv) -> set[str]:
   """The dotted config paths that --config.<path>=... (or --noconfig.<path>) arguments set."""
   found = (re.match(r"^--?(?:no)?config\.([^=]*)", arg) for arg in argv[1:])
   return {match[1] for match in found if match}
+
+
+def renamed_config_flags(argv) -> list[str]:
+  """argv with each --config.<old path> of configs.RENAMED (sample.eta) under its new path,
+  with a warning line on stderr: the old names work for one release."""
+  from gen_jax import configs
+
+  out = argv[:1]
+  for arg in argv[1:]:
+    match = re.match(r"^(--?(?:no)?config\.)([^=]*)(=.*)?$", arg)
+    if match and match[2] in configs.RENAMED:
+      new = configs.RENAMED[match[2]]
+      print(
+        f"warning: --config.{match[2]} is deprecated, use --config.{new} (the old name goes in "
+        "gen_jax 0.3)",
+        file=sys.stderr,
+      )
+      arg = f"{match[1]}{new}{match[3] or ''}"
+    out.append(arg)
+  return out
 
 
 DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "heartbeat_timeout")
@@ -407,5 +422,6 @@ if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
   # absl shows the main module's docstring for --help/--helpfull.
   __doc__ += "\nExperiments:\n" + experiments_help() + "\n"
+  sys.argv = renamed_config_flags(sys.argv)
   experiment_module = define_flags(sys.argv)
   app.run(lambda argv: main(argv, experiment_module))

@@ -20,19 +20,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Sized for the five-minute budget of a 2-core CPU: 8x8 -> 4x4 at 32
   # channels (0.28M parameters, 2.6 GFLOP per step at batch 64, about 15
   # steps/s); twice the channels cost 4x and look about the same at this budget.
-  config.model = ml_collections.ConfigDict(
-    dict(
-      ch=32,
-      ch_mult=(1, 1),
-      num_res_blocks=1,
-      attn_resolutions=(4,),
-      dropout=0.0,
-      num_groups=8,
-      num_classes=0,  # K > 0: class-conditional, with classifier-free guidance
-      cond_drop_prob=0.1,  # class-conditional: P(label -> null class) in training
-      compute_dtype="float32",  # or bfloat16: convolutions and matmuls (float32 params)
-      remat=False,  # jax.checkpoint the U-Net blocks: less memory, more compute
-    )
+  config.model = configs.unet_config(
+    ch=32,
+    ch_mult=(1, 1),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+    dropout=0.0,
+    num_groups=8,
   )
   config.diffusion = models.diffusion_config(num_timesteps=1000)
 

@@ -17,19 +17,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.batch_size = 128
 
   # 28 -> 14 -> 7: attention at 7x7.
-  config.model = ml_collections.ConfigDict(
-    dict(
-      ch=64,
-      ch_mult=(1, 2, 2),
-      num_res_blocks=2,
-      attn_resolutions=(7,),
-      dropout=0.1,
-      num_groups=32,
-      num_classes=0,  # K > 0: class-conditional, with classifier-free guidance
-      cond_drop_prob=0.1,  # class-conditional: P(label -> null class) in training
-      compute_dtype="float32",  # or bfloat16: convolutions and matmuls (float32 params)
-      remat=False,  # jax.checkpoint the U-Net blocks: less memory, more compute
-    )
+  config.model = configs.unet_config(
+    ch=64,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=2,
+    attn_resolutions=(7,),
+    dropout=0.1,
+    num_groups=32,
   )
   config.diffusion = models.diffusion_config(num_timesteps=1000)
 

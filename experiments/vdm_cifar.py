@@ -24,17 +24,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.batch_size = 128
   config.data.random_flip = False  # vdm's likelihood runs: no augmentation
 
-  config.model = ml_collections.ConfigDict(
-    dict(
-      ch=128,
-      ch_mult=(1, 2, 2, 2),
-      num_res_blocks=2,
-      attn_resolutions=(16,),
-      dropout=0.1,
-      num_groups=32,
-      compute_dtype="float32",
-      remat=False,
-    )
+  config.model = configs.unet_config(
+    ch=128,
+    ch_mult=(1, 2, 2, 2),
+    num_res_blocks=2,
+    attn_resolutions=(16,),
+    dropout=0.1,
+    num_groups=32,
+    num_classes=None,  # the VDM's U-Net takes no labels
   )
   config.vdm = models.vdm_config(schedule="learned", interior="variance")
 

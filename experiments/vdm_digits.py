@@ -25,17 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.batch_size = 64
 
   # ddpm_digits' U-Net (0.28M parameters, about 15 steps/s here).
-  config.model = ml_collections.ConfigDict(
-    dict(
-      ch=32,
-      ch_mult=(1, 1),
-      num_res_blocks=1,
-      attn_resolutions=(4,),
-      dropout=0.0,
-      num_groups=8,
-      compute_dtype="float32",
-      remat=False,
-    )
+  config.model = configs.unet_config(
+    ch=32,
+    ch_mult=(1, 1),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+    dropout=0.0,
+    num_groups=8,
+    num_classes=None,  # the VDM's U-Net takes no labels
   )
   config.vdm = models.vdm_config(schedule="learned", interior="variance")
 

@@ -1,4 +1,4 @@
-"""The config schema: every field gen_jax reads, its default, and the one check of all of them.
+"""The config schema: every field gen_jax reads, its default, and validate(), which checks them all.
 
 An experiment's get_config() starts from base_config() and adds what its
 model needs (`config.model`, and `config.diffusion` for diffusion models);
@@ -11,14 +11,23 @@ Sections and the fields an experiment may add:
   data     where the examples come from (gen_jax.data reads it)
   train    the training loop: length, intervals, EMA, time budget, faults
   optim    optimizer and learning-rate schedule
-  sample   how samples are drawn: sampler, steps, guidance, how many
+  sample   how samples are drawn: sampler, steps, guidance, how many; sample.options holds
+           every option of the registered samplers (diffusion.SAMPLERS), None for the
+           sampler's default: --config.sample.options.s_churn=10 with sampler heun
   eval     --mode=eval: likelihood and sample-quality settings
   mesh     how the devices are used: fsdp > 1 shards the train state (gen_jax.train.sharding)
   model    the network; the library reads compute_dtype, remat (U-Nets),
-           num_classes and cond_drop_prob (class-conditional diffusion)
+           num_classes and cond_drop_prob (class-conditional diffusion); a U-Net's
+           fields come from unet_config()
   diffusion  the diffusion process (models.diffusion_config)
   vdm      a variational diffusion model's schedule and bound (models.vdm_config)
+
+validate checks the sections of base_config() here and hands model, diffusion and vdm to
+the model family that owns them (gen_jax.models.check_config: each family's check_config).
 """
+
+import copy
+from typing import NoReturn
 
 import ml_collections
 
@@ -72,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict()
   config.sample.sampler = "ddpm"  # ddpm | ddim | respaced | dpm++2m | heun
   config.sample.num_steps = ml_collections.FieldReference(None, field_type=int)
-  config.sample.eta = 0.0
+  config.sample.options = sampler_options()
   config.sample.guidance_scale = 0.0  # classifier-free guidance w (conditional models)
   config.sample.batch_size = 256  # samples drawn per jitted call
   config.sample.num_samples = 64  # the grid drawn while training; --mode=sample's default
@@ -89,6 +98,99 @@ def base_config() -> ml_collections.ConfigDict:
     1  # shard params, grads, optimizer state, EMA this many ways (gen_jax.train.sharding)
   )
   return config
+
+
+def sampler_options() -> ml_collections.ConfigDict:
+  """config.sample.options: every option particular to a registered sampler
+  (`diffusion.SAMPLERS[name].options`), each None (the sampler's own default) and typed as
+  that default, so that --config.sample.options.s_churn=10 parses as a float. validate
+  refuses a set option that config.sample.sampler does not take."""
+  from gen_jax.diffusion import samplers  # JAX, not Flax
+
+  options = ml_collections.ConfigDict()
+  for spec in samplers.SAMPLERS.values():
+    for name, default in spec.options.items():
+      if name not in options:
+        options[name] = ml_collections.config_dict.placeholder(type(default))
+  return options
+
+
+def unet_config(
+  *,
+  ch: int,
+  ch_mult: tuple[int, ...],
+  num_res_blocks: int,
+  attn_resolutions: tuple[int, ...],
+  dropout: float,
+  num_groups: int,
+  num_classes: int | None = 0,
+  cond_drop_prob: float = 0.1,
+  compute_dtype: str = "float32",
+  remat: bool = False,
+) -> ml_collections.ConfigDict:
+  """The `config.model` section of a U-Net experiment (nets.unet_from_config reads it).
+
+  ch: base channels, multiplied per resolution by ch_mult (len(ch_mult) resolutions, each
+  halving the last's); num_res_blocks per resolution; attention at the resolutions (image
+  sizes) of attn_resolutions; dropout in the residual blocks; num_groups of GroupNorm.
+  num_classes: K > 0 makes a DDPM class-conditional with classifier-free guidance, the label
+  dropped to the null class with cond_drop_prob in training; None leaves both fields out (a
+  network that takes no labels, the VDM's). compute_dtype: "float32" or "bfloat16"
+  (convolutions and matmuls; params stay float32); remat: jax.checkpoint the blocks (less
+  memory, more compute).
+  """
+  model = ml_collections.ConfigDict(
+    dict(
+      ch=ch,
+      ch_mult=tuple(ch_mult),
+      num_res_blocks=num_res_blocks,
+      attn_resolutions=tuple(attn_resolutions),
+      dropout=dropout,
+      num_groups=num_groups,
+    )
+  )
+  if num_classes is not None:
+    model.num_classes = num_classes
+    model.cond_drop_prob = cond_drop_prob
+  model.compute_dtype = compute_dtype
+  model.remat = remat
+  return model
+
+
+# Fields renamed in 0.2, old dotted path -> new: a workdir's config.json written before is read
+# with the new names (upgrade_saved_config); run.py takes the old flag for one release.
+RENAMED = {"sample.eta": "sample.options.eta"}
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+  """A workdir's config.json contents (nested dicts) as this version names its fields.
+
+  sample.eta (before 0.2) becomes sample.options.eta where the saved sampler takes eta (ddim);
+  for the others it never applied and is dropped, so that validate does not refuse it.
+  """
+  from gen_jax.diffusion import samplers
+
+  saved = copy.deepcopy(saved)
+  sample = saved.get("sample")
+  if isinstance(sample, dict) and "eta" in sample:
+    eta = sample.pop("eta")
+    spec = samplers.SAMPLERS.get(sample.get("sampler"))
+    if spec is not None and "eta" in spec.options and isinstance(sample.get("options", {}), dict):
+      sample.setdefault("options", {}).setdefault("eta", eta)
+  return saved
+
+
+def unset_options_not_taken(sample, keep=frozenset()) -> None:
+  """Sets each of sample.options that sample.sampler does not take to None (its default),
+  except the paths in keep ("sample.options.eta": set on the command line). For a workdir's
+  saved options when the command line asks for another sampler (workdir.with_saved_config):
+  ddim's eta does not follow to --config.sample.sampler=heun, where validate would refuse it."""
+  from gen_jax.diffusion import samplers
+
+  spec = samplers.SAMPLERS.get(sample.sampler)
+  for name in sample.get("options", {}):
+    if spec is not None and name not in spec.options and f"sample.options.{name}" not in keep:
+      sample.options[name] = None
 
 
 # ----------------------------------------------------------------------------
@@ -119,7 +221,6 @@ _REALS = {
   "optim.weight_decay": (0.0, None, False),
   "optim.grad_clip_norm": (0.0, None, False),
   "optim.skip_grad_norm": (0.0, None, False),
-  "sample.eta": (0.0, None, False),
   "sample.guidance_scale": (None, None, False),
 }
 
@@ -127,227 +228,88 @@ _REALS = {
 def validate(config) -> None:
   """Checks every field the library reads; raises ConfigError naming the first bad one.
 
-  Fields of sections an experiment adds (model, diffusion) are checked when
-  present. The data's own fields (source, name, path) are checked where the
-  data is opened (gen_jax.data, DataError), which also knows what is on disk.
+  The sections of base_config() are checked here; model, diffusion and vdm by the model
+  family that owns them (gen_jax.models.check_config), when present. The data's own fields
+  (source, name, path) are checked where the data is opened (gen_jax.data, DataError), which
+  also knows what is on disk; whether the batch sizes divide over the devices where the
+  devices are known (train.sharding.check_batch_size).
   """
   if not checks.is_integer(config.seed) or config.seed < 0:
-    _fail("seed", "an integer >= 0", config.seed)
+    fail("seed", "an integer >= 0", config.seed)
   if not isinstance(config.get("pretrained", ""), str):
-    _fail("pretrained", "a diffusers model folder, or '' for none", config.pretrained)
+    fail("pretrained", "a diffusers model folder, or '' for none", config.pretrained)
   for path in _POSITIVE_INTEGERS:
     value = _get(config, path)
     if not checks.is_integer(value) or value <= 0:
-      _fail(path, "a positive integer", value)
+      fail(path, "a positive integer", value)
   for path in _BOOLEANS:
     if not isinstance(_get(config, path), bool):
-      _fail(path, "True or False", _get(config, path))
+      fail(path, "True or False", _get(config, path))
   for path, choices in _CHOICES.items():
     if _get(config, path) not in choices:
-      _fail(path, " or ".join(repr(c) for c in choices), _get(config, path))
+      fail(path, " or ".join(repr(c) for c in choices), _get(config, path))
   for path, (low, high, open_high) in _REALS.items():
-    _check_real(config, path, low, high, open_high)
+    check_real(config, path, low, high, open_high=open_high)
   _check_optim(config.optim)
   _check_counts(config)
-  if "model" in config:
-    _check_model(config.model)
-  if "diffusion" in config:
-    _check_diffusion(config.diffusion)
-    _check_sampler(config.sample, config.diffusion.num_timesteps)
-  if "vdm" in config:
-    _check_vdm(config.vdm)
+  _check_sample_options(config.sample)
+  if any(section in config for section in ("model", "diffusion", "vdm")):
+    from gen_jax import models  # Flax: only for configs that have a model
+
+    models.check_config(config)
 
 
 def _check_optim(optim) -> None:
   if not checks.is_real(optim.learning_rate) or optim.learning_rate <= 0:
-    _fail("optim.learning_rate", "a number > 0", optim.learning_rate)
+    fail("optim.learning_rate", "a number > 0", optim.learning_rate)
   if not checks.is_real(optim.eps) or optim.eps <= 0:
-    _fail("optim.eps", "a number > 0", optim.eps)
+    fail("optim.eps", "a number > 0", optim.eps)
   if not checks.is_integer(optim.warmup_steps) or optim.warmup_steps < 0:
-    _fail("optim.warmup_steps", "an integer >= 0", optim.warmup_steps)
+    fail("optim.warmup_steps", "an integer >= 0", optim.warmup_steps)
 
 
 def _check_counts(config) -> None:
   steps = config.sample.num_steps
   if steps is not None and (not checks.is_integer(steps) or steps <= 0):
-    _fail("sample.num_steps", "a positive integer, or None for the sampler's default", steps)
+    fail("sample.num_steps", "a positive integer, or None for the sampler's default", steps)
   num_samples = config.eval.num_samples
   if not checks.is_integer(num_samples) or (num_samples < 2 and num_samples != 0):
-    _fail("eval.num_samples", "0 (no sample quality) or at least 2", num_samples)
+    fail("eval.num_samples", "0 (no sample quality) or at least 2", num_samples)
   if not checks.is_integer(config.eval.ode_steps) or config.eval.ode_steps < 0:
-    _fail("eval.ode_steps", "0 (no ODE likelihood) or positive", config.eval.ode_steps)
+    fail("eval.ode_steps", "0 (no ODE likelihood) or positive", config.eval.ode_steps)
   if not checks.is_integer(config.eval.num_examples) or config.eval.num_examples < 0:
-    _fail("eval.num_examples", "0 (the whole split) or positive", config.eval.num_examples)
+    fail("eval.num_examples", "0 (the whole split) or positive", config.eval.num_examples)
 
 
-# Fields of the shipped models (MLP denoiser, U-Net, VAEs), checked where a model section has them:
-# a 0 there fails deep inside Flax (a ZeroDivisionError in the initialiser) or makes an empty net.
-_MODEL_POSITIVE_INTEGERS = (
-  "width",
-  "ch",
-  "num_res_blocks",
-  "num_groups",
-  "latent_dim",
-  "iwae_samples",
-)
-_MODEL_NON_NEGATIVE_INTEGERS = ("num_blocks",)
-_MODEL_POSITIVE_TUPLES = ("ch_mult", "hidden", "channels", "attn_resolutions")
+def _check_sample_options(sample) -> None:
+  """Each set (not None) config.sample.options.<name> must be an option of config.sample.sampler
+  and one of the values its registry row allows (samplers.SamplerSpec.domains)."""
+  from gen_jax.diffusion import samplers
 
-
-def _check_model_sizes(model) -> None:
-  for name in _MODEL_POSITIVE_INTEGERS:
-    if name in model and (not checks.is_integer(model[name]) or model[name] <= 0):
-      _fail(f"model.{name}", "a positive integer", model[name])
-  for name in _MODEL_NON_NEGATIVE_INTEGERS:
-    if name in model and (not checks.is_integer(model[name]) or model[name] < 0):
-      _fail(f"model.{name}", "an integer >= 0", model[name])
-  for name in _MODEL_POSITIVE_TUPLES:
-    value = model.get(name)
-    if name in model and not (
-      isinstance(value, tuple | list)
-      and (value or name == "attn_resolutions")
-      and all(checks.is_integer(v) and v > 0 for v in value)
-    ):
-      _fail(f"model.{name}", "a tuple of positive integers", value)
-  if "iwae_chunk" in model and model.iwae_chunk is not None:
-    chunk = model.iwae_chunk
-    if not checks.is_integer(chunk) or chunk <= 0:
-      _fail("model.iwae_chunk", "a positive integer (or None: all samples at once)", chunk)
-  if "dropout" in model:
-    _check_real(model, "dropout", 0.0, 1.0, True, prefix="model.")
-
-
-def _check_sampler(sample, num_timesteps) -> None:
-  """sample.sampler from the samplers' registry; sample.num_steps at most T (diffusion models)."""
-  from gen_jax import diffusion
-
-  if sample.sampler not in diffusion.SAMPLERS:
-    _fail("sample.sampler", f"one of {tuple(diffusion.SAMPLERS)}", sample.sampler)
-  steps = sample.num_steps
-  if steps is not None and checks.is_integer(num_timesteps) and steps > num_timesteps:
-    _fail(
-      "sample.num_steps",
-      f"at most config.diffusion.num_timesteps={num_timesteps} (or None for the sampler's default)",
-      steps,
-    )
-
-
-def _check_model(model) -> None:
-  from gen_jax import nets  # Flax: only for configs that have a model section.
-
-  _check_model_sizes(model)
-  if "compute_dtype" in model and model.compute_dtype not in nets.COMPUTE_DTYPES:
-    _fail("model.compute_dtype", f"one of {nets.COMPUTE_DTYPES}", model.compute_dtype)
-  if "remat" in model and not isinstance(model.remat, bool):
-    _fail("model.remat", "True or False", model.remat)
-  if "num_classes" in model and (not checks.is_integer(model.num_classes) or model.num_classes < 0):
-    _fail("model.num_classes", "an integer >= 0 (0: unconditional)", model.num_classes)
-  if "cond_drop_prob" in model:
-    _check_real(model, "cond_drop_prob", 0.0, 1.0, True, prefix="model.")
-  _check_vae_model(model)
-
-
-def _check_vae_model(model) -> None:
-  """The VAE and hierarchical-VAE fields (experiments vae_*, hvae_*), where present."""
-  from gen_jax.vae import decoders
-
-  if "likelihood" in model and model.likelihood not in decoders.LIKELIHOODS:
-    _fail("model.likelihood", f"one of {decoders.LIKELIHOODS}", model.likelihood)
-  if "num_mixtures" in model and (
-    not checks.is_integer(model.num_mixtures) or model.num_mixtures < 1
-  ):
-    _fail("model.num_mixtures", "an integer >= 1", model.num_mixtures)
-  if "binarize" in model and not isinstance(model.binarize, bool):
-    _fail("model.binarize", "True or False", model.binarize)
-  for name in ("iwae_samples", "width", "latent_channels", "encoder_blocks"):
-    if name in model and (not checks.is_integer(model[name]) or model[name] < 1):
-      _fail(f"model.{name}", "a positive integer", model[name])
-  if "iwae_chunk" in model and model.iwae_chunk is not None:
-    chunk = model.iwae_chunk
-    if not checks.is_integer(chunk) or chunk < 1 or model.iwae_samples % chunk:
-      _fail(
-        "model.iwae_chunk", f"None or a divisor of model.iwae_samples={model.iwae_samples}", chunk
+  for old, new in RENAMED.items():
+    if old.startswith("sample.") and old.split(".", 1)[1] in sample:
+      raise ConfigError(f"config.{old} is now config.{new} (renamed in gen_jax 0.2); set that")
+  spec = samplers.SAMPLERS.get(sample.sampler)
+  if spec is None:  # an unknown sampler: refused where a model samples (models.check_config)
+    return
+  for name, value in sample.get("options", {}).items():
+    if value is None:
+      continue
+    if name not in spec.options:
+      takes = ", ".join(spec.options) or "none"
+      fail(
+        f"sample.options.{name}",
+        f"None: config.sample.sampler={sample.sampler!r} does not take it (its options: {takes})",
+        value,
       )
-  if "kl_warmup_steps" in model and (
-    not checks.is_integer(model.kl_warmup_steps) or model.kl_warmup_steps < 0
-  ):
-    _fail("model.kl_warmup_steps", "an integer >= 0 (0: no warm-up)", model.kl_warmup_steps)
-  if "free_bits" in model:
-    _check_real(model, "free_bits", 0.0, None, False, prefix="model.")
-  if "min_scale" in model:
-    _check_real(model, "min_scale", 0.0, 1.0, True, prefix="model.")
-    if model.min_scale <= 0:
-      _fail("model.min_scale", "a number in (0, 1)", model.min_scale)
-  if "temperature" in model:
-    _check_real(model, "temperature", 0.0, None, False, prefix="model.")
-  if "layers_per_resolution" in model and (
-    not model.layers_per_resolution
-    or any(not checks.is_integer(n) or n < 1 for n in model.layers_per_resolution)
-  ):
-    _fail("model.layers_per_resolution", "positive integers", model.layers_per_resolution)
+    want, allows = spec.domains.get(name, ("", lambda _: True))
+    if not allows(value):
+      fail(f"sample.options.{name}", want, value)
 
 
-def _check_diffusion(section) -> None:
-  from gen_jax import diffusion
-
-  if not checks.is_integer(section.num_timesteps) or section.num_timesteps <= 0:
-    _fail("diffusion.num_timesteps", "a positive integer", section.num_timesteps)
-  if section.beta_schedule not in ("linear", "cosine"):
-    _fail("diffusion.beta_schedule", "'linear' or 'cosine'", section.beta_schedule)
-  if section.beta_schedule == "linear":
-    # None: improved-diffusion's scaling with T (DDPM's 1e-4 and 0.02 at T = 1000).
-    for name in ("beta_start", "beta_end"):
-      if section[name] is not None:
-        _check_real(section, name, 0.0, 1.0, True, prefix="diffusion.")
-  if not isinstance(section.zero_terminal_snr, bool):
-    _fail("diffusion.zero_terminal_snr", "True or False", section.zero_terminal_snr)
-  if section.zero_terminal_snr and section.prediction == "eps":
-    _fail(
-      "diffusion.prediction",
-      "'v' or 'x0' with config.diffusion.zero_terminal_snr=True (an eps-predictor cannot give x0 "
-      "where alphas_cumprod is 0)",
-      section.prediction,
-    )
-  if section.variance not in diffusion.VARIANCES:
-    _fail("diffusion.variance", f"one of {diffusion.VARIANCES}", section.variance)
-  if section.prediction not in diffusion.PREDICTIONS:
-    _fail("diffusion.prediction", f"one of {diffusion.PREDICTIONS}", section.prediction)
-  if not isinstance(section.clip, bool):
-    _fail("diffusion.clip", "True or False", section.clip)
-
-
-def _check_vdm(section) -> None:
-  from gen_jax.diffusion import vdm
-
-  if section.schedule not in vdm.SCHEDULES:
-    _fail("vdm.schedule", f"one of {vdm.SCHEDULES}", section.schedule)
-  for name in ("gamma_min", "gamma_max"):
-    _check_real(section, name, None, None, False, prefix="vdm.")
-  if not section.gamma_min < section.gamma_max:
-    _fail(
-      "vdm.gamma_max", f"greater than config.vdm.gamma_min={section.gamma_min}", section.gamma_max
-    )
-  if not checks.is_integer(section.num_timesteps) or section.num_timesteps < 0:
-    _fail("vdm.num_timesteps", "0 (continuous time) or a positive integer", section.num_timesteps)
-  if section.interior not in ("variance", "bound"):
-    _fail("vdm.interior", "'variance' or 'bound'", section.interior)
-  if section.schedule == "learned" and section.interior == "variance" and section.num_timesteps:
-    _fail(
-      "vdm.interior",
-      "'bound' with config.vdm.num_timesteps > 0 (the T-step bound depends on the schedule's "
-      "interior; only the continuous one leaves it free for the variance)",
-      section.interior,
-    )
-  if section.decoder not in vdm.DECODERS:
-    _fail("vdm.decoder", f"one of {vdm.DECODERS}", section.decoder)
-  if not isinstance(section.antithetic, bool):
-    _fail("vdm.antithetic", "True or False", section.antithetic)
-  for name in ("num_features", "eval_time_samples", "sample_steps"):
-    if not checks.is_integer(section[name]) or section[name] <= 0:
-      _fail(f"vdm.{name}", "a positive integer", section[name])
-
-
-def _check_real(node, path, low, high, open_high, prefix="") -> None:
+def check_real(node, path, low=None, high=None, *, open_high=False, prefix="") -> None:
+  """ConfigError naming config.{prefix}{path} unless node's value at `path` is a finite real
+  in [low, high] ([low, high) with open_high; None: no bound)."""
   value = _get(node, path)
   if (
     not checks.is_real(value)
@@ -360,7 +322,7 @@ def _check_real(node, path, low, high, open_high, prefix="") -> None:
       want = f"a finite number >= {low:g}"
     else:
       want = "a finite number"
-    _fail(prefix + path, want, value)
+    fail(prefix + path, want, value)
 
 
 def _get(node, path):
@@ -369,7 +331,8 @@ def _get(node, path):
   return node
 
 
-def _fail(path, want, value):
+def fail(path: str, want: str, value) -> NoReturn:
+  """Raises ConfigError("config.{path} must be {want}, got {value!r}"): every check's message."""
   raise ConfigError(f"config.{path} must be {want}, got {value!r}")
 
 

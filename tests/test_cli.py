@@ -26,6 +26,7 @@ def run_py():
     spec = importlib.util.spec_from_file_location("run_py_under_test", RUN_PY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.define_command_flags()  # as_flags derives the flags' names from their definitions
   finally:
     if previous is None:
       del os.environ["GEN_JAX_CPU_FLAGS"]
@@ -54,6 +55,31 @@ def test_the_error_line_adds_the_dashes(run_py, library, command_line):
   assert run_py.as_flags(library) == (command_line or "--" + library)
 
 
+def test_only_the_renamed_arguments_are_listed(run_py):
+  """Every other library argument is named as its flag: the flags' definitions say which."""
+  assert all(name != flag for name, flag in run_py.ARGUMENT_FLAGS.items())
+  for name in ("class_label", "guidance_scale", "inception_weights", "pretrained", "process_id"):
+    assert run_py.as_flags(f"{name}=1") == f"--{name}=1"
+  assert run_py.as_flags("cache_dir=/x") == "--compilation_cache_dir=/x"
+
+
+def test_the_old_eta_flag_is_the_new_option_with_a_warning(run_py, capsys):
+  argv = ["run.py", "--config.sample.eta=0.5", "--config.sample.num_steps=3"]
+  assert run_py.renamed_config_flags(argv) == [
+    "run.py",
+    "--config.sample.options.eta=0.5",
+    "--config.sample.num_steps=3",
+  ]
+  assert capsys.readouterr().err == (
+    "warning: --config.sample.eta is deprecated, use --config.sample.options.eta (the old name "
+    "goes in gen_jax 0.3)\n"
+  )
+  assert run_py.renamed_config_flags(["run.py", "--config.sample.eta", "1"])[1:] == [
+    "--config.sample.options.eta",
+    "1",
+  ]
+
+
 def run(cwd, *args, env=None):
   env = dict(env or os.environ, JAX_PLATFORMS="cpu", GEN_JAX_CPU_FLAGS="0")
   return subprocess.run(
@@ -69,6 +95,33 @@ def test_a_library_config_error_is_one_line_with_the_flag(tmp_path):
   assert errors == [
     "error: --config.model.compute_dtype must be one of ('float32', 'bfloat16'), got 'float16'"
   ]
+  assert not os.path.exists(tmp_path / "wd")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  ("args", "error"),
+  [
+    (  # was an 11-frame traceback from the model's builder
+      ["--config.diffusion.num_timesteps=1", "--config.sample.num_steps=1"],
+      "error: --config.diffusion.num_timesteps must be an integer >= 2, got 1",
+    ),
+    (
+      ["--config.sample.sampler=ddim", "--config.sample.options.s_churn=10"],
+      "error: --config.sample.options.s_churn must be None: --config.sample.sampler='ddim' does "
+      "not take it (its options: eta), got 10.0",
+    ),
+    (  # the old name, forwarded to the new one
+      ["--config.sample.eta=-1"],
+      "error: --config.sample.options.eta must be a number >= 0, got -1.0",
+    ),
+  ],
+)
+def test_sampler_and_diffusion_mistakes_are_one_line_at_start_up(tmp_path, args, error):
+  result = run(tmp_path, RUN_PY, "--experiment=ddpm_digits", "--workdir=wd", *args)
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert errors == [error]
   assert not os.path.exists(tmp_path / "wd")
 
 

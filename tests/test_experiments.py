@@ -60,6 +60,27 @@ def test_experiment_has_build_or_run(name):
   )
 
 
+# Each experiment's get_config() as it was before the U-Net block became configs.unet_config and
+# sample.eta became sample.options (commit dff5929), as json.dumps(config.to_dict()) wrote it.
+FROZEN_CONFIGS = os.path.join(os.path.dirname(__file__), "support", "experiment_configs.json")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_config_values_are_those_before_the_shared_helpers(name):
+  """configs.unet_config and config.sample.options changed where the values come from, not
+  the values: every field is the frozen copy's, sample.eta (0.0) now sample.options.eta (None,
+  which is DDIM's 0.0)."""
+  from gen_jax import configs
+
+  with open(FROZEN_CONFIGS) as f:
+    before = json.load(f)[name]
+  now = json.loads(importlib.import_module(f"experiments.{name}").get_config().to_json())
+  if "sample" in before:
+    assert before["sample"].pop("eta") == 0.0
+    assert now["sample"].pop("options") == configs.sampler_options().to_dict()
+  assert now == before
+
+
 # Trained, sampled and evaluated through run.py elsewhere (tests/test_run.py, test_compare.py,
 # test_likelihood_table.py, diffusion/test_vdm_run.py): here only their shipped configs are checked,
 # which keeps the suite inside its time budget.

@@ -24,7 +24,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 def load_dataset(data_config: Any, split: str) -> Dataset:
   """The Dataset of `split` ('train' or 'test') described by config `data` (see the package docstring).
 
-  Fields: source, name, path, tfds_data_dir, batch_size, random_flip (train split only), num_workers (tfds:
+  Fields: source, name, path, tfds_data_dir, random_flip (train split only), num_workers (tfds:
   worker processes that read and decode the records; 0 reads them in the calling thread).
   """
   cfg = data_config
@@ -33,9 +33,6 @@ def load_dataset(data_config: Any, split: str) -> Dataset:
     raise DataError(f"unknown data.source {source!r}; use one of {', '.join(SOURCES)}")
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-  batch_size = cfg.get("batch_size", None)
-  if batch_size is not None and (not checks.is_integer(batch_size) or batch_size <= 0):
-    raise DataError(f"data.batch_size must be a positive int, got {batch_size!r}")
   name, path = cfg.get("name", None), cfg.get("path", None)
   random_flip = bool(cfg.get("random_flip", False)) and split == "train"
   num_workers = cfg.get("num_workers", 0)

@@ -47,7 +47,7 @@ import numpy as np
 from gen_jax import checks
 from gen_jax.diffusion._helpers import at, concrete_or_none
 from gen_jax.diffusion.forward import ModelFn, check_prediction_for_schedule, eps_and_x0
-from gen_jax.diffusion.reverse import check_variance
+from gen_jax.diffusion.reverse import VARIANCES, check_variance
 from gen_jax.diffusion.schedules import Schedule, schedule_sigmas, sigma_to_timestep
 from gen_jax.diffusion.timesteps import (
   check_timesteps,
@@ -87,6 +87,15 @@ def _grid(schedule, num_steps, timesteps, default, name) -> Array:
       raise ValueError(f"{name}: pass num_steps or timesteps, not both")
     return check_timesteps(timesteps, schedule.num_timesteps, name)
   return jnp.asarray(default(num_steps), jnp.int32)
+
+
+def _ddim_grid(schedule):
+  """The default grid of ddim, respaced and ddim_invert: num_steps -> `ddim_timesteps(T,
+  num_steps)`, all T levels for num_steps None."""
+  num_timesteps = schedule.num_timesteps
+  return lambda num_steps: ddim_timesteps(
+    num_timesteps, num_timesteps if num_steps is None else num_steps
+  )
 
 
 def _start(key, shape, x_init, name):
@@ -262,7 +271,7 @@ def ddim_sample(
     schedule,
     num_steps,
     timesteps,
-    lambda n: ddim_timesteps(schedule.num_timesteps, schedule.num_timesteps if n is None else n),
+    _ddim_grid(schedule),
     name,
   )
   check_prediction_for_schedule(schedule, prediction, grid, name)
@@ -322,7 +331,7 @@ def ddim_invert(
     schedule,
     num_steps,
     timesteps,
-    lambda n: ddim_timesteps(schedule.num_timesteps, schedule.num_timesteps if n is None else n),
+    _ddim_grid(schedule),
     name,
   )
   check_prediction_for_schedule(schedule, prediction, grid[:0], name)
@@ -386,7 +395,7 @@ def respaced_ddpm_sample(
     schedule,
     num_steps,
     timesteps,
-    lambda n: ddim_timesteps(schedule.num_timesteps, schedule.num_timesteps if n is None else n),
+    _ddim_grid(schedule),
     "respaced_ddpm_sample",
   )
   return ddpm_sample(
@@ -649,6 +658,17 @@ def heun_sample(
 # ----------------------------------------------------------------------------
 
 
+# What an option accepts: (description, allows(value) -> bool), for errors such as
+# "config.sample.options.eta must be a number >= 0, got -0.5".
+_NON_NEGATIVE = ("a number >= 0", lambda v: checks.is_real(v) and v >= 0)
+_NON_NEGATIVE_OR_INF = (
+  "a number >= 0 or inf",
+  lambda v: (checks.is_real(v) and v >= 0) or v == math.inf,
+)
+_POSITIVE = ("a number > 0", lambda v: checks.is_real(v) and v > 0)
+_VARIANCE = (f"one of {VARIANCES}", lambda v: v in VARIANCES)
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
   """A sampler as the registry knows it.
@@ -660,9 +680,13 @@ class SamplerSpec:
     default_steps: the step count when none is given; None means all T.
     options: the keyword options particular to it, with the defaults of `fn`
       (eta: DDIM's noise; variance: the ancestral samplers' "small" | "large";
-      s_churn: Heun's stochasticity). Every sampler also takes COMMON_OPTIONS.
+      Heun's s_churn, s_tmin, s_tmax, s_noise, rho). Every sampler also takes
+      COMMON_OPTIONS. A config sets them as config.sample.options.<name>
+      (gen_jax.configs builds that section from this table).
     takes_num_steps: False for a sampler that always runs all T steps (ddpm).
     network_calls: num_steps -> model evaluations per sample (Heun: 2N - 1).
+    domains: for each option, the values it accepts, (description, allows(value) -> bool):
+      config.sample.options are checked against it at start-up.
   """
 
   fn: Callable[..., Any]
@@ -671,6 +695,7 @@ class SamplerSpec:
   options: Mapping[str, Any]
   takes_num_steps: bool = True
   network_calls: Callable[[int], int] = lambda num_steps: num_steps
+  domains: Mapping[str, tuple[str, Callable[[Any], bool]]] = dataclasses.field(default_factory=dict)
 
 
 # Options every sampler takes (see the module docstring).
@@ -678,19 +703,35 @@ COMMON_OPTIONS = ("timesteps", "x_init", "return_trajectory")
 
 SAMPLERS: dict[str, SamplerSpec] = {
   "ddpm": SamplerSpec(
-    ddpm_sample, "ancestral, all T steps", None, {"variance": "small"}, takes_num_steps=False
+    ddpm_sample,
+    "ancestral, all T steps",
+    None,
+    {"variance": "small"},
+    takes_num_steps=False,
+    domains={"variance": _VARIANCE},
   ),
-  "ddim": SamplerSpec(ddim_sample, "DDIM", None, {"eta": 0.0}),
+  "ddim": SamplerSpec(ddim_sample, "DDIM", None, {"eta": 0.0}, domains={"eta": _NON_NEGATIVE}),
   "respaced": SamplerSpec(
-    respaced_ddpm_sample, "ancestral on fewer steps", None, {"variance": "small"}
+    respaced_ddpm_sample,
+    "ancestral on fewer steps",
+    None,
+    {"variance": "small"},
+    domains={"variance": _VARIANCE},
   ),
   "dpm++2m": SamplerSpec(dpmpp_2m_sample, "DPM-Solver++(2M)", 20, {}),
   "heun": SamplerSpec(
     heun_sample,
     "EDM's Heun, 2N - 1 network calls for N steps",
     18,
-    {"s_churn": 0.0},
+    {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0, "rho": 7.0},
     network_calls=lambda num_steps: 2 * num_steps - 1,
+    domains={
+      "s_churn": _NON_NEGATIVE,
+      "s_tmin": _NON_NEGATIVE,
+      "s_tmax": _NON_NEGATIVE_OR_INF,
+      "s_noise": _NON_NEGATIVE,
+      "rho": _POSITIVE,
+    },
   ),
 }
 
@@ -717,7 +758,8 @@ def sampler_num_steps(name: str, num_steps: int | None, num_timesteps: int) -> i
 
 
 def _applying_options(spec: SamplerSpec, options: Mapping[str, Any]) -> dict[str, Any]:
-  """The options that apply to `spec`; ValueError for a name no sampler takes."""
+  """The options that apply to `spec`, less those given as None (the sampler's default, as
+  config.sample.options leaves them); ValueError for a name no sampler takes."""
   known = {option for other in SAMPLERS.values() for option in other.options}
   known.update(COMMON_OPTIONS)
   unknown = sorted(set(options) - known)
@@ -726,7 +768,7 @@ def _applying_options(spec: SamplerSpec, options: Mapping[str, Any]) -> dict[str
   return {
     option: value
     for option, value in options.items()
-    if option in spec.options or option in COMMON_OPTIONS
+    if option in COMMON_OPTIONS or (option in spec.options and value is not None)
   }
 
 
@@ -747,7 +789,7 @@ def run_sampler(
   model_fn's output predicts `prediction` (eps | x0 | v). num_steps as
   `sampler_num_steps` resolves it, unless options hold `timesteps` (then
   those levels run and num_steps is ignored). options: keyword options of
-  any registered sampler (eta, variance, s_churn) and COMMON_OPTIONS
+  any registered sampler (eta, variance, s_churn, ...; None: its default) and COMMON_OPTIONS
   (timesteps, x_init, return_trajectory); those particular to other
   samplers are ignored, so that one call site can pass them all
   (`describe_sampler` records only those that apply).

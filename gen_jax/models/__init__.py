@@ -14,10 +14,12 @@ Batches are dicts {'x': (B, *example_shape) float32} (images in [-1, 1],
 NHWC) with an optional boolean 'mask' in evaluation. The classes are frozen
 dataclasses, so jitted functions can close over them.
 
-One module per family, each with the config builders that make it:
-diffusion_model (DDPM-family, gen_jax's networks or a diffusers folder),
-vae_model (one latent layer), hvae_model (top-down hierarchy), vdm_model
-(the continuous-time variational bound); _common holds what two share.
+One module per family, each with the config builders that make it and the
+`check_config(config)` that owns its config sections: diffusion_model
+(DDPM-family, gen_jax's networks or a diffusers folder), vae_model (one latent
+layer), hvae_model (top-down hierarchy), vdm_model (the continuous-time
+variational bound); _common holds what two share. configs.validate calls
+`check_config` below, which hands a config to its family.
 
 The builders, `make_*(config, example_shape) -> model` from a whole config:
 make_unet_diffusion, make_mlp_diffusion, make_pretrained_diffusion, make_unet_vdm, make_mlp_vae,
@@ -25,6 +27,7 @@ make_conv_vae, make_hvae. Each experiment binds one as its `build`; training rec
 the workdir, so gen_jax.train.load_trained rebuilds the model from the workdir alone.
 """
 
+from gen_jax.models import diffusion_model, hvae_model, vae_model, vdm_model
 from gen_jax.models.diffusion_model import (
   DiffusionModel,
   diffusion_betas,
@@ -38,11 +41,31 @@ from gen_jax.models.hvae_model import HVAEModel, make_hvae
 from gen_jax.models.vae_model import VAEModel, make_conv_vae, make_mlp_vae
 from gen_jax.models.vdm_model import VDMModel, make_unet_vdm, vdm_config
 
+# Which family owns a config, by what only its configs hold: the first match checks
+# config.model and the family's own section (a VAE is any other config with a model).
+_FAMILIES = (
+  (lambda config: "diffusion" in config, diffusion_model.check_config),
+  (lambda config: "vdm" in config, vdm_model.check_config),
+  (lambda config: "layers_per_resolution" in config.get("model", {}), hvae_model.check_config),
+  (lambda config: "model" in config, vae_model.check_config),
+)
+
+
+def check_config(config) -> None:
+  """Raises ConfigError naming the first bad field of the model sections (model, diffusion,
+  vdm) of `config`, checked by the family that owns them (_FAMILIES)."""
+  for owns, check in _FAMILIES:
+    if owns(config):
+      check(config)
+      return
+
+
 __all__ = [
   "DiffusionModel",
   "HVAEModel",
   "VAEModel",
   "VDMModel",
+  "check_config",
   "diffusion_betas",
   "diffusion_config",
   "make_conv_vae",

@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax import diffusion, nets
+from gen_jax import checks, configs, diffusion, nets
 from gen_jax.configs import ConfigError
+from gen_jax.models import _common
 from gen_jax.models._common import _mean
 from gen_jax.pretrained import diffusers_unet
 
@@ -127,10 +128,9 @@ class DiffusionModel:
     num_samples: int,
     sampler: str = "ddpm",
     num_steps: int | None = None,
-    eta: float = 0.0,
-    s_churn: float = 0.0,
     labels=None,
     guidance_scale: float = 0.0,
+    **options,
   ) -> Array:
     """Draws num_samples examples with the sampler registered as `sampler`
     in `diffusion.SAMPLERS` (which holds each one's default step count).
@@ -140,7 +140,9 @@ class DiffusionModel:
     (default T) respaced timesteps; dpm++2m: DPM-Solver++(2M), num_steps
     (default 20) network calls; heun: EDM's Heun sampler, num_steps
     (default 18) sigmas, 2 num_steps - 1 calls, stochastic with s_churn > 0.
-    Options that do not apply to the sampler (eta, s_churn) are ignored.
+    options: the samplers' own (config.sample.options: eta, variance, s_churn,
+    ...); None, or one another sampler takes, leaves the sampler's default.
+    variance defaults to the model's (config.diffusion.variance).
 
     labels: (num_samples,) int classes for a conditional model (None: the
     null class); guidance_scale: w of classifier-free guidance (every
@@ -158,10 +160,14 @@ class DiffusionModel:
       num_steps,
       self.clip,
       prediction=self.prediction,
-      variance=self.variance,
-      eta=eta,
-      s_churn=s_churn,
+      **self._sampler_options(options),
     )
+
+  def _sampler_options(self, options) -> dict:
+    """options with variance, where not given, the model's."""
+    if options.get("variance") is None:
+      options = {**options, "variance": self.variance}
+    return options
 
   def evaluate(self, params, batch, key, ode_steps: int = 0) -> dict[str, Array]:
     """Per-example denoising loss and, for 8-bit images, the bound in bits/dim
@@ -200,23 +206,20 @@ class DiffusionModel:
     self,
     sampler: str = "ddpm",
     num_steps: int | None = None,
-    eta: float = 0.0,
-    s_churn: float = 0.0,
     guidance_scale: float = 0.0,
+    **options,
   ) -> dict:
     """What `sample` runs with these arguments (`diffusion.describe_sampler`):
     the sampler, the steps and network calls per sample that actually run,
-    and only the options that apply to it (variance: ddpm and respaced; eta:
-    ddim; s_churn: heun). guidance_scale w != 0 (sampling with labels) is
+    and only the options that apply to it, given or default (variance: ddpm and
+    respaced; eta: ddim; s_churn, s_tmin, s_tmax, s_noise, rho: heun). guidance_scale w != 0 (sampling with labels) is
     recorded and doubles the calls."""
     return diffusion.describe_sampler(
       sampler,
       num_steps,
       self.schedule.num_timesteps,
       guidance_scale,
-      variance=self.variance,
-      eta=eta,
-      s_churn=s_churn,
+      **self._sampler_options(options),
     )
 
   def _ode_steps(self, ode_steps: int) -> int:
@@ -290,41 +293,103 @@ def diffusion_config(
   )
 
 
-def diffusion_betas(diffusion_cfg):
-  """The float64 betas that a `config.diffusion` section describes (errors name its fields)."""
-  num_timesteps = diffusion_cfg.num_timesteps
-  if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
-    raise ValueError(
-      f"config.diffusion.num_timesteps must be an integer >= 2, got {num_timesteps!r}"
+def check_config(config) -> None:
+  """Checks what a diffusion experiment adds to base_config(), raising ConfigError naming the
+  field (configs.validate calls it, before anything is written): config.model (gen_jax's U-Net,
+  configs.unet_config; or the MLP denoiser's width and num_blocks; num_classes and
+  cond_drop_prob), config.diffusion (`check_diffusion_section`), and config.sample against T:
+  a registered sampler whose steps, given or its default, are at most T."""
+  from gen_jax.diffusion import samplers
+
+  model = config.get("model", {})
+  _common.check_unet_section(model)
+  _common.check_integers(model, ("width",))
+  _common.check_integers(model, ("num_blocks",), low=0)
+  _common.check_integers(model, ("num_classes",), low=0, want="an integer >= 0 (0: unconditional)")
+  if "cond_drop_prob" in model:
+    configs.check_real(model, "cond_drop_prob", 0.0, 1.0, open_high=True, prefix="model.")
+  check_diffusion_section(config.diffusion)
+  sample, num_timesteps = config.sample, config.diffusion.num_timesteps
+  if sample.sampler not in samplers.SAMPLERS:
+    configs.fail("sample.sampler", f"one of {tuple(samplers.SAMPLERS)}", sample.sampler)
+  spec, steps = samplers.SAMPLERS[sample.sampler], sample.num_steps
+  if steps is not None and steps > num_timesteps:
+    configs.fail(
+      "sample.num_steps",
+      f"at most config.diffusion.num_timesteps={num_timesteps} (or None for the sampler's default)",
+      steps,
     )
-  beta_start = diffusion_cfg.get("beta_start")
-  beta_end = diffusion_cfg.get("beta_end")
-  if diffusion_cfg.beta_schedule == "linear":
-    betas = diffusion.linear_betas(num_timesteps, beta_start, beta_end)
-    if not (0 < betas[0] and betas[-1] < 1 and betas[0] <= betas[-1]):
-      raise ValueError(
-        "config.diffusion.beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1, "
-        f"got {betas[0]} and {betas[-1]}"
-      )
-  elif diffusion_cfg.beta_schedule == "cosine":
+  if steps is None and spec.takes_num_steps and (spec.default_steps or 0) > num_timesteps:
+    configs.fail(
+      "sample.num_steps",
+      f"set to at most config.diffusion.num_timesteps={num_timesteps}: sampler "
+      f"{sample.sampler!r} runs {spec.default_steps} steps by default",
+      steps,
+    )
+
+
+def check_diffusion_section(section) -> None:
+  """Checks a `config.diffusion` section (`diffusion_config`), raising ConfigError naming the
+  field: T >= 2 (one level cannot be both the data's, for the decoder, and the prior's
+  N(0, I)), a schedule whose betas satisfy 0 < beta_start <= beta_end < 1 (the defaults
+  resolved at T), a variance and a prediction the library has, zero terminal SNR only for a
+  v- or x0-predictor."""
+  num_timesteps = section.num_timesteps
+  if not checks.is_integer(num_timesteps) or num_timesteps < 2:
+    configs.fail("diffusion.num_timesteps", "an integer >= 2", num_timesteps)
+  if section.beta_schedule not in ("linear", "cosine"):
+    configs.fail("diffusion.beta_schedule", "'linear' or 'cosine'", section.beta_schedule)
+  beta_start, beta_end = section.get("beta_start"), section.get("beta_end")
+  if section.beta_schedule == "linear":
     for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
       if value is not None:
-        raise ValueError(
-          f"config.diffusion.{name} applies to beta_schedule 'linear' only, got {value!r} "
-          "with 'cosine'"
-        )
-    betas = diffusion.cosine_betas(num_timesteps)
-  else:
-    raise ValueError(
-      "config.diffusion.beta_schedule must be 'linear' or "
-      f"'cosine', got {diffusion_cfg.beta_schedule!r}"
-    )
-  if diffusion_cfg.get("zero_terminal_snr", False):
-    if diffusion_cfg.get("prediction", "eps") == "eps":
-      raise ValueError(
-        "config.diffusion.zero_terminal_snr=True needs config.diffusion.prediction 'v' or 'x0': "
-        "eps-prediction is undefined at the last level (alphas_cumprod = 0, x0 = (x_t - eps) / 0)"
+        configs.check_real(section, name, 0.0, 1.0, open_high=True, prefix="diffusion.")
+    betas = diffusion.linear_betas(num_timesteps, beta_start, beta_end)
+    if beta_start is None and betas[0] > betas[-1]:
+      configs.fail(
+        "diffusion.beta_end", f">= beta_start's default {betas[0]:g} at this T", beta_end
       )
+    if not 0 < betas[0] <= betas[-1]:
+      default = " (its default at this T)" if beta_end is None else ""
+      configs.fail(
+        "diffusion.beta_start",
+        f"in (0, config.diffusion.beta_end={betas[-1]:g}{default}]",
+        beta_start,
+      )
+  else:
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+      if value is not None:
+        configs.fail(f"diffusion.{name}", "None with beta_schedule 'cosine' (linear only)", value)
+  if not isinstance(section.zero_terminal_snr, bool):
+    configs.fail("diffusion.zero_terminal_snr", "True or False", section.zero_terminal_snr)
+  prediction = section.get("prediction", "eps")
+  if section.zero_terminal_snr and prediction == "eps":
+    configs.fail(
+      "diffusion.prediction",
+      "'v' or 'x0' with config.diffusion.zero_terminal_snr=True (an eps-predictor cannot give x0 "
+      "where alphas_cumprod is 0)",
+      prediction,
+    )
+  if section.variance not in diffusion.VARIANCES:
+    configs.fail("diffusion.variance", f"one of {diffusion.VARIANCES}", section.variance)
+  if prediction not in diffusion.PREDICTIONS:
+    configs.fail("diffusion.prediction", f"one of {diffusion.PREDICTIONS}", prediction)
+  if not isinstance(section.clip, bool):
+    configs.fail("diffusion.clip", "True or False", section.clip)
+
+
+def diffusion_betas(diffusion_cfg):
+  """The float64 betas that a `config.diffusion` section describes; ConfigError naming the
+  field (`check_diffusion_section`) if it describes none."""
+  check_diffusion_section(diffusion_cfg)
+  num_timesteps = diffusion_cfg.num_timesteps
+  if diffusion_cfg.beta_schedule == "linear":
+    betas = diffusion.linear_betas(
+      num_timesteps, diffusion_cfg.get("beta_start"), diffusion_cfg.get("beta_end")
+    )
+  else:
+    betas = diffusion.cosine_betas(num_timesteps)
+  if diffusion_cfg.get("zero_terminal_snr", False):
     betas = diffusion.rescale_zero_terminal_snr(betas)
   return betas
 
@@ -336,32 +401,16 @@ def make_diffusion_model(
 
   num_classes (config.model.num_classes) > 0 makes it class-conditional, with
   labels dropped to the null class with cond_drop_prob
-  (config.model.cond_drop_prob); the network must then take labels.
+  (config.model.cond_drop_prob); the network must then take labels. The
+  section is checked by `diffusion_betas`, the model section by `check_config`.
   """
-  betas = diffusion_betas(diffusion_cfg)
-  if diffusion_cfg.variance not in diffusion.VARIANCES:
-    raise ValueError(
-      f"config.diffusion.variance must be one of "
-      f"{diffusion.VARIANCES}, got {diffusion_cfg.variance!r}"
-    )
-  prediction = diffusion_cfg.get("prediction", "eps")
-  if prediction not in diffusion.PREDICTIONS:
-    raise ValueError(
-      f"config.diffusion.prediction must be one of {diffusion.PREDICTIONS}, got {prediction!r}"
-    )
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-    raise ValueError(
-      f"config.model.num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}"
-    )
-  if not 0.0 <= cond_drop_prob < 1.0:
-    raise ValueError(f"config.model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
   return DiffusionModel(
     net=net,
-    schedule=diffusion.make_schedule(betas),
+    schedule=diffusion.make_schedule(diffusion_betas(diffusion_cfg)),
     example_shape=tuple(example_shape),
     variance=diffusion_cfg.variance,
     clip=diffusion_cfg.clip,
-    prediction=prediction,
+    prediction=diffusion_cfg.get("prediction", "eps"),
     num_classes=num_classes,
     cond_drop_prob=cond_drop_prob,
   )

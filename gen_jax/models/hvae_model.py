@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax import configs
+from gen_jax.models import _common
 from gen_jax.models._common import _BITS_PER_DIM, _describe_data, _likelihood_targets, _mean
 from gen_jax.nets import hvae as hvae_nets
 from gen_jax.vae import decoders, hvae
@@ -151,17 +152,35 @@ class HVAEModel:
     return out
 
 
-def make_hvae(config, example_shape) -> HVAEModel:
-  """The hierarchical VAE of hvae_digits / hvae_cifar from `config.model` (see those files)."""
-  m = config.model
-  decoders.check_likelihood(m.likelihood, m.num_mixtures)
-  image_shape = tuple(example_shape)
-  resolutions, layers = tuple(m.resolutions), tuple(m.layers_per_resolution)
+def check_config(config) -> None:
+  """Checks config.model of a hierarchical VAE (hvae_digits, hvae_cifar), raising ConfigError
+  naming the field (configs.validate calls it): the sizes, the resolutions (increasing, one
+  count of layers each), the KL's warm-up and free bits, min_scale, temperature, the decoder's
+  likelihood and the IWAE bound. Whether the resolutions divide the images is the builder's
+  check: only the data knows the image size."""
+  model = config.model
+  _common.check_integers(model, ("width", "latent_channels", "encoder_blocks"))
+  _common.check_integers(model, ("kl_warmup_steps",), low=0, want="an integer >= 0 (0: no warm-up)")
+  _common.check_positive_tuples(model, ("resolutions", "layers_per_resolution"))
+  resolutions, layers = tuple(model.resolutions), tuple(model.layers_per_resolution)
   if len(resolutions) != len(layers) or list(resolutions) != sorted(resolutions):
     raise configs.ConfigError(
       "config.model.resolutions must be increasing (top-down) and as long as "
       f"config.model.layers_per_resolution; got {resolutions} and {layers}"
     )
+  configs.check_real(model, "free_bits", 0.0, prefix="model.")
+  configs.check_real(model, "min_scale", 0.0, 1.0, open_high=True, prefix="model.")
+  if model.min_scale <= 0:
+    configs.fail("model.min_scale", "a number in (0, 1)", model.min_scale)
+  configs.check_real(model, "temperature", 0.0, prefix="model.")
+  _common.check_vae_section(model)
+
+
+def make_hvae(config, example_shape) -> HVAEModel:
+  """The hierarchical VAE of hvae_digits / hvae_cifar from `config.model` (see those files)."""
+  m = config.model
+  image_shape = tuple(example_shape)
+  resolutions, layers = tuple(m.resolutions), tuple(m.layers_per_resolution)
   if any(image_shape[0] % r for r in resolutions) or resolutions[-1] > image_shape[0]:
     raise configs.ConfigError(
       f"config.model.resolutions {resolutions} must divide the image size {image_shape[0]}"

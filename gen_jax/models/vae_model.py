@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax import nets, vae
+from gen_jax.models import _common
 from gen_jax.models._common import _BITS_PER_DIM, _describe_data, _likelihood_targets, _mean
 from gen_jax.vae import decoders
 
@@ -129,6 +130,16 @@ class VAEModel:
     return out
 
 
+def check_config(config) -> None:
+  """Checks config.model of a one-layer VAE, raising ConfigError naming the field
+  (configs.validate calls it): the MLP's hidden widths (vae_digits, vae_mnist) or the
+  convolutions' channels (vae_cifar), latent_dim, the decoder's likelihood and the IWAE bound."""
+  model = config.model
+  _common.check_integers(model, ("latent_dim",))
+  _common.check_positive_tuples(model, ("hidden", "channels"))
+  _common.check_vae_section(model)
+
+
 def make_mlp_vae(config, example_shape) -> VAEModel:
   """The MLP VAE of vae_digits and vae_mnist, from a whole config (as every builder).
 
@@ -139,7 +150,6 @@ def make_mlp_vae(config, example_shape) -> VAEModel:
   """
   m = config.model
   likelihood, num_mixtures = m.get("likelihood", "bernoulli"), m.get("num_mixtures", 1)
-  decoders.check_likelihood(likelihood, num_mixtures)
   outputs = decoders.num_outputs(likelihood, num_mixtures)
   return VAEModel(
     encoder=nets.MLPEncoder(hidden=tuple(m.hidden), latent_dim=m.latent_dim),

@@ -10,11 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen_jax import (
-  diffusion,
-  nets,
-)
+from gen_jax import checks, configs, diffusion, nets
 from gen_jax.configs import ConfigError
+from gen_jax.models import _common
 from gen_jax.models._common import _mean
 
 Array = jax.Array
@@ -119,7 +117,7 @@ class VDMModel:
   ) -> Array:
     """Ancestral sampling on the learned (or fixed) schedule with num_steps steps (default
     sample_steps), `diffusion.vdm.sample`; sampler must be "ddpm" (ancestral)."""
-    del unused  # eta, s_churn: options of other samplers
+    del unused  # the options of DDPM's samplers (config.sample.options)
     if sampler != "ddpm":
       raise ValueError(
         f"a VDM samples ancestrally on its own schedule: sampler must be 'ddpm', got {sampler!r}"
@@ -210,9 +208,56 @@ def vdm_config(
   )
 
 
+def check_config(config) -> None:
+  """Checks what a VDM experiment adds to base_config(), raising ConfigError naming the field
+  (configs.validate calls it): config.model (the U-Net, configs.unet_config), config.vdm
+  (`vdm_config`), and config.sample: ancestral ("ddpm"), which takes no options."""
+  _common.check_unet_section(config.model)
+  section = config.vdm
+  if section.schedule not in diffusion.vdm.SCHEDULES:
+    configs.fail("vdm.schedule", f"one of {diffusion.vdm.SCHEDULES}", section.schedule)
+  for name in ("gamma_min", "gamma_max"):
+    configs.check_real(section, name, prefix="vdm.")
+  if not section.gamma_min < section.gamma_max:
+    configs.fail(
+      "vdm.gamma_max", f"greater than config.vdm.gamma_min={section.gamma_min}", section.gamma_max
+    )
+  if not checks.is_integer(section.num_timesteps) or section.num_timesteps < 0:
+    configs.fail(
+      "vdm.num_timesteps", "0 (continuous time) or a positive integer", section.num_timesteps
+    )
+  if section.interior not in ("variance", "bound"):
+    configs.fail("vdm.interior", "'variance' or 'bound'", section.interior)
+  if section.schedule == "learned" and section.interior == "variance" and section.num_timesteps:
+    configs.fail(
+      "vdm.interior",
+      "'bound' with config.vdm.num_timesteps > 0 (the T-step bound depends on the schedule's "
+      "interior; only the continuous one leaves it free for the variance)",
+      section.interior,
+    )
+  if section.decoder not in diffusion.vdm.DECODERS:
+    configs.fail("vdm.decoder", f"one of {diffusion.vdm.DECODERS}", section.decoder)
+  if not isinstance(section.antithetic, bool):
+    configs.fail("vdm.antithetic", "True or False", section.antithetic)
+  for name in ("num_features", "eval_time_samples", "sample_steps"):
+    if not checks.is_integer(section[name]) or section[name] <= 0:
+      configs.fail(f"vdm.{name}", "a positive integer", section[name])
+  if config.sample.sampler != "ddpm":
+    configs.fail(
+      "sample.sampler",
+      "'ddpm' (a VDM samples ancestrally on its own schedule)",
+      config.sample.sampler,
+    )
+  for name, value in config.sample.get("options", {}).items():
+    if value is not None:
+      configs.fail(
+        f"sample.options.{name}", "None: a VDM's ancestral sampler takes no options", value
+      )
+
+
 def make_unet_vdm(config, example_shape) -> VDMModel:
   """The U-Net VDM of vdm_digits and vdm_cifar: `config.model` (the U-Net) and `config.vdm`
-  (`vdm_config`; checked by configs.validate)."""
+  (`vdm_config`), as `check_config` checked them."""
   m, v = config.model, config.vdm
   if config.get("pretrained"):
     raise ConfigError(

@@ -78,7 +78,7 @@ def _evaluate(run: Run, *, sampler, num_steps, inception_weights, out_dir) -> di
   num_steps = num_steps or config.sample.num_steps
   if config.eval.num_samples and run.kind == "image":
     # Now, not after the likelihood.
-    check_sampler(run.model, run.abstract_state, sampler, num_steps, config.sample.eta)
+    check_sampler(run.model, run.abstract_state, sampler, num_steps, config.sample.options)
   state = run.restore()
   run.checkpoints.close()
 
@@ -199,7 +199,7 @@ def _conditional_accuracy(
   # Described again with the guidance it ran with: guidance doubles the network calls.
   sample_setup.update(
     run.model.describe_sample(
-      sampler=sampler, num_steps=num_steps, eta=config.sample.eta, guidance_scale=guidance
+      sampler=sampler, num_steps=num_steps, guidance_scale=guidance, **config.sample.options
     ),
     labels="every class equally often",
   )
@@ -238,11 +238,11 @@ def _evaluate_samples(
   train_images = read_images(train_dataset, num_samples)
   half = len(test_images) // 2
   describe = getattr(run.model, "describe_sample", None)
-  eta = config.sample.eta
+  options = config.sample.options
   sample_setup = dict(
-    describe(sampler=sampler, num_steps=num_steps, eta=eta)
+    describe(sampler=sampler, num_steps=num_steps, **options)
     if describe
-    else {"sampler": sampler, "num_steps": num_steps, "eta": eta},
+    else {"sampler": sampler, "num_steps": num_steps, **options},
     num_samples=num_samples,
     checkpoint_step=int(state.step),
     parameters="ema",

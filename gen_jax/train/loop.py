@@ -328,7 +328,7 @@ class SampleGrid:
       num_samples,
       config.sample.sampler,
       config.sample.num_steps,
-      config.sample.eta,
+      config.sample.options,
       config.sample.guidance_scale,
     )
     self.reference = reference_points(config)

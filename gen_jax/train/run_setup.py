@@ -65,13 +65,14 @@ class Run:
     num_samples: int,
     sampler: str,
     num_steps: int | None,
-    eta: float = 0.0,
+    options=None,
     guidance_scale: float = 0.0,
   ):
     """A jitted (params, key, labels=None) -> samples (numpy) for a fixed num_samples.
 
     labels: (num_samples,) classes for a class-conditional model, sampled
-    with classifier-free guidance `guidance_scale`.
+    with classifier-free guidance `guidance_scale`. options: the sampler's
+    (config.sample.options), passed to model.sample as keywords.
 
     The samples are sharded over the devices along the batch axis (the count
     is rounded up to a multiple of the device count, the surplus dropped);
@@ -85,8 +86,8 @@ class Run:
       num_samples=padded,
       sampler=sampler,
       num_steps=num_steps,
-      eta=eta,
       guidance_scale=guidance_scale,
+      **(options or {}),
     )
     draw = jax.jit(
       lambda params, key, labels: fn(params, key, labels=labels),
@@ -161,7 +162,7 @@ def open_run(
   )
   if mode == "train":  # The sample grids' sampler, before training, not at the first grid.
     sample = config.sample
-    check_sampler(model, abstract_state, sample.sampler, sample.num_steps, sample.eta)
+    check_sampler(model, abstract_state, sample.sampler, sample.num_steps, sample.options)
     resume.check_free_space(workdir, abstract_state, config.train.keep_checkpoints)
     model_config = config.get("model", {})
     resume.check_attention_memory(
@@ -186,13 +187,16 @@ def open_run(
   )
 
 
-def check_sampler(model, abstract_state, sampler: str, num_steps: int | None, eta: float) -> None:
+def check_sampler(model, abstract_state, sampler: str, num_steps: int | None, options) -> None:
   """Raises ConfigError now, naming the arguments, if the model cannot sample with these
   settings (an unknown sampler, a step count out of range), rather than after minutes of
-  other work. Traces the sampler on abstract values: no computation."""
+  other work. options: the sampler's (config.sample.options). Traces the sampler on abstract
+  values: no computation."""
   try:
     jax.eval_shape(
-      functools.partial(model.sample, num_samples=2, sampler=sampler, num_steps=num_steps, eta=eta),
+      functools.partial(
+        model.sample, num_samples=2, sampler=sampler, num_steps=num_steps, **(options or {})
+      ),
       abstract_state.ema_params,
       jax.random.key(0),
     )

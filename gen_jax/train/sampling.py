@@ -59,7 +59,7 @@ def draw_samples(
   chunk i from fold_in(key, i). labels: (num_samples,) classes of a class-conditional model."""
   num_chunks = -(-num_samples // run.config.sample.batch_size)
   per_chunk = -(-num_samples // num_chunks)
-  draw = run.make_sampler(per_chunk, sampler, num_steps, run.config.sample.eta, guidance_scale)
+  draw = run.make_sampler(per_chunk, sampler, num_steps, run.config.sample.options, guidance_scale)
   chunks = []
   for i in tqdm(range(num_chunks), desc=desc, disable=not run.is_writer, dynamic_ncols=True):
     chunk_labels = None if labels is None else labels[i * per_chunk : (i + 1) * per_chunk]
@@ -127,7 +127,7 @@ def _sample(run, *, num_samples, sampler, num_steps, out_dir, class_label, guida
     raise ConfigError(f"class_label={class_label} must be in [0, {num_classes})")
   sampler = sampler or config.sample.sampler
   num_steps = num_steps or config.sample.num_steps
-  check_sampler(run.model, run.abstract_state, sampler, num_steps, config.sample.eta)
+  check_sampler(run.model, run.abstract_state, sampler, num_steps, config.sample.options)
   labels, rows = None, None
   if num_classes:
     if class_label is None:

@@ -19,7 +19,7 @@ import json
 import os
 import platform
 
-from gen_jax.configs import ConfigError
+from gen_jax.configs import ConfigError, unset_options_not_taken, upgrade_saved_config
 from gen_jax.runtime import fileio
 from gen_jax.train import checkpoint
 
@@ -101,14 +101,16 @@ def read_json(path: str):
 
 
 def read_saved_config(workdir: str) -> dict | None:
-  """The contents of workdir/config.json, or None if there is none; ConfigError if it is damaged."""
+  """The contents of workdir/config.json, or None if there is none; ConfigError if it is damaged.
+  A config.json written by an older version comes with its renamed fields under their new
+  names (configs.upgrade_saved_config: sample.eta)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
   saved = read_json(path)
   if not isinstance(saved, dict):
     raise ConfigError(f"{path} is damaged (not a JSON object)")
-  return saved
+  return upgrade_saved_config(saved)
 
 
 def write_experiment(workdir: str, experiment: str) -> None:
@@ -147,7 +149,8 @@ def with_saved_config(config, workdir: str, keep: frozenset[str] = frozenset()):
 
   keep: dotted paths (e.g. "sample.num_steps") whose value in `config` wins,
   such as the ones overridden on the command line. Keys the saved config has
-  and `config` lacks are left out; tuples stay tuples.
+  and `config` lacks are left out; tuples stay tuples. With "sample.sampler" in
+  keep, the saved options that sampler does not take are left unset.
   """
   saved = read_saved_config(workdir)
   if saved is None:
@@ -167,6 +170,8 @@ def with_saved_config(config, workdir: str, keep: frozenset[str] = frozenset()):
         node[key] = value
 
   merge(config, saved, "")
+  if "sample.sampler" in keep:  # the saved sampler's options stay with it
+    unset_options_not_taken(config.sample, keep)
   return config
 
 

@@ -5,6 +5,7 @@ the `prediction` field (eps | x0 | v) in training, sampling and evaluation.
 
 import dataclasses
 import inspect
+import math
 
 import flax.linen as nn
 import jax
@@ -127,6 +128,8 @@ def test_model_sample_dispatch(monkeypatch):
 # describe_sample: what eval.json records
 # ----------------------------------------------------------------------------
 
+# Heun's options as EDM's paper sets them, the defaults of heun_sample.
+HEUN_OPTIONS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0, "rho": 7.0}
 # T = 50: what each sampler runs without a step count and with 7 steps.
 DESCRIBED = {
   ("ddpm", None): {"sampler": "ddpm", "num_steps": 50, "network_calls": 50, "variance": "large"},
@@ -142,8 +145,8 @@ DESCRIBED = {
   ("respaced", 7): {"sampler": "respaced", "num_steps": 7, "network_calls": 7, "variance": "large"},
   ("dpm++2m", None): {"sampler": "dpm++2m", "num_steps": 20, "network_calls": 20},
   ("dpm++2m", 7): {"sampler": "dpm++2m", "num_steps": 7, "network_calls": 7},
-  ("heun", None): {"sampler": "heun", "num_steps": 18, "network_calls": 35, "s_churn": 0.0},
-  ("heun", 7): {"sampler": "heun", "num_steps": 7, "network_calls": 13, "s_churn": 0.0},
+  ("heun", None): {"sampler": "heun", "num_steps": 18, "network_calls": 35, **HEUN_OPTIONS},
+  ("heun", 7): {"sampler": "heun", "num_steps": 7, "network_calls": 13, **HEUN_OPTIONS},
 }
 
 
@@ -189,6 +192,7 @@ def test_describe_sample_with_guidance_counts_both_calls():
     "sampler": "heun",
     "num_steps": 5,
     "network_calls": 18,
+    **HEUN_OPTIONS,
     "s_churn": 1.0,
     "guidance_scale": 2.0,
   }

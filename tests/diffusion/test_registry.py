@@ -24,7 +24,7 @@ def test_registry_entries():
     "ddim": (diffusion.ddim_sample, None, {"eta"}),
     "respaced": (diffusion.respaced_ddpm_sample, None, {"variance"}),
     "dpm++2m": (diffusion.dpmpp_2m_sample, 20, set()),
-    "heun": (diffusion.heun_sample, 18, {"s_churn"}),
+    "heun": (diffusion.heun_sample, 18, {"s_churn", "s_tmin", "s_tmax", "s_noise", "rho"}),
   }
   assert list(diffusion.SAMPLERS) == list(expected)
   for name, (fn, default_steps, options) in expected.items():
@@ -37,6 +37,33 @@ def test_registry_entries():
     assert ("num_steps" in parameters) == spec.takes_num_steps, name
     assert "clip" in parameters
   assert [spec.network_calls(18) for spec in diffusion.SAMPLERS.values()] == [18, 18, 18, 18, 35]
+
+
+def test_every_option_says_what_it_accepts():
+  """config.sample.options is built from the registry (gen_jax.configs.sampler_options): each
+  option needs the values it accepts (its domain), and one name one type across samplers."""
+  types = {}
+  for name, spec in diffusion.SAMPLERS.items():
+    assert set(spec.domains) == set(spec.options), name
+    for option, default in spec.options.items():
+      description, allows = spec.domains[option]
+      assert allows(default) and description, (name, option)
+      assert types.setdefault(option, type(default)) is type(default), (name, option)
+  assert not diffusion.SAMPLERS["ddim"].domains["eta"][1](-0.5)
+  assert diffusion.SAMPLERS["heun"].domains["s_tmax"][1](float("inf"))
+  assert not diffusion.SAMPLERS["heun"].domains["rho"][1](0.0)
+  assert not diffusion.SAMPLERS["ddpm"].domains["variance"][1]("tiny")
+
+
+def test_none_leaves_the_sampler_s_default():
+  """config.sample.options holds None for every option not set: run_sampler and
+  describe_sampler take it as the sampler's default."""
+  assert diffusion.describe_sampler("ddim", 5, 50, eta=None, s_churn=None) == {
+    "sampler": "ddim",
+    "num_steps": 5,
+    "network_calls": 5,
+    "eta": 0.0,
+  }
 
 
 def test_sampler_num_steps():
@@ -94,11 +121,15 @@ def test_run_sampler_passes_only_the_options_that_apply():
 
 
 def test_describe_sampler():
-  assert diffusion.describe_sampler("heun", None, 1000) == {
+  assert diffusion.describe_sampler("heun", None, 1000, s_churn=2.0) == {
     "sampler": "heun",
     "num_steps": 18,
     "network_calls": 35,
-    "s_churn": 0.0,
+    "s_churn": 2.0,
+    "s_tmin": 0.0,
+    "s_tmax": float("inf"),
+    "s_noise": 1.0,
+    "rho": 7.0,
   }
   assert diffusion.describe_sampler("dpm++2m", None, 1000, eta=0.5, s_churn=2.0) == {
     "sampler": "dpm++2m",
@@ -150,5 +181,9 @@ def test_run_sampler_common_options_and_prediction():
     "num_steps": 3,
     "network_calls": 5,
     "s_churn": 1.0,
+    "s_tmin": 0.0,
+    "s_tmax": float("inf"),
+    "s_noise": 1.0,
+    "rho": 7.0,
     "timesteps": [19, 9, 2],
   }
