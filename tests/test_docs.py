@@ -14,10 +14,11 @@ import math
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
 
-from tests.support import pages
+from tests.support import pages, runs
 
 REPO = pages.REPO
 DOC = os.path.join(REPO, "docs", "math.md")
@@ -162,10 +163,44 @@ def _block_with(text):
   return _run_block(*found)
 
 
+# Blocks that need a trained workdir run in their own test, beside one.
+NEEDS_A_WORKDIR = "train.load_trained("
+
+
 @pytest.mark.parametrize("page,index", BLOCKS)
 @pytest.mark.slow
 def test_python_block_runs(page, index):
+  code = pages.blocks(pages.executed(pages.read(os.path.join(REPO, page))), "python")[index]
+  if NEEDS_A_WORKDIR in code:
+    pytest.skip("needs a trained workdir: test_load_trained_block_runs_on_a_trained_workdir")
   _run_block(page, index)
+
+
+@pytest.mark.slow
+def test_load_trained_block_runs_on_a_trained_workdir(tmp_path, monkeypatch):
+  """library.md's loading block, as printed, on a tiny ddpm_digits run in runs/digits."""
+  from experiments import ddpm_digits
+  from gen_jax import train
+
+  config = runs.config(
+    "ddpm_digits",
+    runs.DIGITS_UNET,
+    runs.TWO_STEPS,
+    {"train.num_steps": 2, "train.checkpoint_every": 2, "train.sample_every": 1000},
+  )
+  monkeypatch.chdir(tmp_path)
+  train.train(config, "runs/digits", ddpm_digits.build, experiment="ddpm_digits")
+  (code,) = [
+    block
+    for path in pages.PAGES
+    for block in pages.blocks(pages.executed(pages.read(os.path.join(REPO, path))), "python")
+    if NEEDS_A_WORKDIR in block
+  ]
+  namespace = {}
+  exec(compile(code, "docs/library.md loading block", "exec"), namespace)
+  assert namespace["loaded"].step == 2
+  assert namespace["samples"].shape == (16, 8, 8, 1)
+  assert jax.tree.structure(namespace["raw"]) == jax.tree.structure(namespace["loaded"].params)
 
 
 @pytest.mark.slow
