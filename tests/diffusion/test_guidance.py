@@ -1,6 +1,6 @@
 """Tests for classifier-free guidance (gen_jax/diffusion/guidance.py): the formula,
 and guided DPM-Solver++ / Heun on a labelled Gaussian mixture against float64
-numpy references (the model-level guidance is tested in tests/test_guidance.py).
+numpy references (the model-level guidance is tested in tests/models/test_guidance_end_to_end.py).
 """
 
 import math

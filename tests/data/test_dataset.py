@@ -1,7 +1,7 @@
 """Tests of gen_jax.data's batches (gen_jax/data/dataset.py, toy2d.py, iteration.py): determinism as a function
 of (seed, step), epochs, process slices, eval coverage, random flips, toy 2-D data, the train stream and prefetch.
 
-The sources and the validation of files are tested in tests/test_data_sources.py.
+The sources and the validation of files are tested in tests/data/test_sources.py.
 """
 
 import threading

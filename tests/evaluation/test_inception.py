@@ -3,7 +3,7 @@
 No network here, so the published weights are never loaded: the tests check the architecture against
 torchvision's published parameter count, the layers' conventions (PyTorch weight layouts, BatchNorm, TF-style
 average pooling, PyTorch's bilinear resize) against float64 numpy written here, the weight files' round trip and
-errors, and the converter on two small PyTorch files written by torch 2.13 (tests/data/, recipe below).
+errors, and the converter on two small PyTorch files written by torch 2.13 (tests/fixtures/, recipe below).
 """
 
 import io
@@ -21,7 +21,7 @@ from gen_jax.evaluation import inception
 from tests.support import runs
 from tests.support.inception import random_variables
 
-DATA = os.path.join(runs.REPO, "tests", "data")
+DATA = os.path.join(runs.REPO, "tests", "fixtures")
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -229,7 +229,7 @@ def load_converter():
 
 
 def expected_small_state_dict():
-  """tests/data/torch_state_dict_{zip,legacy}.pth were written by torch 2.13.0 from this recipe:
+  """tests/fixtures/torch_state_dict_{zip,legacy}.pth were written by torch 2.13.0 from this recipe:
 
   base = torch.arange(10, dtype=torch.float32)
   sd = OrderedDict([('a.weight', torch.arange(24, dtype=torch.float32).reshape(2, 3, 4) / 7),

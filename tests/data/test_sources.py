@@ -20,8 +20,6 @@ from tests.support.runs import REPO, data_config, load_script
 def test_config_errors():
   with pytest.raises(data.DataError, match="digits"):  # lists the allowed sources
     data.load_dataset(data_config(source="imagenet"), "train")
-  with pytest.raises(data.DataError, match="batch_size"):
-    data.load_dataset(data_config(batch_size=0), "train")
   with pytest.raises(data.DataError, match="split"):
     data.load_dataset(data_config(), "validation")
   with pytest.raises(data.DataError, match="data.path"):
