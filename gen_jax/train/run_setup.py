@@ -6,7 +6,8 @@ validates the config (the one call of configs.validate), checks what the mode
 needs (a resumable workdir with room for the checkpoints, or a checkpoint to
 read), opens the data, builds the model, its optimizer and step
 (step.train_step_for), the abstract train state and the checkpoint manager.
-Nothing is written before every check has passed.
+Nothing is written before every check has passed; what a training then writes,
+and the state it starts from, are resume.restore_or_init's.
 """
 
 import dataclasses
@@ -16,7 +17,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from gen_jax import configs, data
 from gen_jax.configs import ConfigError
@@ -59,46 +59,6 @@ class Run:
   def restore(self) -> step.TrainState:
     """The newest readable checkpoint (sampling and evaluation: read-only)."""
     return checkpoint.restore(self.checkpoints, self.abstract_state)
-
-  def make_sampler(
-    self,
-    num_samples: int,
-    sampler: str,
-    num_steps: int | None,
-    eta: float = 0.0,
-    guidance_scale: float = 0.0,
-  ):
-    """A jitted (params, key, labels=None) -> samples (numpy) for a fixed num_samples.
-
-    labels: (num_samples,) classes for a class-conditional model, sampled
-    with classifier-free guidance `guidance_scale`.
-
-    The samples are sharded over the devices along the batch axis (the count
-    is rounded up to a multiple of the device count, the surplus dropped);
-    the noise is drawn for the whole batch from one key, so the samples do
-    not depend on the number of devices.
-    """
-    devices = self.mesh.devices.size
-    padded = -(-num_samples // devices) * devices
-    fn = functools.partial(
-      self.model.sample,
-      num_samples=padded,
-      sampler=sampler,
-      num_steps=num_steps,
-      eta=eta,
-      guidance_scale=guidance_scale,
-    )
-    draw = jax.jit(
-      lambda params, key, labels: fn(params, key, labels=labels),
-      out_shardings=sharding.data_sharded(self.mesh),
-    )
-
-    def sample(params, key, labels=None):
-      if labels is not None:
-        labels = np.resize(np.asarray(labels, np.int32), padded)
-      return sharding.to_host(draw(params, key, labels))[:num_samples]
-
-    return sample
 
 
 def open_run(
