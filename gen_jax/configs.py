@@ -396,10 +396,9 @@ ABSENT = "<absent>"
 
 
 def differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
-  """(dotted key, old value, new value) for each leaf where two configs as JSON trees (nested
-  dicts) differ, sorted by key; a side without the key holds ABSENT. The one config diff:
-  a resumed run against its config.json (train.resume), a process against its peers
-  (runtime.distributed)."""
+  """(dotted key, old value, new value), sorted by key, for each leaf where two configs as JSON
+  trees (nested dicts) differ; ABSENT on a side without the key. The one config diff: resumes
+  against config.json (train.resume), processes against their peers (runtime.distributed)."""
 
   def flatten(tree, prefix=""):
     out = {}

@@ -126,9 +126,8 @@ def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
       for step in range(start_step + 1, tc.num_steps + 1):
         batch = sharding.shard_batch(next(batches), run.mesh)
         state, metrics = train_step(state, batch, train_key)
-        ends_here = stopper.should_stop(step, metrics)
         log.append(step, metrics)
-        if ends_here:
+        if stopper.should_stop(step, metrics):  # the last step, the time budget, a signal...
           break
         sync(
           step,
@@ -139,8 +138,8 @@ def _train(run: Run, lock, experiment: str | None) -> step_lib.TrainState:
         )
         if stopper.signalled():  # It came while this step logged, saved or drew: stop here too.
           break
-      # The step training ends at, however it ends: logged and saved (once), and, as a last
-      # step, drawn; after a signal during its sample grid, only what it had not done yet.
+      # The step training ends at, however it ends: logged and saved here, once (and drawn if
+      # it ends as a last step); after a signal during its scheduled work, what that left undone.
       sync(step, state, log=True, save=True, grid=stopper.ends_as_last_step)
   finally:
     log.close()
