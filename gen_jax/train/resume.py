@@ -95,7 +95,7 @@ def restore_or_init(run, experiment: str | None, lock) -> tuple[step_lib.TrainSt
       functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.state_shardings
     )
     if config.get("pretrained"):  # Fine-tuning: params and EMA start from the folder's weights.
-      from gen_jax.train import from_pretrained  # (it opens runs itself: imported when used)
+      from gen_jax.train import from_pretrained  # (here: it imports run_setup, which imports us)
 
       init = lambda key: from_pretrained.pretrained_state(config, run.model, run.tx, run.mesh)
     state, start_step = init(rng.stream(config.seed, "init")), 0

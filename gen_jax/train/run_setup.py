@@ -12,6 +12,7 @@ and the state it starts from, are resume.restore_or_init's.
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,18 @@ class Run:
   def restore(self) -> step.TrainState:
     """The newest readable checkpoint (sampling and evaluation: read-only)."""
     return checkpoint.restore(self.checkpoints, self.abstract_state)
+
+  def make_sampler(self, *args, **kwargs):
+    """Deprecated (goes in gen_jax 0.3): sampling.make_sampler(run, ...)."""
+    warnings.warn(
+      "Run.make_sampler moved to gen_jax.train.sampling.make_sampler(run, ...) in gen_jax 0.2; "
+      "the method goes in 0.3",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    from gen_jax.train import sampling  # (sampling opens runs through this module)
+
+    return sampling.make_sampler(self, *args, **kwargs)
 
 
 def open_run(
