@@ -353,3 +353,28 @@ def check_path(config, path: str) -> None:
         f"unknown config key {walked}.{part}{hint}; valid keys of {walked}: {', '.join(valid)}"
       )
     node, walked = node[part], f"{walked}.{part}"
+
+
+ABSENT = "<absent>"
+
+
+def differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
+  """(dotted key, old value, new value), sorted by key, for each leaf where two configs as JSON
+  trees (nested dicts) differ; ABSENT on a side without the key. The one config diff: resumes
+  against config.json (train.resume), processes against their peers (runtime.distributed)."""
+
+  def flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        out.update(flatten(value, f"{prefix}{key}."))
+      else:
+        out[f"{prefix}{key}"] = value
+    return out
+
+  before, after = flatten(old), flatten(new)
+  return [
+    (key, before.get(key, ABSENT), after.get(key, ABSENT))
+    for key in sorted(set(before) | set(after))
+    if before.get(key, ABSENT) != after.get(key, ABSENT)
+  ]

@@ -387,6 +387,26 @@ def test_first_signal_is_recorded_second_goes_to_the_previous_handler():
     signal.signal(signal.SIGTERM, original)
 
 
+def test_the_stopper_says_whether_training_ends_after_a_step_and_why():
+  metrics = {train.HALT: np.asarray(False)}
+  with faults.Stopper(num_steps=3, max_seconds=0, log_every=1, announce=False) as stopper:
+    assert not stopper.should_stop(1, metrics) and stopper.why is None
+    assert stopper.should_stop(3, metrics) and stopper.why == "last" and stopper.ends_as_last_step
+  assert stopper.stopped_by is None
+  with faults.Stopper(num_steps=3, max_seconds=1e-9, log_every=1, announce=False) as stopper:
+    assert stopper.should_stop(1, metrics) and stopper.why == "time" and stopper.ends_as_last_step
+  assert stopper.stopped_by is None and stopper.trained_seconds > 0
+
+  before = signal.getsignal(signal.SIGTERM)
+  with faults.Stopper(num_steps=3, max_seconds=0, log_every=1, announce=False) as stopper:
+    assert not stopper.should_stop(1, metrics) and not stopper.signalled()
+    deliver(signal.SIGTERM)  # e.g. while step 1 was logged: it stops there too, with no grid
+    assert stopper.signalled() and stopper.why == "signal" and not stopper.ends_as_last_step
+    assert stopper.should_stop(2, metrics) and stopper.why == "signal"
+    assert stopper.should_stop(3, metrics) and stopper.why == "last"  # drawn, then interrupted
+  assert stopper.stopped_by == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.slow
 def test_train_stops_after_the_signalled_step_and_restores_the_handlers(
   tmp_path, monkeypatch, capsys

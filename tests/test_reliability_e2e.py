@@ -24,7 +24,7 @@ import pytest
 from experiments import ddpm_toy2d
 from gen_jax import train
 from gen_jax.runtime import fileio
-from gen_jax.train import checkpoint, loop, run_setup, sampling
+from gen_jax.train import checkpoint, run_setup, sampling
 from tests.support import faults, runs
 from tests.support.faults import (
   TIMEOUT,
@@ -185,14 +185,14 @@ def test_a_kill_during_the_last_grid_and_resumes_that_say_what_they_do(tmp_path,
   assert saved_steps(workdir) == [2]
 
   # Ctrl-C during the last step's grid: the step is saved, and the run still says it was stopped.
-  draw = loop.SampleGrid.draw
+  draw = sampling.SampleGrid.draw
 
   def draw_then_signal(self, params, step):
     draw(self, params, step)
     deliver(signal.SIGINT)
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(loop.SampleGrid, "draw", draw_then_signal)
+    patch.setattr(sampling.SampleGrid, "draw", draw_then_signal)
     with pytest.raises(train.TrainingInterrupted, match="stopped by SIGINT after step 3"):
       train.train(toy_config(num_steps=3), workdir, ddpm_toy2d.build)
   assert saved_steps(workdir) == [2, 3] and [r["step"] for r in logged(workdir)] == [1, 2, 3]
@@ -203,14 +203,14 @@ def test_sampling_refuses_non_finite_settings_and_samples_and_checks_its_output_
 ):
   workdir = str(tmp_path / "wd")
   config = toy_config(num_steps=1)
-  make_sampler = run_setup.Run.make_sampler
+  make_sampler = sampling.make_sampler
 
-  def nan_sampler(self, *args, **kwargs):
-    draw = make_sampler(self, *args, **kwargs)
+  def nan_sampler(run, *args, **kwargs):
+    draw = make_sampler(run, *args, **kwargs)
     return lambda *a, **k: draw(*a, **k) * np.float32(np.nan)
 
   with pytest.MonkeyPatch.context() as patch:  # the training grid: reported, not drawn
-    patch.setattr(run_setup.Run, "make_sampler", nan_sampler)
+    patch.setattr(sampling, "make_sampler", nan_sampler)
     train.train(config, workdir, ddpm_toy2d.build)
   out = capsys.readouterr().out
   assert "The sample grid of step 1 is not written: 4 of 4 samples hold NaN/inf" in out

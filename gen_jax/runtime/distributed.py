@@ -31,6 +31,7 @@ import os
 
 import jax
 
+from gen_jax import configs
 from gen_jax.configs import ConfigError
 
 # Lower than JAX's defaults (100 s, 300 s): a lost process is noticed in half a minute. The
@@ -154,23 +155,10 @@ def config_fingerprint(config, job: str) -> str:
 
 def differences(mine: str, theirs: str) -> list[str]:
   """'path is THEIRS there, MINE here' for each leaf where two config_fingerprint()s differ."""
-
-  def flat(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-      if isinstance(value, dict):
-        out.update(flat(value, f"{prefix}{key}."))
-      else:
-        out[f"{prefix}{key}"] = value
-    return out
-
-  there, here = flat(json.loads(theirs)), flat(json.loads(mine))
-  missing = "<absent>"
-  show = lambda v: v if v == missing else json.dumps(v)
+  show = lambda v: v if v == configs.ABSENT else json.dumps(v)
   return [
-    f"{k} is {show(there.get(k, missing))} there, {show(here.get(k, missing))} here"
-    for k in sorted(set(there) | set(here))
-    if there.get(k, missing) != here.get(k, missing)
+    f"{key} is {show(there)} there, {show(here)} here"
+    for key, there, here in configs.differences(json.loads(theirs), json.loads(mine))
   ]
 
 

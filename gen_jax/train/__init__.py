@@ -27,15 +27,18 @@ The modules, each answering one question:
   rng.py         which key each random draw uses (named streams)
   run_setup.py   opening a run: validate the config, data, model, optimizer,
                  abstract state, checkpoint manager (open_run -> Run)
-  resume.py      whether a workdir may be resumed with this config and data,
-                 and whether its disk holds the checkpoints
+  resume.py      resuming a workdir: whether this config and data may (and
+                 whether the disk holds the checkpoints), and the state a
+                 training starts from, restored or new, with the workdir's
+                 records of the run (restore_or_init)
   workdir.py     what a workdir holds (config.json, data_spec.json) and how
                  one is named and found
-  faults.py      signals, preemption, the time budget, non-finite steps,
-                 a full disk or memory
+  faults.py      signals, preemption, the time budget (the loop's Stopper),
+                 non-finite steps, a full disk or memory
   workdir_lock.py  one training per workdir
+  summary.py     metrics.jsonl and TensorBoard, and the loop's MetricLog
   loop.py        train()
-  sampling.py    sample(), and drawing samples in chunks
+  sampling.py    sample(), the training's sample grid, drawing in chunks
   eval_checkpoint.py  evaluate(): eval.json
   classifier.py  the evaluation classifier, trained through the same step
   from_pretrained.py  runs that start from a diffusers folder (run.py

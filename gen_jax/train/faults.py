@@ -1,5 +1,7 @@
 """What happens on a signal, a preemption, a spent time budget or a NaN: the loop asks here.
 
+Stopper           the one object the loop asks after each step whether training
+                  ends there, and that knows why (the three below)
 StopOnSignal      the first SIGTERM/SIGINT is recorded, so the loop can finish
                   its step, save and raise TrainingInterrupted; a second one
                   goes to the previous handler at once
@@ -15,6 +17,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import jax
@@ -101,6 +104,76 @@ class StopOnSignal:
   def __exit__(self, *exc):
     self._restore()
     return False
+
+
+class Stopper:
+  """Whether training ends after a step, and why; a context manager around the loop (inside it,
+  StopOnSignal's handlers are installed).
+
+  should_stop(step, metrics), asked once after each step, sets `why`:
+    "last"        step is config.train.num_steps
+    "time"        train.max_seconds is spent: the step ends the run as a last step would
+    "signal"      a SIGTERM/SIGINT came: save this step, draw no grid, TrainingInterrupted
+    "preemption"  several processes: JAX's preemption service chose this step (as SIGTERM)
+  The time budget's clock starts at the first call (the first step has compiled by then) and
+  is read once the previous step has finished on the device: the device stays busy, and at
+  most the step in flight runs past the budget. A signal can also come while a step's logs,
+  checkpoint or grid are written: `signalled()` asks again then.
+  """
+
+  def __init__(self, num_steps: int, max_seconds: float, log_every: int, *, announce: bool):
+    self.signals = StopOnSignal(announce=announce, enabled=jax.process_count() == 1)
+    self.num_steps, self.max_seconds, self.log_every = num_steps, float(max_seconds), log_every
+    self.why = None
+    self.trained_seconds = 0.0
+    self._clock_start = self._previous_halt = None
+
+  def __enter__(self):
+    self.signals.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    return self.signals.__exit__(*exc)
+
+  def should_stop(self, step: int, metrics) -> bool:
+    """Whether training ends after `step` (whose metrics hold the device's HALT flag)."""
+    if self._clock_start is None:
+      self._clock_start = time.perf_counter()
+    self.why = self._why(step, metrics)
+    return self.why is not None
+
+  def _why(self, step: int, metrics) -> str | None:
+    if step == self.num_steps:
+      return "last"
+    if self.max_seconds:
+      jax.block_until_ready(self._previous_halt)
+      self.trained_seconds = time.perf_counter() - self._clock_start
+      if out_of_time(self.trained_seconds, self.max_seconds, step, self.log_every):
+        return "time"
+    self._previous_halt = metrics[HALT]
+    if self.signals.signal_number is not None:
+      return "signal"
+    if reached_preemption(step):
+      return "preemption"
+    return None
+
+  def signalled(self) -> bool:
+    """Whether a signal has come (after should_stop: while that step was logged, saved or drawn)."""
+    if self.signals.signal_number is not None and self.why is None:
+      self.why = "signal"
+    return self.signals.signal_number is not None
+
+  @property
+  def ends_as_last_step(self) -> bool:
+    """The step should_stop stopped at gets a sample grid, as a last step does."""
+    return self.why in ("last", "time")
+
+  @property
+  def stopped_by(self) -> int | None:
+    """The signal that stopped training (a preemption counts as SIGTERM), or None."""
+    if self.signals.signal_number is not None:  # also one during the last step's grid
+      return self.signals.signal_number
+    return signal.SIGTERM if self.why == "preemption" else None
 
 
 def reached_preemption(step: int) -> bool:

@@ -1,19 +1,28 @@
-"""Whether a workdir may be resumed with this config and data, and whether its disk (and the
-device's memory) have room.
+"""Resuming a workdir: whether it may be resumed with this config and data (and whether its
+disk and the device's memory have room), and the state a training starts from.
 
-Run at start-up, before anything is written: a resumed run must continue the
-run its checkpoints came from (same model, data and optimizer), and a full
-disk must fail now, not at the first checkpoint.
+  check_resume_config, check_resume_data, check_free_space, check_attention_memory
+      open_run's start-up checks, before anything is written: a resumed run must
+      continue the run its checkpoints came from (same model, data and optimizer),
+      and a full disk must fail now, not at the first checkpoint
+  restore_or_init(run, experiment, lock) -> (state, start_step)
+      the newest checkpoint that restores, else a new state; and the workdir's
+      records of this run (config.json, data_spec.json, experiment.txt), written
+      only now, once the checks have compared against the old ones
 """
 
+import functools
 import json
 import os
 import shutil
 
 import jax
+from absl import logging
 
+from gen_jax import configs
 from gen_jax.configs import ConfigError
-from gen_jax.train import checkpoint
+from gen_jax.train import checkpoint, rng, summary, workdir_lock
+from gen_jax.train import step as step_lib
 from gen_jax.train import workdir as workdir_lib
 
 # Config keys a resumed run may change: they leave the model, the data and the
@@ -35,36 +44,74 @@ RESUMABLE_CHANGES = (
   "eval.",
   "mesh.",  # how the state is laid out over devices; checkpoints restore onto any layout
 )
-_ABSENT = "<absent>"
 # Room for metrics.jsonl, TensorBoard events and sample pictures at start-up (a grid PNG of 64
 # samples is tens of kB); checkpoints are counted exactly.
 LOGS_ALLOWANCE = 2**20
 
 
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def config_changes(saved: dict, config) -> list[str]:
   """'key: old -> new' for each key (dotted path) where `config` differs from
   the saved config.json contents `saved`, outside RESUMABLE_CHANGES."""
-  old = _flatten(saved)
-  new = _flatten(json.loads(config.to_json_best_effort()))
-  changes = []
-  for key in sorted(set(old) | set(new)):
-    if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
-      continue
-    before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
-    if before != after:
-      show = lambda v: v if v is _ABSENT else json.dumps(v)
-      changes.append(f"{key}: {show(before)} -> {show(after)}")
-  return changes
+  show = lambda v: v if v is configs.ABSENT else json.dumps(v)
+  return [
+    f"{key}: {show(before)} -> {show(after)}"
+    for key, before, after in configs.differences(saved, json.loads(config.to_json_best_effort()))
+    if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES)
+  ]
+
+
+def restore_or_init(
+  run, experiment: str | None, lock, build=None
+) -> tuple[step_lib.TrainState, int]:
+  """The state a training in `run` starts from and its step: the newest checkpoint that restores
+  completely (checkpoint.restore_newest sets aside and reports the others), else a new state at
+  step 0 (the diffusers folder's weights with config.pretrained).
+
+  Then the writing process records the run in the workdir: config.json, data_spec.json,
+  experiment.txt (`experiment`, if given), builder.txt (the gen_jax.models builder `build`, so
+  load_trained rebuilds the model from the workdir alone); deletes what a killed writer left half-written; drops
+  the metrics of steps after `start_step`, which are about to be logged again. lock: the
+  workdir_lock taken for this training (process 0), or None; a taken-over lock is reported.
+  """
+  config, workdir = run.config, run.workdir
+  report = print if run.is_writer else (lambda message: None)
+  if lock is not None and workdir_lock.stale_note(lock):
+    report(workdir_lock.stale_note(lock))
+  state, start_step = checkpoint.restore_newest(
+    run.checkpoints, run.abstract_state, report=report, is_writer=run.is_writer
+  )
+  if start_step and start_step > config.train.num_steps:
+    raise ConfigError(
+      f"workdir={workdir} holds a checkpoint at step {start_step}, past config.train.num_steps="
+      f"{config.train.num_steps}: nothing to train; raise num_steps to go on, or use another "
+      "workdir"
+    )
+  if run.is_writer:  # Only now: the start-up checks compared against the old files.
+    workdir_lib.remove_temporary_files(workdir, report)
+    workdir_lib.write_config(workdir, config)
+    workdir_lib.write_data_spec(workdir, run.dataset)
+    if experiment:
+      workdir_lib.write_experiment(workdir, experiment)
+    if build is not None:
+      from gen_jax.train.load import record_builder  # (here: load imports checkpoint, as we do)
+
+      record_builder(workdir, build)
+    summary.drop_records_after(workdir, start_step or 0)
+  if state is None:
+    init = jax.jit(
+      functools.partial(step_lib.init_state, run.model, run.tx), out_shardings=run.state_shardings
+    )
+    if config.get("pretrained"):  # Fine-tuning: params and EMA start from the folder's weights.
+      from gen_jax.train import from_pretrained  # (here: it imports run_setup, which imports us)
+
+      init = lambda key: from_pretrained.pretrained_state(config, run.model, run.tx, run.mesh)
+    state, start_step = init(rng.stream(config.seed, "init")), 0
+  else:
+    logging.info("Resuming from checkpoint at step %d", start_step)
+    if run.is_writer:
+      print(f"Resuming {workdir} from step {start_step}")
+  logging.info("Parameters: %s", f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
+  return state, start_step
 
 
 def check_resume_config(config, workdir: str, *, unverified: bool = False) -> None:

@@ -6,17 +6,18 @@ validates the config (the one call of configs.validate), checks what the mode
 needs (a resumable workdir with room for the checkpoints, or a checkpoint to
 read), opens the data, builds the model, its optimizer and step
 (step.train_step_for), the abstract train state and the checkpoint manager.
-Nothing is written before every check has passed.
+Nothing is written before every check has passed; what a training then writes,
+and the state it starts from, are resume.restore_or_init's.
 """
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from gen_jax import configs, data
 from gen_jax.configs import ConfigError
@@ -60,46 +61,17 @@ class Run:
     """The newest readable checkpoint (sampling and evaluation: read-only)."""
     return checkpoint.restore(self.checkpoints, self.abstract_state)
 
-  def make_sampler(
-    self,
-    num_samples: int,
-    sampler: str,
-    num_steps: int | None,
-    options=None,
-    guidance_scale: float = 0.0,
-  ):
-    """A jitted (params, key, labels=None) -> samples (numpy) for a fixed num_samples.
-
-    labels: (num_samples,) classes for a class-conditional model, sampled
-    with classifier-free guidance `guidance_scale`. options: the sampler's
-    (config.sample.options), passed to model.sample as keywords.
-
-    The samples are sharded over the devices along the batch axis (the count
-    is rounded up to a multiple of the device count, the surplus dropped);
-    the noise is drawn for the whole batch from one key, so the samples do
-    not depend on the number of devices.
-    """
-    devices = self.mesh.devices.size
-    padded = -(-num_samples // devices) * devices
-    fn = functools.partial(
-      self.model.sample,
-      num_samples=padded,
-      sampler=sampler,
-      num_steps=num_steps,
-      guidance_scale=guidance_scale,
-      **(options or {}),
+  def make_sampler(self, *args, **kwargs):
+    """Deprecated (goes in gen_jax 0.3): sampling.make_sampler(run, ...)."""
+    warnings.warn(
+      "Run.make_sampler moved to gen_jax.train.sampling.make_sampler(run, ...) in gen_jax 0.2; "
+      "the method goes in 0.3",
+      DeprecationWarning,
+      stacklevel=2,
     )
-    draw = jax.jit(
-      lambda params, key, labels: fn(params, key, labels=labels),
-      out_shardings=sharding.data_sharded(self.mesh),
-    )
+    from gen_jax.train import sampling  # (sampling opens runs through this module)
 
-    def sample(params, key, labels=None):
-      if labels is not None:
-        labels = np.resize(np.asarray(labels, np.int32), padded)
-      return sharding.to_host(draw(params, key, labels))[:num_samples]
-
-    return sample
+    return sampling.make_sampler(self, *args, **kwargs)
 
 
 def open_run(

@@ -1,13 +1,17 @@
-"""How samples are drawn from a run and saved: sample(), and the pieces train and evaluate share.
+"""How samples are drawn from a run and saved: sample(), the training's sample grid, and the
+pieces train and evaluate share.
 
   sample(config, workdir, build, num_samples=None, ...)  samples.npz + PNG
+  SampleGrid(run, writer).draw(params, step)             training: samples/step_N.png
   draw_samples(run, params, num_samples, key, ...)       in chunks, on the mesh
+  make_sampler(run, num_samples, sampler, ...)           one jitted, sharded draw
   class_grid_labels(num_samples, num_classes)            one row per class
   save_samples_picture(path, samples, kind, ...)         grid or scatter plot
 
 (run_setup.check_sampler makes a bad sampler fail before any work.)
 """
 
+import functools
 import os
 
 import jax
@@ -17,7 +21,7 @@ from tqdm import tqdm
 from gen_jax import checks, data, images
 from gen_jax.configs import ConfigError
 from gen_jax.runtime import fileio
-from gen_jax.train import faults, rng
+from gen_jax.train import faults, rng, sharding
 from gen_jax.train import workdir as workdir_lib
 from gen_jax.train.run_setup import BuildFn, Run, check_sampler, open_run
 
@@ -44,6 +48,103 @@ def save_samples_picture(path, samples, kind, reference=None, num_rows=None) -> 
     images.save_image_grid(path, samples, num_rows=num_rows)
 
 
+def make_sampler(
+  run: Run,
+  num_samples: int,
+  sampler: str,
+  num_steps: int | None,
+  options=None,
+  guidance_scale: float = 0.0,
+):
+  """A jitted (params, key, labels=None) -> samples (numpy) for a fixed num_samples.
+
+  labels: (num_samples,) classes for a class-conditional model, sampled
+  with classifier-free guidance `guidance_scale`. options: the sampler's
+  (config.sample.options), passed to model.sample as keywords.
+
+  The samples are sharded over the devices along the batch axis (the count
+  is rounded up to a multiple of the device count, the surplus dropped);
+  the noise is drawn for the whole batch from one key, so the samples do
+  not depend on the number of devices.
+  """
+  devices = run.mesh.devices.size
+  padded = -(-num_samples // devices) * devices
+  fn = functools.partial(
+    run.model.sample,
+    num_samples=padded,
+    sampler=sampler,
+    num_steps=num_steps,
+    guidance_scale=guidance_scale,
+    **(options or {}),
+  )
+  draw = jax.jit(
+    lambda params, key, labels: fn(params, key, labels=labels),
+    out_shardings=sharding.data_sharded(run.mesh),
+  )
+
+  def sample(params, key, labels=None):
+    if labels is not None:
+      labels = np.resize(np.asarray(labels, np.int32), padded)
+    return sharding.to_host(draw(params, key, labels))[:num_samples]
+
+  return sample
+
+
+class SampleGrid:
+  """The picture of config.sample.num_samples samples drawn while training: one row per
+  class for a class-conditional model; a scatter plot over data points for 2-D data."""
+
+  def __init__(self, run: Run, writer):
+    config = run.config
+    self.run, self.writer = run, writer
+    self.directory = os.path.join(run.workdir, "samples")
+    num_samples, num_classes = config.sample.num_samples, getattr(run.model, "num_classes", 0)
+    self.labels, self.rows = (
+      class_grid_labels(num_samples, num_classes) if num_classes else (None, None)
+    )
+    self.draw_fn = make_sampler(
+      run,
+      num_samples,
+      config.sample.sampler,
+      config.sample.num_steps,
+      config.sample.options,
+      config.sample.guidance_scale,
+    )
+    self.reference = reference_points(config)
+    if run.is_writer:
+      os.makedirs(self.directory, exist_ok=True)
+
+  def path(self, step: int) -> str:
+    return os.path.join(self.directory, f"step_{step:07d}.png")
+
+  def named(self, step: int) -> str:
+    """'; samples: <path>' if the grid of `step` is on disk, else ''."""
+    return f"; samples: {self.path(step)}" if os.path.exists(self.path(step)) else ""
+
+  def draw_if_missing(self, params, step: int) -> None:
+    """The last step's grid, which a run killed while drawing it left undrawn."""
+    if not os.path.exists(self.path(step)):
+      if self.run.is_writer:
+        print(f"Drawing the sample grid of step {step}, which the last run did not finish")
+      self.draw(params, step)
+
+  def draw(self, params, step: int) -> None:
+    """Draws and writes the grid of `step`; non-finite samples are reported, not drawn."""
+    key = rng.stream(self.run.config.seed, "sample_grid", step)
+    samples = self.draw_fn(params, key, self.labels)
+    bad = int(np.sum(~np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)))
+    if bad and self.run.is_writer:
+      print(
+        f"The sample grid of step {step} is not written: {bad} of {len(samples)} samples hold "
+        f"NaN/inf (config.sample: sampler {self.run.config.sample.sampler}, guidance "
+        f"{self.run.config.sample.guidance_scale})"
+      )
+    elif self.run.is_writer:
+      save_samples_picture(self.path(step), samples, self.run.kind, self.reference, self.rows)
+      if self.run.kind == "image":
+        self.writer.write_image(step, "samples", images.grid(images.to_uint8(samples)))
+
+
 def draw_samples(
   run: Run,
   params,
@@ -59,7 +160,7 @@ def draw_samples(
   chunk i from fold_in(key, i). labels: (num_samples,) classes of a class-conditional model."""
   num_chunks = -(-num_samples // run.config.sample.batch_size)
   per_chunk = -(-num_samples // num_chunks)
-  draw = run.make_sampler(per_chunk, sampler, num_steps, run.config.sample.options, guidance_scale)
+  draw = make_sampler(run, per_chunk, sampler, num_steps, run.config.sample.options, guidance_scale)
   chunks = []
   for i in tqdm(range(num_chunks), desc=desc, disable=not run.is_writer, dynamic_ncols=True):
     chunk_labels = None if labels is None else labels[i * per_chunk : (i + 1) * per_chunk]

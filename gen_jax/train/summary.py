@@ -1,12 +1,23 @@
 """Metrics to workdir/metrics.jsonl and TensorBoard event files (via tensorboardX,
-which needs no TensorFlow)."""
+which needs no TensorFlow).
+
+MetricLog          what the training loop logs: the metrics of the steps since the
+                   last log, their non-finite check, their averages and the progress bar
+MetricWriter       one record of scalars to metrics.jsonl and TensorBoard; images too
+drop_records_after the records a resumed run is about to write again
+"""
 
 import json
 import os
+import time
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
 from gen_jax.runtime import fileio
+from gen_jax.train import faults
+from gen_jax.train.step import HALT
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -87,3 +98,65 @@ class MetricWriter:
   def close(self) -> None:
     self._jsonl.close()
     self._tb.close()
+
+
+class MetricLog:
+  """The metrics of the steps since the last log: the non-finite check, the averages
+  written to metrics.jsonl and TensorBoard (the writing process), and the progress bar."""
+
+  def __init__(
+    self, workdir: str, num_steps: int, start_step: int, *, is_writer: bool, skip_nonfinite: bool
+  ):
+    self.workdir, self.skip_nonfinite = workdir, skip_nonfinite
+    self.pending = []  # (step, metrics), on the device until check_finite fetches them
+    self.writer = MetricWriter(workdir) if is_writer else None
+    self.progress = tqdm(
+      total=num_steps,
+      initial=start_step,
+      desc="train",
+      disable=not is_writer,
+      dynamic_ncols=True,
+      mininterval=1.0,
+    )
+    self._logged_step, self._logged_time = start_step, time.time()
+
+  def append(self, step: int, metrics) -> None:
+    self.pending.append((step, metrics))
+    self.progress.update(1)
+
+  def check_finite(self, last_saved: int) -> None:
+    """Raises NonFiniteError if a pending step set HALT. Fetches the metrics: a sync."""
+    self.pending = jax.device_get(self.pending)
+    bad_step = faults.first_halted_step(self.pending)
+    if bad_step is not None:
+      raise faults.NonFiniteError(
+        faults.nonfinite_message(
+          bad_step, self.pending, last_saved, self.workdir, self.skip_nonfinite
+        )
+      )
+
+  def write(self, step: int) -> None:
+    """Writes the pending steps' averages (NaNs of skipped steps left out) as step `step`."""
+    host = [metrics for _, metrics in jax.device_get(self.pending)]
+    self.pending = []
+    values = {}
+    for name in host[0]:
+      series = np.asarray([m[name] for m in host])
+      if name == HALT:
+        continue
+      if name == "skipped_nonfinite_steps":  # a running total
+        values[name] = float(series[-1])
+      else:
+        finite = series[np.isfinite(series)]
+        values[name] = float(np.mean(finite)) if finite.size else float("nan")
+    now = time.time()
+    values["steps_per_sec"] = (step - self._logged_step) / max(now - self._logged_time, 1e-9)
+    self._logged_step, self._logged_time = step, now
+    self.progress.set_postfix(loss=f"{values['loss']:.4f}")
+    if self.writer:
+      self.writer.write_scalars(step, values)
+
+  def close(self) -> None:
+    self.progress.close()
+    if self.writer:
+      self.writer.close()
