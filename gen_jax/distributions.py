@@ -31,6 +31,9 @@ numpy and against optax in tests/test_distributions.py):
   * Cross-entropy = KL + entropy: E_p[-log q] = KL(p || q) + H(p), so
     maximising the average log-likelihood of samples of p over q minimises
     KL(p || q) (see `monte_carlo_kl_terms` and experiments/mle_toy.py).
+
+Longer than the house's ~400 lines on purpose: every likelihood and KL gen_jax uses sits in this one
+module, each a few lines under its formula, so the table of probabilistic losses reads in one place.
 """
 
 import math

@@ -23,6 +23,10 @@ schedule of Nichol & Dhariwal 2021 truncated to the same endpoints), "learned" (
 network, normalised so that its endpoints are two parameters of their own).
 
 An eps-model here is `eps_fn(z_t, gamma_t) -> eps_hat`, z_t (B, ...) and gamma_t (B,).
+
+Longer than the house's ~400 lines on purpose: the bound, its schedules, its variance-reducing
+gradient and its sampler stay together, as google-research/vdm keeps the model's mathematics in one
+file.
 """
 
 import dataclasses

@@ -24,6 +24,9 @@ Conventions: images NHWC (diffusers: NCHW; the conversion transposes the
 convolution kernels OIHW -> HWIO and the linear weights (out, in) -> (in,
 out)); float32 throughout; timesteps are the integers 0..T-1 of the DDPM
 scheduler (any real t works, as in diffusers).
+
+Longer than the house's ~400 lines on purpose: a layer-for-layer mirror reads best as one file
+beside diffusers' own unet_2d.py and unet_2d_blocks.py, block for block.
 """
 
 import dataclasses

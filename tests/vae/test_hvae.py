@@ -310,29 +310,3 @@ def test_hvae_build_refuses_resolutions_that_do_not_fit():
   config = runs.config("hvae_digits", {"model.resolutions": (1, 3, 4, 8)})
   with pytest.raises(configs.ConfigError, match="config.model.resolutions"):
     hvae_digits.build(config, (8, 8, 1))
-
-
-def test_skip_grad_norm_skips_large_gradients_and_counts_them():
-  """optim.skip_grad_norm: an update whose gradient norm reaches the threshold leaves the parameters and Adam's
-  moments as they were and is counted; a smaller one is the plain optimizer's update."""
-  import ml_collections
-
-  from gen_jax import configs, train
-
-  optim = configs.base_config().optim
-  optim.skip_grad_norm = 1.0
-  plain = ml_collections.ConfigDict(optim.to_dict())
-  plain.skip_grad_norm = 0.0
-  params = {"w": jnp.array([1.0, -2.0])}
-  tx, tx_plain = train.make_optimizer(optim, 100), train.make_optimizer(plain, 100)
-  state, state_plain = tx.init(params), tx_plain.init(params)
-  small, large = {"w": jnp.array([0.3, 0.4])}, {"w": jnp.array([6.0, 8.0])}
-  updates, state = tx.update(small, state, params)
-  updates_plain, state_plain = tx_plain.update(small, state_plain, params)
-  np.testing.assert_array_equal(updates["w"], updates_plain["w"])
-  before = jax.tree.leaves(state.inner_state.inner_state)
-  updates, state = tx.update(large, state, params)
-  assert np.all(np.asarray(updates["w"]) == 0)
-  for a, b in zip(before, jax.tree.leaves(state.inner_state.inner_state)):
-    np.testing.assert_array_equal(a, b)
-  assert int(state.inner_state.num_skipped) == 1
