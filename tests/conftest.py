@@ -6,9 +6,26 @@ end-to-end tests (run.py in a subprocess, tiny configs) live in tests/support/.
 """
 
 import os
+import pathlib
 
 import jax
 import pytest
+
+# A test module that imports one of these needs the `peers` extra; without it the module skips
+# (pytest.importorskip) with the reason, and .ci/run's second step reruns exactly these (-m peers).
+_PEER_MARKS = ('importorskip("torch")', 'importorskip("diffusers")', 'importorskip("k_diffusion")')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks every test of a module that needs a peer with `peers`."""
+  needs_peers = {}
+  for item in items:
+    path = pathlib.Path(str(item.fspath))
+    if path not in needs_peers:
+      source = path.read_text(encoding="utf-8") if path.suffix == ".py" else ""
+      needs_peers[path] = any(mark in source for mark in _PEER_MARKS)
+    if needs_peers[path]:
+      item.add_marker(pytest.mark.peers)
 
 
 def pytest_configure(config):

@@ -7,6 +7,7 @@ tests/test_docs.py; a region between `<!-- not-executed -->` and `<!-- /not-exec
 skipped by both (tests/support/pages.py).
 """
 
+import os
 import re
 import xml.etree.ElementTree as ET
 
@@ -142,3 +143,18 @@ def test_commands_are_read_from_every_page_but_not_from_not_executed_regions():
     "`python run.py --config.no.such=1`\n<!-- not-executed -->\n```bash\npython run.py --x\n```\n"
   )
   assert _commands(pages.executed(pending + "<!-- /not-executed -->")) == [" --config.no.such=1"]
+
+
+def test_ci_runs_the_readmes_install_and_test_commands_before_any_peer():
+  """.ci/run's first step is exactly what a new user runs: the README's install line for the test
+  tools and its test command, before the peers (which bring packages along, e.g. mpmath with
+  torch) are installed: a package missing from the `test` extra fails CI, as it fails a user."""
+  with open(os.path.join(runs.REPO, ".ci", "run")) as f:
+    ci = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+  readme = pages.read(pages.README)
+  assert "pip install -e '.[test]'" in readme and "python -m pytest -q" in readme
+  install = ci.index("python -m pip install --quiet -e '.[test]'")
+  test = ci.index("python -m pytest -q")
+  peers = min(i for i, line in enumerate(ci) if "peers" in line or "torch" in line)
+  assert install < test < peers, ci
+  assert not any("peers" in line for line in ci[:test]), ci
