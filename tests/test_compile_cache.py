@@ -89,7 +89,7 @@ def test_second_run_loads_the_compiled_programs(tmp_path):
   args += ["--config.sample.sampler=ddim"]
   first = runs.run_py(env, tmp_path, *args, "--workdir=first")
   folder = tmp_path / "xdg" / compile_cache.CACHE_FOLDER
-  written = sorted(f.split("-")[0] for f in os.listdir(folder))
+  written = sorted(f.split("-")[0] for f in os.listdir(folder) if f.endswith("-cache"))
   assert {"jit_init_state", "jit_train_step"} <= set(written), written
   assert "cache hit" not in first.stderr
 
@@ -99,7 +99,107 @@ def test_second_run_loads_the_compiled_programs(tmp_path):
   assert (
     set(written) <= hits
   )  # every program written by the first run was loaded, none compiled again
-  assert sorted(f.split("-")[0] for f in os.listdir(folder)) == written
+  assert sorted(f.split("-")[0] for f in os.listdir(folder) if f.endswith("-cache")) == written
+
+
+def test_jax_private_decompression_api_is_pinned():
+  """remove_damaged_entries reads entries through jax._src.compilation_cache's own (de)compression: if a
+  JAX upgrade moves it, this fails instead of every entry being judged damaged."""
+  from jax._src import compilation_cache as jax_cache
+
+  payload = b"\x00\x00\x00\x01" + bytes(range(256)) * 10
+  assert jax_cache.decompress_executable(jax_cache.compress_executable(payload)) == payload
+
+
+def _entry(folder, key, payload=b"\x00\x00\x00\x02" + b"executable" * 100):
+  from jax._src import compilation_cache as jax_cache
+
+  path = folder / f"{key}-cache"
+  path.write_bytes(jax_cache.compress_executable(payload))
+  return path
+
+
+def test_damaged_entries_are_removed_once(tmp_path):
+  """A truncated entry (kill -9 or a full disk while JAX wrote it), an empty one and one overwritten with
+  garbage are removed with their -atime files; a whole entry stays; entries older than the last check are
+  not read again."""
+  good = _entry(tmp_path, "jit_good-1")
+  truncated = _entry(tmp_path, "jit_cut-2")
+  truncated.write_bytes(truncated.read_bytes()[:-7])
+  (tmp_path / "jit_cut-2-atime").write_bytes(b"12345678")
+  (tmp_path / "jit_empty-3-cache").write_bytes(b"")
+  (tmp_path / "jit_garbage-4-cache").write_bytes(os.urandom(500))
+  removed = compile_cache.remove_damaged_entries(str(tmp_path))
+  assert sorted(removed) == ["jit_cut-2-cache", "jit_empty-3-cache", "jit_garbage-4-cache"]
+  assert sorted(os.listdir(tmp_path)) == [compile_cache.CHECKED_MARKER, good.name]
+  # Checked once: an entry older than the marker is not read again (start-up reads only new entries).
+  old = _entry(tmp_path, "jit_old-5")
+  old.write_bytes(b"not checked again")
+  past = os.stat(tmp_path / compile_cache.CHECKED_MARKER).st_mtime - 10
+  os.utime(old, (past, past))
+  assert compile_cache.remove_damaged_entries(str(tmp_path)) == []
+  assert old.exists()
+
+
+def test_configure_checks_the_cache_it_opens(tmp_path, jax_cache_settings):
+  jax.config.update("jax_enable_compilation_cache", True)
+  (tmp_path / "jit_cut-1-cache").write_bytes(b"\x28\xb5")
+  assert compile_cache.configure(cache_dir=str(tmp_path)) == str(tmp_path)
+  assert not (tmp_path / "jit_cut-1-cache").exists()
+
+
+def test_an_unusable_default_folder_means_no_cache_and_one_line(
+  tmp_path, jax_cache_settings, capsys
+):
+  """A read-only home or XDG_CACHE_HOME naming a file: the run goes on without a cache, after one line that
+  names the folder and the two flags; a folder the user named is still refused (above)."""
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", None)
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  assert compile_cache.configure(environ={"XDG_CACHE_HOME": str(a_file)}) is None
+  assert not jax.config.jax_enable_compilation_cache
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1, lines
+  assert str(a_file) in lines[0] and "--compilation_cache_dir" in lines[0]
+  assert "--nocompilation_cache" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_damaged_entry_is_rewritten_without_a_warning(tmp_path):
+  """Real JAX: a program is compiled into the cache, its entry cut short; the next process warns nothing,
+  compiles it again and writes a whole entry (before the fix: a warning and a recompilation at every run,
+  forever, since JAX never rewrites a key)."""
+  code = (
+    "import sys, jax, jax.numpy as jnp; from gen_jax.runtime import compile_cache; "
+    "compile_cache.configure(cache_dir=sys.argv[1]); "
+    "f = jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T + jnp.tanh(x).sum()); "
+    "print(float(f(jnp.ones((64, 64))).sum()))"
+  )
+  env = dict(os.environ, PYTHONPATH=runs.REPO, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env.pop("JAX_ENABLE_COMPILATION_CACHE", None)
+
+  def run():
+    result = subprocess.run(
+      [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+  first = run()
+  entries = sorted(p for p in tmp_path.iterdir() if p.name.endswith("-cache"))
+  assert entries
+  whole = {p: p.read_bytes() for p in entries}
+  for p in entries:
+    p.write_bytes(whole[p][: len(whole[p]) // 2])
+  second = run()
+  assert "Error reading persistent compilation cache" not in second.stderr, second.stderr
+  assert second.stdout == first.stdout
+  for p in entries:
+    compile_cache._decompress(p.read_bytes())  # whole again
+  third = run()
+  assert "Error reading" not in third.stderr
 
 
 def test_the_metric_writer_does_not_import_torch(tmp_path):
