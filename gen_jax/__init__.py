@@ -46,6 +46,20 @@ _MOVED = {
 }
 
 
+def _no_longer_exported(package: str, name: str, module: str, attribute: str | None = None):
+  """`module.attribute` for a name `package` re-exported before 0.2, with a DeprecationWarning.
+
+  The packages' __getattr__ (gen_jax.diffusion, gen_jax.train) call this for their plumbing names."""
+  attribute = attribute or name
+  warnings.warn(
+    f"{package}.{name} is no longer re-exported in gen_jax 0.2: use {module}.{attribute} "
+    "(the old path goes in 0.3)",
+    DeprecationWarning,
+    stacklevel=3,
+  )
+  return getattr(importlib.import_module(module), attribute)
+
+
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
   """Imports a moved module under its old name: the same module object, and a warning."""
 

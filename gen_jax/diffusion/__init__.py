@@ -180,16 +180,8 @@ _PLUMBING = {
 
 
 def __getattr__(name):
-  import importlib  # here, not at the top: the package namespace holds the public names only
-  import warnings
-
   if name not in _PLUMBING:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  module = f"{__name__}.{_PLUMBING[name]}"
-  warnings.warn(
-    f"gen_jax.diffusion.{name} is no longer re-exported in gen_jax 0.2: import it from {module} "
-    "(the old path goes in 0.3)",
-    DeprecationWarning,
-    stacklevel=2,
-  )
-  return getattr(importlib.import_module(module), name)
+  from gen_jax import _no_longer_exported  # here: the namespace holds the public names only
+
+  return _no_longer_exported(__name__, name, f"{__name__}.{_PLUMBING[name]}")

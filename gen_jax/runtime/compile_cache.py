@@ -110,7 +110,9 @@ def _unusable(folder: str) -> str | None:
 
 def _decompress(data: bytes) -> bytes:
   """An entry's payload, decompressed as JAX wrote it: zstd where JAX found it, else zlib."""
-  from jax._src import compilation_cache  # pinned: tests/runtime/test_compile_cache.py checks this API
+  from jax._src import (
+    compilation_cache,
+  )  # pinned: tests/runtime/test_compile_cache.py checks this API
 
   return compilation_cache.decompress_executable(data)
 

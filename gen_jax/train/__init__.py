@@ -52,7 +52,8 @@ signals, kills, NaNs and changed configs is in its docstring.
 """
 
 import importlib
-import warnings
+
+import gen_jax
 
 # name -> (module, attribute): resolved on first use (PEP 562), so that `import gen_jax.train`
 # (or one of its modules) loads neither the Inception network nor the evaluation code.
@@ -129,13 +130,7 @@ def __getattr__(name):
     value = getattr(importlib.import_module(module), attribute)
   elif name in _NO_LONGER_EXPORTED:  # not cached: each use warns
     module, attribute = _NO_LONGER_EXPORTED[name]
-    warnings.warn(
-      f"gen_jax.train.{name} is no longer re-exported in gen_jax 0.2: use {module}.{attribute} "
-      "(the old path goes in 0.3)",
-      DeprecationWarning,
-      stacklevel=2,
-    )
-    return getattr(importlib.import_module(module), attribute)
+    return gen_jax._no_longer_exported(__name__, name, module, attribute)
   else:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
   globals()[name] = value
