@@ -68,7 +68,7 @@ def test_plumbing_is_importable_from_its_module_and_not_reexported():
     for name in names:
       assert hasattr(module, name), f"{module_name}.{name}"
       # The 0.1 path still resolves, for one release, and says where the name lives now.
-      with pytest.warns(DeprecationWarning, match=f"import it from {module.__name__}"):
+      with pytest.warns(DeprecationWarning, match=f"use {module.__name__}\\."):
         assert getattr(diffusion, name) is getattr(module, name)
   with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
     diffusion.no_such_name  # noqa: B018
