@@ -16,7 +16,7 @@ Sections and the fields an experiment may add:
   mesh     how the devices are used: fsdp > 1 shards the train state (gen_jax.train.sharding)
   model    the network; the library reads compute_dtype, remat (U-Nets),
            num_classes and cond_drop_prob (class-conditional diffusion)
-  diffusion  the diffusion process (models.diffusion_config)
+  diffusion  the diffusion process (models.diffusion_config; continuous time: models.process_model)
   vdm      a variational diffusion model's schedule and bound (models.vdm_config)
 """
 
@@ -152,8 +152,12 @@ def validate(config) -> None:
   if "model" in config:
     _check_model(config.model)
   if "diffusion" in config:
-    _check_diffusion(config.diffusion)
-    _check_sampler(config.sample, config.diffusion.num_timesteps)
+    from gen_jax.models import process_model  # config.diffusion.process: its family's check
+
+    process_model.check_config(config)
+    if config.diffusion.get("process", "discrete") == "discrete":
+      _check_diffusion(config.diffusion)
+      _check_sampler(config.sample, config.diffusion.num_timesteps)
   if "vdm" in config:
     _check_vdm(config.vdm)
 

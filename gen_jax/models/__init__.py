@@ -17,7 +17,9 @@ dataclasses, so jitted functions can close over them.
 One module per family, each with the config builders that make it:
 diffusion_model (DDPM-family, gen_jax's networks or a diffusers folder),
 vae_model (one latent layer), hvae_model (top-down hierarchy), vdm_model
-(the continuous-time variational bound); _common holds what two share.
+(the continuous-time variational bound), process_model (diffusion in continuous
+time on any Gaussian process: flow matching, EDM, VP; config.diffusion.process);
+_common holds what two share.
 """
 
 from gen_jax.models.diffusion_model import (
@@ -29,12 +31,14 @@ from gen_jax.models.diffusion_model import (
   make_unet_diffusion,
 )
 from gen_jax.models.hvae_model import HVAEModel, make_hvae
+from gen_jax.models.process_model import ProcessDiffusionModel, make_process_model, process_config
 from gen_jax.models.vae_model import VAEModel, make_mlp_vae
 from gen_jax.models.vdm_model import VDMModel, make_unet_vdm, vdm_config
 
 __all__ = [
   "DiffusionModel",
   "HVAEModel",
+  "ProcessDiffusionModel",
   "VAEModel",
   "VDMModel",
   "diffusion_betas",
@@ -43,7 +47,9 @@ __all__ = [
   "make_hvae",
   "make_mlp_vae",
   "make_pretrained_diffusion",
+  "make_process_model",
   "make_unet_diffusion",
   "make_unet_vdm",
+  "process_config",
   "vdm_config",
 ]
