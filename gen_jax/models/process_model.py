@@ -26,6 +26,7 @@ The network's time input. gen_jax's U-Net and MLP embed t sinusoidally with DDPM
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -44,6 +45,9 @@ Array = jax.Array
 # "discrete" is DDPM's DiffusionModel (gen_jax.models.diffusion_model); the others are built here.
 PROCESS_NAMES = ("discrete", "vp_linear", "vp_cosine", "ve", "edm", "rectified_flow")
 PRECONDITIONINGS = ("none", "edm")
+# Where the likelihoods start on a process whose t_min has no noise: log-SNR 2 ln(10^5), i.e.
+# sigma / alpha = 1e-5, far below the 8-bit data's bin width 2/255.
+LIKELIHOOD_LOG_SNR = 2.0 * math.log(1e5)
 # Each process parameter of config.diffusion, and the processes it applies to.
 PROCESS_PARAMETERS = {
   "t_min": ("vp_linear", "vp_cosine", "rectified_flow"),
@@ -136,9 +140,12 @@ class ProcessDiffusionModel:
       return self.net.apply(params, x, time, *extra, train=train, rngs=rngs)
 
     if self.preconditioning == "edm":
-      # EDM's D(x; sigma) = c_skip x + c_out F(c_in x, c_noise); the net sees 250 c_noise.
+      # EDM's D(x; s) = c_skip x + c_out F(c_in x, c_noise), s = sigma / alpha (= sigma on VE);
+      # the net sees 250 c_noise.
       return preconditioning.edm_preconditioning(
-        lambda x_in, c_noise: net_fn(x_in, 250.0 * c_noise), sigma_data=self.sigma_data
+        lambda x_in, c_noise: net_fn(x_in, 250.0 * c_noise),
+        sigma_data=self.sigma_data,
+        process=None if self.process.name == "ve" else self.process,
       )
     return lambda x_t, t: net_fn(x_t, self.network_time(t))
 
@@ -163,6 +170,7 @@ class ProcessDiffusionModel:
       weighting=self.weighting,
       time_distribution=self.time_distribution,
       time_params=dict(self.time_params) or None,
+      weighting_params={"sigma_data": self.sigma_data} if self.weighting == "edm" else None,
     )
 
   def loss(self, params, batch, key, train: bool = True):
@@ -207,15 +215,17 @@ class ProcessDiffusionModel:
     )
 
   def evaluate(self, params, batch, key, ode_steps: int = 0) -> dict[str, Array]:
-    """Per-example training loss and, for 8-bit images, the continuous-time ELBO in bits/dim
+    """Per-example training loss (denoising_loss) and, for 8-bit images, the continuous-time ELBO in bits/dim
     and (ode_steps > 0) the probability-flow ODE's bits/dim."""
     x = batch["x"]
     loss_key, elbo_key, ode_key = jax.random.split(key, 3)
     model_fn = self.model_fn(params)
-    out = {"loss": self._losses(model_fn, x, loss_key)}
+    # Not "loss": DDPM's L_simple in eval.json; this one is weighted as it trains.
+    out = {"denoising_loss": self._losses(model_fn, x, loss_key)}
     if len(self.example_shape) == 3:
+      process = self.likelihood_process()
       out["bits_per_dim"] = denoising.elbo_bits_per_dim(
-        self.process,
+        process,
         model_fn,
         x0=x,
         key=elbo_key,
@@ -225,9 +235,26 @@ class ProcessDiffusionModel:
       )
       if ode_steps:
         out["ode_bits_per_dim"] = process_ode.ode_bits_per_dim(
-          model_fn, self.process, x=x, key=ode_key, prediction=self.prediction, num_steps=ode_steps
+          model_fn,
+          process,
+          x=x,
+          key=ode_key,
+          prediction=self.prediction,
+          trace="hutchinson",
+          num_steps=ode_steps,
         )
     return out
+
+  def likelihood_process(self) -> process_lib.GaussianProcess:
+    """The process the likelihoods integrate: this one, or where sigma(t_min) = 0 (rectified
+    flow's t = 0, where the density is singular) the same from lambda = LIKELIHOOD_LOG_SNR
+    (rectified flow: t_min = 1 / (1 + 10^5), about 1e-5)."""
+    process = self.process
+    with jax.ensure_compile_time_eval():  # concrete under jit: the range is static
+      if float(process.alpha_sigma(process.t_min)[1]) > 0:
+        return process
+      t_min = float(process.t_from_log_snr(LIKELIHOOD_LOG_SNR))
+    return dataclasses.replace(process, t_min=t_min)
 
   def describe_sample(
     self,
@@ -259,19 +286,23 @@ class ProcessDiffusionModel:
     """How each figure of `evaluate` is computed."""
     time = self.time_distribution + (f" {dict(self.time_params)}" if self.time_params else "")
     out = {
-      "loss": f"the training loss: weighting '{self.weighting}' of a {self.prediction}-prediction "
+      "denoising_loss": f"the training loss: weighting '{self.weighting}' of a {self.prediction}-prediction "
       f"on process {self.process.name}, one t ~ {time} and one eps per example"
     }
     if len(self.example_shape) == 3:
+      start = self.likelihood_process().t_min
       out["bits_per_dim"] = (
         f"the continuous-time ELBO (denoising.elbo_bits_per_dim, Kingma et al. 2021 in any "
         f"process): prior KL at t_max, the diffusion term at {self.eval_time_samples} times per "
-        f"example, the 8-bit data's discretized reconstruction at t_min; divided by D ln 2"
+        f"example (uniform in t, antithetic), the 8-bit data's discretized reconstruction at "
+        f"t={start:.3g}; divided by D ln 2"
       )
       if ode_steps:
         out["ode_bits_per_dim"] = (
-          f"the likelihood of the probability-flow ODE (process_ode.ode_bits_per_dim) with "
-          f"{ode_steps} steps, data dequantized uniformly within each 8-bit bin; bits/dim"
+          f"the likelihood of the probability-flow ODE (process_ode.ode_bits_per_dim) from "
+          f"t={start:.3g} to {self.process.t_max:g}: {ode_steps} Heun steps uniform in log-SNR, "
+          f"Hutchinson's trace with one Rademacher probe, data dequantized uniformly within each "
+          f"8-bit bin (one draw); -(log p - D log 127.5) / (D ln 2)"
         )
     return out
 
@@ -294,7 +325,7 @@ def _spec_fn(spec):
 
 
 def _spec_description(spec) -> str:
-  return spec.description
+  return spec.summary
 
 
 def _default_steps(spec) -> int:
@@ -312,6 +343,7 @@ def _network_calls(spec, num_steps: int) -> int:
 def _applying_options(spec, options) -> dict:
   """The options `spec`'s sampler takes; ValueError for a name no sampler takes."""
   known = {option for other in solvers.PROCESS_SAMPLERS.values() for option in other.options}
+  known.update(("eta", "s_churn"))  # what the trainer passes every diffusion model
   unknown = sorted(set(options) - known)
   if unknown:
     raise ValueError(f"unknown sampler options {unknown}; the samplers take {sorted(known)}")
@@ -404,13 +436,6 @@ def check_config(config) -> None:
   if section.preconditioning not in PRECONDITIONINGS:
     _fail("preconditioning", f"one of {PRECONDITIONINGS}", section.preconditioning)
   if section.preconditioning == "edm":
-    if name not in ("ve", "edm"):
-      _fail(
-        "preconditioning",
-        f"'none' with config.diffusion.process={name!r} (EDM's "
-        "preconditioning is written for alpha = 1, sigma = t: process 've' or 'edm')",
-        "edm",
-      )
     if prediction != "x0":
       _fail(
         "prediction",
@@ -434,6 +459,17 @@ def check_config(config) -> None:
       f"{process.t_max:g} (alpha = 0 there: x0 = (x_t - sigma eps) / alpha is undefined)",
       prediction,
     )
+  if section.preconditioning == "edm":
+    # D(x; s) at s = sigma / alpha: infinite where alpha = 0, c_noise = ln(0) where sigma = 0.
+    _, sigma_min = process.alpha_sigma(process.t_min)
+    if float(alpha_max) == 0.0 or float(sigma_min) == 0.0:
+      _fail(
+        "preconditioning",
+        f"'none' with process {name!r} on [{process.t_min:g}, {process.t_max:g}] (EDM's "
+        "preconditioning needs alpha > 0 and sigma > 0 on the whole range: set "
+        "config.diffusion.t_min > 0 and t_max < 1)",
+        "edm",
+      )
   _check_sampler(config.sample)
   # What only the loss knows (a weighting or time distribution it refuses for this process or
   # target), on abstract values: no computation.
