@@ -286,7 +286,10 @@ class ProcessDiffusionModel:
       "prediction": self.prediction,
     }
     for option, default in _spec_options(spec).items():
-      out[option] = options.get(option, default)
+      value = options.get(option, default)
+      # eval.json stays strict JSON: Heun's s_tmax defaults to inf.
+      is_inf = isinstance(value, float) and not math.isfinite(value)
+      out[option] = str(value) if is_inf else value
     if guidance_scale:
       out["guidance_scale"] = guidance_scale
       out["network_calls"] = 2 * calls

@@ -51,16 +51,31 @@ def _flatten(tree, prefix=""):
   return out
 
 
+def _added_defaults() -> dict:
+  """Fields added to config sections after runs were saved, flattened, at the value that trains
+  as those runs did: config.diffusion's continuous-time fields (models.process_model), whose
+  defaults are DDPM's discrete process."""
+  import ml_collections
+
+  from gen_jax.models import process_model
+
+  fields = ml_collections.ConfigDict({"diffusion": process_model.process_fields()})
+  return _flatten(json.loads(fields.to_json_best_effort()))
+
+
 def config_changes(saved: dict, config) -> list[str]:
   """'key: old -> new' for each key (dotted path) where `config` differs from
   the saved config.json contents `saved`, outside RESUMABLE_CHANGES."""
   old = _flatten(saved)
   new = _flatten(json.loads(config.to_json_best_effort()))
+  added = _added_defaults()
   changes = []
   for key in sorted(set(old) | set(new)):
     if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
       continue
     before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+    if before is _ABSENT and key in added and after == added[key]:
+      continue  # a field added since the run was saved, at the value it was trained with
     if before != after:
       show = lambda v: v if v is _ABSENT else json.dumps(v)
       changes.append(f"{key}: {show(before)} -> {show(after)}")

@@ -142,6 +142,20 @@ def test_process_parameters_reach_the_process():
   assert model.process.t_max == 40.0 and model.process.t_min == 0.002
 
 
+def test_ddpm_runs_saved_before_the_process_fields_resume():
+  """A DDPM workdir's config.json from before config.diffusion.process existed resumes: the new
+  fields at their defaults train as that run did; a continuous process is a change."""
+  from gen_jax import train
+
+  config = _config("ddpm_digits")
+  saved = json.loads(config.to_json_best_effort())
+  for field in models.process_model.process_fields():
+    del saved["diffusion"][field]
+  assert train.config_changes(saved, config) == []
+  config.diffusion.process = "rectified_flow"
+  assert train.config_changes(saved, config) == ['diffusion.process: <absent> -> "rectified_flow"']
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The network's time input.
 
@@ -267,6 +281,7 @@ def test_describe_sample_counts_network_calls():
   model = models.make_unet_diffusion(_config("edm_digits", runs.UNET), (8, 8, 1))
   heun = model.describe_sample(sampler="heun", num_steps=18)
   assert heun["num_steps"] == 18 and heun["network_calls"] == 35
+  json.dumps(heun, allow_nan=False)  # strict JSON for eval.json (s_tmax defaults to inf)
   euler = model.describe_sample(sampler="euler", num_steps=10, guidance_scale=2.0)
   assert euler["network_calls"] == 20 and euler["guidance_scale"] == 2.0
   with pytest.raises(ValueError, match="sampler must be one of"):
