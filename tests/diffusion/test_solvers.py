@@ -577,3 +577,48 @@ def test_registry():
     assert len(calls) == spec.network_calls(6), name
   with pytest.raises(ValueError, match="sampler must be one of"):
     solvers.process_sampler_spec("euler_a")
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero terminal SNR (Lin et al. 2024): alpha = 0 at the top level
+
+
+def zero_snr_discrete():
+  betas = diffusion.rescale_zero_terminal_snr(diffusion.linear_betas(1000))
+  schedule = diffusion.make_schedule(betas)
+  return schedule, proc.discrete_process(schedule)
+
+
+def test_zero_snr_derivatives_finite(x64):
+  """alpha' is finite (0) where alpha underflows on the last, infinitely steep segment of a
+  zero-terminal-SNR schedule; it was sqrt(sigmoid)'s 0 / 0 = nan, and Euler and Heun returned
+  nan from level 999 (a fix in process.py)."""
+  _, process = zero_snr_discrete()
+  alpha, _, d_alpha, d_sigma = process.derivatives(jnp.array([999.0, process.t_max, 500.0]))
+  assert np.all(np.isfinite(np.asarray(d_alpha))) and np.all(np.isfinite(np.asarray(d_sigma)))
+  assert float(alpha[0]) == 0.0 and float(d_alpha[2]) < 0
+
+
+@pytest.mark.slow
+def test_zero_snr_samplers(x64):
+  """On trailing levels from the zero-SNR level 999 with a v-model: DDIM and DPM-Solver++(2M)
+  are today's discrete samplers (1e-12), and every sampler reproduces the Gaussian's law (the
+  first step's exact limits at alpha = 0)."""
+  schedule, process = zero_snr_discrete()
+  model_fn = mixture_model_fn(process, gaussian(MU, STD, 2), "v")
+  grid = solvers.time_grid(process, 50, spacing="trailing")
+  key = jax.random.key(12)
+  for new_fn, old_fn in (
+    (solvers.ddim_sample, diffusion.ddim_sample),
+    (solvers.dpmpp_2m_sample, diffusion.dpmpp_2m_sample),
+  ):
+    old = old_fn(key, model_fn, schedule, (64, 2), timesteps=np.asarray(grid[:-1]), prediction="v")
+    new = new_fn(model_fn, process, key, shape=(64, 2), t=grid, prediction="v")
+    assert rel(new, old) < 1e-12
+  for name, steps in (("euler", 200), ("heun", 100), ("euler_maruyama", 1000)):
+    samples = run(
+      name, process, model_fn, key, shape=(4000, 2), prediction="v",
+      t=solvers.time_grid(process, steps, spacing="trailing"),
+    )  # fmt: skip
+    ok, message = law_failures(samples, MU, STD, 3 * STD**4, f"zero SNR/{name}")
+    assert ok, message

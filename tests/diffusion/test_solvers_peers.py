@@ -14,9 +14,9 @@
 Both sides call the same model: the exact posterior of a Gaussian mixture
 (tests/support/solvers.py), through JAX on gen_jax's side and float64 numpy on the peer's.
 gen_jax's calls are recorded with an ordered jax.debug.callback; the peer's at its model.
-Tolerances: float64 on both sides agrees to 1e-13 relative (measured, the worst case below
-4e-14); 1e-11 leaves room for other BLAS / XLA builds. diffusers' flow-matching step casts
-the sample to float32 (measured 6e-8): 1e-6.
+Tolerances: float64 on both sides agrees to 2e-15 relative (measured, the worst case
+DPM-Solver++ on ve); 1e-11 leaves room for other BLAS / XLA builds. diffusers' flow-matching step casts
+the sample to float32 (measured 6e-7): 5e-6, as test_peers.py allows float32 peers.
 These tests need the `peers` extra (torch, diffusers, k-diffusion): without it they skip.
 """
 
@@ -39,7 +39,7 @@ from tests.support.solvers import mixture_eps_x0, mixture_model_fn  # noqa: E402
 pytestmark = pytest.mark.usefixtures("x64", "fast_compile")
 
 TOL64 = 1e-11
-TOL32 = 1e-6
+TOL32 = 5e-6
 
 
 @pytest.fixture(scope="module")
