@@ -169,8 +169,11 @@ def _bisect_log_snr(process: GaussianProcess, log_snr, iterations: int = 60) -> 
 
 
 def _vp_from_log_snr(log_snr) -> tuple[Array, Array]:
-  """(alpha, sigma) of a variance-preserving process at log-SNR lambda, stable in both tails."""
-  return jnp.sqrt(jax.nn.sigmoid(log_snr)), jnp.sqrt(jax.nn.sigmoid(-log_snr))
+  """(alpha, sigma) of a variance-preserving process at log-SNR lambda, stable in both tails:
+  exp(log_sigmoid(+-lambda) / 2), whose derivative alpha (1 - alpha^2) lambda' / 2 is 0 where
+  alpha underflows (sqrt(sigmoid) differentiates to 0 / 0 = nan there: a zero-terminal-SNR
+  schedule's last segment)."""
+  return jnp.exp(0.5 * jax.nn.log_sigmoid(log_snr)), jnp.exp(0.5 * jax.nn.log_sigmoid(-log_snr))
 
 
 # ---------------------------------------------------------------------------------------------
