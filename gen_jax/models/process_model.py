@@ -207,12 +207,22 @@ class ProcessDiffusionModel:
       self.guided_model_fn(params, labels, guidance_scale),
       self.process,
       key,
+      spacing=self.grid_spacing(),
       shape=(num_samples,) + tuple(self.example_shape),
       num_steps=num_steps or _default_steps(spec),
       prediction=self.prediction,
       clip=self.clip,
       **kwargs,
     )
+
+  def grid_spacing(self) -> str:
+    """The samplers' time grid: solvers' default, decided here on concrete values ("uniform"
+    where alpha(t_max) = 0, rectified flow; else EDM's "karras"). solvers reads alpha(t_max)
+    itself, but inside jit it sees a tracer and takes "karras", whose sigma / alpha is infinite
+    at rectified flow's t = 1: every sample NaN."""
+    with jax.ensure_compile_time_eval():
+      alpha_max = float(self.process.alpha_sigma(self.process.t_max)[0])
+    return "uniform" if alpha_max == 0.0 else "karras"
 
   def evaluate(self, params, batch, key, ode_steps: int = 0) -> dict[str, Array]:
     """Per-example training loss (denoising_loss) and, for 8-bit images, the continuous-time ELBO in bits/dim
@@ -283,6 +293,7 @@ class ProcessDiffusionModel:
       f"(t from {self.process.t_max:g} to {self.process.t_min:g})",
       "num_steps": steps,
       "network_calls": calls,
+      "spacing": self.grid_spacing(),
       "prediction": self.prediction,
     }
     for option, default in _spec_options(spec).items():

@@ -246,7 +246,10 @@ def test_loss_decreases_on_toy2d(overrides):
   params = _train(model, params, lambda i: {"x": dataset.get_batch(i, 0, 256)["x"]}, 60)
   after = _held_out_loss(model, params, held_out)
   assert after < 0.8 * before, (before, after)
-  samples = model.sample(params, jax.random.key(3), 16, sampler="euler", num_steps=4)
+  # Jitted, as the trainer draws: inside jit solvers cannot read alpha(t_max) to pick its grid.
+  samples = jax.jit(lambda p, k: model.sample(p, k, 16, sampler="euler", num_steps=4))(
+    params, jax.random.key(3)
+  )
   assert samples.shape == (16, 2) and bool(jnp.all(jnp.isfinite(samples)))
 
 
@@ -282,6 +285,9 @@ def test_describe_sample_counts_network_calls():
   heun = model.describe_sample(sampler="heun", num_steps=18)
   assert heun["num_steps"] == 18 and heun["network_calls"] == 35
   json.dumps(heun, allow_nan=False)  # strict JSON for eval.json (s_tmax defaults to inf)
+  assert heun["spacing"] == "karras"
+  flow = models.make_unet_diffusion(_config("fm_digits", runs.UNET), (8, 8, 1))
+  assert flow.describe_sample(sampler="euler")["spacing"] == "uniform"  # alpha(1) = 0
   euler = model.describe_sample(sampler="euler", num_steps=10, guidance_scale=2.0)
   assert euler["network_calls"] == 20 and euler["guidance_scale"] == 2.0
   with pytest.raises(ValueError, match="sampler must be one of"):
