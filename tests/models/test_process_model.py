@@ -280,6 +280,34 @@ def test_digits_models_sample_and_evaluate(experiment):
   assert set(described) == set(out)
 
 
+@pytest.mark.slow  # a U-Net compile
+def test_class_conditional_flow_trains_and_samples_with_guidance():
+  config = _config("fm_digits", runs.UNET, {"model.num_classes": 10})
+  configs.validate(config)
+  model = models.make_unet_diffusion(config, (8, 8, 1))
+  params = model.init(jax.random.key(0))
+  x = jnp.asarray(data.load_dataset(config.data, "train").get_batch(0, 0, 4)["x"])
+  batch = {"x": x, "label": jnp.arange(4)}
+  loss, _ = jax.jit(model.loss)(params, batch, jax.random.key(1))
+  assert math.isfinite(float(loss))
+  with pytest.raises(ValueError, match="labelled data"):
+    model.loss(params, {"x": batch["x"]}, jax.random.key(1))
+  # The U-Net's last layer starts at zero (its output ignores the label): a few steps first.
+  params = _train(model, params, lambda i: batch, 3, lr=1e-2)
+  draw = jax.jit(
+    lambda p, k, labels: model.sample(
+      p, k, 3, sampler="euler", num_steps=2, labels=labels, guidance_scale=1.5
+    )
+  )
+  samples = draw(params, jax.random.key(2), jnp.arange(3))
+  assert samples.shape == (3, 8, 8, 1) and bool(jnp.all(jnp.isfinite(samples)))
+  # Guidance changes the samples (w = 1.5 against the conditional model alone).
+  plain = jax.jit(
+    lambda p, k, labels: model.sample(p, k, 3, sampler="euler", num_steps=2, labels=labels)
+  )
+  assert not np.allclose(samples, plain(params, jax.random.key(2), jnp.arange(3)))
+
+
 def test_describe_sample_counts_network_calls():
   model = models.make_unet_diffusion(_config("edm_digits", runs.UNET), (8, 8, 1))
   heun = model.describe_sample(sampler="heun", num_steps=18)
