@@ -218,22 +218,30 @@ def _held_out_loss(model, params, x):
 @pytest.mark.parametrize(
   "overrides",
   [
-    {},  # rectified flow, velocity
-    {
-      "diffusion.process": "vp_cosine",
-      "diffusion.prediction": "eps",
-      "diffusion.weighting": "eps_mse",
-    },
+    pytest.param({}, id="rectified_flow"),  # velocity
+    # The fast tier keeps one process; these two add a compile each.
+    pytest.param(
+      {
+        "diffusion.process": "vp_cosine",
+        "diffusion.prediction": "eps",
+        "diffusion.weighting": "eps_mse",
+      },
+      id="vp_cosine",
+      marks=pytest.mark.slow,
+    ),
     # EDM's preconditioning on a VP process: D(x; s) at s = sigma / alpha.
-    {
-      "diffusion.process": "vp_cosine",
-      "diffusion.prediction": "x0",
-      "diffusion.weighting": "edm",
-      "diffusion.preconditioning": "edm",
-      "diffusion.time_distribution": "log_normal",
-    },
+    pytest.param(
+      {
+        "diffusion.process": "vp_cosine",
+        "diffusion.prediction": "x0",
+        "diffusion.weighting": "edm",
+        "diffusion.preconditioning": "edm",
+        "diffusion.time_distribution": "log_normal",
+      },
+      id="vp_cosine_edm_preconditioned",
+      marks=pytest.mark.slow,
+    ),
   ],
-  ids=["rectified_flow", "vp_cosine", "vp_cosine_edm_preconditioned"],
 )
 def test_loss_decreases_on_toy2d(overrides):
   config = _config("fm_toy2d", {"model.width": 32, "model.num_blocks": 1}, overrides)
