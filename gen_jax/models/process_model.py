@@ -13,16 +13,26 @@ process (gen_jax.diffusion.process), a weighted denoising loss and the process s
   time_distribution how training draws t (denoising.TIME_DISTRIBUTIONS), its parameters in
                     time_params
   preconditioning   "none" | "edm" (Karras et al. 2022: c_skip, c_out, c_in, c_noise around the
-                    network; VE only, an x0-predictor), sigma_data its data std
+                    network at s = sigma / alpha; any process with alpha, sigma > 0 on its range;
+                    the model is then an x0-predictor), sigma_data its data std (also EDM's
+                    loss weight's)
   eval_time_samples times per example of the continuous ELBO in --mode=eval
+The samplers are `solvers.PROCESS_SAMPLERS` (config.sample.sampler: euler, heun, ddim, dpm++2m,
+euler_maruyama); check_config refuses unknown names and combinations that cannot run.
 
 The network's time input. gen_jax's U-Net and MLP embed t sinusoidally with DDPM's max period
 10^4, made for t in 0..999, so a continuous time is mapped to that scale:
   processes on [0, 1] (vp_linear, vp_cosine, rectified_flow): 1000 t;
-  ve / edm: 250 c_noise = 62.5 ln(sigma), with EDM's c_noise = ln(sigma) / 4 (with
-    preconditioning "edm" exactly the c_noise it hands the network): sigma in [0.002, 80] spans
-    [-388, 274], a spread like DDPM's, where sigma itself would crowd the low-noise end into
-    less than one unit.
+  ve / edm: 250 c_noise = 62.5 ln(sigma), with EDM's c_noise = ln(sigma) / 4: sigma in
+    [0.002, 80] spans [-388, 274], a spread like DDPM's, where sigma itself would crowd the
+    low-noise end into less than one unit;
+  with preconditioning "edm", on any process: 250 c_noise(s), s = sigma / alpha, exactly the
+    c_noise the preconditioning hands the network, times 250.
+
+Likelihoods (--mode=eval, images): the continuous-time ELBO and the probability-flow ODE in
+bits/dim on the 8-bit data, from log-SNR LIKELIHOOD_LOG_SNR where t_min has no noise (rectified
+flow's t = 0); the ELBO's times are uniform in log-SNR (its noise end moved in likewise where
+alpha(t_max) = 0), the ODE runs to t_max itself.
 """
 
 import dataclasses
