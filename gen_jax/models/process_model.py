@@ -440,13 +440,15 @@ def check_config(config) -> None:
           "process to use it)",
           section[field],
         )
-    for field in ("time_params", *PROCESS_PARAMETERS):
-      if section.get(field):
-        _fail(
-          field,
-          "unset with config.diffusion.process='discrete' (it applies to continuous processes)",
-          section[field],
-        )
+    set_fields = [f for f in PROCESS_PARAMETERS if section.get(f) is not None]
+    if section.get("time_params"):  # an empty section is unset
+      set_fields.insert(0, "time_params")
+    if set_fields:
+      _fail(
+        set_fields[0],
+        "unset with config.diffusion.process='discrete' (it applies to continuous processes)",
+        section[set_fields[0]],
+      )
     return
   if config.get("pretrained"):
     raise ConfigError(

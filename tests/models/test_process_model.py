@@ -76,6 +76,7 @@ REFUSALS = [
     "config.diffusion.preconditioning must be 'none'",
   ),
   ("ddpm_digits", {"diffusion.sigma_max": 80.0}, "config.diffusion.sigma_max must be unset"),
+  ("ddpm_digits", {"diffusion.t_min": 0.0}, "config.diffusion.t_min must be unset"),  # 0 is set
 ]
 
 
