@@ -98,6 +98,11 @@ def _float():
   return jnp.result_type(float)
 
 
+def _log_snr_at(process: GaussianProcess, t: float) -> Array:
+  """lambda at one time, a scalar (evaluated on shape (1,): a learned log-SNR net wants a batch)."""
+  return process.log_snr(jnp.full((1,), t, _float()))[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Time distributions.
 
@@ -131,8 +136,7 @@ def _integer_times(process: GaussianProcess, integer) -> bool:
 
 def _log_snr_ends(process: GaussianProcess, distribution: str) -> tuple[Array, Array]:
   """(lambda(t_min), lambda(t_max)); ValueError when concrete and not finite."""
-  lam_hi = process.log_snr(jnp.asarray(process.t_min, _float()))
-  lam_lo = process.log_snr(jnp.asarray(process.t_max, _float()))
+  lam_hi, lam_lo = _log_snr_at(process, process.t_min), _log_snr_at(process, process.t_max)
   hi, lo = concrete_or_none(lam_hi), concrete_or_none(lam_lo)
   if hi is not None and lo is not None and not (abs(hi) < math.inf and abs(lo) < math.inf):
     raise ValueError(
@@ -147,8 +151,7 @@ def _log_snr_ends(process: GaussianProcess, distribution: str) -> tuple[Array, A
 def _truncation(process: GaussianProcess, mean, std) -> tuple[Array, Array]:
   """(Phi(a), Phi(b)): the standard normal CDF at the range's ends in z = (ln s - mean) / std,
   ln s = -lambda / 2 (either end may be infinite: lambda(0) = inf on rectified flow)."""
-  lam_hi = process.log_snr(jnp.asarray(process.t_min, _float()))
-  lam_lo = process.log_snr(jnp.asarray(process.t_max, _float()))
+  lam_hi, lam_lo = _log_snr_at(process, process.t_min), _log_snr_at(process, process.t_max)
   return special.ndtr((-lam_hi / 2 - mean) / std), special.ndtr((-lam_lo / 2 - mean) / std)
 
 
@@ -218,9 +221,12 @@ def time_density(process: GaussianProcess, t, *, distribution: str, **params) ->
     density = jnp.full(t.shape, 1.0 / (process.t_max - process.t_min), t.dtype)
   elif distribution == "logit_normal":
     width = process.t_max - process.t_min
-    r = jnp.clip((t - process.t_min) / width, 1e-300, 1.0)
+    r = (t - process.t_min) / width
+    interior = (r > 0) & (r < 1)  # the density tends to 0 at both ends
+    r = jnp.where(interior, r, 0.5)
     z = (jnp.log(r) - jnp.log1p(-r) - params["mean"]) / params["std"]
     density = _std_normal_pdf(z) / (params["std"] * r * (1.0 - r) * width)
+    density = jnp.where(interior, density, 0.0)
   elif distribution == "log_snr_uniform":
     lam_hi, lam_lo = _log_snr_ends(process, distribution)
     density = -process.d_log_snr(t) / (lam_hi - lam_lo)
@@ -228,6 +234,7 @@ def time_density(process: GaussianProcess, t, *, distribution: str, **params) ->
     lo, hi = _truncation(process, params["mean"], params["std"])
     z = (-process.log_snr(t) / 2 - params["mean"]) / params["std"]
     density = _std_normal_pdf(z) / params["std"] * (-process.d_log_snr(t) / 2) / (hi - lo)
+    density = jnp.where(jnp.isfinite(z), density, 0.0)  # lambda = +-inf at an end: no mass
   return jnp.where(inside, density, 0.0)
 
 
@@ -495,9 +502,9 @@ def prior_kl(process: GaussianProcess, *, x0) -> Array:
     1/2 sum_i (alpha^2 x_i^2 / p^2 + r - 1 - ln r),  r = sigma^2 / p^2,
   with r - 1 - ln r = expm1(l) - l, l = 2 (ln sigma - ln p) (no cancellation at r -> 1).
   0 for rectified flow at t_max = 1. x0 (B, ...). Returns (B,), nats."""
-  t_max = jnp.asarray(process.t_max, _float())
-  alpha, sigma = process.alpha_sigma(t_max)
-  prior_std = process.prior_std()
+  alpha, sigma = (v[0] for v in process.alpha_sigma(jnp.full((1,), process.t_max, _float())))
+  # process.prior_std(), evaluated on a (1,) time: a learned log-SNR network wants a batch.
+  prior_std = 1.0 if process.variance_preserving else sigma
   log_ratio = 2.0 * (jnp.log(sigma) - jnp.log(prior_std))
   per_dim = jnp.square(alpha * x0 / prior_std) + jnp.expm1(log_ratio) - log_ratio
   return 0.5 * sum_data_dims(per_dim, 1)
@@ -558,7 +565,7 @@ def elbo_terms(
   _time_params(time_distribution, time_params)
   if data == "8bit":
     _check_grid(x0, "elbo_terms")
-  log_snr_min_t = process.log_snr(jnp.asarray(process.t_min, _float()))
+  log_snr_min_t = _log_snr_at(process, process.t_min)
   concrete = concrete_or_none(log_snr_min_t)
   if concrete is not None and not abs(float(concrete)) < math.inf:
     raise ValueError(
