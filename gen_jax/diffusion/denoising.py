@@ -497,7 +497,7 @@ class ELBOTerms(NamedTuple):
     return self.prior + self.reconstruction + self.diffusion
 
 
-def prior_kl(process: GaussianProcess, *, x0) -> Array:
+def elbo_prior_kl(process: GaussianProcess, *, x0) -> Array:
   """KL(N(alpha x0, sigma^2 I) || N(0, p^2 I)) at t_max, p = prior_std, summed over dimensions:
     1/2 sum_i (alpha^2 x_i^2 / p^2 + r - 1 - ln r),  r = sigma^2 / p^2,
   with r - 1 - ln r = expm1(l) - l, l = 2 (ln sigma - ln p) (no cancellation at r -> 1).
@@ -605,7 +605,7 @@ def elbo_terms(
   reconstruction = vdm.reconstruction_nll(
     x0, eps=recon_eps, gamma_0=-log_snr_min_t, decoder=decoder
   )
-  prior = prior_kl(process, x0=x0)
+  prior = elbo_prior_kl(process, x0=x0)
   if data == "8bit":
     on_grid = _on_grid(x0, 1)
     reconstruction = jnp.where(on_grid, reconstruction, jnp.nan)
