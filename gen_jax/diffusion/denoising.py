@@ -148,6 +148,13 @@ def _log_snr_ends(process: GaussianProcess, distribution: str) -> tuple[Array, A
   return lam_hi, lam_lo
 
 
+def _finite_log_snr_ends(process: GaussianProcess) -> bool:
+  """lambda finite at both ends (True when traced: then it cannot be checked)."""
+  ends = [_log_snr_at(process, t) for t in (process.t_min, process.t_max)]
+  values = [concrete_or_none(v) for v in ends]
+  return any(v is None for v in values) or all(abs(float(v)) < math.inf for v in values)
+
+
 def _truncation(process: GaussianProcess, mean, std) -> tuple[Array, Array]:
   """(Phi(a), Phi(b)): the standard normal CDF at the range's ends in z = (ln s - mean) / std,
   ln s = -lambda / 2 (either end may be infinite: lambda(0) = inf on rectified flow)."""
@@ -524,7 +531,7 @@ def elbo_terms(
   prediction: str,
   data: str = "8bit",
   num_time_samples: int = 1,
-  time_distribution: str = "uniform",
+  time_distribution: str | None = None,
   time_params=None,
   antithetic: bool = True,
 ) -> ELBOTerms:
@@ -544,8 +551,13 @@ def elbo_terms(
   (antithetic over the batch, or iid), t = `time_from_uniform(u)` under `time_distribution`,
   each time with its own eps; one compiled scan over k. The key is used as `vdm.vdm_terms` uses
   it, so on `log_snr_process` with uniform times the terms equal VDM's draw for draw.
-  "uniform" is VDM's choice and works on every process; "log_snr_uniform" has the variance of
-  VDM's estimate on any process (the integrand in lambda is the same) and is much lower on `ve`.
+  The law is an importance proposal, and the integrand is about D/2 per unit of lambda up to
+  lambda(t_min): the default (None) is "log_snr_uniform" when lambda is finite at both ends
+  (the variance of VDM's estimate, on any process: the integrand in lambda is the same), else
+  "uniform" (rectified flow to t_max = 1). Uniform t is VDM's choice for its own process (lambda
+  linear in t there); on processes whose lambda grows like -log t at the data end (vp_linear,
+  ve, rectified flow) its weights -lambda'(t) / p(t) reach 1 / t_min and the estimate, unbiased,
+  has a heavy tail; logit_normal and log_normal ranges far past their bulk are worse still.
 
   Args:
     model_fn: (x_t (B, ...), t (B,) real) -> output of kind `prediction`.
@@ -562,6 +574,8 @@ def elbo_terms(
   if num_time_samples < 1:
     raise ValueError(f"num_time_samples must be a positive integer, got {num_time_samples!r}")
   time_params = {k: v for k, v in dict(time_params or {}).items() if k != "integer"}
+  if time_distribution is None:
+    time_distribution = "log_snr_uniform" if _finite_log_snr_ends(process) else "uniform"
   _time_params(time_distribution, time_params)
   if data == "8bit":
     _check_grid(x0, "elbo_terms")
@@ -621,7 +635,7 @@ def elbo_bits_per_dim(
   prediction: str,
   data: str = "8bit",
   num_time_samples: int = 1,
-  time_distribution: str = "uniform",
+  time_distribution: str | None = None,
   time_params=None,
   antithetic: bool = True,
 ) -> Array:
