@@ -552,9 +552,11 @@ def elbo_terms(
   each time with its own eps; one compiled scan over k. The key is used as `vdm.vdm_terms` uses
   it, so on `log_snr_process` with uniform times the terms equal VDM's draw for draw.
   The law is an importance proposal, and the integrand is about D/2 per unit of lambda up to
-  lambda(t_min): the default (None) is "log_snr_uniform" when lambda is finite at both ends
-  (the variance of VDM's estimate, on any process: the integrand in lambda is the same), else
-  "uniform" (rectified flow to t_max = 1). Uniform t is VDM's choice for its own process (lambda
+  lambda(t_min): the default (None) is "log_snr_uniform" when lambda is finite at both ends and
+  its inverse is in closed form (the variance of VDM's estimate, on any process: the integrand in
+  lambda is the same), else "uniform" (rectified flow to t_max = 1; `log_snr_process`, whose
+  inverse is a bisection without gradients: uniform t there is VDM's own estimate, and a learned
+  schedule gets its gradients through t). Uniform t is VDM's choice for its own process (lambda
   linear in t there); on processes whose lambda grows like -log t at the data end (vp_linear,
   ve, rectified flow) its weights -lambda'(t) / p(t) reach 1 / t_min and the estimate, unbiased,
   has a heavy tail; logit_normal and log_normal ranges far past their bulk are worse still.
@@ -575,7 +577,8 @@ def elbo_terms(
     raise ValueError(f"num_time_samples must be a positive integer, got {num_time_samples!r}")
   time_params = {k: v for k, v in dict(time_params or {}).items() if k != "integer"}
   if time_distribution is None:
-    time_distribution = "log_snr_uniform" if _finite_log_snr_ends(process) else "uniform"
+    log_snr = process.t_from_log_snr_fn is not None and _finite_log_snr_ends(process)
+    time_distribution = "log_snr_uniform" if log_snr else "uniform"
   _time_params(time_distribution, time_params)
   if data == "8bit":
     _check_grid(x0, "elbo_terms")
