@@ -39,8 +39,16 @@ The log-normal is truncated to the range rather than clipped: clipping would put
 at the ends, where there is no density for the 1/p(t) re-weighting (the truncated mass is
 1.3e-5 for EDM's defaults on `ve()`).
 
-Shapes: x0, noise, x_t (B, ...); t (B,); per-example results (B,). Data dimensions D are the axes
-after the batch axis.
+The continuous-time ELBO for any model on any process (`elbo_terms`, `elbo_bits_per_dim`):
+  -log p(x0) <= KL(q(x_{t_max} | x0) || N(0, prior_std^2)) + E[-log p(x0 | x_{t_min})]
+                + 1/2 int_{t_min}^{t_max} -lambda'(t) E||eps - eps_hat||^2 dt,
+the last term `weighted_error(..., weighting="elbo")` under any time law (an importance
+proposal), the decoder VDM's (`vdm.reconstruction_nll`) at gamma_0 = -lambda(t_min).
+
+Public: TIME_DISTRIBUTIONS, WEIGHTINGS, DATA_KINDS, sample_time, time_from_uniform, time_density,
+weighting_fn, implied_weighting, weighted_error, denoising_loss_at, denoising_loss, ELBOTerms,
+elbo_prior_kl, elbo_terms, elbo_bits_per_dim. Shapes: x0, noise, x_t (B, ...); t (B,);
+per-example results (B,). Data dimensions D are the axes after the batch axis.
 """
 
 from __future__ import annotations

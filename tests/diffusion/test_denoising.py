@@ -621,8 +621,7 @@ def test_elbo_terms_equal_vdm_terms_on_the_same_key(kind, num_time_samples, x64)
     key=key,
     prediction="eps",
     num_time_samples=num_time_samples,
-    time_distribution="uniform",
-  )
+  )  # the default time law here: uniform t (no closed-form lambda inverse), as VDM
   theirs = vdm.vdm_terms(key, eps_fn, schedule, params, x, time_samples=num_time_samples)
   np.testing.assert_allclose(np.asarray(ours.prior), np.asarray(theirs.prior), rtol=1e-10)
   np.testing.assert_allclose(
