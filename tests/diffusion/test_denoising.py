@@ -164,12 +164,23 @@ def _grid(process, n):
   return process.t_min + (process.t_max - process.t_min) * s
 
 
+# The fast tier: every process and every law once; the rest of the grid in the slow tier.
+FAST_TIME_CASES = {
+  ("vp_linear", "log_normal"),
+  ("vp_cosine", "log_snr_uniform"),
+  ("ve", "log_normal"),
+  ("rectified_flow", "logit_normal"),
+  ("discrete", "uniform"),
+}
+
+
 def _cases():
   for name in PROCESSES:
     for distribution in dn.TIME_DISTRIBUTIONS:
       if name == "rectified_flow" and distribution == "log_snr_uniform":
         continue  # lambda(t_max = 1) = -inf: refused (test_time_distribution_errors)
-      yield name, distribution
+      marks = () if (name, distribution) in FAST_TIME_CASES else (pytest.mark.slow,)
+      yield pytest.param(name, distribution, marks=marks)
 
 
 @pytest.mark.parametrize("name, distribution", list(_cases()))
@@ -432,8 +443,25 @@ def test_discrete_mse_is_simple_loss_bit_for_bit(prediction, dtype, request):
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine", "learned"])
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize(
+  "kind, prediction",
+  [
+    ("linear", "eps"),
+    ("cosine", "v"),
+    ("learned", "x0"),
+    *(
+      pytest.param(kind, prediction, marks=pytest.mark.slow)
+      for kind, prediction in [
+        ("linear", "x0"),
+        ("linear", "v"),
+        ("cosine", "eps"),
+        ("cosine", "x0"),
+        ("learned", "eps"),
+        ("learned", "v"),
+      ]
+    ),
+  ],
+)
 def test_elbo_weighting_is_vdms_diffusion_loss(kind, prediction, x64):
   """On VDM's process (log_snr_process of a LogSNRSchedule) with uniform t on [0, 1], weighting
   "elbo" is 1/2 gamma'(t) ||eps - eps_hat||^2 = vdm.diffusion_loss on the same draws."""
@@ -601,8 +629,15 @@ def _eight_bit(n, seed, mu=MU, std=STD):
   return np.clip(np.round((x + 1) * 127.5), 0, 255) / 127.5 - 1
 
 
-@pytest.mark.parametrize("num_time_samples", [1, 3])
-@pytest.mark.parametrize("kind", ["linear", "learned"])
+@pytest.mark.parametrize(
+  "kind, num_time_samples",
+  [
+    ("linear", 1),
+    ("learned", 3),
+    pytest.param("linear", 3, marks=pytest.mark.slow),
+    pytest.param("learned", 1, marks=pytest.mark.slow),
+  ],
+)
 def test_elbo_terms_equal_vdm_terms_on_the_same_key(kind, num_time_samples, x64):
   """elbo_terms on log_snr_process(VDM's schedule), uniform t on [0, 1], uses its key as
   vdm.vdm_terms does: the three terms agree draw for draw (to 1e-10; lambda' through
