@@ -400,7 +400,11 @@ def weighted_error(
   target = _WEIGHTING_TARGET[weighting]
   truth = from_x0_eps(process, t=t, x0=x0, eps=noise, prediction=prediction)
   error = output - truth
-  if prediction != target:
+  if {prediction, target} == {"eps", "score"}:  # no alpha in either: exact at alpha = 0 too
+    _, sigma = process.alpha_sigma(t)
+    ratio = -sigma if target == "eps" else -1.0 / sigma
+    error = _expand(ratio, error) * error
+  elif prediction != target:
     ratio = _error_scale(process, t, target) / _error_scale(process, t, prediction)
     error = _expand(ratio, error) * error
   squared = jnp.square(error)

@@ -341,6 +341,23 @@ def test_weighted_error_matches_the_definitions(name, weighting, x64):
       np.testing.assert_allclose(np.asarray(got), c * eps_mse, rtol=1e-9, err_msg=prediction)
 
 
+def test_score_and_eps_convert_at_the_noise_end_of_rectified_flow(x64):
+  """At t = 1 on rectified flow alpha = 0: x0 is undefined there but eps = -sigma score is not;
+  the error converts without 0/0 (eps error = -sigma times the score error)."""
+  t = jnp.asarray([1.0, 0.5])
+  x0, noise = jnp.ones((2, 2)), jnp.full((2, 2), 0.5)
+  got = dn.weighted_error(
+    proc.rectified_flow(),
+    x0=x0,
+    t=t,
+    noise=noise,
+    output=-noise / t[:, None] + 0.1,
+    prediction="score",
+    weighting="eps_mse",
+  )
+  np.testing.assert_allclose(np.asarray(got), [0.1**2, 0.05**2], rtol=1e-12)
+
+
 def test_implied_weightings_are_kingma_and_gaos(x64):
   """Kingma & Gao (2023), their table of implied weightings (up to their constant factors):
   flow matching (rectified flow, velocity MSE, uniform t): w = e^{-lambda/2};
