@@ -37,7 +37,7 @@ Time distributions (`TIME_DISTRIBUTIONS`, `sample_time`, `time_density`), all on
 Each is the inverse CDF of a uniform u (`time_from_uniform`), so draws can be antithetic.
 The log-normal is truncated to the range rather than clipped: clipping would put point masses
 at the ends, where there is no density for the 1/p(t) re-weighting (the truncated mass is
-1.3e-5 for EDM's defaults on `ve()`).
+1.6e-5 for EDM's defaults on `ve()`).
 
 The continuous-time ELBO for any model on any process (`elbo_terms`, `elbo_bits_per_dim`):
   -log p(x0) <= KL(q(x_{t_max} | x0) || N(0, prior_std^2)) + E[-log p(x0 | x_{t_min})]
