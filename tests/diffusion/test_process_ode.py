@@ -1,0 +1,339 @@
+"""Tests for the probability-flow ODE likelihood on every process (gen_jax/diffusion/process_ode.py).
+
+Oracle: Gaussian-mixture data sum_k w_k N(mu_k, s_k^2 I) and its exact posterior means under
+x_t = alpha x0 + sigma eps, for any alpha and sigma (written here from Bayes' rule, not from
+gen_jax): with var_k = alpha^2 s_k^2 + sigma^2 and r_k the responsibilities of the components
+N(alpha mu_k, var_k I) of p_t,
+  E[eps | x_t] = sum_k r_k sigma (x_t - alpha mu_k) / var_k,
+  E[x0 | x_t]  = sum_k r_k (mu_k + alpha s_k^2 (x_t - alpha mu_k) / var_k).
+The ODE of this exact model carries the true marginals, so it returns the density of the data
+convolved with N(0, sigma~_0^2 I), sigma~_0 = sigma / alpha at t_start, up to the prior mismatch
+at t_end. For one Gaussian the flow is affine and the model's density is closed form, mismatch
+included (`np_gaussian_model_log_density`); the endpoints are computed here in float64 numpy
+from the processes' formulas.
+"""
+
+import math
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gen_jax import diffusion, testing
+from gen_jax.diffusion import process as proc
+from gen_jax.diffusion import process_ode
+from tests.support.diffusion import (
+  GAUSS_MU,
+  GAUSS_STD,
+  GMM2,
+  np_abar,
+  np_cosine_betas,
+  np_linear_betas,
+)
+
+F32 = jnp.float32
+ONE_GAUSSIAN = dict(weights=[1.0], means=np.full((1, 2), GAUSS_MU), stds=[GAUSS_STD])
+
+
+# ----------------------------------------------------------------------------
+# The processes under test and their alpha, sigma in float64 numpy
+# ----------------------------------------------------------------------------
+
+
+def _np_vp_linear(t, beta_min=0.1, beta_max=20.0):
+  alpha = np.exp(-0.25 * t**2 * (beta_max - beta_min) - 0.5 * t * beta_min)
+  return alpha, np.sqrt(1.0 - alpha**2)
+
+
+def _np_vp_cosine(t, log_snr_min=-15.0, log_snr_max=15.0):
+  a, b = math.atan(math.exp(-log_snr_max / 2)), math.atan(math.exp(-log_snr_min / 2))
+  angle = a + t * (b - a)
+  return math.cos(angle), math.sin(angle)
+
+
+def _np_discrete(betas):
+  abar = np_abar(betas)
+  return lambda t: (math.sqrt(abar[int(t)]), math.sqrt(1.0 - abar[int(t)]))
+
+
+# name -> (process, options of the likelihood, numpy alpha_sigma(t)). Rectified flow starts at
+# t = 1e-5 (sigma = 0 at its t_min = 0) and ends at t = 1, pure noise: no prior mismatch; its
+# model predicts flow matching's velocity (eps is undefined at alpha = 0).
+PROCESSES = {
+  "discrete_linear1000": (
+    lambda: proc.discrete_process(diffusion.make_schedule(diffusion.linear_betas(1000))),
+    {},
+    _np_discrete(np_linear_betas(1000)),
+  ),
+  "discrete_cosine1000": (
+    lambda: proc.discrete_process(diffusion.make_schedule(diffusion.cosine_betas(1000))),
+    {},
+    _np_discrete(np_cosine_betas(1000)),
+  ),
+  "vp_linear": (lambda: proc.vp_linear(t_min=1e-5), {}, _np_vp_linear),
+  "vp_cosine": (proc.vp_cosine, {}, _np_vp_cosine),
+  "ve": (proc.ve, {}, lambda t: (1.0, t)),
+  "rectified_flow": (
+    proc.rectified_flow,
+    {"t_start": 1e-5, "prediction": "velocity"},
+    lambda t: (1.0 - t, t),
+  ),
+}
+FAST = ("vp_cosine", "rectified_flow")
+
+
+def _params(name):
+  return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in name]
+
+
+def _endpoints(name):
+  make, options, np_alpha_sigma = PROCESSES[name]
+  process = make()
+  t_start = options.get("t_start", process.t_min)
+  t_end = options.get("t_end", process.t_max)
+  return process, dict(options), np_alpha_sigma(t_start), np_alpha_sigma(t_end)
+
+
+# ----------------------------------------------------------------------------
+# The exact model and the closed forms
+# ----------------------------------------------------------------------------
+
+
+def mixture_model_fn(process, mixture, prediction="eps"):
+  """The exact model of the mixture under `process`, in target `prediction` (module docstring);
+  x0 and eps from Bayes' rule directly, so both exist at alpha = 0 and at sigma = 0."""
+  weights, means, stds = (np.asarray(mixture[k], np.float64) for k in ("weights", "means", "stds"))
+
+  def model_fn(x_t, t):
+    dtype = x_t.dtype
+    alpha, sigma = (v.astype(dtype)[:, None, None] for v in process.alpha_sigma(t))  # (B, 1, 1)
+    diff = x_t[:, None, :] - alpha * jnp.asarray(means, dtype)  # (B, K, D)
+    var = alpha[..., 0] ** 2 * jnp.asarray(stds, dtype) ** 2 + sigma[..., 0] ** 2  # (B, K)
+    logits = (
+      jnp.log(jnp.asarray(weights, dtype))
+      - 0.5 * means.shape[1] * jnp.log(var)
+      - 0.5 * jnp.sum(diff**2, -1) / var
+    )
+    resp = jax.nn.softmax(logits, axis=-1)[..., None]  # (B, K, 1)
+    eps = jnp.sum(resp * sigma * diff / var[..., None], axis=1)
+    s2 = jnp.asarray(stds**2, dtype)[:, None]  # (K, 1)
+    x0 = jnp.sum(resp * (jnp.asarray(means, dtype) + alpha * s2 * diff / var[..., None]), axis=1)
+    return proc.from_x0_eps(process, t=t, x0=x0, eps=eps, prediction=prediction)
+
+  return model_fn
+
+
+def np_gaussian_model_log_density(y, mu, s, start, end, variance_preserving):
+  """float64 log-density (nats, per example) that the ODE of the exact model of N(mu, s^2 I)
+  assigns to y (n, D), start = (alpha, sigma) at t_start, end = at t_end, prior N(0, P^2) at
+  t_end (P = 1 if variance preserving, else sigma_e). The flow keeps each dimension's z-score:
+    x_end = alpha_e mu + m z,  m = sqrt(alpha_e^2 s^2 + sigma_e^2),  z = (y - mu) / sqrt(s^2 + st^2),
+  st = sigma_0 / alpha_0, so log p(y) = sum_d log N(x_end; 0, P^2) + log m - log sqrt(s^2 + st^2).
+  Returns (model, data): this, and the data's own smoothed density log N(y; mu, s^2 + st^2)."""
+  (alpha_0, sigma_0), (alpha_e, sigma_e) = start, end
+  prior = 1.0 if variance_preserving else sigma_e
+  smoothed = math.sqrt(s * s + (sigma_0 / alpha_0) ** 2)
+  z = (np.asarray(y, np.float64) - mu) / smoothed
+  m = math.sqrt(alpha_e**2 * s * s + sigma_e**2)
+  x_end = alpha_e * mu + m * z
+  model = -0.5 * (math.log(2 * math.pi * prior**2) + (x_end / prior) ** 2) + math.log(m / smoothed)
+  data = -0.5 * (math.log(2 * math.pi) + z**2) - math.log(smoothed)
+  return model.sum(-1), data.sum(-1)
+
+
+def _gaussian_points(n=256, seed=0):
+  return GAUSS_MU + GAUSS_STD * np.random.default_rng(seed).standard_normal((n, 2))
+
+
+def _log_likelihood(process, model_fn, x, **options):
+  fn = jax.jit(
+    lambda x, k: process_ode.ode_log_likelihood(model_fn, process, x=x, key=k, **options)
+  )
+  return np.asarray(fn(jnp.asarray(x, F32), jax.random.key(0)), np.float64)
+
+
+def test_mixture_model_is_the_exact_posterior_mean(x64):
+  """The oracle itself, float64: for a VP process its eps is testing.gmm_eps_fn's (a DDPM
+  schedule's alphas_cumprod = alpha^2), and for any process it is gmm_eps_fn's at
+  x_t / sqrt(alpha^2 + sigma^2) (a rescaling keeps eps); x0 = (x_t - sigma eps) / alpha; and for
+  rectified flow the velocity target is E[eps - x0 | x_t]."""
+  f64 = jnp.float64
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1.5, 1.5, (6, 2)), f64)
+  for process in (proc.vp_cosine(), proc.ve(), proc.rectified_flow()):
+    t = jnp.linspace(process.t_min + 0.01, 0.9 * process.t_max, 6, dtype=f64)
+    eps = mixture_model_fn(process, GMM2)(x, t)
+    x0 = mixture_model_fn(process, GMM2, "x0")(x, t)
+    alpha, sigma = (np.asarray(v, np.float64)[:, None] for v in process.alpha_sigma(t))
+    norm = np.sqrt(alpha**2 + sigma**2)
+    schedule = types.SimpleNamespace(alphas_cumprod=jnp.asarray((alpha / norm)[:, 0] ** 2))
+    ref = testing.gmm_eps_fn(schedule, **GMM2)(x / norm, jnp.arange(6))
+    np.testing.assert_allclose(eps, ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(x0, (np.asarray(x) - sigma * np.asarray(eps)) / alpha, rtol=1e-9)
+  rf = proc.rectified_flow()
+  t = jnp.full((6,), 0.4, f64)
+  velocity = mixture_model_fn(rf, GMM2, "velocity")(x, t)
+  want = mixture_model_fn(rf, GMM2, "eps")(x, t) - mixture_model_fn(rf, GMM2, "x0")(x, t)
+  np.testing.assert_allclose(velocity, want, rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------
+# One Gaussian: every process, against the closed form
+# ----------------------------------------------------------------------------
+
+
+def _gaussian_errors(name, **extra):
+  """(ODE - model's closed form, model - data's smoothed density, ODE - log N(y; mu, s^2)), per
+  dimension, nats, float32, exact trace unless `extra` says otherwise."""
+  process, options, start, end = _endpoints(name)
+  options = {**options, **extra}
+  prediction = options.pop("prediction", "eps")
+  y = _gaussian_points()
+  model_fn = mixture_model_fn(process, ONE_GAUSSIAN, prediction)
+  log_p = _log_likelihood(process, model_fn, y, prediction=prediction, **options)
+  model, data = np_gaussian_model_log_density(
+    y, GAUSS_MU, GAUSS_STD, start, end, process.variance_preserving
+  )
+  unsmoothed = testing.gmm_log_density(y, **ONE_GAUSSIAN)
+  return (log_p - model) / 2, (model - data) / 2, (log_p - unsmoothed) / 2
+
+
+@pytest.mark.parametrize("name", _params(PROCESSES))
+def test_gaussian_oracle_every_process(name):
+  """Exact trace, default num_steps (256), float32: within 0.01 nats/dim of the closed form.
+  Measured |error| mean / max, nats/dim: discrete linear 0.00013 / 0.0011, discrete cosine
+  0.00023 / 0.0019, vp_linear 0.00021 / 0.0017, vp_cosine 0.00034 / 0.0027, ve 0.00016 / 0.0014,
+  rectified flow 0.00052 / 0.0043 (Heun: 4x smaller per doubling of num_steps).
+
+  The endpoints' expected bias against the data's own log N(x; mu, s^2): the smoothing by
+  sigma~_0 (0.01 for DDPM's linear levels, 0.002 for EDM's sigma_min, 5.5e-4 for vp_cosine's
+  log-SNR 15, 1e-5 for the others) and the prior mismatch at t_end, measured 7e-4 nats/dim for the
+  discrete linear schedule and vp_linear (alpha_e^2 = 4e-5), 1.4e-3 for ve (sigma_max = 80),
+  6e-5 for vp_cosine, 0 for rectified flow (t_end = 1 is pure noise)."""
+  err, mismatch, total = _gaussian_errors(name)
+  print(
+    f"{name}: |err| mean {np.abs(err).mean():.5f} max {np.abs(err).max():.5f}; prior mismatch "
+    f"{np.abs(mismatch).mean():.2e}; vs log N(x; mu, s^2) {np.abs(total).mean():.5f} nats/dim"
+  )
+  assert np.all(np.isfinite(err))
+  assert np.abs(err).mean() < 0.002
+  assert np.abs(err).max() < 0.01
+  assert np.abs(mismatch).mean() < 2e-3
+  assert np.abs(total).mean() < 0.01
+
+
+@pytest.mark.parametrize(
+  "name", _params(["vp_cosine", "rectified_flow", "ve", "discrete_linear1000"])
+)
+def test_every_prediction_gives_one_likelihood(name):
+  """The same exact model as eps, x0, v, velocity or score predictor: one likelihood (the
+  conversions are exact; what differs is float32 rounding). Rectified flow's eps and score are
+  undefined at t = 1 (alpha = 0), so there the run ends at 1 - 1e-4 for every target."""
+  process, options, _, _ = _endpoints(name)
+  options = {k: v for k, v in options.items() if k != "prediction"}
+  if name == "rectified_flow":
+    options["t_end"] = 1 - 1e-4
+  y = _gaussian_points(32)
+  out = {
+    prediction: _log_likelihood(
+      process,
+      mixture_model_fn(process, ONE_GAUSSIAN, prediction),
+      y,
+      prediction=prediction,
+      num_steps=32,
+      **options,
+    )
+    for prediction in proc.PREDICTIONS
+  }
+  for prediction in proc.PREDICTIONS:
+    np.testing.assert_allclose(out[prediction], out["eps"], atol=2e-3, err_msg=prediction)
+
+
+@pytest.mark.slow
+def test_convergence_in_num_steps():
+  """Heun is second order: the error falls about 4x per doubling of num_steps (measured on
+  rectified flow: 0.0078 at 64 steps, 0.0018 at 128, 0.0005 at 256; 0.019 at 32, before the
+  asymptotic regime)."""
+  errors = [np.abs(_gaussian_errors("rectified_flow", num_steps=n)[0]).mean() for n in (64, 128)]
+  print("mean |error| at 64, 128 steps:", errors)
+  assert 3.0 < errors[0] / errors[1] < 5.0
+
+
+# ----------------------------------------------------------------------------
+# Hutchinson's estimator
+# ----------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------
+# A Gaussian mixture: the data's own density
+# ----------------------------------------------------------------------------
+
+
+def _mixture_points(n_data=128, n_spread=32, seed=0):
+  rng = np.random.default_rng(seed)
+  x, _ = testing.gmm_sample(rng, n_data, **GMM2)
+  return np.concatenate([x, rng.uniform(-1.0, 1.0, (n_spread, 2))])
+
+
+@pytest.mark.parametrize("name", _params(PROCESSES))
+def test_mixture_every_process(name):
+  """GMM2 (three components of std 0.08 to 0.12 in 2-D) with its exact model: the mixture
+  convolved with N(0, sigma~_0^2) (its components' variances s_k^2 + sigma~_0^2), to 0.01
+  nats/dim on average over data draws and 0.03 at worst on points spread over the square where
+  log p reaches -60; the prior mismatch at t_end is below 2e-3 nats/dim here (its one-Gaussian
+  values above)."""
+  process, options, (alpha_0, sigma_0), _ = _endpoints(name)
+  prediction = options.pop("prediction", "eps")
+  x = _mixture_points()
+  model_fn = mixture_model_fn(process, GMM2, prediction)
+  log_p = _log_likelihood(process, model_fn, x, prediction=prediction, **options)
+  smoothed = dict(GMM2, stds=list(np.sqrt(np.square(GMM2["stds"]) + (sigma_0 / alpha_0) ** 2)))
+  err = (log_p - testing.gmm_log_density(x, **smoothed)) / 2
+  print(
+    f"{name}: |err| data mean {np.abs(err[:128]).mean():.4f} max {np.abs(err[:128]).max():.4f}; "
+    f"spread mean {np.abs(err[128:]).mean():.4f} max {np.abs(err[128:]).max():.4f} nats/dim"
+  )
+  assert np.abs(err[:128]).mean() < 0.01
+  assert np.abs(err).max() < 0.03
+
+
+@pytest.mark.parametrize("name", _params(["rectified_flow", "ve"]))
+def test_hutchinson_within_its_monte_carlo_error(name):
+  """Rademacher probes, the same at every step, on the mixture (on one isotropic Gaussian the
+  Jacobian is a multiple of I and v^T J v is its trace exactly): the estimate minus the exact
+  trace has mean 0 within 4 standard errors over examples (unbiased), so it agrees with the
+  mixture's density within its Monte Carlo error plus the exact trace's own error (0.01 nats/dim
+  above); the key matters; the per-example spread falls like 1 / sqrt(num_probes)."""
+  process, options, (alpha_0, sigma_0), _ = _endpoints(name)
+  prediction = options.pop("prediction", "eps")
+  x = _mixture_points(192, 0, seed=5)
+  model_fn = mixture_model_fn(process, GMM2, prediction)
+  options = dict(options, prediction=prediction, num_steps=128)
+  smoothed = dict(GMM2, stds=list(np.sqrt(np.square(GMM2["stds"]) + (sigma_0 / alpha_0) ** 2)))
+  density = testing.gmm_log_density(x, **smoothed)
+
+  def run(key, **extra):
+    fn = jax.jit(
+      lambda x: process_ode.ode_log_likelihood(model_fn, process, x=x, key=key, **options, **extra)
+    )
+    return np.asarray(fn(jnp.asarray(x, F32)), np.float64)
+
+  exact = run(None)
+  spreads = {}
+  for probes in (1, 16):
+    estimate = run(jax.random.key(1), trace="hutchinson", num_probes=probes)
+    diff = estimate - exact
+    se = diff.std() / math.sqrt(len(diff))
+    closed = estimate - density
+    print(
+      f"{name}, {probes} probes: Hutchinson - exact {diff.mean():.4f} +- {se:.4f} (std "
+      f"{diff.std():.3f}); - density {closed.mean():.4f} nats"
+    )
+    assert abs(diff.mean()) < 4 * se
+    assert abs(closed.mean()) < 4 * se + 2 * 0.01
+    spreads[probes] = diff.std()
+    other = run(jax.random.key(2), trace="hutchinson", num_probes=probes)
+    assert np.max(np.abs(other - estimate)) > 1e-3
+  assert spreads[1] > 1e-2
+  assert spreads[16] < 0.4 * spreads[1]
