@@ -30,6 +30,7 @@ from tests.support.diffusion import (
   GMM2,
   np_abar,
   np_cosine_betas,
+  np_discretized_log_prob,
   np_linear_betas,
 )
 
@@ -337,3 +338,161 @@ def test_hutchinson_within_its_monte_carlo_error(name):
     assert np.max(np.abs(other - estimate)) > 1e-3
   assert spreads[1] > 1e-2
   assert spreads[16] < 0.4 * spreads[1]
+
+
+# ----------------------------------------------------------------------------
+# Bits per dimension
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", _params(["vp_cosine", "rectified_flow", "ve"]))
+def test_bits_per_dim_on_8bit_gaussian_data(name):
+  """ode_bits_per_dim on 8-bit one-Gaussian data (4-D, N(0, 0.25^2) rounded to the grid):
+  equals the closed form at the documented dequantized points y = x + (u - 1/2) 2/255, u from
+  split(key)[0], and is within the ODE's own error of the data's exact bits/dim from its
+  closed-form bin masses: the dequantization gap of data this smooth (std 0.25 = 32 bins) is
+  of order h^2 / (24 s^2) = 4e-5 nats/dim, and a bin width of 1/255 or data scaled to [0, 1]
+  would be off by a whole bit. (The data keep off the edge bins, whose mass includes the tail
+  beyond +-1 that the dequantized density cannot see: N(0.2, 0.3^2) put 4 of 256 examples
+  there, 0.01 bit/dim on average.)"""
+  mu, s = 0.0, 0.25
+  process, options, start, end = _endpoints(name)
+  prediction = options.pop("prediction", "eps")
+  mixture = dict(weights=[1.0], means=np.full((1, 4), mu), stds=[s])
+  x = testing.quantize(mu + s * np.random.default_rng(3).standard_normal((256, 4)))
+  assert np.all(np.abs(x) < 1)
+  key = jax.random.key(4)
+  model_fn = mixture_model_fn(process, mixture, prediction)
+  bpd = np.asarray(
+    jax.jit(
+      lambda x: process_ode.ode_bits_per_dim(
+        model_fn, process, x=x, key=key, prediction=prediction, **options
+      )
+    )(jnp.asarray(x, F32)),
+    np.float64,
+  )
+  u = np.asarray(jax.random.uniform(jax.random.split(key)[0], x.shape, F32), np.float64)
+  y = np.asarray(jnp.asarray(x, F32), np.float64) + (u - 0.5) * 2 / 255
+  model, _ = np_gaussian_model_log_density(y, mu, s, start, end, process.variance_preserving)
+  ref = -(model - 4 * math.log(127.5)) / (4 * math.log(2))
+  np.testing.assert_allclose(bpd, ref, atol=0.01 / math.log(2))
+  exact = -np.sum(np_discretized_log_prob(x, mu, s), -1) / (4 * math.log(2))
+  gap = bpd - exact
+  se = gap.std() / math.sqrt(len(gap))
+  print(
+    f"{name}: ODE {bpd.mean():.4f} bits/dim, exact {exact.mean():.4f}, gap {gap.mean():.4f} "
+    f"+- {se:.4f}"
+  )
+  assert abs(gap.mean()) < 0.002 + 4 * se
+
+
+def test_continuous_bits_per_dim_is_the_density():
+  """data="continuous": -log p(x) / (D ln 2) at x itself, no dequantization, any real x."""
+  process = proc.vp_cosine()
+  model_fn = mixture_model_fn(process, ONE_GAUSSIAN)
+  x = jnp.asarray(_gaussian_points(8) + 0.123, F32)
+  bpd = process_ode.ode_bits_per_dim(model_fn, process, x=x, data="continuous", num_steps=16)
+  log_p = process_ode.ode_log_likelihood(model_fn, process, x=x, num_steps=16)
+  np.testing.assert_allclose(bpd, -log_p / (2 * math.log(2)), rtol=1e-6)
+
+
+def test_bits_per_dim_refuses_data_off_the_grid():
+  """Images in [0, 1] or 0..255 are refused with a message naming x; traced, those examples are
+  NaN and the others are not."""
+  process = proc.vp_cosine()
+  model_fn = mixture_model_fn(process, ONE_GAUSSIAN)
+  key = jax.random.key(0)
+  k = np.random.default_rng(0).integers(0, 256, (3, 2))
+  call = lambda x: process_ode.ode_bits_per_dim(model_fn, process, x=x, key=key, num_steps=4)
+  for bad in (k / 255, k.astype(np.float64), np.full((3, 2), 0.5)):
+    with pytest.raises(ValueError, match=r"ode_bits_per_dim: x must lie on the 8-bit grid"):
+      call(jnp.asarray(bad, F32))
+  mixed = jnp.asarray(np.concatenate([2 * k[:2] / 255 - 1, k[2:] / 255 + 1 / 510]), F32)
+  traced = np.asarray(jax.jit(call)(mixed))
+  assert np.all(np.isfinite(traced[:2])) and np.isnan(traced[2])
+  with pytest.raises(ValueError, match="data='8bit' needs key"):
+    process_ode.ode_bits_per_dim(model_fn, process, x=mixed[:2], num_steps=4)
+  with pytest.raises(ValueError, match="data must be one of"):
+    process_ode.ode_bits_per_dim(model_fn, process, x=mixed[:2], key=key, data="binary")
+
+
+# ----------------------------------------------------------------------------
+# Arguments, jit, the grid
+# ----------------------------------------------------------------------------
+
+
+def test_refusals():
+  rf, vp = proc.rectified_flow(), proc.vp_cosine()
+  x = jnp.zeros((2, 2))
+  fn = lambda x_t, t: jnp.zeros_like(x_t)
+  call = process_ode.ode_log_likelihood
+  with pytest.raises(ValueError, match=r"sigma\(t_start\) = 0 .*rectified_flow.*t_start=1e-5"):
+    call(fn, rf, x=x, prediction="velocity")
+  with pytest.raises(ValueError, match=r"alpha\(t_end\) = 0 .*prediction='eps'"):
+    call(fn, rf, x=x, t_start=1e-5)
+  with pytest.raises(ValueError, match=r"alpha\(t_end\) = 0 .*prediction='score'"):
+    call(fn, rf, x=x, t_start=1e-5, prediction="score")
+  with pytest.raises(ValueError, match="t_min <= t_start < t_end <= t_max .*t_start=-0.1"):
+    call(fn, vp, x=x, t_start=-0.1)
+  with pytest.raises(ValueError, match="t_start=0.5, t_end=0.5"):
+    call(fn, vp, x=x, t_start=0.5, t_end=0.5)
+  with pytest.raises(ValueError, match="t_end=2.0"):
+    call(fn, vp, x=x, t_end=2.0)
+  with pytest.raises(ValueError, match="t_start must be a finite number"):
+    call(fn, vp, x=x, t_start=float("nan"))
+  with pytest.raises(ValueError, match="trace must be one of"):
+    call(fn, vp, x=x, trace="exact_trace")
+  with pytest.raises(ValueError, match="trace='hutchinson' needs key"):
+    call(fn, vp, x=x, trace="hutchinson")
+  with pytest.raises(ValueError, match="prediction must be one of"):
+    call(fn, vp, x=x, prediction="noise")
+  for bad in (0, 2.5, True):
+    with pytest.raises(ValueError, match="num_steps"):
+      call(fn, vp, x=x, num_steps=bad)
+  with pytest.raises(ValueError, match="num_probes"):
+    call(fn, vp, x=x, key=jax.random.key(0), trace="hutchinson", num_probes=0)
+  with pytest.raises(ValueError, match=r"x must be \(B, ...\)"):
+    call(fn, vp, x=jnp.zeros(3))
+
+
+def test_process_as_jit_argument_and_log_snr_process():
+  """The process is an ordinary jit argument (its parameters traced: the grid and the checks
+  follow), and a log-SNR process with VDM's cosine schedule (bisection inverse) gives
+  vp_cosine's likelihood with the same endpoints."""
+  process = proc.vp_cosine(-10.0, 8.0)
+  y = jnp.asarray(_gaussian_points(8), F32)
+
+  def run(p, x):
+    return process_ode.ode_log_likelihood(mixture_model_fn(p, ONE_GAUSSIAN), p, x=x, num_steps=16)
+
+  closed = jax.jit(lambda x: run(process, x))(y)
+  traced = jax.jit(run)(process, y)
+  np.testing.assert_allclose(traced, closed, rtol=1e-5)
+  vdm_process = proc.log_snr_process(
+    diffusion.vdm.LogSNRSchedule("cosine", gamma_min=-8.0, gamma_max=10.0), {}
+  )
+  np.testing.assert_allclose(jax.jit(run)(vdm_process, y), closed, rtol=1e-4)
+
+
+def test_grid_uniform_in_log_snr():
+  """num_steps + 1 times from t_start to t_end, uniform in lambda; at an end of infinite
+  log-SNR (rectified flow's t = 1) uniform down to LOG_SNR_FLOOR, then t_end; one scan of
+  num_steps steps."""
+  vp = proc.vp_linear(t_min=1e-5)
+  times, r = process_ode.ode_grid(vp, num_steps=8, t_start=1e-5, t_end=1.0)
+  assert times.shape == (9,) and float(times[0]) == pytest.approx(1e-5) and float(times[-1]) == 1
+  lam = np.asarray(vp.log_snr(times), np.float64)
+  np.testing.assert_allclose(np.diff(lam), np.full(8, (lam[-1] - lam[0]) / 8), rtol=1e-3)
+  np.testing.assert_allclose(r, np.exp(lam / 2), rtol=1e-5)
+  rf = proc.rectified_flow()
+  times, r = process_ode.ode_grid(rf, num_steps=8, t_start=1e-5, t_end=1.0)
+  lam = np.asarray(rf.log_snr(times[:-1]), np.float64)
+  np.testing.assert_allclose(lam[-1], process_ode.LOG_SNR_FLOOR, atol=1e-3)  # 1 - t in float32
+  np.testing.assert_allclose(np.diff(lam), np.full(7, (lam[-1] - lam[0]) / 7), rtol=1e-3)
+  assert float(times[-1]) == 1.0 and float(r[-1]) == 0.0
+  model_fn = lambda x_t, t: jnp.zeros_like(x_t)
+  closed = jax.make_jaxpr(
+    lambda x: process_ode.ode_log_likelihood(model_fn, rf, x=x, t_start=1e-5, prediction="x0")
+  )(jnp.zeros((2, 2)))
+  scans = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
+  assert len(scans) == 1 and scans[0].params["length"] == process_ode.DEFAULT_NUM_STEPS
