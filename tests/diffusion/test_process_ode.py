@@ -496,3 +496,70 @@ def test_grid_uniform_in_log_snr():
   )(jnp.zeros((2, 2)))
   scans = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
   assert len(scans) == 1 and scans[0].params["length"] == process_ode.DEFAULT_NUM_STEPS
+
+
+# ----------------------------------------------------------------------------
+# Peer: facebookresearch's flow_matching package
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rectified_flow_matches_flow_matching_package(x64):
+  """flow_matching 1.0.10's ODESolver.compute_likelihood (torchdiffeq's dopri5 at rtol = atol =
+  1e-9, exact divergence, float64) on the same mixture velocity, in its convention: tau = 1 - t
+  from noise (tau = 0) to data (tau = 1), x_tau = tau x1 + (1 - tau) x0, u = x1 - x0 = minus our
+  velocity; its log_p0 is N(0, I). It integrates to the data itself (tau = 1), we to t = 1e-5
+  (smoothing sigma~ = 1e-5, a change of 1e-8 nats here). Agreement per example within our
+  float64 Heun error at 256 steps on data draws (measured: mean 0.0011, max 0.0026 nats/dim;
+  the peer is within 2e-9 of the mixture's density).
+  """
+  torch = pytest.importorskip("torch")
+  solver_module = pytest.importorskip("flow_matching.solver")
+  weights, means, stds = (
+    torch.tensor(np.asarray(GMM2[k], np.float64)) for k in ("weights", "means", "stds")
+  )
+
+  def peer_velocity(x, t):
+    # Bayes' rule for the mixture at alpha = tau, sigma = 1 - tau, written again in torch.
+    alpha, sigma = t, 1.0 - t
+    diff = x[:, None, :] - alpha * means  # (B, K, D)
+    var = alpha**2 * stds**2 + sigma**2  # (K,)
+    logits = torch.log(weights) - 0.5 * means.shape[1] * torch.log(var)
+    logits = logits - 0.5 * (diff**2).sum(-1) / var
+    resp = torch.softmax(logits, -1)[..., None]
+    eps = (resp * sigma * diff / var[:, None]).sum(1)
+    x1 = (resp * (means + alpha * (stds**2 / var)[:, None] * diff)).sum(1)
+    return x1 - eps
+
+  x = _mixture_points(48, 0, seed=7)
+  solver = solver_module.ODESolver(velocity_model=peer_velocity)
+  log_p0 = lambda z: -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+  _, peer = solver.compute_likelihood(
+    x_1=torch.tensor(x),
+    log_p0=log_p0,
+    step_size=None,
+    method="dopri5",
+    atol=1e-9,
+    rtol=1e-9,
+    time_grid=torch.tensor([1.0, 0.0], dtype=torch.float64),
+    exact_divergence=True,
+  )
+  peer = peer.numpy()
+  density = testing.gmm_log_density(x, **GMM2)
+  rf = proc.rectified_flow()
+  ours = np.asarray(
+    jax.jit(
+      lambda x: process_ode.ode_log_likelihood(
+        mixture_model_fn(rf, GMM2, "velocity"), rf, x=x, prediction="velocity", t_start=1e-5
+      )
+    )(jnp.asarray(x)),
+    np.float64,
+  )
+  err = np.abs(ours - peer) / 2
+  print(
+    f"gen_jax - flow_matching: mean {err.mean():.5f} max {err.max():.5f} nats/dim; peer - "
+    f"density max {np.abs(peer - density).max() / 2:.2e}"
+  )
+  assert np.abs(peer - density).max() / 2 < 1e-5  # the peer is the reference it claims to be
+  assert err.mean() < 0.003
+  assert err.max() < 0.01
