@@ -188,8 +188,14 @@ def discrete_process(schedule: Schedule) -> GaussianProcess:
   A zero-terminal-SNR schedule's last level has lambda = -inf; real t is then kept below it.
   """
   alphas_cumprod = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
+  # lambda from the two square-root tables, each rounded once from float64: 1 - ac from the
+  # float32 ac loses digits near t = 0 (2.6e-4 relative in sigma at the cosine schedule's first
+  # level), and real t at a level must give that level's alpha and sigma.
   with np.errstate(divide="ignore"):
-    log_snr = np.log(alphas_cumprod) - np.log1p(-alphas_cumprod)
+    log_snr = 2.0 * (
+      np.log(np.asarray(schedule.sqrt_alphas_cumprod, np.float64))
+      - np.log(np.asarray(schedule.sqrt_one_minus_alphas_cumprod, np.float64))
+    )
   params = {
     "sqrt_alphas_cumprod": schedule.sqrt_alphas_cumprod,
     "sqrt_one_minus_alphas_cumprod": schedule.sqrt_one_minus_alphas_cumprod,
