@@ -85,8 +85,8 @@ PROCESSES = {
 FAST = ("vp_cosine", "rectified_flow")
 
 
-def _params(name):
-  return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in name]
+def _params(names, fast=FAST):
+  return [pytest.param(n, marks=() if n in fast else pytest.mark.slow) for n in names]
 
 
 def _endpoints(name):
@@ -155,6 +155,7 @@ def _log_likelihood(process, model_fn, x, **options):
   return np.asarray(fn(jnp.asarray(x, F32), jax.random.key(0)), np.float64)
 
 
+@pytest.mark.slow
 def test_mixture_model_is_the_exact_posterior_mean(x64):
   """The oracle itself, float64: for a VP process its eps is testing.gmm_eps_fn's (a DDPM
   schedule's alphas_cumprod = alpha^2), and for any process it is gmm_eps_fn's at
@@ -225,7 +226,7 @@ def test_gaussian_oracle_every_process(name):
 
 
 @pytest.mark.parametrize(
-  "name", _params(["vp_cosine", "rectified_flow", "ve", "discrete_linear1000"])
+  "name", _params(["vp_cosine", "rectified_flow", "ve", "discrete_linear1000"], fast=())
 )
 def test_every_prediction_gives_one_likelihood(name):
   """The same exact model as eps, x0, v, velocity or score predictor: one likelihood (the
@@ -299,7 +300,7 @@ def test_mixture_every_process(name):
   assert np.abs(err).max() < 0.03
 
 
-@pytest.mark.parametrize("name", _params(["rectified_flow", "ve"]))
+@pytest.mark.parametrize("name", _params(["rectified_flow", "ve"], ["rectified_flow"]))
 def test_hutchinson_within_its_monte_carlo_error(name):
   """Rademacher probes, the same at every step, on the mixture (on one isotropic Gaussian the
   Jacobian is a multiple of I and v^T J v is its trace exactly): the estimate minus the exact
@@ -314,16 +315,23 @@ def test_hutchinson_within_its_monte_carlo_error(name):
   smoothed = dict(GMM2, stds=list(np.sqrt(np.square(GMM2["stds"]) + (sigma_0 / alpha_0) ** 2)))
   density = testing.gmm_log_density(x, **smoothed)
 
-  def run(key, **extra):
-    fn = jax.jit(
-      lambda x: process_ode.ode_log_likelihood(model_fn, process, x=x, key=key, **options, **extra)
-    )
-    return np.asarray(fn(jnp.asarray(x, F32)), np.float64)
-
-  exact = run(None)
+  # One compilation per trace and num_probes; the key is an argument.
+  run = jax.jit(
+    lambda x, key, **extra: process_ode.ode_log_likelihood(
+      model_fn, process, x=x, key=key, **options, **extra
+    ),
+    static_argnames=("trace", "num_probes"),
+  )
+  run_np = lambda key, **extra: np.asarray(run(jnp.asarray(x, F32), key, **extra), np.float64)
+  exact = np.asarray(
+    jax.jit(lambda x: process_ode.ode_log_likelihood(model_fn, process, x=x, **options))(
+      jnp.asarray(x, F32)
+    ),
+    np.float64,
+  )
   spreads = {}
   for probes in (1, 16):
-    estimate = run(jax.random.key(1), trace="hutchinson", num_probes=probes)
+    estimate = run_np(jax.random.key(1), trace="hutchinson", num_probes=probes)
     diff = estimate - exact
     se = diff.std() / math.sqrt(len(diff))
     closed = estimate - density
@@ -334,7 +342,7 @@ def test_hutchinson_within_its_monte_carlo_error(name):
     assert abs(diff.mean()) < 4 * se
     assert abs(closed.mean()) < 4 * se + 2 * 0.01
     spreads[probes] = diff.std()
-    other = run(jax.random.key(2), trace="hutchinson", num_probes=probes)
+    other = run_np(jax.random.key(2), trace="hutchinson", num_probes=probes)
     assert np.max(np.abs(other - estimate)) > 1e-3
   assert spreads[1] > 1e-2
   assert spreads[16] < 0.4 * spreads[1]
@@ -345,7 +353,7 @@ def test_hutchinson_within_its_monte_carlo_error(name):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", _params(["vp_cosine", "rectified_flow", "ve"]))
+@pytest.mark.parametrize("name", _params(["vp_cosine", "rectified_flow", "ve"], ["rectified_flow"]))
 def test_bits_per_dim_on_8bit_gaussian_data(name):
   """ode_bits_per_dim on 8-bit one-Gaussian data (4-D, N(0, 0.25^2) rounded to the grid):
   equals the closed form at the documented dequantized points y = x + (u - 1/2) 2/255, u from
@@ -391,8 +399,10 @@ def test_continuous_bits_per_dim_is_the_density():
   process = proc.vp_cosine()
   model_fn = mixture_model_fn(process, ONE_GAUSSIAN)
   x = jnp.asarray(_gaussian_points(8) + 0.123, F32)
-  bpd = process_ode.ode_bits_per_dim(model_fn, process, x=x, data="continuous", num_steps=16)
-  log_p = process_ode.ode_log_likelihood(model_fn, process, x=x, num_steps=16)
+  bpd = jax.jit(
+    lambda x: process_ode.ode_bits_per_dim(model_fn, process, x=x, data="continuous", num_steps=16)
+  )(x)
+  log_p = jax.jit(lambda x: process_ode.ode_log_likelihood(model_fn, process, x=x, num_steps=16))(x)
   np.testing.assert_allclose(bpd, -log_p / (2 * math.log(2)), rtol=1e-6)
 
 
