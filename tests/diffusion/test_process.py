@@ -414,3 +414,44 @@ def test_bad_ranges_are_refused():
     proc.convert(process, x_t=x, t=jnp.full((2,), 0.5), output=x, source="v0", target="v0")
   with pytest.raises(TypeError):
     proc.to_x0_eps(process, x, jnp.full((2,), 0.5), x, "eps")  # keyword-only
+
+
+def test_equal_processes_share_one_compilation():
+  """A process's functions are static parts of its pytree: two processes built alike (same
+  constructor and range, any parameter values) are one jit cache entry. (Closures made per
+  constructor call compiled anew for every process instance.)"""
+  traces = []
+
+  @jax.jit
+  def fn(p, t):
+    traces.append(p.name)
+    return p.alpha_sigma(t)[0]
+
+  t = jnp.full((3,), 0.5)
+  schedule = diffusion.make_schedule(diffusion.linear_betas(100, 1e-3, 0.2))
+  for make in (
+    proc.vp_linear,
+    lambda: proc.vp_linear(0.2, 10.0),
+    proc.vp_cosine,
+    proc.ve,
+    proc.rectified_flow,
+    lambda: proc.discrete_process(schedule),
+    lambda: proc.log_snr_process(vdm.LogSNRSchedule("cosine"), {}),
+  ):
+    fn(make(), t)
+  assert len(traces) == 6, traces  # vp_linear twice with other betas: one trace
+  for make in (proc.vp_linear, proc.ve, lambda: proc.discrete_process(schedule)):
+    fn(make(), t)
+  assert len(traces) == 6, traces
+
+
+def test_zero_terminal_snr_inverse_in_the_last_interval(f64):
+  """At zero terminal SNR the last level's lambda = -inf is capped at -1e4 for real t, and
+  lambda^{-1} interpolates the same last interval (it returned T - 2 for every lambda below the
+  last finite level)."""
+  schedule = diffusion.make_schedule(
+    diffusion.rescale_zero_terminal_snr(diffusion.linear_betas(1000))
+  )
+  process = proc.discrete_process(schedule)
+  t = jnp.asarray([997.5, 998.0001, 998.001, 998.01], f64)
+  np.testing.assert_allclose(process.t_from_log_snr(process.log_snr(t)), t, rtol=1e-12)
