@@ -84,8 +84,10 @@ def ode_log_likelihood(
   log p_u(u) = log N(sigma_e u; 0, P^2) + D log sigma_e.
 
   Accuracy (tests/diffusion/test_process_ode.py, float32, exact trace, default num_steps): on
-  Gaussian data with the exact model, within 0.01 nats/dim of the closed form above for the
-  discrete linear (T = 1000) and cosine schedules, vp_linear, vp_cosine, ve and rectified flow.
+  Gaussian data with the exact model, mean |error| 1e-4 to 5e-4 and at most 0.005 nats/dim
+  against the closed form above for the discrete linear (T = 1000), cosine and zero-terminal-SNR
+  schedules, vp_linear, vp_cosine, ve and rectified flow; on a 2-D Gaussian mixture at most
+  0.005 on data draws (0.02 deep in the tails). Heun's error falls 4x per doubling of num_steps.
 
   Args:
     model_fn: batched model_fn(x_t, t) -> output in target `prediction`, x_t (B, ...), t (B,)
@@ -119,8 +121,11 @@ def ode_log_likelihood(
   if trace == "hutchinson" and key is None:
     raise ValueError("ode_log_likelihood: trace='hutchinson' needs key= (its Rademacher probes)")
   x = jnp.asarray(x)
-  if x.ndim < 2:
-    raise ValueError(f"ode_log_likelihood: x must be (B, ...) with data axes, got {x.shape}")
+  if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+      f"ode_log_likelihood: x must be a float array (B, ...) with data axes, got {x.dtype} "
+      f"{x.shape}"
+    )
   t_start, t_end = _check_endpoints(process, t_start, t_end, prediction, "ode_log_likelihood")
   times, r = ode_grid(process, num_steps=num_steps, t_start=t_start, t_end=t_end, dtype=x.dtype)
   batch = x.shape[0]

@@ -483,8 +483,10 @@ def test_refusals():
       call(fn, vp, x=x, num_steps=bad)
   with pytest.raises(ValueError, match="num_probes"):
     call(fn, vp, x=x, key=jax.random.key(0), trace="hutchinson", num_probes=0)
-  with pytest.raises(ValueError, match=r"x must be \(B, ...\)"):
+  with pytest.raises(ValueError, match=r"x must be a float array \(B, ...\)"):
     call(fn, vp, x=jnp.zeros(3))
+  with pytest.raises(ValueError, match="x must be a float array"):
+    call(fn, vp, x=jnp.zeros((2, 2), jnp.int32))
 
 
 def test_process_as_jit_argument_and_log_snr_process():
