@@ -27,11 +27,11 @@ import numpy as np
 from gen_jax import checks, distributions
 from gen_jax.diffusion._helpers import concrete_or_none, sum_data_dims
 from gen_jax.diffusion.ode import (
-  check_8bit_grid,
-  dequantize,
-  dequantized_bits_per_dim,
-  divergence_evaluator,
-  integrate,
+  _check_8bit_grid,
+  _dequantize,
+  _dequantized_bits_per_dim,
+  _divergence_evaluator,
+  _integrate,
 )
 from gen_jax.diffusion.process import GaussianProcess, check_prediction, to_x0_eps
 
@@ -143,8 +143,8 @@ def ode_log_likelihood(
   probes = None
   if trace == "hutchinson":
     probes = jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)
-  evaluate = divergence_evaluator(predict, x, probes=probes)
-  u_end, integral = integrate(evaluate, x=x, times=times, r=r)
+  evaluate = _divergence_evaluator(predict, x, probes=probes)
+  u_end, integral = _integrate(evaluate, x=x, times=times, r=r)
   # The prior on x_end = sigma_e u_end, and the Jacobian of u -> x.
   _, sigma_end = process.alpha_sigma(times[-1])
   prior_std = _prior_std_at(process, times[-1])
@@ -200,12 +200,12 @@ def ode_bits_per_dim(
     return -log_p / (math.prod(x.shape[1:]) * math.log(2.0))
   if key is None:
     raise ValueError("ode_bits_per_dim: data='8bit' needs key= (its uniform dequantization)")
-  check_8bit_grid(x, name="ode_bits_per_dim")
+  _check_8bit_grid(x, name="ode_bits_per_dim")
   dequant_key, probe_key = jax.random.split(key)
   log_p = ode_log_likelihood(
-    model_fn, process, x=dequantize(dequant_key, x), key=probe_key, **options
+    model_fn, process, x=_dequantize(dequant_key, x), key=probe_key, **options
   )
-  return dequantized_bits_per_dim(log_p, x)
+  return _dequantized_bits_per_dim(log_p, x)
 
 
 def ode_grid(process: GaussianProcess, *, num_steps: int, t_start, t_end, dtype=None):
