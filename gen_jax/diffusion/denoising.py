@@ -37,10 +37,18 @@ Time distributions (`TIME_DISTRIBUTIONS`, `sample_time`, `time_density`), all on
 Each is the inverse CDF of a uniform u (`time_from_uniform`), so draws can be antithetic.
 The log-normal is truncated to the range rather than clipped: clipping would put point masses
 at the ends, where there is no density for the 1/p(t) re-weighting (the truncated mass is
-1.3e-5 for EDM's defaults on `ve()`).
+1.6e-5 for EDM's defaults on `ve()`).
 
-Shapes: x0, noise, x_t (B, ...); t (B,); per-example results (B,). Data dimensions D are the axes
-after the batch axis.
+The continuous-time ELBO for any model on any process (`elbo_terms`, `elbo_bits_per_dim`):
+  -log p(x0) <= KL(q(x_{t_max} | x0) || N(0, prior_std^2)) + E[-log p(x0 | x_{t_min})]
+                + 1/2 int_{t_min}^{t_max} -lambda'(t) E||eps - eps_hat||^2 dt,
+the last term `weighted_error(..., weighting="elbo")` under any time law (an importance
+proposal), the decoder VDM's (`vdm.reconstruction_nll`) at gamma_0 = -lambda(t_min).
+
+Public: TIME_DISTRIBUTIONS, WEIGHTINGS, DATA_KINDS, sample_time, time_from_uniform, time_density,
+weighting_fn, implied_weighting, weighted_error, denoising_loss_at, denoising_loss, ELBOTerms,
+elbo_prior_kl, elbo_terms, elbo_bits_per_dim. Shapes: x0, noise, x_t (B, ...); t (B,);
+per-example results (B,). Data dimensions D are the axes after the batch axis.
 """
 
 from __future__ import annotations
@@ -98,6 +106,11 @@ def _float():
   return jnp.result_type(float)
 
 
+def _log_snr_at(process: GaussianProcess, t: float) -> Array:
+  """lambda at one time, a scalar (evaluated on shape (1,): a learned log-SNR net wants a batch)."""
+  return process.log_snr(jnp.full((1,), t, _float()))[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Time distributions.
 
@@ -131,8 +144,7 @@ def _integer_times(process: GaussianProcess, integer) -> bool:
 
 def _log_snr_ends(process: GaussianProcess, distribution: str) -> tuple[Array, Array]:
   """(lambda(t_min), lambda(t_max)); ValueError when concrete and not finite."""
-  lam_hi = process.log_snr(jnp.asarray(process.t_min, _float()))
-  lam_lo = process.log_snr(jnp.asarray(process.t_max, _float()))
+  lam_hi, lam_lo = _log_snr_at(process, process.t_min), _log_snr_at(process, process.t_max)
   hi, lo = concrete_or_none(lam_hi), concrete_or_none(lam_lo)
   if hi is not None and lo is not None and not (abs(hi) < math.inf and abs(lo) < math.inf):
     raise ValueError(
@@ -144,11 +156,17 @@ def _log_snr_ends(process: GaussianProcess, distribution: str) -> tuple[Array, A
   return lam_hi, lam_lo
 
 
+def _finite_log_snr_ends(process: GaussianProcess) -> bool:
+  """lambda finite at both ends (True when traced: then it cannot be checked)."""
+  ends = [_log_snr_at(process, t) for t in (process.t_min, process.t_max)]
+  values = [concrete_or_none(v) for v in ends]
+  return any(v is None for v in values) or all(abs(float(v)) < math.inf for v in values)
+
+
 def _truncation(process: GaussianProcess, mean, std) -> tuple[Array, Array]:
   """(Phi(a), Phi(b)): the standard normal CDF at the range's ends in z = (ln s - mean) / std,
   ln s = -lambda / 2 (either end may be infinite: lambda(0) = inf on rectified flow)."""
-  lam_hi = process.log_snr(jnp.asarray(process.t_min, _float()))
-  lam_lo = process.log_snr(jnp.asarray(process.t_max, _float()))
+  lam_hi, lam_lo = _log_snr_at(process, process.t_min), _log_snr_at(process, process.t_max)
   return special.ndtr((-lam_hi / 2 - mean) / std), special.ndtr((-lam_lo / 2 - mean) / std)
 
 
@@ -218,9 +236,12 @@ def time_density(process: GaussianProcess, t, *, distribution: str, **params) ->
     density = jnp.full(t.shape, 1.0 / (process.t_max - process.t_min), t.dtype)
   elif distribution == "logit_normal":
     width = process.t_max - process.t_min
-    r = jnp.clip((t - process.t_min) / width, 1e-300, 1.0)
+    r = (t - process.t_min) / width
+    interior = (r > 0) & (r < 1)  # the density tends to 0 at both ends
+    r = jnp.where(interior, r, 0.5)
     z = (jnp.log(r) - jnp.log1p(-r) - params["mean"]) / params["std"]
     density = _std_normal_pdf(z) / (params["std"] * r * (1.0 - r) * width)
+    density = jnp.where(interior, density, 0.0)
   elif distribution == "log_snr_uniform":
     lam_hi, lam_lo = _log_snr_ends(process, distribution)
     density = -process.d_log_snr(t) / (lam_hi - lam_lo)
@@ -228,6 +249,7 @@ def time_density(process: GaussianProcess, t, *, distribution: str, **params) ->
     lo, hi = _truncation(process, params["mean"], params["std"])
     z = (-process.log_snr(t) / 2 - params["mean"]) / params["std"]
     density = _std_normal_pdf(z) / params["std"] * (-process.d_log_snr(t) / 2) / (hi - lo)
+    density = jnp.where(jnp.isfinite(z), density, 0.0)  # lambda = +-inf at an end: no mass
   return jnp.where(inside, density, 0.0)
 
 
@@ -378,7 +400,11 @@ def weighted_error(
   target = _WEIGHTING_TARGET[weighting]
   truth = from_x0_eps(process, t=t, x0=x0, eps=noise, prediction=prediction)
   error = output - truth
-  if prediction != target:
+  if {prediction, target} == {"eps", "score"}:  # no alpha in either: exact at alpha = 0 too
+    _, sigma = process.alpha_sigma(t)
+    ratio = -sigma if target == "eps" else -1.0 / sigma
+    error = _expand(ratio, error) * error
+  elif prediction != target:
     ratio = _error_scale(process, t, target) / _error_scale(process, t, prediction)
     error = _expand(ratio, error) * error
   squared = jnp.square(error)
@@ -490,14 +516,14 @@ class ELBOTerms(NamedTuple):
     return self.prior + self.reconstruction + self.diffusion
 
 
-def prior_kl(process: GaussianProcess, *, x0) -> Array:
+def elbo_prior_kl(process: GaussianProcess, *, x0) -> Array:
   """KL(N(alpha x0, sigma^2 I) || N(0, p^2 I)) at t_max, p = prior_std, summed over dimensions:
     1/2 sum_i (alpha^2 x_i^2 / p^2 + r - 1 - ln r),  r = sigma^2 / p^2,
   with r - 1 - ln r = expm1(l) - l, l = 2 (ln sigma - ln p) (no cancellation at r -> 1).
   0 for rectified flow at t_max = 1. x0 (B, ...). Returns (B,), nats."""
-  t_max = jnp.asarray(process.t_max, _float())
-  alpha, sigma = process.alpha_sigma(t_max)
-  prior_std = process.prior_std()
+  alpha, sigma = (v[0] for v in process.alpha_sigma(jnp.full((1,), process.t_max, _float())))
+  # process.prior_std(), evaluated on a (1,) time: a learned log-SNR network wants a batch.
+  prior_std = 1.0 if process.variance_preserving else sigma
   log_ratio = 2.0 * (jnp.log(sigma) - jnp.log(prior_std))
   per_dim = jnp.square(alpha * x0 / prior_std) + jnp.expm1(log_ratio) - log_ratio
   return 0.5 * sum_data_dims(per_dim, 1)
@@ -517,7 +543,7 @@ def elbo_terms(
   prediction: str,
   data: str = "8bit",
   num_time_samples: int = 1,
-  time_distribution: str = "uniform",
+  time_distribution: str | None = None,
   time_params=None,
   antithetic: bool = True,
 ) -> ELBOTerms:
@@ -537,8 +563,15 @@ def elbo_terms(
   (antithetic over the batch, or iid), t = `time_from_uniform(u)` under `time_distribution`,
   each time with its own eps; one compiled scan over k. The key is used as `vdm.vdm_terms` uses
   it, so on `log_snr_process` with uniform times the terms equal VDM's draw for draw.
-  "uniform" is VDM's choice and works on every process; "log_snr_uniform" has the variance of
-  VDM's estimate on any process (the integrand in lambda is the same) and is much lower on `ve`.
+  The law is an importance proposal, and the integrand is about D/2 per unit of lambda up to
+  lambda(t_min): the default (None) is "log_snr_uniform" when lambda is finite at both ends and
+  its inverse is in closed form (the variance of VDM's estimate, on any process: the integrand in
+  lambda is the same), else "uniform" (rectified flow to t_max = 1; `log_snr_process`, whose
+  inverse is a bisection without gradients: uniform t there is VDM's own estimate, and a learned
+  schedule gets its gradients through t). Uniform t is VDM's choice for its own process (lambda
+  linear in t there); on processes whose lambda grows like -log t at the data end (vp_linear,
+  ve, rectified flow) its weights -lambda'(t) / p(t) reach 1 / t_min and the estimate, unbiased,
+  has a heavy tail; logit_normal and log_normal ranges far past their bulk are worse still.
 
   Args:
     model_fn: (x_t (B, ...), t (B,) real) -> output of kind `prediction`.
@@ -555,10 +588,13 @@ def elbo_terms(
   if num_time_samples < 1:
     raise ValueError(f"num_time_samples must be a positive integer, got {num_time_samples!r}")
   time_params = {k: v for k, v in dict(time_params or {}).items() if k != "integer"}
+  if time_distribution is None:
+    log_snr = process.t_from_log_snr_fn is not None and _finite_log_snr_ends(process)
+    time_distribution = "log_snr_uniform" if log_snr else "uniform"
   _time_params(time_distribution, time_params)
   if data == "8bit":
     _check_grid(x0, "elbo_terms")
-  log_snr_min_t = process.log_snr(jnp.asarray(process.t_min, _float()))
+  log_snr_min_t = _log_snr_at(process, process.t_min)
   concrete = concrete_or_none(log_snr_min_t)
   if concrete is not None and not abs(float(concrete)) < math.inf:
     raise ValueError(
@@ -598,7 +634,7 @@ def elbo_terms(
   reconstruction = vdm.reconstruction_nll(
     x0, eps=recon_eps, gamma_0=-log_snr_min_t, decoder=decoder
   )
-  prior = prior_kl(process, x0=x0)
+  prior = elbo_prior_kl(process, x0=x0)
   if data == "8bit":
     on_grid = _on_grid(x0, 1)
     reconstruction = jnp.where(on_grid, reconstruction, jnp.nan)
@@ -614,7 +650,7 @@ def elbo_bits_per_dim(
   prediction: str,
   data: str = "8bit",
   num_time_samples: int = 1,
-  time_distribution: str = "uniform",
+  time_distribution: str | None = None,
   time_params=None,
   antithetic: bool = True,
 ) -> Array:

@@ -83,7 +83,7 @@ def ode_timesteps(schedule: Schedule, num_points: int) -> Array:
 # (process_ode.py): both see the model only through predict(u, t) -> (D, eps) at x_t = s_t u.
 
 
-def divergence_evaluator(predict, x, *, probes=None):
+def _divergence_evaluator(predict, x, *, probes=None):
   """evaluate(u, t) -> (D, eps, div_u D, div_u eps) at one time t, the last two (B,).
 
   predict(u, t) -> (D, eps), each of x's shape (B, ...), must not mix examples. The divergences
@@ -113,11 +113,11 @@ def divergence_evaluator(predict, x, *, probes=None):
   return evaluate
 
 
-def integrate(evaluate, *, x, times, r) -> tuple[Array, Array]:
+def _integrate(evaluate, *, x, times, r) -> tuple[Array, Array]:
   """The module docstring's integration from times[0] to times[-1], one scan.
 
   Args:
-    evaluate: from `divergence_evaluator`.
+    evaluate: from `_divergence_evaluator`.
     x: (B, ...) the points, y = x_t / a_t at times[0].
     times: (N + 1,) the times evaluate is called at (levels or real times).
     r: (N + 1,) r = a_t / s_t at those times, decreasing (0 allowed at the end).
@@ -156,7 +156,7 @@ def integrate(evaluate, *, x, times, r) -> tuple[Array, Array]:
   return u_end, integral
 
 
-def check_8bit_grid(x, *, name: str) -> None:
+def _check_8bit_grid(x, *, name: str) -> None:
   """ValueError when a concrete `x` is off the 8-bit grid in [-1, 1] (x = 2 k / 255 - 1,
   k in 0..255): data in [0, 1] or 0..255 would otherwise give a number off by whole bits with no
   warning. A traced `x` is checked per example by `_on_grid` (the caller returns NaN there)."""
@@ -266,8 +266,8 @@ def ode_log_likelihood(
     return x0, eps
 
   probes = None if exact_trace else jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)
-  evaluate = divergence_evaluator(predict, x, probes=probes)
-  u_end, integral = integrate(evaluate, x=x, times=timesteps, r=r)
+  evaluate = _divergence_evaluator(predict, x, probes=probes)
+  u_end, integral = _integrate(evaluate, x=x, times=timesteps, r=r)
   prior = sum_data_dims(distributions.normal_log_prob(u_end, 0.0, 0.0), 1)
   return prior + integral + num_dims * jnp.log(r[0])
 
@@ -306,31 +306,31 @@ def ode_bits_per_dim(
   Returns:
     (B,) bits per dimension.
   """
-  check_8bit_grid(x, name="ode_bits_per_dim")
+  _check_8bit_grid(x, name="ode_bits_per_dim")
   dequant_key, probe_key = jax.random.split(key)
   log_p = ode_log_likelihood(
     probe_key,
     model_fn,
     schedule,
-    dequantize(dequant_key, x),
+    _dequantize(dequant_key, x),
     num_steps,
     exact_trace=exact_trace,
     num_probes=num_probes,
     prediction=prediction,
   )
-  return dequantized_bits_per_dim(log_p, x)
+  return _dequantized_bits_per_dim(log_p, x)
 
 
-def dequantize(key, x) -> Array:
+def _dequantize(key, x) -> Array:
   """y = x + (u - 1/2) 2/255, u ~ U[0, 1) of x's shape: a uniform point in x's 8-bit bin."""
   u = jax.random.uniform(key, x.shape, x.dtype)
   return x + (u - 0.5) * (2.0 / 255.0)
 
 
-def dequantized_bits_per_dim(log_p, x) -> Array:
+def _dequantized_bits_per_dim(log_p, x) -> Array:
   """-(log p(y) - D log 127.5) / (D ln 2): bits/dim of the bins from the density of the
   dequantized y (bin width 2/255), NaN for examples of x off the 8-bit grid (a traced x, which
-  `check_8bit_grid` cannot see)."""
+  `_check_8bit_grid` cannot see)."""
   num_dims = math.prod(x.shape[1:])
   bits = -(log_p - num_dims * math.log(127.5)) / (num_dims * math.log(2.0))
   return jnp.where(_on_grid(x, 1), bits, jnp.nan)

@@ -180,6 +180,30 @@ def _vp_from_log_snr(log_snr) -> tuple[Array, Array]:
 # The processes.
 
 
+# The processes' functions live at module level: a process's functions are static parts of its
+# pytree, compared by identity, so closures made per constructor call would make every new
+# process (vp_linear() twice) a new jit cache entry, recompiling whatever takes it as argument.
+
+
+def _discrete_alpha_sigma(p, t):
+  if jnp.issubdtype(t.dtype, jnp.integer):
+    return p["sqrt_alphas_cumprod"][t], p["sqrt_one_minus_alphas_cumprod"][t]
+  num_timesteps = p["neg_log_snr"].shape[0]
+  grid = jnp.arange(num_timesteps, dtype=t.dtype)
+  neg = p["neg_log_snr"].astype(t.dtype)
+  # Linear in t between levels; the slope is finite even next to a -inf last level (capped at
+  # 1e4) and real t stays below T - 1 there (t_max).
+  lower = jnp.clip(jnp.floor(t), 0, num_timesteps - 2).astype(jnp.int32)
+  frac = t - grid[lower]
+  return _vp_from_log_snr(-(neg[lower] + frac * (neg[lower + 1] - neg[lower])))
+
+
+def _discrete_inverse(p, log_snr):
+  neg = p["neg_log_snr"].astype(log_snr.dtype)
+  grid = jnp.arange(neg.shape[0], dtype=log_snr.dtype)
+  return jnp.interp(-log_snr, neg, grid)
+
+
 def discrete_process(schedule: Schedule) -> GaussianProcess:
   """DDPM's discrete schedule as a process on t in [0, T - 1].
 
@@ -191,45 +215,37 @@ def discrete_process(schedule: Schedule) -> GaussianProcess:
   A zero-terminal-SNR schedule's last level has lambda = -inf; real t is then kept below it.
   """
   alphas_cumprod = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
+  # lambda from the two square-root tables, each rounded once from float64: 1 - ac from the
+  # float32 ac loses digits near t = 0 (2.6e-4 relative in sigma at the cosine schedule's first
+  # level), and real t at a level must give that level's alpha and sigma.
   with np.errstate(divide="ignore"):
-    log_snr = np.log(alphas_cumprod) - np.log1p(-alphas_cumprod)
+    log_snr = 2.0 * (
+      np.log(np.asarray(schedule.sqrt_alphas_cumprod, np.float64))
+      - np.log(np.asarray(schedule.sqrt_one_minus_alphas_cumprod, np.float64))
+    )
   params = {
     "sqrt_alphas_cumprod": schedule.sqrt_alphas_cumprod,
     "sqrt_one_minus_alphas_cumprod": schedule.sqrt_one_minus_alphas_cumprod,
-    # -lambda, increasing in t (np.interp and searchsorted want increasing abscissae).
-    "neg_log_snr": jnp.asarray(np.maximum(-log_snr, -1e30), dtype=_float()),
+    # -lambda, increasing in t (np.interp and searchsorted want increasing abscissae), capped
+    # at 1e4 where lambda = -inf (zero terminal SNR) so that lambda^{-1} interpolates the same
+    # last interval as alpha_sigma (with inf there it returned T - 2 for every lambda below
+    # the last finite level).
+    "neg_log_snr": jnp.asarray(np.minimum(-log_snr, 1e4), dtype=_float()),
   }
   num_timesteps = int(alphas_cumprod.shape[0])
   t_max = float(num_timesteps - 1)
   if not np.isfinite(log_snr[-1]):
     t_max = float(num_timesteps - 1) - 1e-3
 
-  def alpha_sigma(p, t):
-    if jnp.issubdtype(t.dtype, jnp.integer):
-      return p["sqrt_alphas_cumprod"][t], p["sqrt_one_minus_alphas_cumprod"][t]
-    grid = jnp.arange(num_timesteps, dtype=t.dtype)
-    neg = p["neg_log_snr"].astype(t.dtype)
-    # Linear in t between levels; the slope is finite even next to a -inf last level because
-    # real t stays below T - 1 there (t_max).
-    lower = jnp.clip(jnp.floor(t), 0, num_timesteps - 2).astype(jnp.int32)
-    frac = t - grid[lower]
-    hi = jnp.minimum(neg[lower + 1], 1e4)
-    return _vp_from_log_snr(-(neg[lower] + frac * (hi - neg[lower])))
-
-  def inverse(p, log_snr):
-    neg = p["neg_log_snr"].astype(log_snr.dtype)
-    grid = jnp.arange(num_timesteps, dtype=log_snr.dtype)
-    return jnp.interp(-log_snr, neg, grid)
-
   return GaussianProcess(
     name="discrete",
     params=params,
-    alpha_sigma_fn=alpha_sigma,
+    alpha_sigma_fn=_discrete_alpha_sigma,
     t_min=0.0,
     t_max=t_max,
     variance_preserving=True,
     discrete_levels=num_timesteps,
-    t_from_log_snr_fn=inverse,
+    t_from_log_snr_fn=_discrete_inverse,
   )
 
 
@@ -249,21 +265,22 @@ def vp_linear(
     "beta_max": jnp.asarray(beta_max, _float()),
   }
 
-  def log_mean_coeff(p, t):  # log alpha(t)
-    return -0.25 * t**2 * (p["beta_max"] - p["beta_min"]) - 0.5 * t * p["beta_min"]
+  return GaussianProcess(
+    "vp_linear", params, _vp_linear_alpha_sigma, t_min, t_max, True, 0, _vp_linear_inverse
+  )
 
-  def alpha_sigma(p, t):
-    log_alpha = log_mean_coeff(p, t)
-    # sigma^2 = 1 - alpha^2 = -expm1(2 log alpha): no cancellation near t = 0.
-    return jnp.exp(log_alpha), jnp.sqrt(-jnp.expm1(2.0 * log_alpha))
 
-  def inverse(p, log_snr):
-    # beta_min t + (beta_max - beta_min) t^2 / 2 = -log alpha^2 = softplus(-lambda).
-    delta = p["beta_max"] - p["beta_min"]
-    c = jax.nn.softplus(-log_snr)
-    return 2.0 * c / (p["beta_min"] + jnp.sqrt(p["beta_min"] ** 2 + 2.0 * delta * c))
+def _vp_linear_alpha_sigma(p, t):
+  log_alpha = -0.25 * t**2 * (p["beta_max"] - p["beta_min"]) - 0.5 * t * p["beta_min"]
+  # sigma^2 = 1 - alpha^2 = -expm1(2 log alpha): no cancellation near t = 0.
+  return jnp.exp(log_alpha), jnp.sqrt(-jnp.expm1(2.0 * log_alpha))
 
-  return GaussianProcess("vp_linear", params, alpha_sigma, t_min, t_max, True, 0, inverse)
+
+def _vp_linear_inverse(p, log_snr):
+  # beta_min t + (beta_max - beta_min) t^2 / 2 = -log alpha^2 = softplus(-lambda).
+  delta = p["beta_max"] - p["beta_min"]
+  c = jax.nn.softplus(-log_snr)
+  return 2.0 * c / (p["beta_min"] + jnp.sqrt(p["beta_min"] ** 2 + 2.0 * delta * c))
 
 
 def vp_cosine(
@@ -282,14 +299,18 @@ def vp_cosine(
     "b": jnp.asarray(math.atan(math.exp(-log_snr_min / 2)), _float()),
   }
 
-  def alpha_sigma(p, t):
-    angle = p["a"] + t * (p["b"] - p["a"])
-    return jnp.cos(angle), jnp.sin(angle)
+  return GaussianProcess(
+    "vp_cosine", params, _vp_cosine_alpha_sigma, t_min, t_max, True, 0, _vp_cosine_inverse
+  )
 
-  def inverse(p, log_snr):
-    return (jnp.arctan(jnp.exp(-log_snr / 2)) - p["a"]) / (p["b"] - p["a"])
 
-  return GaussianProcess("vp_cosine", params, alpha_sigma, t_min, t_max, True, 0, inverse)
+def _vp_cosine_alpha_sigma(p, t):
+  angle = p["a"] + t * (p["b"] - p["a"])
+  return jnp.cos(angle), jnp.sin(angle)
+
+
+def _vp_cosine_inverse(p, log_snr):
+  return (jnp.arctan(jnp.exp(-log_snr / 2)) - p["a"]) / (p["b"] - p["a"])
 
 
 def ve(sigma_min: float = 0.002, sigma_max: float = 80.0) -> GaussianProcess:
@@ -298,15 +319,17 @@ def ve(sigma_min: float = 0.002, sigma_max: float = 80.0) -> GaussianProcess:
   if not 0 < sigma_min < sigma_max:
     raise ValueError(f"ve: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
 
-  def alpha_sigma(p, t):
-    return jnp.ones_like(t), t
-
-  def inverse(p, log_snr):
-    return jnp.exp(-log_snr / 2)
-
   return GaussianProcess(
-    "ve", {}, alpha_sigma, float(sigma_min), float(sigma_max), False, 0, inverse
+    "ve", {}, _ve_alpha_sigma, float(sigma_min), float(sigma_max), False, 0, _ve_inverse
   )
+
+
+def _ve_alpha_sigma(p, t):
+  return jnp.ones_like(t), t
+
+
+def _ve_inverse(p, log_snr):
+  return jnp.exp(-log_snr / 2)
 
 
 def rectified_flow(*, t_min: float = 0.0, t_max: float = 1.0) -> GaussianProcess:
@@ -315,13 +338,15 @@ def rectified_flow(*, t_min: float = 0.0, t_max: float = 1.0) -> GaussianProcess
   t_max = 1 is pure noise, N(0, I); likelihoods need t_min > 0 (e.g. 1e-5)."""
   _check_range("rectified_flow", t_min, t_max, 0.0, 1.0)
 
-  def alpha_sigma(p, t):
-    return 1.0 - t, t
+  return GaussianProcess("rectified_flow", {}, _rf_alpha_sigma, t_min, t_max, False, 0, _rf_inverse)
 
-  def inverse(p, log_snr):
-    return jax.nn.sigmoid(-log_snr / 2)
 
-  return GaussianProcess("rectified_flow", {}, alpha_sigma, t_min, t_max, False, 0, inverse)
+def _rf_alpha_sigma(p, t):
+  return 1.0 - t, t
+
+
+def _rf_inverse(p, log_snr):
+  return jax.nn.sigmoid(-log_snr / 2)
 
 
 def log_snr_process(gamma_fn, params, *, name: str = "log_snr") -> GaussianProcess:
@@ -330,10 +355,18 @@ def log_snr_process(gamma_fn, params, *, name: str = "log_snr") -> GaussianProce
   is elementwise in t, e.g. `gen_jax.diffusion.vdm.LogSNRSchedule(...)` (its `__call__`) with its
   parameters, learned or fixed; lambda^{-1} is found by bisection."""
 
-  def alpha_sigma(p, t):
-    return _vp_from_log_snr(-gamma_fn(p, t))
+  return GaussianProcess(name, params, _GammaAlphaSigma(gamma_fn), 0.0, 1.0, True, 0, None)
 
-  return GaussianProcess(name, params, alpha_sigma, 0.0, 1.0, True, 0, None)
+
+@dataclasses.dataclass(frozen=True)
+class _GammaAlphaSigma:
+  """(alpha, sigma) of gamma_fn; equal for equal gamma_fn (a LogSNRSchedule compares by value),
+  so two processes of one schedule share jit cache entries."""
+
+  gamma_fn: Callable
+
+  def __call__(self, p, t):
+    return _vp_from_log_snr(-self.gamma_fn(p, t))
 
 
 def _check_range(name, t_min, t_max, lo, hi):

@@ -27,11 +27,11 @@ import numpy as np
 from gen_jax import checks, distributions
 from gen_jax.diffusion._helpers import concrete_or_none, sum_data_dims
 from gen_jax.diffusion.ode import (
-  check_8bit_grid,
-  dequantize,
-  dequantized_bits_per_dim,
-  divergence_evaluator,
-  integrate,
+  _check_8bit_grid,
+  _dequantize,
+  _dequantized_bits_per_dim,
+  _divergence_evaluator,
+  _integrate,
 )
 from gen_jax.diffusion.process import GaussianProcess, check_prediction, to_x0_eps
 
@@ -84,8 +84,10 @@ def ode_log_likelihood(
   log p_u(u) = log N(sigma_e u; 0, P^2) + D log sigma_e.
 
   Accuracy (tests/diffusion/test_process_ode.py, float32, exact trace, default num_steps): on
-  Gaussian data with the exact model, within 0.01 nats/dim of the closed form above for the
-  discrete linear (T = 1000) and cosine schedules, vp_linear, vp_cosine, ve and rectified flow.
+  Gaussian data with the exact model, mean |error| 1e-4 to 5e-4 and at most 0.005 nats/dim
+  against the closed form above for the discrete linear (T = 1000), cosine and zero-terminal-SNR
+  schedules, vp_linear, vp_cosine, ve and rectified flow; on a 2-D Gaussian mixture at most
+  0.005 on data draws (0.02 deep in the tails). Heun's error falls 4x per doubling of num_steps.
 
   Args:
     model_fn: batched model_fn(x_t, t) -> output in target `prediction`, x_t (B, ...), t (B,)
@@ -119,8 +121,11 @@ def ode_log_likelihood(
   if trace == "hutchinson" and key is None:
     raise ValueError("ode_log_likelihood: trace='hutchinson' needs key= (its Rademacher probes)")
   x = jnp.asarray(x)
-  if x.ndim < 2:
-    raise ValueError(f"ode_log_likelihood: x must be (B, ...) with data axes, got {x.shape}")
+  if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+      f"ode_log_likelihood: x must be a float array (B, ...) with data axes, got {x.dtype} "
+      f"{x.shape}"
+    )
   t_start, t_end = _check_endpoints(process, t_start, t_end, prediction, "ode_log_likelihood")
   times, r = ode_grid(process, num_steps=num_steps, t_start=t_start, t_end=t_end, dtype=x.dtype)
   batch = x.shape[0]
@@ -138,8 +143,8 @@ def ode_log_likelihood(
   probes = None
   if trace == "hutchinson":
     probes = jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)
-  evaluate = divergence_evaluator(predict, x, probes=probes)
-  u_end, integral = integrate(evaluate, x=x, times=times, r=r)
+  evaluate = _divergence_evaluator(predict, x, probes=probes)
+  u_end, integral = _integrate(evaluate, x=x, times=times, r=r)
   # The prior on x_end = sigma_e u_end, and the Jacobian of u -> x.
   _, sigma_end = process.alpha_sigma(times[-1])
   prior_std = _prior_std_at(process, times[-1])
@@ -195,12 +200,12 @@ def ode_bits_per_dim(
     return -log_p / (math.prod(x.shape[1:]) * math.log(2.0))
   if key is None:
     raise ValueError("ode_bits_per_dim: data='8bit' needs key= (its uniform dequantization)")
-  check_8bit_grid(x, name="ode_bits_per_dim")
+  _check_8bit_grid(x, name="ode_bits_per_dim")
   dequant_key, probe_key = jax.random.split(key)
   log_p = ode_log_likelihood(
-    model_fn, process, x=dequantize(dequant_key, x), key=probe_key, **options
+    model_fn, process, x=_dequantize(dequant_key, x), key=probe_key, **options
   )
-  return dequantized_bits_per_dim(log_p, x)
+  return _dequantized_bits_per_dim(log_p, x)
 
 
 def ode_grid(process: GaussianProcess, *, num_steps: int, t_start, t_end, dtype=None):

@@ -119,10 +119,10 @@ def time_grid(
 ) -> Array:
   """N + 1 strictly decreasing times for N = num_steps steps, from t_start to the data.
 
-  The N network-call times run from t_start (default t_max) to t_end (default t_min), then
-  `data_time(process)` is appended (the last step denoises), as EDM appends sigma = 0. Where
-  t_end is itself the data (sigma(t_end) = 0: rectified flow's default t_end = 0) the N + 1
-  points end there instead. Spacings of the call times s_0..s_{n-1} (i / (n - 1) = u):
+  The N network-call times run from t_start (default t_max) to t_end (default t_min), both in
+  [t_min, t_max], then `data_time(process)` is appended (the last step denoises), as EDM
+  appends sigma = 0. Where t_end is the data itself (t_end = t_min = data_time: rectified
+  flow's t = 0) the N + 1 points end there instead. Spacings of the call times s_0..s_{n-1} (i / (n - 1) = u):
     uniform   uniform in t: s = t_start + u (t_end - t_start)
     karras    EDM's rho-schedule in sigma / alpha (Karras et al. 2022, eq. 5):
               (sigma_max^(1/rho) + u (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, mapped back
@@ -192,7 +192,7 @@ def time_grid(
 def _check_bounds(process, t_hi, t_lo):
   if t_hi > process.t_max:
     raise ValueError(f"t_start = {t_hi} is above the process's t_max = {process.t_max}")
-  if t_lo < process.t_min and t_lo != data_time(process):
+  if t_lo < process.t_min:
     raise ValueError(f"t_end = {t_lo} is below the process's t_min = {process.t_min}")
   if not t_lo < t_hi:
     raise ValueError(f"need t_end < t_start, got t_end = {t_lo}, t_start = {t_hi}")

@@ -500,7 +500,7 @@ def test_trajectory_and_no_stacking():
 
 
 @pytest.mark.parametrize(
-  "name", [n if n == "heun" else pytest.param(n, marks=pytest.mark.slow) for n in SAMPLERS]
+  "name", [n if n == "ddim" else pytest.param(n, marks=pytest.mark.slow) for n in SAMPLERS]
 )
 def test_jit_and_vmap(x64, name):
   """Under jit, with the process and the grid as traced arguments, every sampler gives its
@@ -508,7 +508,7 @@ def test_jit_and_vmap(x64, name):
   vp = make("vp_cosine")
   model_fn = mixture_model_fn(vp, GMM2)
   grid = solvers.time_grid(vp, 8, spacing="log_snr", t_start=0.95)
-  options = {"s_churn": 2.0, "s_tmax": 10.0} if name == "heun" else {}
+  options = {"heun": {"s_churn": 2.0, "s_tmax": 10.0}, "ddim": {"eta": 0.5}}.get(name, {})
   fn = solvers.PROCESS_SAMPLERS[name].fn
 
   def sample(process, t, key):

@@ -17,7 +17,7 @@ gen_jax's calls are recorded with an ordered jax.debug.callback; the peer's at i
 Tolerances: float64 on both sides agrees to 2e-15 relative (measured, the worst case
 DPM-Solver++ on ve); 1e-11 leaves room for other BLAS / XLA builds. diffusers' flow-matching step casts
 the sample to float32 (measured 6e-7): 5e-6, as test_peers.py allows float32 peers.
-These tests need the `peers` extra (torch, diffusers, k-diffusion): without it they skip.
+The fast tier keeps one case per peer; the rest are slow. These tests need the `peers` extra (torch, diffusers, k-diffusion): without it they skip.
 """
 
 import importlib.util
@@ -108,10 +108,10 @@ def ve_denoiser(x, sigma):
 @pytest.mark.parametrize(
   "sampler, k_name, options",
   [
-    ("euler", "euler", {}),
-    ("heun", "heun", {}),
+    pytest.param("euler", "euler", {}, marks=pytest.mark.slow),
+    pytest.param("heun", "heun", {}, marks=pytest.mark.slow),
     ("heun", "heun", {"s_churn": 20.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}),
-    ("dpm++2m", "dpmpp_2m", {}),
+    pytest.param("dpm++2m", "dpmpp_2m", {}, marks=pytest.mark.slow),
   ],
 )
 def test_ve_agrees_with_k_diffusion(k_sampling, sampler, k_name, options, record_property):
@@ -178,10 +178,14 @@ def _cosine_case():
   return process, denoiser, solvers.time_grid(process, 15, spacing="karras", t_start=0.95)
 
 
-@pytest.mark.parametrize("case", ["discrete", "vp_cosine"])
+@pytest.mark.parametrize("case", ["discrete", pytest.param("vp_cosine", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(
   "sampler, k_name, options",
-  [("ddim", "euler", {}), ("ddim", "euler_ancestral", {"eta": 1.0}), ("dpm++2m", "dpmpp_2m", {})],
+  [
+    pytest.param("ddim", "euler", {}, marks=pytest.mark.slow),
+    ("ddim", "euler_ancestral", {"eta": 1.0}),
+    pytest.param("dpm++2m", "dpmpp_2m", {}, marks=pytest.mark.slow),
+  ],
 )
 def test_vp_agrees_with_k_diffusion(k_sampling, case, sampler, k_name, options, record_property):
   """DDIM is Euler in (x / alpha, sigma / alpha) (eta = 1: k-diffusion's ancestral step, whose
@@ -214,7 +218,7 @@ def test_vp_agrees_with_k_diffusion(k_sampling, case, sampler, k_name, options, 
 # diffusers' flow-matching Euler
 
 
-@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("shift", [pytest.param(1.0, marks=pytest.mark.slow), 3.0])
 def test_rectified_flow_agrees_with_diffusers(shift, record_property):
   """FlowMatchEulerDiscreteScheduler (SD3's): its sigmas are time_grid(rectified_flow, N,
   t_end=its sigma_min, shift=shift) (float32 on its side), its timesteps 1000 sigmas, and its
