@@ -152,12 +152,18 @@ def define_command_flags() -> None:
     None,
     "--mode=sample: number of samples (default: the config's sample.num_samples).",
   )
+  # Continuous-time processes (config.diffusion.process) sample with diffusion.solvers' own.
+  from gen_jax.diffusion import solvers
+
+  continuous = {k: v for k, v in solvers.PROCESS_SAMPLERS.items() if k not in diffusion.SAMPLERS}
   flags.DEFINE_enum(
     "sampler",
     None,
-    list(diffusion.SAMPLERS),
+    list(diffusion.SAMPLERS) + list(continuous),
     "--mode=sample|eval, diffusion models: "
     + " | ".join(f"{name} ({spec.summary})" for name, spec in diffusion.SAMPLERS.items())
+    + "; continuous processes: "
+    + " | ".join(solvers.PROCESS_SAMPLERS)
     + "; default: the config's sample.sampler.",
   )
   flags.DEFINE_integer(

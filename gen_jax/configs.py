@@ -19,7 +19,8 @@ Sections and the fields an experiment may add:
   model    the network; the library reads compute_dtype, remat (U-Nets),
            num_classes and cond_drop_prob (class-conditional diffusion); a U-Net's
            fields come from unet_config()
-  diffusion  the diffusion process (models.diffusion_config)
+  diffusion  the diffusion process (models.diffusion_config; continuous time, config.diffusion.process:
+             models.process_model)
   vdm      a variational diffusion model's schedule and bound (models.vdm_config)
 
 validate checks the sections of base_config() here and hands model, diffusion and vdm to

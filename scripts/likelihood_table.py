@@ -47,6 +47,10 @@ FIGURES = {
   ("ddpm", "bits_per_dim"): "DDPM: variational bound",
   ("ddpm", "ode_bits_per_dim"): "DDPM: probability-flow ODE",
   ("vdm", "bits_per_dim"): "VDM: variational bound",
+  ("fm", "bits_per_dim"): "flow matching: continuous-time ELBO",
+  ("fm", "ode_bits_per_dim"): "flow matching: probability-flow ODE",
+  ("edm", "bits_per_dim"): "EDM: continuous-time ELBO",
+  ("edm", "ode_bits_per_dim"): "EDM: probability-flow ODE",
 }
 
 

@@ -42,6 +42,11 @@ def test_experiments_are_discovered():
     "ddpm_digits",
     "ddpm_mnist",
     "ddpm_toy2d",
+    "edm_cifar",
+    "edm_digits",
+    "fm_cifar",
+    "fm_digits",
+    "fm_toy2d",
     "hvae_cifar",
     "hvae_digits",
     "vae_cifar",
@@ -85,6 +90,10 @@ def test_config_values_are_those_before_the_shared_helpers(name):
 # test_likelihood_table.py, diffusion/test_vdm_run.py): here only their shipped configs are checked,
 # which keeps the suite inside its time budget.
 RUN_END_TO_END_ELSEWHERE = {"ddpm_digits", "ddpm_toy2d", "vae_digits", "hvae_digits", "vdm_digits"}
+# fm_toy2d runs through run.py in tests/models/test_process_model.py; fm_cifar and edm_cifar are
+# fm_digits' and edm_digits' objectives on ddpm_cifar's U-Net, which tiny() would shrink to the
+# same network: their configs are checked, and their size below.
+RUN_END_TO_END_ELSEWHERE |= {"fm_toy2d", "fm_cifar", "edm_cifar"}
 
 
 @pytest.mark.parametrize("name", TRAINED)
@@ -137,6 +146,15 @@ def test_ddpm_cifar_has_the_papers_35_7m_parameters():
   model = ddpm_cifar.build(config, (32, 32, 3))
   shapes = jax.eval_shape(model.init, jax.random.key(0))  # no allocation
   assert sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)) == 35_746_307
+
+
+@pytest.mark.parametrize("name", ["fm_cifar", "edm_cifar"])
+def test_continuous_cifar_experiments_have_ddpm_cifars_network(name):
+  module = importlib.import_module(f"experiments.{name}")
+  model = module.build(module.get_config(), (32, 32, 3))
+  shapes = jax.eval_shape(model.init, jax.random.key(0))  # no allocation
+  assert sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)) == 35_746_307
+  assert model.process.name == {"fm_cifar": "rectified_flow", "edm_cifar": "ve"}[name]
 
 
 @pytest.mark.slow

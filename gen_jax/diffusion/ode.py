@@ -28,10 +28,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gen_jax import checks, distributions
 from gen_jax.diffusion._helpers import at, sum_data_dims
 from gen_jax.diffusion.forward import check_prediction, check_prediction_for_schedule, eps_and_x0
+from gen_jax.diffusion.losses import _on_grid
 from gen_jax.diffusion.schedules import Schedule
 
 Array = jax.Array
@@ -74,6 +76,102 @@ def ode_timesteps(schedule: Schedule, num_points: int) -> Array:
   k = jnp.arange(num_points, dtype=jnp.int32)
   fixed = k + jax.lax.cummax(nearest - k, axis=0)
   return jnp.minimum(fixed, num_timesteps - num_points + k)
+
+
+# ---------------------------------------------------------------------------------------------
+# The integrator, shared with the ODE likelihood of every continuous-time process
+# (process_ode.py): both see the model only through predict(u, t) -> (D, eps) at x_t = s_t u.
+
+
+def _divergence_evaluator(predict, x, *, probes=None):
+  """evaluate(u, t) -> (D, eps, div_u D, div_u eps) at one time t, the last two (B,).
+
+  predict(u, t) -> (D, eps), each of x's shape (B, ...), must not mix examples. The divergences
+  are exact (one Jacobian-vector product per data dimension, vmapped: small D only) when
+  `probes` is None, else Hutchinson's estimate mean_p v_p^T J v_p over probes (P, B, ...).
+  """
+  batch = x.shape[0]
+  num_dims = math.prod(x.shape[1:])
+  if probes is None:
+    basis = jnp.eye(num_dims, dtype=x.dtype).reshape((num_dims, 1) + x.shape[1:])
+
+    def evaluate(u, t):
+      f = lambda z: predict(z, t)
+      out, jvps = jax.vmap(lambda v: jax.jvp(f, (u,), (jnp.broadcast_to(v, u.shape),)))(basis)
+      # trace = sum_i (J e_i)_i: row i of the flattened JVPs, entry i.
+      trace = lambda j: jnp.trace(j.reshape(num_dims, batch, num_dims), axis1=0, axis2=2)
+      return out[0][0], out[1][0], trace(jvps[0]), trace(jvps[1])
+
+    return evaluate
+
+  def evaluate(u, t):
+    f = lambda z: predict(z, t)
+    out, jvps = jax.vmap(lambda v: jax.jvp(f, (u,), (v,)))(probes)
+    quad = lambda j: jnp.mean(sum_data_dims(probes * j, 2), axis=0)
+    return out[0][0], out[1][0], quad(jvps[0]), quad(jvps[1])
+
+  return evaluate
+
+
+def _integrate(evaluate, *, x, times, r) -> tuple[Array, Array]:
+  """The module docstring's integration from times[0] to times[-1], one scan.
+
+  Args:
+    evaluate: from `_divergence_evaluator`.
+    x: (B, ...) the points, y = x_t / a_t at times[0].
+    times: (N + 1,) the times evaluate is called at (levels or real times).
+    r: (N + 1,) r = a_t / s_t at those times, decreasing (0 allowed at the end).
+
+  Returns:
+    (u_end (B, ...), integral (B,)): u = x_t / s_t at times[-1], and int div_u D dr, so that
+    log p(x) = log p_u(u_end) + integral + D log r[0].
+  """
+  num_dims = math.prod(x.shape[1:])
+
+  def body(carry, inputs):
+    u, integral = carry
+    t, t_next, r_a, r_b = inputs
+    d_a, eps_a, g_a, h_a = evaluate(u, t)
+    # The predictor is DDIM's step, the same in both forms: u + (r_b - r_a) D.
+    d_b, eps_b, g_b, h_b = evaluate(u + (r_b - r_a) * d_a, t_next)
+    # Low noise (both sigmas <= 1): Heun in y = u / r against sigma = 1 / r,
+    # exact where eps is constant; the log-det as
+    # int div_y D dlambda = D dlambda + int div_y eps dsigma, div_y = r div_u.
+    low = (r_a >= 1.0) & (r_b >= 1.0)
+    ra_low, rb_low = jnp.where(low, r_a, 1.0), jnp.where(low, r_b, 1.0)
+    dsigma = 1.0 / rb_low - 1.0 / ra_low
+    u_low = rb_low * (u / ra_low + 0.5 * dsigma * (eps_a + eps_b))
+    int_low = num_dims * jnp.log(rb_low / ra_low) + 0.5 * dsigma * (ra_low * h_a + rb_low * h_b)
+    # High noise: Heun in u against r, exact where D is constant and regular
+    # at r = 0 (zero terminal SNR); the log-det as int div_u D dr.
+    u_high = u + 0.5 * (r_b - r_a) * (d_a + d_b)
+    int_high = 0.5 * (r_b - r_a) * (g_a + g_b)
+    u = jnp.where(low, u_low, u_high)
+    return (u, integral + jnp.where(low, int_low, int_high)), None
+
+  u0 = r[0] * x
+  (u_end, integral), _ = jax.lax.scan(
+    body, (u0, jnp.zeros((x.shape[0],), x.dtype)), (times[:-1], times[1:], r[:-1], r[1:])
+  )
+  return u_end, integral
+
+
+def _check_8bit_grid(x, *, name: str) -> None:
+  """ValueError when a concrete `x` is off the 8-bit grid in [-1, 1] (x = 2 k / 255 - 1,
+  k in 0..255): data in [0, 1] or 0..255 would otherwise give a number off by whole bits with no
+  warning. A traced `x` is checked per example by `_on_grid` (the caller returns NaN there)."""
+  if isinstance(x, jax.core.Tracer):
+    return
+  values = np.asarray(x, np.float64)
+  ok = np.asarray(_on_grid(values, 1)) & np.all(
+    np.isfinite(values).reshape(values.shape[0], -1), axis=1
+  )
+  if not np.all(ok):
+    raise ValueError(
+      f"{name}: x must lie on the 8-bit grid in [-1, 1] (x = 2 k / 255 - 1, k in 0..255); got "
+      f"values in [{np.nanmin(values):.4g}, {np.nanmax(values):.4g}], {np.mean(~ok):.1%} of the "
+      "examples off the grid. Images in [0, 1]: pass 2 x - 1; in 0..255: x / 127.5 - 1."
+    )
 
 
 def ode_log_likelihood(
@@ -167,50 +265,9 @@ def ode_log_likelihood(
     )
     return x0, eps
 
-  # At one level: u (B, ...) -> (D, eps, div_u D, div_u eps), the last two (B,).
-  if exact_trace:
-    basis = jnp.eye(num_dims, dtype=x.dtype).reshape((num_dims, 1) + x.shape[1:])
-
-    def evaluate(u, t):
-      f = lambda z: predict(z, t)
-      out, jvps = jax.vmap(lambda v: jax.jvp(f, (u,), (jnp.broadcast_to(v, u.shape),)))(basis)
-      # trace = sum_i (J e_i)_i: row i of the flattened JVPs, entry i.
-      trace = lambda j: jnp.trace(j.reshape(num_dims, batch, num_dims), axis1=0, axis2=2)
-      return out[0][0], out[1][0], trace(jvps[0]), trace(jvps[1])
-  else:
-    probes = jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)
-
-    def evaluate(u, t):
-      f = lambda z: predict(z, t)
-      out, jvps = jax.vmap(lambda v: jax.jvp(f, (u,), (v,)))(probes)
-      quad = lambda j: jnp.mean(sum_data_dims(probes * j, 2), axis=0)
-      return out[0][0], out[1][0], quad(jvps[0]), quad(jvps[1])
-
-  def body(carry, inputs):
-    u, integral = carry
-    t, t_next, r_a, r_b = inputs
-    d_a, eps_a, g_a, h_a = evaluate(u, t)
-    # The predictor is DDIM's step, the same in both forms: u + (r_b - r_a) D.
-    d_b, eps_b, g_b, h_b = evaluate(u + (r_b - r_a) * d_a, t_next)
-    # Low noise (both sigmas <= 1): Heun in y = u / r against sigma = 1 / r,
-    # exact where eps is constant; the log-det as
-    # int div_y D dlambda = D dlambda + int div_y eps dsigma, div_y = r div_u.
-    low = (r_a >= 1.0) & (r_b >= 1.0)
-    ra_low, rb_low = jnp.where(low, r_a, 1.0), jnp.where(low, r_b, 1.0)
-    dsigma = 1.0 / rb_low - 1.0 / ra_low
-    u_low = rb_low * (u / ra_low + 0.5 * dsigma * (eps_a + eps_b))
-    int_low = num_dims * jnp.log(rb_low / ra_low) + 0.5 * dsigma * (ra_low * h_a + rb_low * h_b)
-    # High noise: Heun in u against r, exact where D is constant and regular
-    # at r = 0 (zero terminal SNR); the log-det as int div_u D dr.
-    u_high = u + 0.5 * (r_b - r_a) * (d_a + d_b)
-    int_high = 0.5 * (r_b - r_a) * (g_a + g_b)
-    u = jnp.where(low, u_low, u_high)
-    return (u, integral + jnp.where(low, int_low, int_high)), None
-
-  u0 = r[0] * x
-  (u_end, integral), _ = jax.lax.scan(
-    body, (u0, jnp.zeros((batch,), x.dtype)), (timesteps[:-1], timesteps[1:], r[:-1], r[1:])
-  )
+  probes = None if exact_trace else jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)
+  evaluate = _divergence_evaluator(predict, x, probes=probes)
+  u_end, integral = _integrate(evaluate, x=x, times=timesteps, r=r)
   prior = sum_data_dims(distributions.normal_log_prob(u_end, 0.0, 0.0), 1)
   return prior + integral + num_dims * jnp.log(r[0])
 
@@ -243,23 +300,37 @@ def ode_bits_per_dim(
   log2(127.5) = 6.994.
 
   Args:
-    x: (B, ...) on the 8-bit grid in [-1, 1].
+    x: (B, ...) on the 8-bit grid in [-1, 1]; anything else (images in [0, 1]
+      or 0..255) is refused with a ValueError, or gives NaN when x is traced.
 
   Returns:
     (B,) bits per dimension.
   """
+  _check_8bit_grid(x, name="ode_bits_per_dim")
   dequant_key, probe_key = jax.random.split(key)
-  u = jax.random.uniform(dequant_key, x.shape, x.dtype)
-  y = x + (u - 0.5) * (2.0 / 255.0)
   log_p = ode_log_likelihood(
     probe_key,
     model_fn,
     schedule,
-    y,
+    _dequantize(dequant_key, x),
     num_steps,
     exact_trace=exact_trace,
     num_probes=num_probes,
     prediction=prediction,
   )
+  return _dequantized_bits_per_dim(log_p, x)
+
+
+def _dequantize(key, x) -> Array:
+  """y = x + (u - 1/2) 2/255, u ~ U[0, 1) of x's shape: a uniform point in x's 8-bit bin."""
+  u = jax.random.uniform(key, x.shape, x.dtype)
+  return x + (u - 0.5) * (2.0 / 255.0)
+
+
+def _dequantized_bits_per_dim(log_p, x) -> Array:
+  """-(log p(y) - D log 127.5) / (D ln 2): bits/dim of the bins from the density of the
+  dequantized y (bin width 2/255), NaN for examples of x off the 8-bit grid (a traced x, which
+  `_check_8bit_grid` cannot see)."""
   num_dims = math.prod(x.shape[1:])
-  return -(log_p - num_dims * math.log(127.5)) / (num_dims * math.log(2.0))
+  bits = -(log_p - num_dims * math.log(127.5)) / (num_dims * math.log(2.0))
+  return jnp.where(_on_grid(x, 1), bits, jnp.nan)

@@ -240,6 +240,7 @@ _LIKELIHOOD_NAMES = {
   "bits_per_dim": "bits/dim (the bound in setup)",
   "ode_bits_per_dim": "bits/dim (probability-flow ODE)",
   "loss": "L_simple",
+  "denoising_loss": "denoising loss (its weighting in setup)",
   "nll_iwae": "NLL (IWAE bound), nats",
   "elbo": "ELBO, nats",
   "log_likelihood": "  reconstruction E_q log p(x|z)",

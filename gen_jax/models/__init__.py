@@ -18,7 +18,8 @@ One module per family, each with the config builders that make it and the
 `check_config(config)` that owns its config sections: diffusion_model
 (DDPM-family, gen_jax's networks or a diffusers folder), vae_model (one latent
 layer), hvae_model (top-down hierarchy), vdm_model (the continuous-time
-variational bound); _common holds what two share. configs.validate calls
+variational bound), process_model (diffusion in continuous time on any Gaussian
+process: flow matching, EDM, VP; config.diffusion.process); _common holds what two share. configs.validate calls
 `check_config` below, which hands a config to its family.
 
 The builders, `make_*(config, example_shape) -> model` from a whole config:
@@ -27,7 +28,7 @@ make_conv_vae, make_hvae. Each experiment binds one as its `build`; training rec
 the workdir, so gen_jax.train.load_trained rebuilds the model from the workdir alone.
 """
 
-from gen_jax.models import diffusion_model, hvae_model, vae_model, vdm_model
+from gen_jax.models import diffusion_model, hvae_model, process_model, vae_model, vdm_model
 from gen_jax.models.diffusion_model import (
   DiffusionModel,
   diffusion_betas,
@@ -38,13 +39,23 @@ from gen_jax.models.diffusion_model import (
   make_unet_diffusion,
 )
 from gen_jax.models.hvae_model import HVAEModel, make_hvae
+from gen_jax.models.process_model import ProcessDiffusionModel, make_process_model, process_config
 from gen_jax.models.vae_model import VAEModel, make_conv_vae, make_mlp_vae
 from gen_jax.models.vdm_model import VDMModel, make_unet_vdm, vdm_config
 
+
 # Which family owns a config, by what only its configs hold: the first match checks
 # config.model and the family's own section (a VAE is any other config with a model).
+def _check_diffusion(config) -> None:
+  """config.diffusion.process picks the family: DDPM's (discrete) or the continuous-time one;
+  process_model also refuses continuous-time fields set on the discrete path."""
+  process_model.check_config(config)
+  if config.diffusion.get("process", "discrete") == "discrete":
+    diffusion_model.check_config(config)
+
+
 _FAMILIES = (
-  (lambda config: "diffusion" in config, diffusion_model.check_config),
+  (lambda config: "diffusion" in config, _check_diffusion),
   (lambda config: "vdm" in config, vdm_model.check_config),
   (lambda config: "layers_per_resolution" in config.get("model", {}), hvae_model.check_config),
   (lambda config: "model" in config, vae_model.check_config),
@@ -63,6 +74,7 @@ def check_config(config) -> None:
 __all__ = [
   "DiffusionModel",
   "HVAEModel",
+  "ProcessDiffusionModel",
   "VAEModel",
   "VDMModel",
   "check_config",
@@ -74,7 +86,9 @@ __all__ = [
   "make_mlp_diffusion",
   "make_mlp_vae",
   "make_pretrained_diffusion",
+  "make_process_model",
   "make_unet_diffusion",
   "make_unet_vdm",
+  "process_config",
   "vdm_config",
 ]

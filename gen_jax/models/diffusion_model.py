@@ -11,7 +11,7 @@ import ml_collections
 
 from gen_jax import checks, configs, diffusion, nets
 from gen_jax.configs import ConfigError
-from gen_jax.models import _common
+from gen_jax.models import _common, process_model
 from gen_jax.models._common import _mean
 from gen_jax.pretrained import diffusers_unet
 
@@ -289,6 +289,8 @@ def diffusion_config(
       clip=clip,
       prediction=prediction,
       zero_terminal_snr=zero_terminal_snr,
+      # config.diffusion.process and the continuous-time fields (models.process_model).
+      **process_model.process_fields(),
     )
   )
 
@@ -396,14 +398,19 @@ def diffusion_betas(diffusion_cfg):
 
 def make_diffusion_model(
   diffusion_cfg, net: nn.Module, example_shape, num_classes: int = 0, cond_drop_prob: float = 0.0
-) -> DiffusionModel:
+) -> "DiffusionModel | process_model.ProcessDiffusionModel":
   """A DiffusionModel from a `config.diffusion` section and a network.
 
   num_classes (config.model.num_classes) > 0 makes it class-conditional, with
   labels dropped to the null class with cond_drop_prob
   (config.model.cond_drop_prob); the network must then take labels. The
   section is checked by `diffusion_betas`, the model section by `check_config`.
+  A continuous config.diffusion.process hands over to `process_model.make_process_model`.
   """
+  if diffusion_cfg.get("process", "discrete") != "discrete":
+    return process_model.make_process_model(
+      diffusion_cfg, net, example_shape, num_classes=num_classes, cond_drop_prob=cond_drop_prob
+    )
   return DiffusionModel(
     net=net,
     schedule=diffusion.make_schedule(diffusion_betas(diffusion_cfg)),

@@ -38,6 +38,11 @@ EXPERIMENT_BUILDERS = {
   "ddpm_digits": "make_unet_diffusion",
   "ddpm_mnist": "make_unet_diffusion",
   "ddpm_toy2d": "make_mlp_diffusion",
+  "edm_cifar": "make_unet_diffusion",
+  "edm_digits": "make_unet_diffusion",
+  "fm_cifar": "make_unet_diffusion",
+  "fm_digits": "make_unet_diffusion",
+  "fm_toy2d": "make_mlp_diffusion",
   "hvae_cifar": "make_hvae",
   "hvae_digits": "make_hvae",
   "vae_cifar": "make_conv_vae",
@@ -86,6 +91,9 @@ class Trained:
       `model.prediction` (eps | x0 | v), what the samplers take (`diffusion.ddim_sample(key,
       model_fn, model.schedule, shape, prediction=model.prediction, clip=model.clip)`); for a
       class-conditional model, the null class (`model.guided_model_fn` guides).
+    ProcessDiffusionModel (a continuous config.diffusion.process): model_fn(x_t (B, ...), t (B,))
+      -> the prediction of `model.prediction` at the process's time t, what
+      `diffusion.solvers`' samplers take with `model.process`.
     VDMModel: eps_fn(z_t (B, ...), gamma_t (B,)) -> eps_hat, what `diffusion.vdm.sample` and
       `vdm_terms` take.
     VAEModel: VAEFunctions(encode, log_likelihood), what `vae.elbo` and `vae.iwae_bound` take.
@@ -95,7 +103,7 @@ class Trained:
     from gen_jax import models  # the networks only where they are used
 
     model, params = self.model, self.params
-    if isinstance(model, models.DiffusionModel):
+    if isinstance(model, (models.DiffusionModel, models.ProcessDiffusionModel)):
       return model.model_fn(params)
     if isinstance(model, models.VDMModel):
       return model.eps_fn(params)

@@ -49,14 +49,32 @@ RESUMABLE_CHANGES = (
 LOGS_ALLOWANCE = 2**20
 
 
+def _added_defaults() -> dict:
+  """Fields added to config sections after runs were saved (dotted path -> the value that trains
+  as those runs did): config.diffusion's continuous-time fields (models.process_model), whose
+  defaults are DDPM's discrete process."""
+  import ml_collections
+
+  from gen_jax.models import process_model
+
+  fields = ml_collections.ConfigDict({"diffusion": process_model.process_fields()})
+  return {
+    key: after
+    for key, _, after in configs.differences({}, json.loads(fields.to_json_best_effort()))
+  }
+
+
 def config_changes(saved: dict, config) -> list[str]:
   """'key: old -> new' for each key (dotted path) where `config` differs from
-  the saved config.json contents `saved`, outside RESUMABLE_CHANGES."""
+  the saved config.json contents `saved`, outside RESUMABLE_CHANGES; a field added since the run
+  was saved (_added_defaults) at the value it was trained with is no change."""
   show = lambda v: v if v is configs.ABSENT else json.dumps(v)
+  added = _added_defaults()
   return [
     f"{key}: {show(before)} -> {show(after)}"
     for key, before, after in configs.differences(saved, json.loads(config.to_json_best_effort()))
     if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES)
+    and not (before is configs.ABSENT and key in added and after == added[key])
   ]
 
 
@@ -69,8 +87,8 @@ def restore_or_init(
 
   Then the writing process records the run in the workdir: config.json, data_spec.json,
   experiment.txt (`experiment`, if given), builder.txt (the gen_jax.models builder `build`, so
-  load_trained rebuilds the model from the workdir alone); deletes what a killed writer left half-written; drops
-  the metrics of steps after `start_step`, which are about to be logged again. lock: the
+  load_trained rebuilds the model from the workdir alone); deletes what a killed writer left
+  half-written; drops the metrics of steps after `start_step`, which are about to be logged again. lock: the
   workdir_lock taken for this training (process 0), or None; a taken-over lock is reported.
   """
   config, workdir = run.config, run.workdir

@@ -303,3 +303,21 @@ def test_default_num_steps_valid_for_small_T():
   )
   with pytest.raises(ValueError, match="num_probes"):
     diffusion.ode_log_likelihood(jax.random.key(0), fn, sched, jnp.zeros((2, 2)), num_probes=0)
+
+
+def test_bits_per_dim_refuses_data_off_the_grid():
+  """Images in [0, 1] or 0..255 are refused with a message naming x (before the fix they gave a
+  number off by whole bits, silently); traced, those examples are NaN and the others are not."""
+  sched = diffusion.make_schedule(np_linear_betas(20, 1e-3, 0.2))
+  fn = gaussian_model_fn(sched, GAUSS_MU, GAUSS_STD, "eps")
+  key = jax.random.key(0)
+  k = np.random.default_rng(0).integers(0, 256, (3, 2))
+  on_grid = 2 * k / 255 - 1
+  call = lambda x: diffusion.ode_bits_per_dim(key, fn, sched, x, 4, exact_trace=True)
+  for bad in (k / 255, k.astype(np.float64), np.full((3, 2), 0.5)):
+    with pytest.raises(ValueError, match=r"ode_bits_per_dim: x must lie on the 8-bit grid"):
+      call(jnp.asarray(bad, F32))
+  assert np.all(np.isfinite(call(jnp.asarray(on_grid, F32))))
+  mixed = jnp.asarray(np.concatenate([on_grid[:2], k[2:] / 255 + 1 / 510]), F32)
+  traced = np.asarray(jax.jit(call)(mixed))
+  assert np.all(np.isfinite(traced[:2])) and np.isnan(traced[2])
