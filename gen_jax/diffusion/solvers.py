@@ -299,7 +299,11 @@ class _Plan:
 
 
 def _default_spacing(process) -> str:
-  alpha_top = concrete_or_none(process.alpha_sigma(process.t_max)[0])
+  """"uniform" where alpha(t_max) = 0 (rectified flow to t = 1: the karras grid's sigma/alpha is
+  infinite there), else "karras". Read at trace time: t_max is static, and a process without
+  traced parameters (rectified flow) gives a concrete alpha even inside jit."""
+  with jax.ensure_compile_time_eval():
+    alpha_top = concrete_or_none(process.alpha_sigma(process.t_max)[0])
   return "uniform" if alpha_top is not None and float(alpha_top) == 0.0 else "karras"
 
 

@@ -524,6 +524,21 @@ def test_jit_and_vmap(x64, name):
   assert rel(batched[1], batched[0]) > 1e-3  # the keys matter
 
 
+def test_default_grid_under_jit_on_rectified_flow():
+  """The default spacing is decided at trace time: under jit rectified flow (alpha = 0 at t = 1)
+  gets the uniform grid as it does eagerly. Before, jit saw alpha(t_max) as a tracer, took the
+  karras grid (sigma / alpha infinite at t = 1) and every sample was NaN."""
+  rf = proc.rectified_flow()
+  model_fn = lambda x, t: -x  # any velocity model: the grid is the question
+  sample = lambda key: solvers.euler_sample(
+    model_fn, rf, key, shape=(3, 2), num_steps=4, prediction="velocity"
+  )
+  key = jax.random.key(0)
+  jitted = jax.jit(sample)(key)
+  assert np.all(np.isfinite(np.asarray(jitted)))
+  np.testing.assert_allclose(jitted, sample(key), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_guidance_in_any_target(x64):
   """Classifier-free guidance composes through model_fn: guiding the velocity, or the x0, gives
