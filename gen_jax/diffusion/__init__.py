@@ -1,4 +1,5 @@
-"""Gaussian diffusion (DDPM, Ho et al. 2020) and its samplers, as pure functions.
+"""Gaussian diffusion as pure functions: DDPM's discrete time (Ho et al. 2020) and the continuous-
+time family (VP, EDM, flow matching, VDM) on one noising process.
 
 One module per question; the names researchers call are re-exported here (`__all__`, a
 reviewed list: tests/diffusion/test_package.py), so `from gen_jax import diffusion;
@@ -16,6 +17,20 @@ the grids the samplers build internally) stays in its module, e.g.
   vdm         the continuous-time variational bound (Kingma et al. 2021), its log-SNR schedules
               and ancestral sampler: a module of its own, `diffusion.vdm.vdm_terms(...)`
 
+Continuous time, on one abstraction: a Gaussian process x_t = alpha(t) x0 + sigma(t) eps
+(docs/processes.md). Its constructors are re-exported (`diffusion.rectified_flow()`, ...); the
+rest is called through its module, since several names (ddim_sample, ode_bits_per_dim, ...) mean
+the same idea on the discrete schedule above:
+  process          `GaussianProcess` and its constructors (DDPM's schedules exactly at integer t,
+                   vp_linear, vp_cosine, ve / EDM, rectified_flow, log_snr_process for VDM), the
+                   conversions between eps, x0, v, velocity and score
+  denoising        the weighted denoising loss in any target with any time law (Kingma & Gao
+                   2023's weighting), and the continuous-time ELBO of any model
+  preconditioning  EDM's c_skip, c_out, c_in, c_noise as a wrapper of any network
+  solvers          Euler, Heun (with churn), DDIM, DPM-Solver++(2M) and Euler-Maruyama on every
+                   process and any time grid, never snapped to levels; `PROCESS_SAMPLERS`
+  process_ode      the probability-flow ODE likelihood on every process
+
 Conventions:
   * t is 0-based: t = 0 is the first noising step (the paper's x_1) and
     t = T - 1 the last; x_0 is the data. `alphas_cumprod[t] = prod_{s<=t} (1 - beta_s)`
@@ -32,7 +47,7 @@ Conventions:
     passed to jitted functions as an ordinary pytree argument.
 """
 
-from gen_jax.diffusion import vdm
+from gen_jax.diffusion import denoising, preconditioning, process, process_ode, solvers, vdm
 from gen_jax.diffusion.forward import (
   PREDICTIONS,
   EpsFn,
@@ -64,6 +79,16 @@ from gen_jax.diffusion.losses import (
   vlb_terms,
 )
 from gen_jax.diffusion.ode import ode_bits_per_dim, ode_log_likelihood
+from gen_jax.diffusion.process import (
+  PROCESSES,
+  GaussianProcess,
+  discrete_process,
+  log_snr_process,
+  rectified_flow,
+  ve,
+  vp_cosine,
+  vp_linear,
+)
 from gen_jax.diffusion.reverse import VARIANCES, p_mean_variance
 from gen_jax.diffusion.samplers import (
   SAMPLERS,
@@ -101,10 +126,12 @@ from gen_jax.diffusion.timesteps import (
 __all__ = [
   "DECODERS",
   "PREDICTIONS",
+  "PROCESSES",
   "SAMPLERS",
   "SPACINGS",
   "VARIANCES",
   "EpsFn",
+  "GaussianProcess",
   "ModelFn",
   "Schedule",
   "Trajectory",
@@ -115,7 +142,9 @@ __all__ = [
   "ddim_sample",
   "ddim_timesteps",
   "ddpm_sample",
+  "denoising",
   "describe_sampler",
+  "discrete_process",
   "dpmpp_2m_sample",
   "edm_timesteps",
   "eps_and_x0",
@@ -125,11 +154,13 @@ __all__ = [
   "karras_sigmas",
   "linear_betas",
   "log_sigma_timesteps",
+  "log_snr_process",
   "make_q_sample",
   "make_schedule",
   "ode_bits_per_dim",
   "ode_log_likelihood",
   "p_mean_variance",
+  "preconditioning",
   "predict_eps_from_score",
   "predict_eps_from_v",
   "predict_eps_from_x0",
@@ -138,8 +169,11 @@ __all__ = [
   "prediction_from_eps",
   "prior_kl",
   "prior_kl_per_dim",
+  "process",
+  "process_ode",
   "q_posterior",
   "q_step",
+  "rectified_flow",
   "rescale_zero_terminal_snr",
   "respace_schedule",
   "respaced_ddpm_sample",
@@ -149,13 +183,17 @@ __all__ = [
   "score_from_eps",
   "sigma_to_timestep",
   "simple_loss",
+  "solvers",
   "spaced_timesteps",
   "v_target",
   "vdm",
+  "ve",
   "vlb_bits_per_dim",
   "vlb_nats_per_dim",
   "vlb_term",
   "vlb_terms",
+  "vp_cosine",
+  "vp_linear",
 ]
 
 # Plumbing that gen_jax.diffusion re-exported before 0.2 -> the module it stays in. The old names
