@@ -218,6 +218,7 @@ def test_ctrl_c_and_sigterm_to_the_process_group_finish_the_step_and_save(env, t
       start = time.monotonic()
       os.killpg(launch.pgid, signum)
       elapsed = launch.stop_time(start)
+      print(f"try {i}: {signal.Signals(signum).name} ({when}): ended in {elapsed} s")
       problems = stop_failures(launch, signum, elapsed, workdir)
       left = launch.left_over()
       if left:
@@ -249,6 +250,7 @@ def test_a_worker_killed_by_the_oom_killer_is_one_line_naming_it(env, tmp_path, 
       start = time.monotonic()
       os.kill(victim, signal.SIGKILL)
       elapsed = launch.stop_time(start)
+      print(f"try {i}: worker {victim} killed: ended in {elapsed} s")
       problems = []
       if elapsed is None:
         problems.append(f"hung: still running {STOP_SECONDS} s after the kill")
@@ -257,8 +259,8 @@ def test_a_worker_killed_by_the_oom_killer_is_one_line_naming_it(env, tmp_path, 
         pattern = (
           rf"error: data worker [12] of 2 \(pid {victim}\) reading mnist/train was killed by SIGKILL "
           r"\(the kernel's out-of-memory killer sends it when memory runs out\); run the same command "
-          r"to resume from the newest checkpoint, with a lower --config\.data\.num_workers if memory "
-          r"is short \(0 reads in the training process\)"
+          r"again \(training resumes from its newest checkpoint\), with a lower "
+          r"--config\.data\.num_workers if memory is short \(0: no worker processes\)"
         )
         if launch.proc.returncode != 1 or len(lines) != 1 or not re.fullmatch(pattern, lines[0]):
           problems.append(f"exit {launch.proc.returncode}, stderr {lines[-4:]}")
@@ -269,6 +271,29 @@ def test_a_worker_killed_by_the_oom_killer_is_one_line_naming_it(env, tmp_path, 
   assert not failures, f"{len(set(f.split(':')[0] for f in failures))} of 3 tries failed:\n" + (
     "\n".join(failures)
   )
+
+
+def test_no_worker_outlives_run_py(env, tmp_path, mnist_dir):
+  """The other ways run.py ends leave no worker either: a second Ctrl-C (stop at once, os._exit: no exit
+  hook runs) and a kill -9 of run.py alone; the workers see their pipe close and end."""
+  workdir = tmp_path / "wd"
+  args = vae_args(mnist_dir, workdir)
+  with Launch(env, tmp_path, "twice", args) as launch:
+    launch.wait_until(lambda: len(logged(workdir)) >= 3, "3 steps")
+    os.killpg(launch.pgid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(launch.pgid, signal.SIGINT)
+    assert launch.stop_time(time.monotonic()) is not None, "hung after a second Ctrl-C"
+    assert launch.proc.returncode == 130
+    assert "Traceback" not in launch.err() and len(error_lines(launch.err())) <= 1, launch.err()
+    assert launch.left_over() == []
+  with Launch(env, tmp_path, "kill", args) as launch:
+    before = len(logged(workdir))
+    launch.wait_until(lambda: len(logged(workdir)) >= before + 3, "3 more steps")
+    assert len(worker_pids(launch.proc.pid)) == 2
+    os.kill(launch.proc.pid, signal.SIGKILL)
+    launch.proc.wait(timeout=STOP_SECONDS)
+    assert launch.left_over() == []
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -318,20 +318,19 @@ class _WorkerPool:
     self._workers = _Workers()
     self._lock = threading.Lock()  # one batch at a time: each worker's pipe carries one request
     self._finalizer = None
-    self._failure = (
-      None  # the message of the DataError that ended this pool, repeated by later calls
-    )
+    # The message of the DataError that ended this pool, repeated by later calls.
+    self._failure = None
 
   def __call__(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     with self._lock:
       if self._failure is not None:
         raise DataError(self._failure)
       if self._workers.closed:
-        raise DataError(f"the data workers of {self.name} were stopped; no batch is read any more")
-      if not self._workers.processes:
-        self._start()
+        raise DataError(self._stopped())
       chunks = [c for c in np.array_split(np.asarray(indices), self.num_workers) if len(c)]
       try:
+        if not self._workers.processes:
+          self._start()
         for k, chunk in enumerate(chunks):
           try:
             self._workers.connections[k].send((chunk, self.has_label))
@@ -357,6 +356,11 @@ class _WorkerPool:
     from multiprocessing import resource_tracker
 
     context = multiprocessing.get_context("spawn")
+    if self._finalizer is None:
+      # Runs before multiprocessing's own exit hook, which would SIGTERM (ignored) and join them for ever.
+      self._finalizer = multiprocessing.util.Finalize(
+        self, _stop_workers, args=(self._workers,), exitpriority=100
+      )
     # Started first: starting it unblocks SIGINT and SIGTERM in the calling thread (its own masking).
     resource_tracker.ensure_running()
     # Blocked in this thread while the workers start: a child inherits the mask through fork and exec, so
@@ -371,17 +375,21 @@ class _WorkerPool:
           name=f"gen_jax-data-worker-{k + 1}",
           daemon=True,
         )
-        process.start()
+        with self._workers.lock:  # a stop at exit (another thread) either kills it or comes first
+          if self._workers.closed:
+            raise DataError(self._stopped())
+          try:
+            process.start()
+          except OSError as e:  # no more processes or memory: say so in one line
+            raise DataError(
+              f"cannot start data worker {k + 1} of {self.num_workers} for {self.name} ({e}); "
+              "lower config.data.num_workers (0: no worker processes)"
+            ) from None
+          self._workers.processes.append(process)
+          self._workers.connections.append(mine)
         theirs.close()  # only the worker holds its end: its death closes the pipe
-        self._workers.processes.append(process)
-        self._workers.connections.append(mine)
     finally:
       signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    if self._finalizer is None:
-      # Before multiprocessing's own exit hook, which would SIGTERM (ignored) and join them for ever.
-      self._finalizer = multiprocessing.util.Finalize(
-        self, _stop_workers, args=(self._workers,), exitpriority=100
-      )
 
   def _receive(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Worker k's answer to its request; a DataError if it died or could not read (liveness: its
@@ -392,7 +400,7 @@ class _WorkerPool:
     while True:
       ready = wait([connection, process.sentinel])
       if self._workers.closed:
-        raise DataError(f"the data workers of {self.name} were stopped; no batch is read any more")
+        raise DataError(self._stopped())
       if connection in ready:
         try:
           kind, payload = connection.recv()
@@ -408,6 +416,9 @@ class _WorkerPool:
         process.join(timeout=5)
         raise DataError(self._died(k))
 
+  def _stopped(self) -> str:
+    return f"the data workers of {self.name} were stopped; no batch is read any more"
+
   def _died(self, k: int) -> str:
     process = self._workers.processes[k]
     code = process.exitcode
@@ -422,8 +433,8 @@ class _WorkerPool:
       how = f"exited with status {code}"
     return (
       f"data worker {k + 1} of {self.num_workers} (pid {process.pid}) reading {self.name} {how}; "
-      "run the same command to resume from the newest checkpoint, with a lower "
-      "config.data.num_workers if memory is short (0 reads in the training process)"
+      "run the same command again (training resumes from its newest checkpoint), with a lower "
+      "config.data.num_workers if memory is short (0: no worker processes)"
     )
 
 
@@ -434,6 +445,7 @@ class _Workers:
     self.processes: list = []
     self.connections: list = []
     self.closed = False
+    self.lock = threading.Lock()  # closed and a process start: one at a time
 
 
 _WORKER_IGNORES = (signal.SIGINT, signal.SIGTERM)
@@ -441,7 +453,8 @@ _WORKER_IGNORES = (signal.SIGINT, signal.SIGTERM)
 
 def _stop_workers(workers: _Workers) -> None:
   """Kills the workers and reaps them (a SIGKILL cannot be ignored; they hold nothing to save)."""
-  workers.closed = True
+  with workers.lock:
+    workers.closed = True
   for process in workers.processes:
     if process.exitcode is None:
       try:
