@@ -196,8 +196,9 @@ def stop_failures(launch, signum, elapsed, workdir):
 
 
 def test_ctrl_c_and_sigterm_to_the_process_group_finish_the_step_and_save(env, tmp_path, mnist_dir):
-  """Before the fix (workers took the group's signal and died mid-read): a hang at exit (ProcessPool-
-  Executor's shutdown), BrokenProcessPool tracebacks and lost steps; 3 to 5 of these 5 tries failed."""
+  """Before the fix the workers took the group's signal and died mid-read: 5, 5 and 4 of these 5 tries
+  failed in three runs (a BrokenProcessPool traceback and no save at start-up, the workers'
+  KeyboardInterrupt tracebacks, hangs past 30 s with the workers left behind, absl warnings)."""
   workdir = tmp_path / "wd"
   args = vae_args(mnist_dir, workdir)
   failures = []
@@ -224,8 +225,10 @@ def test_ctrl_c_and_sigterm_to_the_process_group_finish_the_step_and_save(env, t
       if left:
         problems.append(f"{signal.Signals(signum).name}: processes {left} of the group left behind")
       failures += [f"try {i} ({when}): {p}" for p in problems]
-      if elapsed is not None and elapsed > 15:
-        failures.append(f"try {i}: took {elapsed:.0f} s to stop")
+      # Mid-training, the step and the save take a second or two (the first step also waits for the
+      # workers' start-up and its compilation: only STOP_SECONDS bounds it).
+      if when != "start" and elapsed is not None and elapsed > 15:
+        failures.append(f"try {i} ({when}): took {elapsed:.0f} s to stop")
   assert not failures, (
     f"{len(set(f.split(':')[0] for f in failures))} of {len(tries)} tries failed:\n"
     + ("\n".join(failures))
@@ -234,8 +237,8 @@ def test_ctrl_c_and_sigterm_to_the_process_group_finish_the_step_and_save(env, t
 
 def test_a_worker_killed_by_the_oom_killer_is_one_line_naming_it(env, tmp_path, mnist_dir):
   """kill -9 of one worker while training: exit 1 with one line naming that worker and what to do, in
-  seconds, no process left; the next run resumes. Before the fix: a BrokenProcessPool traceback or a
-  silent hang, in every one of these 3 tries."""
+  seconds, no process left; the next run resumes. Before the fix all 3 tries failed in each of three
+  runs: a BrokenProcessPool traceback, or a silent hang past 30 s (1 of 3 in one run)."""
   workdir = tmp_path / "wd"
   args = vae_args(mnist_dir, workdir)
   failures = []
@@ -275,7 +278,8 @@ def test_a_worker_killed_by_the_oom_killer_is_one_line_naming_it(env, tmp_path, 
 
 def test_no_worker_outlives_run_py(env, tmp_path, mnist_dir):
   """The other ways run.py ends leave no worker either: a second Ctrl-C (stop at once, os._exit: no exit
-  hook runs) and a kill -9 of run.py alone; the workers see their pipe close and end."""
+  hook runs) and a kill -9 of run.py alone; the workers see their pipe close and end. Before the fix
+  the second Ctrl-C left the workers' KeyboardInterrupt tracebacks on stderr."""
   workdir = tmp_path / "wd"
   args = vae_args(mnist_dir, workdir)
   with Launch(env, tmp_path, "twice", args) as launch:
