@@ -237,7 +237,7 @@ def test_ctrl_c_and_sigterm_to_the_process_group_finish_the_step_and_save(env, t
 
 def test_a_worker_killed_by_the_oom_killer_is_one_line_naming_it(env, tmp_path, mnist_dir):
   """kill -9 of one worker while training: exit 1 with one line naming that worker and what to do, in
-  seconds, no process left; the next run resumes. Before the fix all 3 tries failed in each of three
+  seconds, no process left; the next run resumes. Before the fix all 3 tries failed in each of two
   runs: a BrokenProcessPool traceback, or a silent hang past 30 s (1 of 3 in one run)."""
   workdir = tmp_path / "wd"
   args = vae_args(mnist_dir, workdir)
