@@ -107,6 +107,13 @@ class Dataset:
       f"num_examples={self.num_examples}, num_classes={self.num_classes})"
     )
 
+  def close(self) -> None:
+    """Stops the worker processes that read this split (data.num_workers > 0), if any; reading it again
+    raises DataError. They also stop when the interpreter exits or this Dataset is garbage collected."""
+    close = getattr(self._fetch, "close", None)
+    if close is not None:
+      close()
+
   def _batch(self, indices: np.ndarray) -> Batch:
     """{'x': float32 (k, *example_shape), 'label': int32 (k,) if labelled} for example indices (k,)."""
     raw, labels = self._fetch(indices)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
+import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -225,7 +228,7 @@ def _tfds(
   has_label = "label" in features and hasattr(features["label"], "num_classes")
   num_classes = features["label"].num_classes if has_label else None
   if num_workers:
-    fetch = _WorkerPool(num_workers, (name, split, data_dir), has_label)
+    fetch = _WorkerPool(num_workers, (name, split, data_dir), has_label, f"{name}/{split}")
   else:
     fetch = functools.partial(_read_records, source, has_label=has_label)
   return Dataset(
@@ -293,47 +296,205 @@ def _read_records(
   return images, labels
 
 
-# The data source of a worker process of _WorkerPool, opened once by its initializer.
-_worker_source = None
-
-
-def _open_in_worker(name: str, split: str, data_dir: str | None) -> None:
-  global _worker_source  # noqa: PLW0603 (one per worker process: the pool's initializer sets it)
-  _worker_source = _open_tfds(name, split, data_dir)
-
-
-def _read_in_worker(indices: np.ndarray, has_label: bool):
-  return _read_records(_worker_source, indices, has_label=has_label)
-
-
 class _WorkerPool:
   """A Fetch that reads records in `num_workers` processes: the indices (k,) are cut into num_workers
   contiguous chunks, each read by one worker, and the results concatenated in order.
 
   The processes are spawned (a fork of a process that runs JAX can deadlock) at the first call, so a Dataset
-  that is never read starts none; each opens the data source once. They stop with the interpreter, or when
-  the Dataset holding this fetch is garbage collected.
+  that is never read starts none; each opens the data source once. A stop is the training process's to
+  decide, so they ignore SIGINT and SIGTERM (Ctrl-C and `timeout` signal the whole process group): the loop
+  finishes its step with their batches and saves. They are killed when the interpreter exits, when this
+  fetch is garbage collected or closed, and end by themselves when the training process is gone (their pipe
+  closes). A worker that dies (the out-of-memory killer's SIGKILL) is a one-line DataError naming it, raised
+  by the call waiting for it, never a wait for ever.
   """
 
-  def __init__(self, num_workers: int, source_args: tuple, has_label: bool):
+  def __init__(self, num_workers: int, source_args: tuple, has_label: bool, name: str = ""):
     self.num_workers, self.source_args, self.has_label = num_workers, source_args, has_label
-    self._executor = None
+    self.name = name or f"{source_args[0]}/{source_args[1]}"
+    self._workers = _Workers()
+    self._lock = threading.Lock()  # one batch at a time: each worker's pipe carries one request
+    self._finalizer = None
+    # The message of the DataError that ended this pool, repeated by later calls.
+    self._failure = None
 
   def __call__(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    if self._executor is None:
-      import concurrent.futures
-      import multiprocessing
-      import weakref
-
-      self._executor = concurrent.futures.ProcessPoolExecutor(
-        self.num_workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_open_in_worker,
-        initargs=self.source_args,
-      )
-      weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
-    chunks = [c for c in np.array_split(np.asarray(indices), self.num_workers) if len(c)]
-    parts = list(self._executor.map(_read_in_worker, chunks, [self.has_label] * len(chunks)))
+    with self._lock:
+      if self._failure is not None:
+        raise DataError(self._failure)
+      if self._workers.closed:
+        raise DataError(self._stopped())
+      chunks = [c for c in np.array_split(np.asarray(indices), self.num_workers) if len(c)]
+      try:
+        if not self._workers.processes:
+          self._start()
+        for k, chunk in enumerate(chunks):
+          try:
+            self._workers.connections[k].send((chunk, self.has_label))
+          except OSError:  # a closed pipe: the worker is gone; _receive says how
+            pass
+        parts = [self._receive(k) for k in range(len(chunks))]
+      except BaseException as e:
+        # The other workers' answers would answer the next request: this pool is done.
+        self._failure = str(e) if isinstance(e, DataError) else self._failure
+        _stop_workers(self._workers)
+        raise
     images = np.concatenate([images for images, _ in parts])
     labels = np.concatenate([labels for _, labels in parts]) if self.has_label else None
     return images, labels
+
+  def close(self) -> None:
+    """Kills the worker processes (they only read); later calls raise DataError."""
+    _stop_workers(self._workers)
+
+  def _start(self) -> None:
+    import multiprocessing
+    import multiprocessing.util
+    from multiprocessing import resource_tracker
+
+    context = multiprocessing.get_context("spawn")
+    if self._finalizer is None:
+      # Runs before multiprocessing's own exit hook, which would SIGTERM (ignored) and join them for ever.
+      self._finalizer = multiprocessing.util.Finalize(
+        self, _stop_workers, args=(self._workers,), exitpriority=100
+      )
+    # Started first: starting it unblocks SIGINT and SIGTERM in the calling thread (its own masking).
+    resource_tracker.ensure_running()
+    # Blocked in this thread while the workers start: a child inherits the mask through fork and exec, so
+    # a Ctrl-C during their seconds of imports stays pending until they ignore it (_worker_main).
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_IGNORES)
+    try:
+      for k in range(self.num_workers):
+        mine, theirs = context.Pipe()
+        process = context.Process(
+          target=_worker_main,
+          args=(theirs, self.source_args),
+          name=f"gen_jax-data-worker-{k + 1}",
+          daemon=True,
+        )
+        with self._workers.lock:  # a stop at exit (another thread) either kills it or comes first
+          if self._workers.closed:
+            raise DataError(self._stopped())
+          try:
+            process.start()
+          except OSError as e:  # no more processes or memory: say so in one line
+            raise DataError(
+              f"cannot start data worker {k + 1} of {self.num_workers} for {self.name} ({e}); "
+              "lower config.data.num_workers (0: no worker processes)"
+            ) from None
+          self._workers.processes.append(process)
+          self._workers.connections.append(mine)
+        theirs.close()  # only the worker holds its end: its death closes the pipe
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+  def _receive(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Worker k's answer to its request; a DataError if it died or could not read (liveness: its
+    process sentinel wakes the wait when it ends)."""
+    from multiprocessing.connection import wait
+
+    connection, process = self._workers.connections[k], self._workers.processes[k]
+    while True:
+      ready = wait([connection, process.sentinel])
+      if self._workers.closed:
+        raise DataError(self._stopped())
+      if connection in ready:
+        try:
+          kind, payload = connection.recv()
+        except (EOFError, OSError):  # it died: its sentinel says how
+          process.join(timeout=5)
+          raise DataError(self._died(k)) from None
+        if kind == "ok":
+          return payload
+        raise DataError(
+          f"data worker {k + 1} of {self.num_workers} cannot read {self.name}: {payload}"
+        )
+      if process.sentinel in ready:
+        process.join(timeout=5)
+        raise DataError(self._died(k))
+
+  def _stopped(self) -> str:
+    return f"the data workers of {self.name} were stopped; no batch is read any more"
+
+  def _died(self, k: int) -> str:
+    process = self._workers.processes[k]
+    code = process.exitcode
+    if code is not None and code < 0:
+      name = signal.Signals(-code).name
+      how = f"was killed by {name}" + (
+        " (the kernel's out-of-memory killer sends it when memory runs out)"
+        if -code == signal.SIGKILL
+        else ""
+      )
+    else:
+      how = f"exited with status {code}"
+    return (
+      f"data worker {k + 1} of {self.num_workers} (pid {process.pid}) reading {self.name} {how}; "
+      "run the same command again (training resumes from its newest checkpoint), with a lower "
+      "config.data.num_workers if memory is short (0: no worker processes)"
+    )
+
+
+class _Workers:
+  """The processes of a _WorkerPool and the parent's ends of their pipes (the finalizer's state)."""
+
+  def __init__(self):
+    self.processes: list = []
+    self.connections: list = []
+    self.closed = False
+    self.lock = threading.Lock()  # closed and a process start: one at a time
+
+
+_WORKER_IGNORES = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_workers(workers: _Workers) -> None:
+  """Kills the workers and reaps them (a SIGKILL cannot be ignored; they hold nothing to save)."""
+  with workers.lock:
+    workers.closed = True
+  for process in workers.processes:
+    if process.exitcode is None:
+      try:
+        process.kill()
+      except OSError:
+        pass
+  for process in workers.processes:
+    process.join(timeout=5)
+
+
+def _worker_main(connection, source_args: tuple) -> None:
+  """A worker process: opens the data source, then answers (indices, has_label) requests with
+  ('ok', (images, labels)) or ('error', one line) until its pipe closes."""
+  for signum in _WORKER_IGNORES:  # the training process decides when to stop (see _WorkerPool)
+    signal.signal(signum, signal.SIG_IGN)
+  # Ignored now, so unblocking drops one that came while the worker started.
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
+  # Quiet as the training process is (absl shows it no warnings): an error comes back as a DataError.
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  try:
+    source = _open_tfds(*source_args)
+  except Exception as e:  # DataError: its one line goes to the first request's answer
+    source, failure = None, _one_line(e)
+  while True:
+    try:
+      request = connection.recv()
+    except (EOFError, OSError):  # the training process is gone or closed the pool
+      return
+    if source is None:
+      answer = ("error", failure)
+    else:
+      try:
+        answer = ("ok", _read_records(source, request[0], has_label=request[1]))
+      except Exception as e:  # a damaged record: the parent raises it as a DataError
+        answer = ("error", _one_line(e))
+    try:
+      connection.send(answer)
+    except OSError:
+      return
+
+
+def _one_line(error: BaseException) -> str:
+  if isinstance(error, DataError):
+    return str(error).splitlines()[0]
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
