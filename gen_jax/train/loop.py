@@ -124,7 +124,12 @@ def _train(run: Run, lock, experiment: str | None, build: BuildFn) -> step_lib.T
       if start_step == tc.num_steps:  # A kill during the last grid: draw it now.
         grid.draw_if_missing(state.ema_params, start_step)
       for step in range(start_step + 1, tc.num_steps + 1):
-        batch = sharding.shard_batch(next(batches), run.mesh)
+        try:
+          host_batch = next(batches)
+        except data.DataError:  # e.g. a data worker killed: keep the steps done, then the line
+          sync(step - 1, state, log=True, save=True, grid=False)
+          raise
+        batch = sharding.shard_batch(host_batch, run.mesh)
         state, metrics = train_step(state, batch, train_key)
         log.append(step, metrics)
         if stopper.should_stop(step, metrics):  # the last step, the time budget, a signal...
@@ -142,6 +147,8 @@ def _train(run: Run, lock, experiment: str | None, build: BuildFn) -> step_lib.T
       # it ends as a last step); after a signal during its scheduled work, what that left undone.
       sync(step, state, log=True, save=True, grid=stopper.ends_as_last_step)
   finally:
+    batches.close()  # the prefetch thread, then the data's worker processes, on every exit path
+    run.dataset.close()
     log.close()
     run.checkpoints.close()
   _say_how_it_ended(run, stopper, grid, start_step, step)
