@@ -215,6 +215,19 @@ def define_flags(argv):
     "--distributed: seconds after which a silent (dead) process ends the whole job; "
     "see gen_jax/runtime/distributed.py.",
   )
+  flags.DEFINE_integer(
+    "startup_timeout",
+    300,
+    "--distributed: seconds a process waits for all the job's processes to join before it gives "
+    "up (exit status 1, one line); after 5 s it says once what it waits for.",
+  )
+  flags.DEFINE_string(
+    "coordinator_bind_address",
+    None,
+    "--distributed: where process 0's coordination service listens; default: "
+    "$JAX_COORDINATOR_BIND_ADDRESS, else --coordinator_address itself (only that interface). "
+    "'[::]:PORT' listens on every interface, on purpose (see docs/scaling.md).",
+  )
   flags.DEFINE_bool(
     "compilation_cache",
     True,
@@ -249,7 +262,23 @@ def _overridden_paths(argv) -> set[str]:
   return {match[1] for match in found if match}
 
 
-DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "heartbeat_timeout")
+DISTRIBUTED_FLAGS = (
+  "coordinator_address",
+  "num_processes",
+  "process_id",
+  "heartbeat_timeout",
+  "startup_timeout",
+  "coordinator_bind_address",
+)
+# The library's argument names in distributed.initialize's messages -> this command's flags.
+_DISTRIBUTED_NAMES = {
+  "coordinator_address": "--coordinator_address",
+  "coordinator_bind_address": "--coordinator_bind_address",
+  "num_processes": "--num_processes",
+  "process_id": "--process_id",
+  "heartbeat_timeout_seconds": "--heartbeat_timeout",
+  "startup_timeout_seconds": "--startup_timeout",
+}
 
 
 def _start_distributed(FLAGS) -> None:
@@ -263,6 +292,9 @@ def _start_distributed(FLAGS) -> None:
       FLAGS.num_processes,
       FLAGS.process_id,
       heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+      startup_timeout_seconds=FLAGS.startup_timeout,
+      coordinator_bind_address=FLAGS.coordinator_bind_address,
+      names=_DISTRIBUTED_NAMES,
     )
   except configs.ConfigError as e:
     _fail(as_flags(str(e)))
@@ -303,7 +335,11 @@ def main(argv, module):
     compile_cache.configure(enabled=FLAGS.compilation_cache, cache_dir=FLAGS.compilation_cache_dir)
   except ValueError as e:
     _fail(as_flags(str(e)))
-  if FLAGS.distributed and not runs_itself:
+  if FLAGS.distributed and runs_itself:  # its run() is one process: each would write the workdir
+    _fail(
+      f"--experiment={FLAGS.experiment} runs in one process: start it once, without --distributed"
+    )
+  if FLAGS.distributed:
     _start_distributed(FLAGS)
   elif not FLAGS.distributed and any(FLAGS[name].present for name in DISTRIBUTED_FLAGS):
     _fail(f"--{'/--'.join(DISTRIBUTED_FLAGS)} need --distributed")
@@ -348,7 +384,7 @@ def main(argv, module):
   try:
     if mode != "train":  # the config it was trained with; --config.* flags still win
       config = train.with_saved_config(config, workdir, keep=_overridden_paths(sys.argv))
-    if FLAGS.distributed and not runs_itself:
+    if FLAGS.distributed:
       _check_peers(FLAGS, config, workdir)
     if runs_itself:
       module.run(config, workdir)

@@ -25,9 +25,14 @@ bounds how long a finishing process waits at exit for its peers to finish
 as well.
 """
 
+import errno
 import hashlib
 import json
 import os
+import socket
+import sys
+import threading
+import time
 
 import jax
 
@@ -37,12 +42,18 @@ from gen_jax.configs import ConfigError
 # heartbeat runs on its own thread, so long steps or long compilations do not trip it.
 HEARTBEAT_TIMEOUT_SECONDS = 30
 SHUTDOWN_TIMEOUT_SECONDS = 60
-INITIALIZATION_TIMEOUT_SECONDS = 300
+STARTUP_TIMEOUT_SECONDS = 300
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_BIND_ADDRESS = "JAX_COORDINATOR_BIND_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 # How long a process waits for its peers' configs at start-up.
 _CONFIG_WAIT_MS = 120_000
+# A process still waiting for its peers after this long says once what it waits for.
+WAITING_NOTICE_SECONDS = 5.0
+# JAX's own start-up deadline is set this much later than gen_jax's, so that the watchdog's one
+# line, not JAX's abort with a C++ stack, ends a job whose processes never all arrive.
+_JAX_DEADLINE_MARGIN_SECONDS = 30
 
 
 def launch_settings(
@@ -102,31 +113,253 @@ def initialize(
   *,
   heartbeat_timeout_seconds: int = HEARTBEAT_TIMEOUT_SECONDS,
   shutdown_timeout_seconds: int = SHUTDOWN_TIMEOUT_SECONDS,
-  initialization_timeout_seconds: int = INITIALIZATION_TIMEOUT_SECONDS,
+  startup_timeout_seconds: float = STARTUP_TIMEOUT_SECONDS,
+  coordinator_bind_address: str | None = None,
+  names: dict[str, str] | None = None,
 ) -> None:
   """jax.distributed.initialize with gen_jax's timeouts; call it before any JAX computation.
+
+  Process 0 listens on `coordinator_bind_address`, else $JAX_COORDINATOR_BIND_ADDRESS, else the
+  coordinator address itself (JAX's own default is every interface, "[::]:port"), after checking
+  that the port is free. A process whose peers have not all arrived after
+  WAITING_NOTICE_SECONDS prints once what it waits for; after `startup_timeout_seconds` it
+  prints one line on stderr and ends the process (exit status 1). Every other start-up failure
+  raises ConfigError. `names` renames the arguments in messages (run.py: its flags).
 
   On CPU the cross-process collectives go through gloo (JAX's CPU backend has
   none by default); GPU and TPU backends ignore that setting.
   """
+  name = _namer(names)
   coordinator_address, num_processes, process_id = launch_settings(
     coordinator_address, num_processes, process_id
   )
-  if heartbeat_timeout_seconds < 1 or shutdown_timeout_seconds < 1:
+  if min(heartbeat_timeout_seconds, shutdown_timeout_seconds, startup_timeout_seconds) < 1:
     raise ConfigError(
-      f"heartbeat_timeout={heartbeat_timeout_seconds} and shutdown_timeout="
-      f"{shutdown_timeout_seconds} must be at least 1 second"
+      f"{name('heartbeat_timeout_seconds')}={heartbeat_timeout_seconds}, "
+      f"{name('shutdown_timeout_seconds')}={shutdown_timeout_seconds} and "
+      f"{name('startup_timeout_seconds')}={startup_timeout_seconds:g} must be at least 1 second"
     )
+  bind = coordinator_bind_address or os.environ.get(ENV_BIND_ADDRESS) or coordinator_address
+  if process_id == 0 and bind is not None:
+    _check_can_listen(bind, name)
   if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(
-    coordinator_address,
-    num_processes,
-    process_id,
-    initialization_timeout=int(initialization_timeout_seconds),
-    heartbeat_timeout_seconds=int(heartbeat_timeout_seconds),
-    shutdown_timeout_seconds=int(shutdown_timeout_seconds),
+  watch = _StartupWatch(
+    coordinator_address, bind, num_processes, process_id, startup_timeout_seconds, name
   )
+  watch.start()
+  try:
+    jax.distributed.initialize(
+      coordinator_address,
+      num_processes,
+      process_id,
+      # JAX's deadline comes after the watchdog's, which ends the process in one line.
+      initialization_timeout=int(startup_timeout_seconds) + _JAX_DEADLINE_MARGIN_SECONDS,
+      heartbeat_timeout_seconds=int(heartbeat_timeout_seconds),
+      shutdown_timeout_seconds=int(shutdown_timeout_seconds),
+      coordinator_bind_address=bind,
+    )
+  except (ValueError, TypeError) as e:
+    if coordinator_address is None:  # JAX found no TPU pod slice, SLURM or Open MPI job either
+      raise ConfigError(
+        f"distributed: no job to join. Give {name('coordinator_address')}=HOST:PORT (process 0's), "
+        f"{name('num_processes')}=N and {name('process_id')}=I, or {ENV_COORDINATOR}, "
+        f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}, or run in a TPU pod slice, SLURM or Open MPI "
+        "job"
+      ) from None
+    raise ConfigError(f"distributed: {_first_line(e)}") from None
+  except Exception as e:  # JAX's runtime errors (e.g. gRPC could not listen after all)
+    _abandon()
+    raise ConfigError(
+      f"distributed: could not start the job at {coordinator_address or 'the detected address'}"
+      f": {_first_line(e)}"
+    ) from None
+  finally:
+    watch.stop()
+
+
+def _namer(names: dict[str, str] | None):
+  """name("startup_timeout_seconds") -> that, or the caller's name for it ("--startup_timeout")."""
+  names = names or {}
+  return lambda argument: names.get(argument, argument)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def _split_address(address: str) -> tuple[str, int]:
+  """("host", port) of "host:port", "[v6]:port" or "v4:port"."""
+  host, _, port = address.rpartition(":")
+  if not port.isdigit() or not 0 < int(port) < 65536:
+    raise ConfigError(f"{address!r} must be host:port, with a port in 1..65535")
+  return host.strip("[]"), int(port)
+
+
+def _check_can_listen(bind_address: str, name) -> None:
+  """ConfigError in one line unless this process can listen on `bind_address`, as the
+  coordination service is about to: the port may be taken (another job, an earlier run still
+  ending) or the address none of this machine's. Without this check gRPC fails with a long
+  traceback, sometimes a segmentation fault, and the other processes wait in silence."""
+  host, port = _split_address(bind_address)
+  try:
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+  except socket.gaierror as e:
+    raise ConfigError(
+      f"distributed: cannot listen on {bind_address} (the coordinator, process 0): "
+      f"{host!r} is no name this machine knows ({e.strerror})"
+    ) from None
+  for family, kind, proto, _, sockaddr in found:
+    with socket.socket(family, kind, proto) as probe:
+      # As gRPC binds: SO_REUSEADDR on, so that the TIME_WAIT connections of a job that just
+      # ended do not block a relaunch on its port; SO_REUSEPORT off, so that a port another
+      # coordinator listens on (gRPC sets SO_REUSEPORT: it would share the port) is refused.
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      if family == socket.AF_INET6 and sockaddr[0] == "::":
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # as gRPC's [::]
+      try:
+        probe.bind(sockaddr)
+        probe.listen(1)
+      except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+          raise ConfigError(
+            f"distributed: the coordinator's port {port} is already in use on {host or 'this machine'}"
+            f" ({bind_address}): another job, or an earlier run still ending, listens there. "
+            f"Pick another port in {name('coordinator_address')} (the same in every process)"
+          ) from None
+        if e.errno == errno.EADDRNOTAVAIL:
+          raise ConfigError(
+            f"distributed: cannot listen on {bind_address}: no interface of this machine has "
+            f"that address. Start process 0 on the host that {name('coordinator_address')} "
+            f"names, or set {name('coordinator_bind_address')} to an address of this one"
+          ) from None
+        raise ConfigError(
+          f"distributed: cannot listen on {bind_address} (the coordinator): {e.strerror}"
+        ) from None
+
+
+def _connected_count(port: int) -> int | None:
+  """How many processes are connected to `port` on this machine (process 0: its peers and
+  itself, one connection each); None where /proc/net does not say (not Linux). The least of a
+  few looks: a waiting peer's probe (_answers) is a connection for a moment."""
+  looks = []
+  for look in range(3):
+    if look:
+      time.sleep(0.3)
+    looks.append(_established(port))
+  return None if None in looks else min(looks)
+
+
+def _established(port: int) -> int | None:
+  """How many TCP connections with local port `port` are established now."""
+  count, seen = 0, False
+  for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+      with open(table) as f:
+        rows = f.read().splitlines()[1:]
+    except OSError:
+      continue
+    seen = True
+    for row in rows:
+      fields = row.split()
+      # local_address is HEXIP:HEXPORT; state 01 is ESTABLISHED.
+      if len(fields) > 3 and fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+        count += 1
+  return count if seen else None
+
+
+def _answers(address: str) -> bool:
+  """Whether something accepts a TCP connection at host:port now."""
+  try:
+    host, port = _split_address(address)
+    with socket.create_connection((host, port), timeout=2):
+      return True
+  except (OSError, ConfigError):
+    return False
+
+
+class _StartupWatch:
+  """While jax.distributed.initialize waits for the job's processes: after
+  WAITING_NOTICE_SECONDS one line saying what it waits for; at the deadline one line on
+  stderr and os._exit(1) (the main thread is inside JAX's blocking connect: nothing to unwind,
+  and JAX would otherwise abort later with a C++ stack)."""
+
+  def __init__(self, address, bind, count, index, timeout, name):
+    self.address, self.bind, self.count, self.index = address, bind, count, index
+    self.timeout, self.name = float(timeout), name
+    self._done = threading.Event()
+    self._lock = threading.Lock()
+    self._thread = threading.Thread(target=self._run, name="gen_jax-startup", daemon=True)
+
+  def start(self) -> None:
+    self._thread.start()
+
+  def stop(self) -> None:
+    with self._lock:  # After this the watchdog can no longer end the process.
+      self._done.set()
+
+  def _who(self) -> str:
+    if self.index is None or self.count is None:
+      return "this process"
+    return f"process {self.index} of {self.count}"
+
+  def _situation(self, final: bool = False) -> str:
+    if self.address is None:
+      return "at the address JAX detected"
+    if self.index == 0:
+      port = _split_address(self.address)[1]
+      connected = _connected_count(port)
+      joined = (
+        "" if connected is None else f"; {min(connected, self.count)} of {self.count} connected"
+      )
+      return f"at {self.address} (listening on {self.bind}{joined})"
+    there = (
+      "process 0 answers there"
+      if _answers(self.address)
+      else f"nothing answers there{'' if final else ' yet'}: is process 0 running, on that host "
+      "and port?"
+    )
+    return f"at {self.address} ({there})"
+
+  def _run(self) -> None:
+    started = time.monotonic()
+    if self._done.wait(min(WAITING_NOTICE_SECONDS, self.timeout / 2)):
+      return
+    situation = self._situation()
+    with self._lock:
+      if self._done.is_set():
+        return
+      print(
+        f"Distributed: {self._who()} is waiting for the job's processes {situation}; gives up "
+        f"after {self.timeout:g} s ({self.name('startup_timeout_seconds')})",
+        flush=True,
+      )
+    if self._done.wait(max(0.0, self.timeout - (time.monotonic() - started))):
+      return
+    situation = self._situation(final=True)
+    with self._lock:
+      if self._done.is_set():
+        return
+      message = (
+        f"error: {self._who()} gave up after {self.timeout:g} s waiting for the job's processes "
+        f"{situation}. Start all of them with the same {self.name('coordinator_address')} and "
+        f"{self.name('num_processes')}, or wait longer with {self.name('startup_timeout_seconds')}"
+      )
+      try:
+        sys.stdout.flush()
+      except Exception:  # a closed stdout: the line below still goes out
+        pass
+      os.write(2, (message + "\n").encode())
+      os._exit(1)
+
+
+def _abandon() -> None:
+  """Drops a half-started JAX client and service, so that JAX's exit handler does not print a
+  traceback about them after gen_jax's one line."""
+  state = _global_state()
+  for attribute in ("preemption_sync_manager", "client", "service"):
+    setattr(state, attribute, None)
 
 
 def summary() -> str:
@@ -138,10 +371,16 @@ def summary() -> str:
   )
 
 
-def _client():
-  from jax._src import distributed  # The runtime's key-value store has no public API.
+def _global_state():
+  """JAX's distributed state: its client is the only way to the coordination service's key-value
+  store (no public API). Pinned by tests/runtime/test_distributed_startup.py."""
+  from jax._src import distributed
 
-  return distributed.global_state.client
+  return distributed.global_state
+
+
+def _client():
+  return _global_state().client
 
 
 def config_fingerprint(config, job: str) -> str:
