@@ -318,6 +318,18 @@ def _check_peers(FLAGS, config, workdir) -> None:
     _fail(as_flags(str(e)))
 
 
+def _say_done(mode: str, workdir: str) -> None:
+  """Process 0 has said what it wrote; each other process says in one line that it is done."""
+  import jax
+
+  if jax.process_index() != 0:
+    print(
+      f"Process {jax.process_index()} of {jax.process_count()}: done (--mode={mode}); process 0 "
+      f"wrote the outputs in {workdir}",
+      flush=True,
+    )
+
+
 def main(argv, module):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -420,6 +432,8 @@ def main(argv, module):
         out_dir=FLAGS.out_dir,
         experiment=experiment,
       )
+    if FLAGS.distributed:
+      _say_done(mode, workdir)
   except train.TrainingInterrupted as e:
     import jax
 
@@ -428,6 +442,12 @@ def main(argv, module):
       command = shlex.join(["python", sys.argv[0], *args])
       every = " in every process" if jax.process_count() > 1 else ""
       print(f"{e}. To resume, run the same command{every}:\n  {command}", flush=True)
+    else:  # each process says how it ended; process 0 prints the command
+      print(
+        f"Process {jax.process_index()} of {jax.process_count()}: {e}. To resume, run the same "
+        "command in every process (process 0 printed it)",
+        flush=True,
+      )
     sys.exit(128 + e.signal_number)
   except train.USER_ERRORS as e:  # Only these: any other exception is a bug, with its traceback.
     if FLAGS.debug:

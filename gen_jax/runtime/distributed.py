@@ -25,14 +25,18 @@ bounds how long a finishing process waits at exit for its peers to finish
 as well.
 """
 
+import atexit
 import errno
 import hashlib
 import json
 import os
+import secrets
+import select
 import socket
 import sys
 import threading
 import time
+from typing import ClassVar
 
 import jax
 
@@ -176,6 +180,8 @@ def initialize(
     ) from None
   finally:
     watch.stop()
+  if jax.process_count() > 1:
+    _Liveness.start(bind if process_id == 0 else None)
 
 
 def _namer(names: dict[str, str] | None):
@@ -345,6 +351,206 @@ class _StartupWatch:
         f"error: {self._who()} gave up after {self.timeout:g} s waiting for the job's processes "
         f"{situation}. Start all of them with the same {self.name('coordinator_address')} and "
         f"{self.name('num_processes')}, or wait longer with {self.name('startup_timeout_seconds')}"
+      )
+      try:
+        sys.stdout.flush()
+      except Exception:  # a closed stdout: the line below still goes out
+        pass
+      os.write(2, (message + "\n").encode())
+      os._exit(1)
+
+
+class _Liveness:
+  """Ends this process in one line as soon as a peer process of the job dies.
+
+  JAX's coordination service notices a dead process only when its heartbeats stop (after
+  --heartbeat_timeout), then aborts every survivor with ~100 lines of C++ stack and a Python
+  thread dump; a survivor inside a collective gets gloo's "Connection reset by peer" traceback
+  first, then waits for the heartbeat in JAX's exit handler. JAX's one hook, jaxlib's
+  `missed_heartbeat_callback`, cannot call Python (the status it passes has no Python type:
+  std::bad_cast, then std::terminate). A killed process's TCP connections, though, close at once.
+  So process 0 listens on an ephemeral port (on the coordinator's bind address; published, with
+  a random token, in the coordination service's key-value store) and every other process keeps
+  one connection to it. A process that ends through Python's exit (done, an error line, a
+  signal's graceful stop) says "bye" first (atexit, before JAX's own exit handler); a connection
+  that closes without it is a death: the survivor prints gen_jax's line and exits with status 1
+  (an exception in the meantime, such as gloo's, waits for that verdict: sys.excepthook), and
+  process 0 tells the others which process died. Where that connection cannot be made (a
+  firewall between hosts) or a whole host goes silent (no close), JAX's heartbeat remains the
+  safety net.
+  """
+
+  KEY = "gen_jax/liveness"
+  # Process 0 waits this long before ending on a peer's death, which may have the same cause as
+  # its own coming end (SIGTERM to all at start-up): then its own line wins. The others end at
+  # once on process 0's: JAX aborts them within about a second of losing the coordinator.
+  GRACE_SECONDS = 1.0
+
+  _lock = threading.Lock()
+  _exiting = False  # this process is ending through Python: peers' deaths are no news
+  _dead: ClassVar[list[str]] = []  # who died ("process 1 of 2")
+  _verdict = threading.Event()  # set once a death is known
+  _sockets: ClassVar[list[socket.socket]] = []
+
+  @classmethod
+  def start(cls, bind: str | None) -> None:
+    count, me = jax.process_count(), jax.process_index()
+    try:
+      if me == 0:
+        listener, token = cls._listen(bind), secrets.token_hex(16)
+        _client().key_value_set(cls.KEY, f"{listener.getsockname()[1]} {token}")
+        cls._sockets.append(listener)
+        target, args = cls._watch_peers, (listener, token, count)
+      else:
+        port, token = _client().blocking_key_value_get(cls.KEY, _CONFIG_WAIT_MS).split()
+        host = _split_address(_global_state().coordinator_address)[0]
+        connection = socket.create_connection((host, int(port)), timeout=10)
+        connection.settimeout(None)
+        connection.sendall(f"hello {token} {me}\n".encode())
+        cls._sockets.append(connection)
+        target, args = cls._watch_coordinator, (connection, count)
+    except Exception:  # e.g. a firewall: JAX's heartbeat still ends the job
+      return
+    atexit.register(cls._bye)
+    os.register_at_fork(after_in_child=cls._forget)
+    sys.excepthook = cls._excepthook(sys.excepthook)
+    threading.Thread(target=target, args=args, name="gen_jax-liveness", daemon=True).start()
+
+  @staticmethod
+  def _listen(bind: str | None) -> socket.socket:
+    host = _split_address(bind)[0] if bind else ""
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+      host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    if family == socket.AF_INET6 and sockaddr[0] == "::":
+      listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    listener.bind(sockaddr)
+    listener.listen(64)
+    return listener
+
+  @classmethod
+  def _excepthook(cls, previous):
+    def hook(kind, value, traceback):
+      # An uncaught exception may be a peer's death seen first by a collective: the liveness
+      # connection tells within moments, and then gen_jax's line replaces the traceback.
+      if not issubclass(kind, KeyboardInterrupt):
+        cls._verdict.wait(2 * cls.GRACE_SECONDS)
+      if cls._dead:
+        cls._end()
+      previous(kind, value, traceback)
+
+    return hook
+
+  @classmethod
+  def _bye(cls) -> None:
+    """At a Python exit of this process: tell the peers it is no death, unless a peer's death
+    is what ends it (then gen_jax's line, rather than JAX's exit handler waiting out the
+    heartbeat for the dead peer and aborting)."""
+    if cls._dead:
+      cls._end()
+    with cls._lock:
+      cls._exiting = True
+      for connection in cls._sockets:
+        try:
+          connection.sendall(b"bye\n")
+        except OSError:
+          pass
+
+  @classmethod
+  def _forget(cls) -> None:
+    """In a forked child: its copies of the sockets must not keep a dead parent's open."""
+    for connection in cls._sockets:
+      connection.close()
+    cls._sockets.clear()
+    cls._exiting = True
+
+  @classmethod
+  def _watch_peers(cls, listener: socket.socket, token: str, count: int) -> None:
+    """Process 0: accepts each peer's connection and watches it close."""
+    peers: dict[socket.socket, int] = {}
+    pending: dict[socket.socket, bytes] = {}
+    while True:
+      readable, _, _ = select.select([listener, *peers, *pending], [], [], 1.0)
+      for connection in readable:
+        if connection is listener:
+          accepted, _ = listener.accept()
+          pending[accepted] = b""
+          continue
+        try:
+          data = connection.recv(4096)
+        except OSError:
+          data = b""
+        if connection in pending:  # "hello TOKEN INDEX": a stranger's connection is dropped
+          pending[connection] += data
+          if data and b"\n" not in pending[connection]:
+            continue
+          words = pending.pop(connection).decode(errors="replace").split()
+          if len(words) == 3 and words[:2] == ["hello", token] and words[2].isdigit():
+            peers[connection] = int(words[2])
+            with cls._lock:
+              cls._sockets.append(connection)
+          else:
+            connection.close()
+          continue
+        peer = peers[connection]
+        if b"bye" in data or not data:
+          del peers[connection]
+          connection.close()
+        if not data:
+          cls._record(f"process {peer} of {count}", f"lost {peer}\n".encode())
+          time.sleep(cls.GRACE_SECONDS)
+          cls._end()
+          return
+
+  @classmethod
+  def _watch_coordinator(cls, connection: socket.socket, count: int) -> None:
+    """Any other process: watches its connection to process 0 close."""
+    who = f"process 0 of {count} (the coordinator)"
+    received = b""
+    while True:
+      try:
+        data = connection.recv(4096)
+      except OSError:
+        data = b""
+      received += data
+      if b"bye" in received:
+        return
+      relayed = received.split(b"lost ", 1)[1] if b"lost " in received else b""
+      if b"\n" in relayed:  # process 0 tells which peer died before it ends too
+        peer = relayed.split(b"\n")[0].decode(errors="replace")
+        who = f"process {peer} of {count}"
+      if not data:
+        cls._record(who)
+        cls._end()
+        return
+
+  @classmethod
+  def _record(cls, who: str, relay: bytes = b"") -> None:
+    """A peer died: remembered (for the exit paths) and, by process 0, told to the others."""
+    with cls._lock:
+      if cls._exiting:
+        return
+      cls._dead.append(who)
+      for connection in cls._sockets:
+        try:
+          connection.sendall(relay)
+        except OSError:
+          pass
+    cls._verdict.set()
+
+  @classmethod
+  def _end(cls) -> None:
+    """gen_jax's line, then os._exit(1): no exit handler, so not JAX's, which would wait out the
+    heartbeat of the dead process and then abort with a C++ stack."""
+    with cls._lock:
+      if cls._exiting or not cls._dead:
+        return
+      cls._exiting = True
+      message = (
+        f"error: {cls._dead[0]} ended without a word (killed, or crashed: see its output), so the "
+        f"job cannot go on; process {jax.process_index()} stops here. Start every process again "
+        "with the same command (training resumes from the newest checkpoint)"
       )
       try:
         sys.stdout.flush()

@@ -8,6 +8,7 @@ that it waits for a peer that never comes.
 
 import inspect
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -81,7 +82,12 @@ def other_addresses() -> list[str]:
 
 
 def one_line(stderr: str) -> str:
-  lines = [line for line in stderr.splitlines() if line.strip()]
+  """The one line on stderr, besides the progress bar's."""
+  lines = [
+    line
+    for line in stderr.replace("\r", "\n").splitlines()
+    if line.strip() and not re.match(r"[\w ]+:\s*\d+%\|", line)
+  ]
   assert len(lines) == 1, stderr[-3000:]
   return lines[0]
 
@@ -291,3 +297,64 @@ def test_a_one_process_job_reads_and_writes_the_key_value_store(tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == "value"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# How a job ends: each process's last line, a killed peer
+
+
+def last_step(workdir) -> int:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.endswith("\n")]
+  return len(lines)
+
+
+@pytest.mark.slow
+def test_every_process_says_one_line_at_the_end(env, tmp_path):
+  """Before: process 1 printed nothing about finishing."""
+  workdir = tmp_path / "run"
+  results = multiprocess.launch(env, tmp_path, 2, 1, *toy2d(workdir), timeout=240)
+  assert f"Done: 2 steps in {workdir}" in results[0].stdout, results[0].stdout
+  assert results[1].stdout.strip().splitlines()[-1] == (
+    f"Process 1 of 2: done (--mode=train); process 0 wrote the outputs in {workdir}"
+  ), results[1].stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_process_ends_the_other_in_one_line_first(env, tmp_path, victim):
+  """kill -9 of one process mid-training: the other prints gen_jax's line, nothing else on
+  stderr, and exits 1 within seconds (long before --heartbeat_timeout=30). Before: exit 134
+  after the heartbeat timeout (or about 1 s for a lost process 0) with ~100 lines of C++
+  stack and a Python thread dump, the only message inside them."""
+  workdir = tmp_path / "run"
+  args = [
+    *toy2d(workdir),
+    "--config.train.num_steps=100000",
+    "--config.train.checkpoint_every=1000",
+  ]
+  job = multiprocess.start(env, tmp_path, 2, 1, *args)
+  try:
+    deadline = time.monotonic() + 240
+    while last_step(workdir) < 2:
+      assert all(p.popen.poll() is None for p in job), [p.output() for p in job]
+      assert time.monotonic() < deadline, "training never started"
+      time.sleep(0.1)
+    job[victim].popen.kill()
+    killed = time.monotonic()
+    survivor = multiprocess.wait([job[1 - victim]], timeout=60)[0]
+    seconds = time.monotonic() - killed
+  finally:
+    multiprocess.kill(job)
+  print(f"the survivor ended {seconds:.1f} s after kill -9 of process {victim}")
+  assert survivor.returncode == 1, survivor.output[-3000:]
+  who = f"process {victim} of 2" + (" (the coordinator)" if victim == 0 else "")
+  assert one_line(survivor.stderr) == (
+    f"error: {who} ended without a word (killed, or crashed: see its output), so the job cannot "
+    f"go on; process {1 - victim} stops here. Start every process again with the same command "
+    "(training resumes from the newest checkpoint)"
+  )
+  assert seconds < 15, seconds
