@@ -14,7 +14,9 @@ run(config, workdir) instead, through that function (mle_toy, which fits
 1-D densities).
 
 Exit status: 0 done; 1 an error in the input (one line on stderr: `error: ...`;
---debug shows the traceback; any other exception is a bug and shows its own);
+--debug shows the traceback; any other exception is a bug and shows its own),
+and with --distributed a job that could not start or lost a process (one line
+too: docs/scaling.md);
 128 + the signal number (143 for SIGTERM, 130 for SIGINT / Ctrl-C) when
 training was stopped by a signal after saving a checkpoint: run the printed
 command to resume; the same, with one line, for a signal at any other moment

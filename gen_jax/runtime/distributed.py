@@ -383,8 +383,9 @@ class _Liveness:
   KEY = "gen_jax/liveness"
   # Process 0 waits this long before ending on a peer's death, which may have the same cause as
   # its own coming end (SIGTERM to all at start-up): then its own line wins. The others end at
-  # once on process 0's: JAX aborts them within about a second of losing the coordinator.
+  # once when process 0 dies: JAX aborts them as soon as its connection closes too.
   GRACE_SECONDS = 1.0
+  RELAY_SECONDS = 2.0  # process 0, at most, for the others to end on its news first
 
   _lock = threading.Lock()
   _exiting = False  # this process is ending through Python: peers' deaths are no news
@@ -500,8 +501,24 @@ class _Liveness:
         if not data:
           cls._record(f"process {peer} of {count}", f"lost {peer}\n".encode())
           time.sleep(cls.GRACE_SECONDS)
+          # The others end on the news; were this process gone first, JAX in each of them would
+          # abort at once on losing the coordinator, with its C++ stack before gen_jax's line.
+          cls._await_close(list(peers), cls.RELAY_SECONDS)
           cls._end()
           return
+
+  @staticmethod
+  def _await_close(connections: list[socket.socket], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while connections and time.monotonic() < deadline:
+      readable, _, _ = select.select(connections, [], [], max(0.0, deadline - time.monotonic()))
+      for connection in readable:
+        try:
+          ended = not connection.recv(4096)
+        except OSError:
+          ended = True
+        if ended:
+          connections.remove(connection)
 
   @classmethod
   def _watch_coordinator(cls, connection: socket.socket, count: int) -> None:
@@ -517,10 +534,10 @@ class _Liveness:
       if b"bye" in received:
         return
       relayed = received.split(b"lost ", 1)[1] if b"lost " in received else b""
-      if b"\n" in relayed:  # process 0 tells which peer died before it ends too
-        peer = relayed.split(b"\n")[0].decode(errors="replace")
-        who = f"process {peer} of {count}"
-      if not data:
+      if b"\n" in relayed or not data:  # process 0 tells which peer died, or it died itself
+        if relayed:
+          peer = relayed.split(b"\n")[0].decode(errors="replace")
+          who = f"process {peer} of {count}"
         cls._record(who)
         cls._end()
         return

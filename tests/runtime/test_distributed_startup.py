@@ -269,6 +269,7 @@ def test_the_private_jax_apis_gen_jax_uses_are_still_there():
   for method in ("key_value_set", "blocking_key_value_get"):
     assert hasattr(_jax.DistributedRuntimeClient, method), method
   parameters = inspect.signature(jax.distributed.initialize).parameters
+  assert hasattr(state, "coordinator_address")  # set by initialize: the liveness connection's host
   for argument in (
     "initialization_timeout",
     "coordinator_bind_address",
@@ -352,9 +353,18 @@ def test_a_killed_process_ends_the_other_in_one_line_first(env, tmp_path, victim
   print(f"the survivor ended {seconds:.1f} s after kill -9 of process {victim}")
   assert survivor.returncode == 1, survivor.output[-3000:]
   who = f"process {victim} of 2" + (" (the coordinator)" if victim == 0 else "")
-  assert one_line(survivor.stderr) == (
+  line = (
     f"error: {who} ended without a word (killed, or crashed: see its output), so the job cannot "
     f"go on; process {1 - victim} stops here. Start every process again with the same command "
     "(training resumes from the newest checkpoint)"
   )
+  if victim == 1:
+    assert one_line(survivor.stderr) == line
+  else:
+    # JAX in process 1 sees process 0's connections close at the same moment as gen_jax, and
+    # may log a few lines first (2 of 6 tries); gen_jax's line ends the process before JAX's
+    # C++ stack and the thread dump.
+    assert survivor.stderr.rstrip().endswith(line), survivor.stderr[-3000:]
+    assert "Check failure stack trace" not in survivor.stderr
+    assert "Fatal Python error" not in survivor.stderr
   assert seconds < 15, seconds
