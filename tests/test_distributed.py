@@ -271,6 +271,7 @@ def test_kill_9_ends_the_survivor_relaunch_resumes_exactly_sigterm_saves_one_ste
   assert f"Resuming {workdir} from step {resume_from}" in results[0].stdout
   stopped = int(results[0].stdout.split("training stopped by SIGTERM after step ")[1].split(";")[0])
   assert "in every process" in results[0].stdout
+  assert f"Process 1 of 2: training stopped by SIGTERM after step {stopped}" in results[1].stdout
   assert checkpoint_steps(workdir)[-1] == stopped  # one checkpoint, at the agreed step
   steps, losses = logged(workdir)
   assert steps == list(range(1, stopped + 1))

@@ -10,19 +10,23 @@ Where the peers come from: explicit arguments (run.py's --coordinator_address,
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, else JAX's own
 detection of a TPU pod slice, SLURM or Open MPI job (all three left None).
 
+Start-up. Process 0 checks that it can listen on the coordinator's address
+(a taken port is one line, not gRPC's crash) and binds JAX's coordination
+service to that address only, not every interface (`coordinator_bind_address`
+or JAX_COORDINATOR_BIND_ADDRESS widens it on purpose). A process whose peers
+have not all joined after WAITING_NOTICE_SECONDS says once what it waits for,
+and after `startup_timeout_seconds` ends in one line (exit status 1), before
+JAX's own deadline would abort it with a C++ stack.
+
 When a process dies. JAX's coordination service (hosted by process 0) expects
 a heartbeat from every process; once one has been silent for
-`heartbeat_timeout_seconds`, the service tells the survivors, and JAX ends
-each of them at once (an abort, exit status 134 on Linux) with a message
-naming the lost process ("The following tasks are unhealthy (stopped sending
-heartbeats): 1"; task N is process N). If process 0 itself dies, the others
-abort too, at once when its connection closes (measured: 1 s on one machine),
-else when their heartbeats go unanswered. So a job that loses a process ends
-everywhere within about the heartbeat timeout (measured: 3.2-5.8 s with 5 s,
-2 processes on one machine), rather than waiting in a collective forever, and
-relaunching it resumes from the newest checkpoint. `shutdown_timeout_seconds`
-bounds how long a finishing process waits at exit for its peers to finish
-as well.
+`heartbeat_timeout_seconds` JAX aborts every survivor (exit status 134) with
+~100 lines of C++ stack and a thread dump. gen_jax sees a death sooner and says
+it in one line: see _Liveness (a killed process's connection to process 0
+closes at once; measured: the survivor ends 0.2-0.3 s after a kill -9). The
+heartbeat stays the safety net for a host that goes silent.
+`shutdown_timeout_seconds` bounds how long a finishing process waits at exit
+for its peers to finish as well.
 """
 
 import atexit
@@ -144,8 +148,6 @@ def initialize(
       f"{name('startup_timeout_seconds')}={startup_timeout_seconds:g} must be at least 1 second"
     )
   bind = coordinator_bind_address or os.environ.get(ENV_BIND_ADDRESS) or coordinator_address
-  if process_id == 0 and bind is not None:
-    _check_can_listen(bind, name)
   if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   watch = _StartupWatch(
@@ -153,6 +155,9 @@ def initialize(
   )
   watch.start()
   try:
+    if process_id == 0 and bind is not None:
+      # Last before JAX binds the port: jaxlib crashes (segfault, 2 runs in 12) when it cannot.
+      _check_can_listen(bind, name)
     jax.distributed.initialize(
       coordinator_address,
       num_processes,
@@ -163,6 +168,8 @@ def initialize(
       shutdown_timeout_seconds=int(shutdown_timeout_seconds),
       coordinator_bind_address=bind,
     )
+  except ConfigError:
+    raise
   except (ValueError, TypeError) as e:
     if coordinator_address is None:  # JAX found no TPU pod slice, SLURM or Open MPI job either
       raise ConfigError(
@@ -181,7 +188,7 @@ def initialize(
   finally:
     watch.stop()
   if jax.process_count() > 1:
-    _Liveness.start(bind if process_id == 0 else None)
+    _Liveness.start(bind)
 
 
 def _namer(names: dict[str, str] | None):
