@@ -368,3 +368,30 @@ def test_a_killed_process_ends_the_other_in_one_line_first(env, tmp_path, victim
     assert "Check failure stack trace" not in survivor.stderr
     assert "Fatal Python error" not in survivor.stderr
   assert seconds < 15, seconds
+
+
+@pytest.mark.slow
+def test_process_0_tells_the_others_which_process_died(env, tmp_path):
+  """3 processes, kill -9 of process 2: process 0 sees it, tells process 1, and waits for it to
+  end before ending itself (else JAX in process 1 would abort first, on losing the coordinator):
+  both print gen_jax's line naming process 2, and nothing else."""
+  workdir = tmp_path / "run"
+  args = [*toy2d(workdir), "--config.train.num_steps=100000", "--config.data.batch_size=6"]
+  job = multiprocess.start(env, tmp_path, 3, 1, *args)
+  try:
+    deadline = time.monotonic() + 300
+    while last_step(workdir) < 2:
+      assert all(p.popen.poll() is None for p in job), [p.output() for p in job]
+      assert time.monotonic() < deadline, "training never started"
+      time.sleep(0.1)
+    job[2].popen.kill()
+    survivors = multiprocess.wait(job[:2], timeout=60)
+  finally:
+    multiprocess.kill(job)
+  for r in survivors:
+    assert r.returncode == 1, r.output[-3000:]
+    assert one_line(r.stderr) == (
+      "error: process 2 of 3 ended without a word (killed, or crashed: see its output), so the "
+      f"job cannot go on; process {r.index} stops here. Start every process again with the same "
+      "command (training resumes from the newest checkpoint)"
+    )
