@@ -321,14 +321,14 @@ class _StartupWatch:
     if self.address is None:
       return "at the address JAX detected"
     if self.index == 0:
-      port = _split_address(self.address)[1]
+      port = _split_address(self.bind or self.address)[1]
       connected = _connected_count(port)
       joined = (
         "" if connected is None else f"; {min(connected, self.count)} of {self.count} connected"
       )
       return f"at {self.address} (listening on {self.bind}{joined})"
     there = (
-      "process 0 answers there"
+      "something listens there"  # process 0, or whatever holds its port: no telling which
       if _answers(self.address)
       else f"nothing answers there{'' if final else ' yet'}: is process 0 running, on that host "
       "and port?"
@@ -405,7 +405,11 @@ class _Liveness:
     count, me = jax.process_count(), jax.process_index()
     try:
       if me == 0:
-        listener, token = cls._listen(bind), secrets.token_hex(16)
+        try:
+          listener, token = cls._listen(bind), secrets.token_hex(16)
+        except OSError:
+          _client().key_value_set(cls.KEY, "none")  # the others must not wait for it
+          raise
         _client().key_value_set(cls.KEY, f"{listener.getsockname()[1]} {token}")
         cls._sockets.append(listener)
         target, args = cls._watch_peers, (listener, token, count)
