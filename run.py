@@ -14,7 +14,9 @@ run(config, workdir) instead, through that function (mle_toy, which fits
 1-D densities).
 
 Exit status: 0 done; 1 an error in the input (one line on stderr: `error: ...`;
---debug shows the traceback; any other exception is a bug and shows its own);
+--debug shows the traceback; any other exception is a bug and shows its own),
+and with --distributed a job that could not start or lost a process (one line
+too: docs/scaling.md);
 128 + the signal number (143 for SIGTERM, 130 for SIGINT / Ctrl-C) when
 training was stopped by a signal after saving a checkpoint: run the printed
 command to resume; the same, with one line, for a signal at any other moment
@@ -228,6 +230,19 @@ def define_command_flags() -> None:
     "--distributed: seconds after which a silent (dead) process ends the whole job; "
     "see gen_jax/runtime/distributed.py.",
   )
+  flags.DEFINE_integer(
+    "startup_timeout",
+    300,
+    "--distributed: seconds a process waits for all the job's processes to join before it gives "
+    "up (exit status 1, one line); after 5 s it says once what it waits for.",
+  )
+  flags.DEFINE_string(
+    "coordinator_bind_address",
+    None,
+    "--distributed: where process 0's coordination service listens; default: "
+    "$JAX_COORDINATOR_BIND_ADDRESS, else --coordinator_address itself (only that interface). "
+    "'[::]:PORT' listens on every interface, on purpose (see docs/scaling.md).",
+  )
   flags.DEFINE_bool(
     "compilation_cache",
     True,
@@ -270,7 +285,23 @@ def renamed_config_flags(argv) -> list[str]:
   return out
 
 
-DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "heartbeat_timeout")
+DISTRIBUTED_FLAGS = (
+  "coordinator_address",
+  "num_processes",
+  "process_id",
+  "heartbeat_timeout",
+  "startup_timeout",
+  "coordinator_bind_address",
+)
+# The library's argument names in distributed.initialize's messages -> this command's flags.
+_DISTRIBUTED_NAMES = {
+  "coordinator_address": "--coordinator_address",
+  "coordinator_bind_address": "--coordinator_bind_address",
+  "num_processes": "--num_processes",
+  "process_id": "--process_id",
+  "heartbeat_timeout_seconds": "--heartbeat_timeout",
+  "startup_timeout_seconds": "--startup_timeout",
+}
 
 
 def _start_distributed(FLAGS) -> None:
@@ -284,6 +315,9 @@ def _start_distributed(FLAGS) -> None:
       FLAGS.num_processes,
       FLAGS.process_id,
       heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+      startup_timeout_seconds=FLAGS.startup_timeout,
+      coordinator_bind_address=FLAGS.coordinator_bind_address,
+      names=_DISTRIBUTED_NAMES,
     )
   except configs.ConfigError as e:
     _fail(as_flags(str(e)))
@@ -307,6 +341,18 @@ def _check_peers(FLAGS, config, workdir) -> None:
     _fail(as_flags(str(e)))
 
 
+def _say_done(mode: str, workdir: str) -> None:
+  """Process 0 has said what it wrote; each other process says in one line that it is done."""
+  import jax
+
+  if jax.process_index() != 0:
+    print(
+      f"Process {jax.process_index()} of {jax.process_count()}: done (--mode={mode}); process 0 "
+      f"wrote the outputs in {workdir}",
+      flush=True,
+    )
+
+
 def main(argv, module):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -325,7 +371,11 @@ def main(argv, module):
     compile_cache.configure(enabled=FLAGS.compilation_cache, cache_dir=FLAGS.compilation_cache_dir)
   except ValueError as e:
     _fail(as_flags(str(e)))
-  if FLAGS.distributed and not runs_itself:
+  if FLAGS.distributed and runs_itself:  # its run() is one process: each would write the workdir
+    _fail(
+      f"--experiment={FLAGS.experiment} runs in one process: start it once, without --distributed"
+    )
+  if FLAGS.distributed:
     _start_distributed(FLAGS)
   elif not FLAGS.distributed and any(FLAGS[name].present for name in DISTRIBUTED_FLAGS):
     _fail(f"--{'/--'.join(DISTRIBUTED_FLAGS)} need --distributed")
@@ -370,7 +420,7 @@ def main(argv, module):
   try:
     if mode != "train":  # the config it was trained with; --config.* flags still win
       config = workdir_lib.with_saved_config(config, workdir, keep=_overridden_paths(sys.argv))
-    if FLAGS.distributed and not runs_itself:
+    if FLAGS.distributed:
       _check_peers(FLAGS, config, workdir)
     if runs_itself:
       module.run(config, workdir)
@@ -406,6 +456,8 @@ def main(argv, module):
         out_dir=FLAGS.out_dir,
         experiment=experiment,
       )
+    if FLAGS.distributed:
+      _say_done(mode, workdir)
   except train.TrainingInterrupted as e:
     import jax
 
@@ -414,6 +466,12 @@ def main(argv, module):
       command = shlex.join(["python", sys.argv[0], *args])
       every = " in every process" if jax.process_count() > 1 else ""
       print(f"{e}. To resume, run the same command{every}:\n  {command}", flush=True)
+    else:  # each process says how it ended; process 0 prints the command
+      print(
+        f"Process {jax.process_index()} of {jax.process_count()}: {e}. To resume, run the same "
+        "command in every process (process 0 printed it)",
+        flush=True,
+      )
     sys.exit(128 + e.signal_number)
   except train.USER_ERRORS as e:  # Only these: any other exception is a bug, with its traceback.
     if FLAGS.debug:

@@ -267,6 +267,10 @@ def _as_distribution(theta) -> dict:
 
 def run(config, workdir: str) -> dict:
   """Fits, logs and plots; returns what results.json holds."""
+  if jax.process_count() > 1:  # Each process would fit alone and write the same workdir.
+    raise ConfigError(
+      "mle_toy runs in one process: start it once, without jax.distributed (--distributed)"
+    )
   _check_config(config)
   target = target_params(config)
   os.makedirs(workdir, exist_ok=True)

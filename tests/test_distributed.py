@@ -8,7 +8,6 @@ them are not.
 
 import json
 import os
-import re
 import shutil
 import signal
 import time
@@ -243,7 +242,7 @@ def checkpoint_steps(workdir):
 
 @pytest.mark.slow
 def test_kill_9_ends_the_survivor_relaunch_resumes_exactly_sigterm_saves_one_step(env, tmp_path):
-  """kill -9 of process 1: process 0 aborts within the heartbeat timeout naming process 1; both
+  """kill -9 of process 1: process 0 ends at once in one line naming process 1; both
   relaunched resume from the newest checkpoint and log the very losses the killed job had
   logged; SIGTERM to both then saves one checkpoint, at one step, and both exit 143."""
   workdir = tmp_path / "run"
@@ -256,9 +255,10 @@ def test_kill_9_ends_the_survivor_relaunch_resumes_exactly_sigterm_saves_one_ste
   survivor = multiprocess.wait(job, timeout=SURVIVOR_LIMIT + 30)[0]
   survivor_seconds = time.monotonic() - killed_at
   print(f"the survivor ended {survivor_seconds:.1f} s after kill -9 (heartbeat {HEARTBEAT} s)")
-  assert survivor.returncode == -signal.SIGABRT, survivor.output[-3000:]
-  # JAX's own words, naming the lost process ("task 1"), then an abort (exit status 134).
-  assert re.search(r"stopped sending heartbeats\):\s*1\b", survivor.stderr), survivor.stderr[-3000:]
+  # gen_jax's line, naming the lost process, as soon as its connection closed (before JAX's
+  # heartbeat would abort with a C++ stack): tests/runtime/test_distributed_startup.py.
+  assert survivor.returncode == 1, survivor.output[-3000:]
+  assert "error: process 1 of 2 ended without a word" in survivor.stderr, survivor.stderr[-3000:]
   assert survivor_seconds < SURVIVOR_LIMIT
   before_steps, before_losses = logged(workdir)
   resume_from = checkpoint_steps(workdir)[-1]
@@ -272,6 +272,7 @@ def test_kill_9_ends_the_survivor_relaunch_resumes_exactly_sigterm_saves_one_ste
   assert f"Resuming {workdir} from step {resume_from}" in results[0].stdout
   stopped = int(results[0].stdout.split("training stopped by SIGTERM after step ")[1].split(";")[0])
   assert "in every process" in results[0].stdout
+  assert f"Process 1 of 2: training stopped by SIGTERM after step {stopped}" in results[1].stdout
   assert checkpoint_steps(workdir)[-1] == stopped  # one checkpoint, at the agreed step
   steps, losses = logged(workdir)
   assert steps == list(range(1, stopped + 1))
