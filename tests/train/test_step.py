@@ -13,9 +13,10 @@ from experiments import ddpm_digits, ddpm_toy2d, mle_toy
 from gen_jax import data, train
 from gen_jax.train import classifier, sharding
 from gen_jax.train import step as step_lib
+from tests.support import runs
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = runs.REPO
 
 
 def toy_config(num_steps=2):
