@@ -346,7 +346,7 @@ def main(argv, module):
         name = os.path.basename(os.path.normpath(FLAGS.pretrained))
         workdir = os.path.join("runs", f"{FLAGS.experiment}-pretrained-{name}")
       if mode in ("sample", "eval"):
-        from_pretrained.import_pretrained(config, workdir, module.build)
+        from_pretrained.import_pretrained(config, workdir, module.build, mode=mode)
     except train.USER_ERRORS as e:
       if FLAGS.debug:
         raise

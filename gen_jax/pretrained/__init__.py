@@ -290,6 +290,20 @@ def check_model_uses_it(config, model) -> None:
     )
 
 
+def check_can_evaluate(config) -> None:
+  """Raises PretrainedError if config.pretrained is class-conditional without a null class:
+  evaluation's bound and ODE likelihood need the unconditional model it does not have."""
+  if not config.get("pretrained"):
+    return
+  spec, null_label = load_spec(config.pretrained)
+  if spec.num_class_embeds and null_label is None:
+    raise PretrainedError(
+      f"mode=eval: config.pretrained={config.pretrained} is class-conditional without a null "
+      "class, so it has no unconditional model for the likelihoods; it can sample with labels "
+      "(mode=sample) and fine-tune"
+    )
+
+
 def check_config_can_use_it(config) -> None:
   """Raises PretrainedError if `config` has no diffusion section for the scheduler."""
   if "diffusion" not in config or "model" not in config:

@@ -173,13 +173,16 @@ def pretrained_state(config, model, tx, mesh) -> step_lib.TrainState:
   return jax.jit(state_of, out_shardings=replicated)(jax.device_put(loaded.params, replicated))
 
 
-def import_pretrained(config, workdir: str, build: BuildFn) -> bool:
+def import_pretrained(config, workdir: str, build: BuildFn, mode: str = "sample") -> bool:
   """Writes config.pretrained's weights into `workdir` as the checkpoint of step 0 (params and
   EMA), with config.json and data_spec.json, so sample and eval read it as a trained run.
+  mode: the run's ("sample" or "eval"), checked first (`pretrained.check_can_evaluate`).
 
   Does nothing, and returns False, if `workdir` has a checkpoint already (of the same folder:
   ConfigError if its config.json names another).
   """
+  if mode == "eval":
+    pretrained.check_can_evaluate(config)
   if checkpoint.has_checkpoint(workdir):
     saved = workdir_lib.read_saved_config(workdir) or {}
     if saved.get("pretrained", "") != config.pretrained:

@@ -121,6 +121,8 @@ def open_run(
     from gen_jax import pretrained  # (safetensors, only for runs from a diffusers folder)
 
     pretrained.check_model_uses_it(config, model)
+    if mode == "eval":
+      pretrained.check_can_evaluate(config)
   if dataset is not None:  # before the model is traced on the data's shape, below
     where = f"config.data.path={config.data.path}" if config.data.path else dataset.name
     multiple, name = _size_multiple(model)

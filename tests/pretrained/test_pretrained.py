@@ -464,7 +464,10 @@ def test_run_py_samples_evaluates_finetunes_and_exports_a_diffusers_folder(env, 
   model = _peer_model(TINY)
   model.save_pretrained(folder / "unet")
   scheduling_ddpm.DDPMScheduler(
-    num_train_timesteps=20, beta_schedule="squaredcos_cap_v2"
+    num_train_timesteps=20,
+    beta_schedule="squaredcos_cap_v2",
+    timestep_spacing="trailing",
+    steps_offset=1,
   ).save_pretrained(folder / "scheduler")
   cwd, workdir = str(tmp_path), str(tmp_path / "imported")
 
@@ -472,6 +475,7 @@ def test_run_py_samples_evaluates_finetunes_and_exports_a_diffusers_folder(env, 
     env, cwd, *DIGITS_FLAGS, f"--pretrained={folder}", f"--workdir={workdir}", "--mode=sample"
   )
   assert "Imported" in result.stdout
+  assert f"Schedule of {folder}: cosine betas, T=20, eps-prediction" in result.stdout
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   assert saved["pretrained"] == str(folder) and saved["diffusion"]["num_timesteps"] == 20
@@ -498,6 +502,13 @@ def test_run_py_samples_evaluates_finetunes_and_exports_a_diffusers_folder(env, 
     == 0
   )
   config = workdir_lib.with_saved_config(runs.config("ddpm_digits"), finetuned)
+  # The source's inference grid and the installed diffusers' version go into the export.
+  import diffusers
+
+  with open(os.path.join(export, "scheduler", "scheduler_config.json")) as f:
+    scheduler = json.load(f)
+  assert (scheduler["timestep_spacing"], scheduler["steps_offset"]) == ("trailing", 1)
+  assert scheduler["_diffusers_version"] == diffusers.__version__
   exported = UNet2DModel.from_pretrained(export, subfolder="unet").state_dict()
   # Fine-tuned from the folder's weights: 3 Adam steps move each weight by at most about 3 lr.
   moved = max(float((exported[k] - v).abs().max()) for k, v in model.state_dict().items())
@@ -771,3 +782,27 @@ def test_the_inference_grid_of_the_source_is_kept_in_the_config(tmp_path):
     "timestep_spacing": "trailing",
     "steps_offset": 1,
   }
+
+
+@pytest.mark.slow
+def test_run_py_fine_tunes_and_samples_a_class_conditional_folder_without_a_null_class(
+  env, tmp_path
+):
+  """What docs/pretrained.md promises: it fine-tunes with cond_drop_prob=0 and samples with --class_label;
+  evaluation, which needs the unconditional model, is refused in one line before anything is imported.
+  Before: the fine-tune was refused at start-up (check_sampler traced the sampler without labels)."""
+  folder = _folder(tmp_path, num_class_embeds=10)  # the digits' 10 classes, no null row
+  cwd, workdir = str(tmp_path), str(tmp_path / "finetuned")
+  flags = [*DIGITS_FLAGS, f"--pretrained={folder}", "--config.model.cond_drop_prob=0"]
+  runs.run_py(env, cwd, *flags, f"--workdir={workdir}")
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
+  runs.run_py(env, cwd, *DIGITS_FLAGS, f"--workdir={workdir}", "--mode=sample", "--class_label=3")
+  with np.load(os.path.join(workdir, "samples.npz")) as f:
+    assert f["images"].shape == (4, 8, 8, 1) and set(f["labels"]) == {3}
+  imported = tmp_path / "imported"
+  result = runs.run_py(env, cwd, *flags, f"--workdir={imported}", "--mode=eval", check=False)
+  assert result.returncode == 1 and not imported.exists(), result.stdout + result.stderr
+  assert result.stderr.strip() == (
+    f"error: --mode=eval: --pretrained={folder} is class-conditional without a null class, so it has no "
+    "unconditional model for the likelihoods; it can sample with labels (--mode=sample) and fine-tune"
+  )
