@@ -1,13 +1,16 @@
 """Runs that start from a diffusers folder, and workdirs written back as one.
 
   config = use_pretrained(config, "ddpm-cifar10-32", keep=...)  # config.pretrained, config.diffusion
-  import_pretrained(config, workdir, build)   # a step-0 checkpoint of its weights: sample, eval
+  config = scale_sample_grid(config, keep)    # a fine-tune's sample grid, scaled to its steps
+  import_pretrained(config, workdir, build, mode)  # a step-0 checkpoint of its weights: sample, eval
   pretrained_state(config, model, tx, mesh)   # train(): step 0 (params and EMA) from its weights
   export_workdir(config, workdir, build, out_dir)  # the EMA parameters as a DDPMPipeline folder
 
 A folder becomes a run like any other: its weights are the parameters and
 the EMA parameters of step 0, its scheduler config is config.diffusion, and
 train / sample / evaluate then read the workdir as they read a trained one.
+use_pretrained checks all that a run reads from the folder (config.json, whole
+weights that fit it, a scheduler config) before anything is written.
 """
 
 import functools
