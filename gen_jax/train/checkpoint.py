@@ -203,6 +203,8 @@ def restore_newest(
     state, found, rejected, reasons = _restore_first_readable(
       directory, sorted(mngr.all_steps(), reverse=True), abstract_state
     )
+  if rejected:  # their late callbacks arrive until the process exits, past the `with`
+    _drop_closed_loop_errors()
   # Said once the outcome is known: when no step restores, nothing is set aside.
   action = ("setting it aside" if set_aside else "skipping it") if found is not None else None
   for step, reason in zip(rejected, reasons):
@@ -265,7 +267,7 @@ def _is_closed_loop_error(error) -> bool:
 
 
 def _drop_closed_loop_errors() -> None:
-  """After a failed save, tensorstore's callbacks keep arriving at orbax's closed asyncio loop
+  """After a failed save or restore, tensorstore's callbacks keep arriving at orbax's closed asyncio loop
   for the rest of the process, each printed as a traceback (through sys.excepthook or
   sys.unraisablehook): drops those, and only those, from now on."""
   if getattr(sys.excepthook, "drops_closed_loop_errors", False):

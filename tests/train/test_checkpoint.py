@@ -2,12 +2,17 @@
 whose config.json is missing, with a config that does not fit its checkpoints, said "setting it aside" of steps
 it then left where they were, and passed orbax's advice to restore with `strict=False` on to the user."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
 from gen_jax.train import checkpoint
+from tests.support import runs
+
+env = runs.env_fixture()
 
 
 def _saved(tmp_path, steps=(2, 4)):
@@ -48,3 +53,32 @@ def test_a_step_passed_over_for_an_older_one_is_still_said_to_be_set_aside(tmp_p
   assert step == 2 and len(said) == 2, said
   assert "step 4" in said[0] and said[0].endswith("; setting it aside"), said
   assert "moved unreadable step 4" in said[1]
+
+
+@pytest.mark.slow
+def test_resume_unverified_with_a_config_that_does_not_fit_is_one_line(env, tmp_path):
+  """config.json deleted, then --resume_unverified with another width. Before: 'setting it aside' of a step
+  that stayed, orbax's strict=False advice, and 36 'Event loop is closed' tracebacks from tensorstore's late
+  callbacks after the failed restore."""
+  flags = runs.flags("ddpm_toy2d", runs.TWO_STEPS)
+  workdir = tmp_path / "run"
+  runs.run_py(env, str(tmp_path), *flags, f"--workdir={workdir}")
+  (workdir / "config.json").unlink()
+  result = runs.run_py(
+    env,
+    str(tmp_path),
+    *flags,
+    f"--workdir={workdir}",
+    "--config.model.width=16",
+    "--resume_unverified",
+    check=False,
+  )
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert result.stderr.count("\n") == 1, result.stderr
+  assert result.stderr.startswith(
+    f"error: none of the checkpoints in {workdir / 'checkpoints'} can"
+  )
+  assert "cannot be restored (ValueError: Requested shape" in result.stdout
+  for text in ("setting it aside", "strict=False", "Traceback"):
+    assert text not in result.stdout + result.stderr, text
+  assert os.listdir(workdir / "checkpoints") == ["2"]
