@@ -129,6 +129,8 @@ def open_run(
     validation.check_images_fit(
       dataset.kind, dataset.example_shape, where=where, size_multiple=multiple, model=name
     )
+  else:  # a workdir trained before this check: its pictures could not be written either
+    validation.check_images_fit(kind, example_shape, where=f"workdir={workdir} (data_spec.json)")
   if mode == "train":
     _check_classes(model, dataset)
     resume.check_resume_data(workdir, dataset)

@@ -47,6 +47,16 @@ def test_images_a_png_cannot_hold_are_refused_before_anything_is_written(tmp_pat
     assert not workdir.exists()
 
 
+def test_sample_refuses_a_workdir_of_images_a_png_cannot_hold(tmp_path):
+  """A workdir trained on 5-channel images before the check above: --mode=sample died in PIL after sampling."""
+  config = runs.config("ddpm_digits", runs.TWO_STEPS, runs.DIGITS_UNET)
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "0").mkdir(parents=True)
+  (workdir / "data_spec.json").write_text(json.dumps({"kind": "image", "example_shape": [8, 8, 5]}))
+  with pytest.raises(DataError, match=r"data_spec\.json\): the images have 5 channels"):
+    run_setup.open_run(config, str(workdir), models.make_unet_diffusion, "sample")
+
+
 def test_images_the_unet_cannot_halve_are_refused_by_size(tmp_path):
   """7x7 images for a U-Net of two levels: before, a 34-line concatenate traceback from tracing the model."""
   config = _digits_on(_npz(tmp_path, (16, 7, 7, 1)))
