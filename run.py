@@ -147,7 +147,7 @@ def define_command_flags() -> None:
     "scheduler_config",
     None,
     "With --pretrained: a diffusers scheduler_config.json to map onto --config.diffusion "
-    "instead of the one in the folder.",
+    "instead of the one in the folder (required when the folder has none).",
   )
   flags.DEFINE_integer(
     "num_samples",

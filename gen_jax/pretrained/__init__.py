@@ -3,6 +3,7 @@
   model = load("ddpm-cifar10-32")     # a folder: UNet2DModel weights + its scheduler config
   model.net, model.params             # DiffusersUNet and its Flax parameters
   model.diffusion                     # the config.diffusion fields of its scheduler
+  check_weights("ddpm-cifar10-32")    # whole weights that fit config.json, from the header alone
   save(out_dir, spec, params, diffusion=..., null_label=None)  # the other way
 
 The folder layouts diffusers writes are all read: a pipeline folder
