@@ -77,6 +77,8 @@ def experiments_help() -> str:
 
 def as_flags(message: str) -> str:
   """The library names config fields `config.x` and arguments `name=value`; here they are flags."""
+  # config.pretrained is set by --pretrained (run.py has no --config.pretrained users type).
+  message = re.sub(r"(?<![\w./-])config\.pretrained\b(?!\.)", "--pretrained", message)
   message = re.sub(r"(?<![\w./-])config\.(?!json\b)(?=\w)", "--config.", message)
   argument_flags = {**{name: name for name in _COMMAND_FLAGS}, **ARGUMENT_FLAGS}
   names = "|".join(sorted(argument_flags))
@@ -147,7 +149,7 @@ def define_command_flags() -> None:
     "scheduler_config",
     None,
     "With --pretrained: a diffusers scheduler_config.json to map onto --config.diffusion "
-    "instead of the one in the folder.",
+    "instead of the one in the folder (required when the folder has none).",
   )
   flags.DEFINE_integer(
     "num_samples",
@@ -379,22 +381,28 @@ def main(argv, module):
     _start_distributed(FLAGS)
   elif not FLAGS.distributed and any(FLAGS[name].present for name in DISTRIBUTED_FLAGS):
     _fail(f"--{'/--'.join(DISTRIBUTED_FLAGS)} need --distributed")
+  if FLAGS.out_dir is not None and mode == "train":
+    _fail("--out_dir applies to --mode=sample|eval; a training writes into --workdir")
   config, workdir = FLAGS.config, FLAGS.workdir
+  if FLAGS.scheduler_config is not None and not FLAGS.pretrained:
+    _fail("--scheduler_config applies with --pretrained (the folder's schedule)")
   if FLAGS.pretrained:  # The folder's network, weights and scheduler.
     from gen_jax.train import from_pretrained
 
     try:
+      keep = _overridden_paths(sys.argv)
       config = from_pretrained.use_pretrained(
-        config,
-        FLAGS.pretrained,
-        keep=_overridden_paths(sys.argv),
-        scheduler_config=FLAGS.scheduler_config,
+        config, FLAGS.pretrained, keep=keep, scheduler_config=FLAGS.scheduler_config, report=print
       )
+      if mode == "train":  # a short fine-tune: a grid that costs no more than its steps
+        config = from_pretrained.scale_sample_grid(
+          config, keep, report=lambda m: print(as_flags(m))
+        )
       if workdir is None:
         name = os.path.basename(os.path.normpath(FLAGS.pretrained))
         workdir = os.path.join("runs", f"{FLAGS.experiment}-pretrained-{name}")
       if mode in ("sample", "eval"):
-        from_pretrained.import_pretrained(config, workdir, module.build)
+        from_pretrained.import_pretrained(config, workdir, module.build, mode=mode)
     except train.USER_ERRORS as e:
       if FLAGS.debug:
         raise

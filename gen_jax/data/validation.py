@@ -62,6 +62,33 @@ def check_points_dimension(kind: str, example_shape, *, where: str) -> None:
     )
 
 
+# Channels a PNG holds (grey, grey + alpha, RGB, RGBA): the sample grids and --mode=sample's
+# pictures are PNGs (gen_jax.images).
+IMAGE_CHANNELS = (1, 2, 3, 4)
+
+
+def check_images_fit(
+  kind: str, example_shape, *, where: str, size_multiple: int = 1, model=""
+) -> None:
+  """Images must have 1-4 channels (their sample pictures are PNGs) and, for a network that
+  halves them `size_multiple` = 2^k times over, a height and width divisible by it: checked at
+  start-up, as the model would otherwise train and fail at its first sample grid or trace."""
+  if kind != "image":
+    return
+  height, width, channels = tuple(example_shape)
+  if channels not in IMAGE_CHANNELS:
+    raise DataError(
+      f"{where}: the images have {channels} channels, but their sample pictures are PNGs of 1 "
+      "(grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels; give images of 1-4 channels"
+    )
+  if height % size_multiple or width % size_multiple:
+    raise DataError(
+      f"{where}: the images are {height}x{width}, but {model or 'the network'} halves them "
+      f"{size_multiple.bit_length() - 1} time(s), so their height and width must be multiples "
+      f"of {size_multiple}; pad or resize the images, or use fewer levels"
+    )
+
+
 def _check_images(arr: np.ndarray, key: str, where: str) -> np.ndarray:
   if not np.issubdtype(arr.dtype, np.integer):
     raise DataError(

@@ -3,6 +3,7 @@
   model = load("ddpm-cifar10-32")     # a folder: UNet2DModel weights + its scheduler config
   model.net, model.params             # DiffusersUNet and its Flax parameters
   model.diffusion                     # the config.diffusion fields of its scheduler
+  check_weights("ddpm-cifar10-32")    # whole weights that fit config.json, from the header alone
   save(out_dir, spec, params, diffusion=..., null_label=None)  # the other way
 
 The folder layouts diffusers writes are all read: a pipeline folder
@@ -22,8 +23,9 @@ clip_sample (with clip_sample_range 1), rescale_betas_zero_snr. What gen_jax
 cannot represent (scaled_linear or sigmoid betas, trained_betas, learned
 variances, thresholding, another clip range) is refused by name. Keys that
 only choose diffusers' own inference grid (timestep_spacing, steps_offset,
-set_alpha_to_one, ...) are ignored: gen_jax's samplers take their grids as
-arguments. diffusers builds its betas in float32 (torch.linspace), gen_jax
+set_alpha_to_one, ...) do not change gen_jax's samplers, which take their
+grids as arguments; `inference_fields` keeps them, so an export writes them
+back. diffusers builds its betas in float32 (torch.linspace), gen_jax
 in float64: the schedules agree to float32 rounding (about 1e-7 relative).
 """
 
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from gen_jax.configs import ConfigError
+from gen_jax.pretrained import diffusers_unet
 from gen_jax.pretrained.diffusers_unet import (
   DiffusersUNet,
   UNet2DSpec,
@@ -47,6 +50,10 @@ from gen_jax.pretrained.diffusers_unet import (
 from gen_jax.runtime import fileio
 
 CONFIG = "config.json"
+# The diffusers release whose folder format `save` writes when diffusers is not installed (the
+# one the round trip is tested against); with diffusers installed, its own version is written.
+DIFFUSERS_FORMAT_VERSION = "0.42.1"
+_DOWNLOAD_AGAIN = "download the folder again (huggingface-cli download REPO --local-dir DIR)"
 SAFETENSORS = "diffusion_pytorch_model.safetensors"
 TORCH_BIN = "diffusion_pytorch_model.bin"
 SCHEDULER_CONFIG = "scheduler_config.json"
@@ -141,7 +148,10 @@ def read_state_dict(unet_dir: str) -> dict[str, np.ndarray]:
         "reading .safetensors weights needs the `safetensors` package: pip install safetensors "
         "(or pip install 'gen_jax[pretrained]')"
       ) from None
-    return load_file(safetensors_path)
+    try:
+      return load_file(safetensors_path)
+    except Exception as e:  # safetensors' SafetensorError is no ValueError or OSError
+      raise _damaged(safetensors_path, e) from None
   if os.path.isfile(bin_path):
     try:
       import torch
@@ -151,7 +161,10 @@ def read_state_dict(unet_dir: str) -> dict[str, np.ndarray]:
         f"it to {SAFETENSORS} on a machine with torch (diffusers: UNet2DModel.from_pretrained(DIR)"
         ".save_pretrained(DIR, safe_serialization=True))"
       ) from None
-    state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    try:
+      state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle's, zipfile's and its own errors
+      raise _damaged(bin_path, e) from None
     return {k: v.float().numpy() for k, v in state.items()}
   raise PretrainedError(
     f"{unet_dir} holds no weights ({SAFETENSORS} or {TORCH_BIN}); download the whole folder "
@@ -159,12 +172,56 @@ def read_state_dict(unet_dir: str) -> dict[str, np.ndarray]:
   )
 
 
+def read_state_shapes(unet_dir: str) -> dict[str, tuple]:
+  """The tensors' names and (torch) shapes, from the .safetensors header alone (no weights read),
+  or from the .bin file (read whole: a pickle has no header); PretrainedError if the file is
+  missing, damaged or cut short (an interrupted download)."""
+  safetensors_path = os.path.join(unet_dir, SAFETENSORS)
+  if not os.path.isfile(safetensors_path):
+    return {k: v.shape for k, v in read_state_dict(unet_dir).items()}
+  try:
+    from safetensors import safe_open
+  except ImportError:
+    return {k: v.shape for k, v in read_state_dict(unet_dir).items()}  # (says what to install)
+  try:  # safe_open checks that the file holds every byte its header promises
+    with safe_open(safetensors_path, "numpy") as f:
+      return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  except Exception as e:  # SafetensorError, OSError
+    raise _damaged(safetensors_path, e) from None
+
+
+def check_weights(path: str) -> None:
+  """Raises PretrainedError, naming the file, unless the folder's weights can be read and fit its
+  config.json: what a run checks before it writes anything (reads no weights from .safetensors)."""
+  spec, null_label = load_spec(path)
+  unet_dir = find_unet_dir(path)
+  try:
+    diffusers_unet.check_state_shapes(spec, read_state_shapes(unet_dir), null_label)
+  except PretrainedError:
+    raise
+  except ValueError as e:
+    raise PretrainedError(f"pretrained={path}: {e}") from None
+
+
+def _damaged(path: str, error: Exception) -> PretrainedError:
+  reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return PretrainedError(
+    f"{path} cannot be read ({reason}): it is damaged or incomplete (an interrupted "
+    f"download?); {_DOWNLOAD_AGAIN}"
+  )
+
+
 def _read_json(path: str, what: str) -> dict:
   try:
     with open(path) as f:
-      return json.load(f)
+      value = json.load(f)
   except (OSError, ValueError) as e:
-    raise PretrainedError(f"cannot read the {what} {path}: {e}") from None
+    raise PretrainedError(
+      f"cannot read the {what} {path} ({e}): {_DOWNLOAD_AGAIN}, or fix the file"
+    ) from None
+  if not isinstance(value, dict):
+    raise PretrainedError(f"the {what} {path} is not a JSON object: {_DOWNLOAD_AGAIN}")
+  return value
 
 
 def load_spec(path: str) -> tuple[UNet2DSpec, int | None]:
@@ -175,10 +232,25 @@ def load_spec(path: str) -> tuple[UNet2DSpec, int | None]:
     spec = UNet2DSpec.from_config(config)
   except UnsupportedConfigError as e:
     raise PretrainedError(f"pretrained={path}: {e}") from None
+  if spec.out_channels != spec.in_channels:
+    raise PretrainedError(
+      f"pretrained={path}: out_channels={spec.out_channels} but in_channels={spec.in_channels} "
+      f"in {os.path.join(unet_dir, CONFIG)}; gen_jax's samplers need an output of the image's "
+      "shape (a network that also predicts its variance, e.g. out_channels = 2 x in_channels, "
+      "is not supported)"
+    )
   null_label = None
   extra_path = os.path.join(unet_dir, GEN_JAX_FILE)
   if os.path.isfile(extra_path):
     null_label = _read_json(extra_path, "gen_jax metadata").get("null_label")
+    rows = spec.num_class_embeds or 0
+    valid = isinstance(null_label, int) and not isinstance(null_label, bool)
+    if null_label is not None and not (valid and 0 <= null_label < rows):
+      raise PretrainedError(
+        f"{extra_path}: null_label={null_label!r} must be a class row of the network, an "
+        f"integer in [0, {rows}) (num_class_embeds={spec.num_class_embeds}), or null; fix the "
+        "file or delete it (then the network has no null class)"
+      )
   return spec, null_label
 
 
@@ -199,7 +271,7 @@ def load(path: str, scheduler_config: str | None = None) -> Pretrained:
   scheduler_path = scheduler_config or find_scheduler_config(unet_dir)
   diffusion = None
   if scheduler_path is not None:
-    diffusion = diffusion_from_scheduler(_read_json(scheduler_path, "scheduler config"))
+    diffusion = diffusion_from_scheduler(read_scheduler_config(scheduler_path))
   return Pretrained(spec, params, null_label, diffusion, unet_dir, scheduler_path)
 
 
@@ -216,6 +288,20 @@ def check_model_uses_it(config, model) -> None:
     raise PretrainedError(
       f"config.pretrained={config.pretrained} is not used by this experiment's "
       f"{type(getattr(model, 'net', model)).__name__}: {_USED_BY}"
+    )
+
+
+def check_can_evaluate(config) -> None:
+  """Raises PretrainedError if config.pretrained is class-conditional without a null class:
+  evaluation's bound and ODE likelihood need the unconditional model it does not have."""
+  if not config.get("pretrained"):
+    return
+  spec, null_label = load_spec(config.pretrained)
+  if spec.num_class_embeds and null_label is None:
+    raise PretrainedError(
+      f"mode=eval: config.pretrained={config.pretrained} is class-conditional without a null "
+      "class, so it has no unconditional model for the likelihoods; it can sample with labels "
+      "(mode=sample) and fine-tune"
     )
 
 
@@ -246,6 +332,28 @@ _INFERENCE_ONLY = (
   "dynamic_thresholding_ratio",
   "sample_max_value",
 )
+
+
+def read_scheduler_config(path: str) -> dict:
+  """The dict of a scheduler_config.json; PretrainedError naming the file if it is unreadable."""
+  return _read_json(path, "scheduler config")
+
+
+def inference_fields(scheduler: dict) -> dict:
+  """The keys of a scheduler config that choose only diffusers' own inference grid
+  (timestep_spacing, steps_offset, ...): gen_jax does not use them, an export writes them back."""
+  return {k: scheduler[k] for k in _INFERENCE_ONLY if k in scheduler}
+
+
+def diffusers_version() -> tuple[str, bool]:
+  """(the `_diffusers_version` an export writes, whether diffusers is installed): the installed
+  release's version, else DIFFUSERS_FORMAT_VERSION, the release whose format it follows."""
+  try:
+    from importlib import metadata
+
+    return metadata.version("diffusers"), True
+  except Exception:  # PackageNotFoundError, or a broken install
+    return DIFFUSERS_FORMAT_VERSION, False
 
 
 def diffusion_from_scheduler(scheduler: dict) -> dict:
@@ -335,10 +443,18 @@ def scheduler_from_diffusion(diffusion: dict) -> dict:
 
 
 def save(
-  out_dir: str, spec: UNet2DSpec, params, *, diffusion: dict, null_label: int | None = None
+  out_dir: str,
+  spec: UNet2DSpec,
+  params,
+  *,
+  diffusion: dict,
+  null_label: int | None = None,
+  scheduler_extras: dict | None = None,
 ) -> str:
   """Writes a DDPMPipeline folder: model_index.json, unet/ (config.json, the .safetensors
-  weights, gen_jax.json with the null class), scheduler/scheduler_config.json.
+  weights, gen_jax.json with the null class), scheduler/scheduler_config.json (with
+  `scheduler_extras`, the source folder's `inference_fields`, if any). `_diffusers_version` is
+  `diffusers_version()`'s.
 
   `DDPMPipeline.from_pretrained(out_dir)` and `UNet2DModel.from_pretrained(out_dir,
   subfolder="unet")` load it. Written into a temporary folder beside out_dir and renamed, so
@@ -359,7 +475,8 @@ def save(
   try:
     unet_dir = os.path.join(tmp, "unet")
     os.makedirs(unet_dir)
-    config = {**spec.to_config(), "_diffusers_version": "0.42.1"}
+    version, _ = diffusers_version()
+    config = {**spec.to_config(), "_diffusers_version": version}
     fileio.write_atomically(os.path.join(unet_dir, CONFIG), json.dumps(config, indent=2))
     save_file(state_dict_from_params(params), os.path.join(unet_dir, SAFETENSORS))
     if null_label is not None:
@@ -369,11 +486,18 @@ def save(
     os.makedirs(os.path.join(tmp, "scheduler"))
     fileio.write_atomically(
       os.path.join(tmp, "scheduler", SCHEDULER_CONFIG),
-      json.dumps(scheduler_from_diffusion(diffusion), indent=2),
+      json.dumps(
+        {
+          **scheduler_from_diffusion(diffusion),
+          **inference_fields(scheduler_extras or {}),
+          "_diffusers_version": version,
+        },
+        indent=2,
+      ),
     )
     index = {
       "_class_name": "DDPMPipeline",
-      "_diffusers_version": "0.42.1",
+      "_diffusers_version": version,
       "scheduler": ["diffusers", "DDPMScheduler"],
       "unet": ["diffusers", "UNet2DModel"],
     }

@@ -396,27 +396,46 @@ def params_from_state_dict(
 ):
   """Flax parameters of DiffusersUNet(spec) from diffusers' tensors (numpy, any float dtype;
   returned as float32). Raises ValueError listing missing, unexpected or misshapen tensors."""
-  state = {}
-  for key, value in state_dict.items():
-    parts = key.split(".")
-    if len(parts) >= 2 and parts[-2] in _DEPRECATED_ATTENTION:
-      key = ".".join((*parts[:-2], _DEPRECATED_ATTENTION[parts[-2]], parts[-1]))
-    state[key] = np.asarray(value)
+  state = {_current_name(key): np.asarray(value) for key, value in state_dict.items()}
+  check_state_shapes(spec, {key: value.shape for key, value in state.items()}, null_label)
+  out = {}
+  for path in flax.traverse_util.flatten_dict(abstract_params(spec, null_label)["params"]):
+    array = state[_torch_key(path)]
+    if path[-1] == "kernel":
+      array = array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T
+    out[path] = jnp.asarray(array, jnp.float32)
+  return {"params": flax.traverse_util.unflatten_dict(out)}
+
+
+def _current_name(key: str) -> str:
+  """A tensor's name as diffusers >= 0.14 writes it (query -> to_q, ...)."""
+  parts = key.split(".")
+  if len(parts) >= 2 and parts[-2] in _DEPRECATED_ATTENTION:
+    return ".".join((*parts[:-2], _DEPRECATED_ATTENTION[parts[-2]], parts[-1]))
+  return key
+
+
+def check_state_shapes(
+  spec: UNet2DSpec, shapes: Mapping[str, tuple], null_label: int | None = None
+) -> None:
+  """Raises ValueError listing missing, unexpected or misshapen tensors, from the tensors'
+  names and (torch) shapes alone: a start-up check that reads no weights."""
+  state = {_current_name(key): tuple(shape) for key, shape in shapes.items()}
   flat = flax.traverse_util.flatten_dict(abstract_params(spec, null_label)["params"])
-  out, missing, misshapen = {}, [], []
+  missing, misshapen = [], []
   for path, leaf in flat.items():
     key = _torch_key(path)
     if key not in state:
       missing.append(key)
       continue
-    array = state.pop(key)
-    stored_shape = array.shape
+    stored_shape = state.pop(key)
+    shape = stored_shape
     if path[-1] == "kernel":
-      array = array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T
-    if array.shape != leaf.shape:
-      misshapen.append(f"{key} {stored_shape} (Flax {array.shape}, expected {leaf.shape})")
-      continue
-    out[path] = jnp.asarray(array, jnp.float32)
+      shape = tuple(
+        shape[i] for i in ((2, 3, 1, 0) if len(shape) == 4 else range(len(shape))[::-1])
+      )
+    if shape != tuple(leaf.shape):
+      misshapen.append(f"{key} {stored_shape} (Flax {shape}, expected {tuple(leaf.shape)})")
   problems = []
   if missing:
     problems.append(f"missing tensors: {', '.join(missing[:8])}" + ("..." * (len(missing) > 8)))
@@ -427,7 +446,6 @@ def params_from_state_dict(
     problems.append(f"tensors of the wrong shape: {', '.join(misshapen[:8])}")
   if problems:
     raise ValueError("the weights do not match config.json: " + "; ".join(problems))
-  return {"params": flax.traverse_util.unflatten_dict(out)}
 
 
 def state_dict_from_params(params) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ place that decides what counts as a checkpoint on disk.
 import contextlib
 import logging as std_logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -199,13 +200,19 @@ def restore_newest(
       "it finished" + ("; deleting it" if set_aside and is_writer else "")
     )
   with _quiet_closed_event_loops():
-    state, found, rejected, first_reason = _restore_first_readable(
-      directory,
-      sorted(mngr.all_steps(), reverse=True),
-      abstract_state,
-      report,
-      "setting it aside" if set_aside else "skipping it",
+    state, found, rejected, reasons = _restore_first_readable(
+      directory, sorted(mngr.all_steps(), reverse=True), abstract_state
     )
+  if rejected:  # their late callbacks arrive until the process exits, past the `with`
+    _drop_closed_loop_errors()
+  # Said once the outcome is known: when no step restores, nothing is set aside.
+  action = ("setting it aside" if set_aside else "skipping it") if found is not None else None
+  for step, reason in zip(rejected, reasons):
+    report(
+      f"checkpoint: step {step} in {directory} cannot be restored ({reason})"
+      + (f"; {action}" if action else "")
+    )
+  first_reason = reasons[0] if reasons else None
   if rejected and found is None:
     raise UnreadableCheckpointError(
       f"none of the checkpoints in {directory} can be restored (steps "
@@ -232,9 +239,9 @@ def restore_newest(
   return state, found
 
 
-def _restore_first_readable(directory, steps, abstract_state, report, action):
-  """Tries `steps` in order: (state, step, rejected steps, first reason); state None if none."""
-  rejected, first_reason = [], None
+def _restore_first_readable(directory, steps, abstract_state):
+  """Tries `steps` in order: (state, step, rejected steps, their reasons); state None if none."""
+  rejected, reasons = [], []
   for step in steps:
     # A throwaway manager per attempt: a failed restore can leave a manager unable to restore
     # anything else (seen: after an emptied step folder, every step fails the same way).
@@ -242,16 +249,17 @@ def _restore_first_readable(directory, steps, abstract_state, report, action):
     try:
       state = trial.restore(step, args=ocp.args.StandardRestore(abstract_state))
       _check_finite(state)
-      return state, step, rejected, first_reason
+      return state, step, rejected, reasons
     except Exception as e:  # orbax and tensorstore raise many types
-      first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-      reason = f"{type(e).__name__}: {first_line}"
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      # orbax's advice to restore with strict=False (truncating or padding arrays) is about its
+      # API, not this command: a checkpoint of another shape is another model.
+      first_line = re.split(r"\s*Truncating/padding is disabled", first_line)[0][:200]
       rejected.append(step)
-      first_reason = first_reason or reason
-      report(f"checkpoint: step {step} in {directory} cannot be restored ({reason}); {action}")
+      reasons.append(f"{type(e).__name__}: {first_line}")
     finally:
       trial.close()
-  return None, None, rejected, first_reason
+  return None, None, rejected, reasons
 
 
 def _is_closed_loop_error(error) -> bool:
@@ -259,7 +267,7 @@ def _is_closed_loop_error(error) -> bool:
 
 
 def _drop_closed_loop_errors() -> None:
-  """After a failed save, tensorstore's callbacks keep arriving at orbax's closed asyncio loop
+  """After a failed save or restore, tensorstore's callbacks keep arriving at orbax's closed asyncio loop
   for the rest of the process, each printed as a traceback (through sys.excepthook or
   sys.unraisablehook): drops those, and only those, from now on."""
   if getattr(sys.excepthook, "drops_closed_loop_errors", False):

@@ -43,6 +43,7 @@ RESUMABLE_CHANGES = (
   "sample.",
   "eval.",
   "mesh.",  # how the state is laid out over devices; checkpoints restore onto any layout
+  "pretrained_scheduler",  # a diffusers folder's inference grid, kept only for an export
 )
 # Room for metrics.jsonl, TensorBoard events and sample pictures at start-up (a grid PNG of 64
 # samples is tens of kB); checkpoints are counted exactly.

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from gen_jax import configs, data
@@ -103,7 +104,9 @@ def open_run(
     resume.check_resume_config(config, workdir, unverified=resume_unverified)
   else:
     checkpoint.require_checkpoint(workdir)
-  mesh = sharding.make_mesh(config.mesh.fsdp)
+  # Training lays its state out as config.mesh.fsdp says; sample and eval read it onto any layout.
+  fsdp = config.mesh.fsdp if mode == "train" else sharding.reading_fsdp(config.mesh.fsdp)
+  mesh = sharding.make_mesh(fsdp)
   sharding.check_batch_size(config.data.batch_size, mesh)
   if mode == "eval":
     sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
@@ -118,10 +121,19 @@ def open_run(
     from gen_jax import pretrained  # (safetensors, only for runs from a diffusers folder)
 
     pretrained.check_model_uses_it(config, model)
+    if mode == "eval":
+      pretrained.check_can_evaluate(config)
+  if dataset is not None:  # before the model is traced on the data's shape, below
+    where = f"config.data.path={config.data.path}" if config.data.path else dataset.name
+    multiple, name = _size_multiple(model)
+    validation.check_images_fit(
+      dataset.kind, dataset.example_shape, where=where, size_multiple=multiple, model=name
+    )
+  else:  # a workdir trained before this check: its pictures could not be written either
+    validation.check_images_fit(kind, example_shape, where=f"workdir={workdir} (data_spec.json)")
   if mode == "train":
     _check_classes(model, dataset)
     resume.check_resume_data(workdir, dataset)
-    where = f"config.data.path={config.data.path}" if config.data.path else dataset.name
     validation.check_points_dimension(dataset.kind, dataset.example_shape, where=where)
   tx, train_step = step.train_step_for(config, model)
   abstract = jax.eval_shape(
@@ -134,7 +146,14 @@ def open_run(
   )
   if mode == "train":  # The sample grids' sampler, before training, not at the first grid.
     sample = config.sample
-    check_sampler(model, abstract_state, sample.sampler, sample.num_steps, sample.options)
+    check_sampler(
+      model,
+      abstract_state,
+      sample.sampler,
+      sample.num_steps,
+      sample.options,
+      guidance_scale=sample.guidance_scale,
+    )
     resume.check_free_space(workdir, abstract_state, config.train.keep_checkpoints)
     model_config = config.get("model", {})
     resume.check_attention_memory(
@@ -159,21 +178,54 @@ def open_run(
   )
 
 
-def check_sampler(model, abstract_state, sampler: str, num_steps: int | None, options) -> None:
+def check_sampler(
+  model,
+  abstract_state,
+  sampler: str,
+  num_steps: int | None,
+  options,
+  guidance_scale: float = 0.0,
+) -> None:
   """Raises ConfigError now, naming the arguments, if the model cannot sample with these
-  settings (an unknown sampler, a step count out of range), rather than after minutes of
-  other work. options: the sampler's (config.sample.options). Traces the sampler on abstract
+  settings (an unknown sampler, a step count out of range, guidance without a null class),
+  rather than after minutes of other work. options: the sampler's (config.sample.options).
+  A class-conditional model is traced with labels, as the sample grids draw it (one row per
+  class), so a network without a null class samples too. Traces the sampler on abstract
   values: no computation."""
+  labels = jnp.zeros((2,), jnp.int32) if getattr(model, "num_classes", 0) else None
+  draw = functools.partial(
+    model.sample, num_samples=2, sampler=sampler, num_steps=num_steps, **(options or {})
+  )
   try:
     jax.eval_shape(
-      functools.partial(
-        model.sample, num_samples=2, sampler=sampler, num_steps=num_steps, **(options or {})
-      ),
+      functools.partial(draw, labels=labels), abstract_state.ema_params, jax.random.key(0)
+    )
+  except ValueError as e:
+    raise ConfigError(f"sampler={sampler} num_steps={num_steps}: {e}") from None
+  if labels is None or not guidance_scale:
+    return
+  try:
+    jax.eval_shape(
+      functools.partial(draw, labels=labels, guidance_scale=guidance_scale),
       abstract_state.ema_params,
       jax.random.key(0),
     )
   except ValueError as e:
-    raise ConfigError(f"sampler={sampler} num_steps={num_steps}: {e}") from None
+    raise ConfigError(f"config.sample.guidance_scale={guidance_scale}: {e}; set it to 0") from None
+
+
+def _size_multiple(model) -> tuple[int, str]:
+  """(2^k, a name) of a U-Net that halves its input k times: the data's height and width must be
+  multiples of 2^k (its skip connections concatenate maps of equal size); (1, "") otherwise."""
+  from gen_jax import nets  # (Flax modules, imported by the model already)
+  from gen_jax.pretrained import diffusers_unet
+
+  net = getattr(model, "net", None)
+  if isinstance(net, nets.UNet):
+    return 2 ** (len(net.ch_mult) - 1), f"the U-Net (config.model.ch_mult={tuple(net.ch_mult)})"
+  if isinstance(net, diffusers_unet.DiffusersUNet):
+    return 2 ** (len(net.spec.block_out_channels) - 1), "the diffusers U-Net"
+  return 1, ""
 
 
 def _check_classes(model, dataset) -> None:

@@ -15,6 +15,7 @@ per device. With one device everything degenerates to plain jit.
 (evaluation's feature extraction).
 """
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -48,6 +49,16 @@ def make_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
   # Explicit, puts shardings into the types, and then e.g. flax's Dropout fails to trace.)
   auto = (jax.sharding.AxisType.Auto,) * 2
   return jax.make_mesh((devices // fsdp, fsdp), BATCH_AXES, axis_types=auto)
+
+
+def reading_fsdp(fsdp) -> int:
+  """The fsdp for sample and eval, which read a checkpoint onto any layout: config.mesh.fsdp
+  (usually the training's, from the workdir's config.json) reduced to its greatest common
+  divisor with this device count, so a run trained with fsdp=4 on 4 devices samples on 1.
+  A value that is no positive integer is returned as it is, for make_mesh to name."""
+  if isinstance(fsdp, int) and not isinstance(fsdp, bool) and fsdp >= 1:
+    return math.gcd(fsdp, jax.device_count())
+  return fsdp
 
 
 def replicated(mesh) -> NamedSharding:

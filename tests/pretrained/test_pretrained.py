@@ -464,7 +464,10 @@ def test_run_py_samples_evaluates_finetunes_and_exports_a_diffusers_folder(env, 
   model = _peer_model(TINY)
   model.save_pretrained(folder / "unet")
   scheduling_ddpm.DDPMScheduler(
-    num_train_timesteps=20, beta_schedule="squaredcos_cap_v2"
+    num_train_timesteps=20,
+    beta_schedule="squaredcos_cap_v2",
+    timestep_spacing="trailing",
+    steps_offset=1,
   ).save_pretrained(folder / "scheduler")
   cwd, workdir = str(tmp_path), str(tmp_path / "imported")
 
@@ -472,6 +475,7 @@ def test_run_py_samples_evaluates_finetunes_and_exports_a_diffusers_folder(env, 
     env, cwd, *DIGITS_FLAGS, f"--pretrained={folder}", f"--workdir={workdir}", "--mode=sample"
   )
   assert "Imported" in result.stdout
+  assert f"Schedule of {folder}: cosine betas, T=20, eps-prediction" in result.stdout
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   assert saved["pretrained"] == str(folder) and saved["diffusion"]["num_timesteps"] == 20
@@ -498,6 +502,13 @@ def test_run_py_samples_evaluates_finetunes_and_exports_a_diffusers_folder(env, 
     == 0
   )
   config = workdir_lib.with_saved_config(runs.config("ddpm_digits"), finetuned)
+  # The source's inference grid and the installed diffusers' version go into the export.
+  import diffusers
+
+  with open(os.path.join(export, "scheduler", "scheduler_config.json")) as f:
+    scheduler = json.load(f)
+  assert (scheduler["timestep_spacing"], scheduler["steps_offset"]) == ("trailing", 1)
+  assert scheduler["_diffusers_version"] == diffusers.__version__
   exported = UNet2DModel.from_pretrained(export, subfolder="unet").state_dict()
   # Fine-tuned from the folder's weights: 3 Adam steps move each weight by at most about 3 lr.
   moved = max(float((exported[k] - v).abs().max()) for k, v in model.state_dict().items())
@@ -508,15 +519,13 @@ def test_experiments_with_a_network_of_their_own_refuse_a_folder(tmp_path):
   """ddpm_toy2d's MLP, a VAE, mle_toy: config.pretrained would be ignored, so it is refused."""
   from gen_jax.train import from_pretrained
 
-  folder = tmp_path / "unet"
-  folder.mkdir()
-  (folder / "config.json").write_text(json.dumps(TINY))
+  folder = _folder(tmp_path)
   toy2d = runs.config("ddpm_toy2d")
   config = from_pretrained.use_pretrained(toy2d, str(folder))
   model = runs.load_script("experiments/ddpm_toy2d.py").build(config, (2,))
   with pytest.raises(pretrained.PretrainedError, match="not used by this experiment's MLPDenoiser"):
     pretrained.check_model_uses_it(config, model)
-  # A scheduler config given explicitly wins over the folder's (here: none).
+  # A scheduler config given explicitly wins over the folder's.
   (tmp_path / "scheduler.json").write_text(json.dumps({"num_train_timesteps": 40}))
   digits = from_pretrained.use_pretrained(
     runs.config("ddpm_digits"), str(folder), scheduler_config=str(tmp_path / "scheduler.json")
@@ -537,3 +546,263 @@ def test_a_workdir_of_one_folder_refuses_another(tmp_path):
   config.pretrained = "/models/b"
   with pytest.raises(ConfigError, match="pretrained=/models/a, not"):
     from_pretrained.import_pretrained(config, str(workdir), models.make_unet_diffusion)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Start-up checks: a folder that cannot be run is refused in one line before anything is written (issue 27
+# item 7, issue 26 "Pretrained")
+
+
+def _folder(tmp_path, name="tiny", null_label=None, num_timesteps=20, **overrides):
+  """A DDPMPipeline folder of a random TINY network (8x8x1, ddpm_digits' images) written by gen_jax's own
+  `save` (no torch): unet/ with config.json and weights, scheduler/ with a cosine T=20 DDPMScheduler."""
+  spec = UNet2DSpec.from_config({**TINY, **overrides})
+  params = _random_params(diffusers_unet.abstract_params(spec, null_label))
+  diffusion = dict(
+    models.diffusion_config(num_timesteps=num_timesteps, beta_schedule="cosine", prediction="v")
+  )
+  return pretrained.save(
+    str(tmp_path / name), spec, params, diffusion=diffusion, null_label=null_label
+  )
+
+
+def _run_py_fails(env, tmp_path, *args):
+  """run.py's ddpm_digits with `args`, which must fail at start-up: (the one stderr line, the workdir)."""
+  workdir = tmp_path / "run"
+  result = runs.run_py(
+    env, str(tmp_path), *DIGITS_FLAGS, f"--workdir={workdir}", *args, check=False
+  )
+  assert result.returncode == 1, result.stdout + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  assert not workdir.exists(), sorted(os.listdir(workdir))  # nothing half-written
+  return lines[0]
+
+
+def test_a_pipeline_without_its_scheduler_is_refused_not_guessed(env, tmp_path):
+  """Before: the experiment's linear / eps / T=1000 schedule was taken silently for a v-prediction cosine
+  T=20 network, exit 0, and written into the workdir's config.json."""
+  folder = _folder(tmp_path)
+  os.rename(os.path.join(folder, "scheduler"), tmp_path / "scheduler-elsewhere")
+  line = _run_py_fails(env, tmp_path, f"--pretrained={folder}")
+  assert "has no scheduler_config.json" in line and "pass --scheduler_config=PATH" in line, line
+  # With the file named, the schedule is the file's, and one line says which it is.
+  from gen_jax.train import from_pretrained
+
+  said = []
+  config = from_pretrained.use_pretrained(
+    runs.config("ddpm_digits"),
+    folder,
+    scheduler_config=str(tmp_path / "scheduler-elsewhere" / "scheduler_config.json"),
+    report=said.append,
+  )
+  assert (config.diffusion.num_timesteps, config.diffusion.prediction) == (20, "v")
+  assert said == [
+    f"Schedule of {folder}: cosine betas, T=20, v-prediction, variance small, x0 clipped (from "
+    f"{tmp_path / 'scheduler-elsewhere' / 'scheduler_config.json'})"
+  ]
+
+
+@pytest.mark.parametrize(
+  "damaged", ["unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
+)
+def test_a_truncated_file_of_the_folder_is_one_line_and_nothing_is_written(env, tmp_path, damaged):
+  """An interrupted download. Before: 29-36-line tracebacks (SafetensorError is no ValueError; a raw json.load),
+  and --mode=train left .lock, an empty checkpoints/, config.json, data_spec.json and experiment.txt."""
+  folder = _folder(tmp_path)
+  path = os.path.join(folder, damaged)
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[: len(data) // 2])
+  line = _run_py_fails(env, tmp_path, f"--pretrained={folder}")
+  assert path in line and "download the folder again" in line, line
+
+
+def test_a_network_whose_output_is_not_the_image_is_refused_by_name(tmp_path):
+  """out_channels != in_channels (a learned-variance head): before, accepted, and lax.scan failed at the first
+  sample, after a step-0 import had been written."""
+  folder = _folder(tmp_path, out_channels=2)
+  with pytest.raises(pretrained.PretrainedError, match=r"out_channels=2 but in_channels=1"):
+    pretrained.load_spec(folder)
+  from gen_jax.train import from_pretrained
+
+  with pytest.raises(pretrained.PretrainedError, match="out_channels=2"):
+    from_pretrained.use_pretrained(runs.config("ddpm_digits"), folder)
+
+
+@pytest.mark.parametrize("null_label", [3, -1, 1.5, "0", True])
+def test_a_null_label_outside_the_class_rows_is_refused(tmp_path, null_label):
+  """gen_jax.json's null_label must be a row of num_class_embeds; before, any value was taken (3 of 3 rows
+  indexed past the embedding table)."""
+  folder = _folder(tmp_path, null_label=0, num_class_embeds=3)
+  with open(os.path.join(folder, "unet", "gen_jax.json"), "w") as f:
+    json.dump({"null_label": null_label}, f)
+  with pytest.raises(pretrained.PretrainedError, match=r"gen_jax\.json: null_label=.* \[0, 3\)"):
+    pretrained.load_spec(folder)
+
+
+def test_weights_that_do_not_fit_are_refused_before_anything_is_written(tmp_path):
+  """The tensors' shapes are checked from the .safetensors header at start-up (before: in the training's
+  first restore_or_init, after the workdir was made)."""
+  from gen_jax.train import from_pretrained
+
+  folder = _folder(tmp_path)
+  with open(os.path.join(folder, "unet", "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(folder, "unet", "config.json"), "w") as f:
+    json.dump({**config, "block_out_channels": [8, 24]}, f)
+  with pytest.raises(pretrained.PretrainedError, match=r"do not match config\.json.*wrong shape"):
+    from_pretrained.use_pretrained(runs.config("ddpm_digits"), folder)
+
+
+def test_model_overrides_the_folder_ignores_are_refused_naming_the_flags(env, tmp_path):
+  """--config.model.dropout with --pretrained: before, silently ignored (the folder decides the network);
+  and the messages said --config.pretrained=, a flag that does not exist."""
+  folder = _folder(tmp_path)
+  line = _run_py_fails(env, tmp_path, f"--pretrained={folder}", "--config.model.dropout=0.3")
+  assert line == (
+    f"error: --config.model.dropout does not apply with --pretrained={folder}: the folder's config.json "
+    "decides the network (only the model fields num_classes, cond_drop_prob, compute_dtype, remat apply); "
+    "drop the override"
+  ), line
+  line = _run_py_fails(env, tmp_path, f"--pretrained={folder}", "--config.model.remat=True")
+  assert "--config.model.remat=True is not supported with --pretrained (only False)" in line, line
+  assert "--config.pretrained" not in line
+
+
+def test_as_flags_names_the_pretrained_flag(monkeypatch):
+  monkeypatch.setenv("GEN_JAX_CPU_FLAGS", "0")  # importing run.py leaves XLA's flags alone
+  run_py = runs.load_script("run.py")
+  assert run_py.as_flags("config.pretrained=/m is a U-Net for 8x8x1 images") == (
+    "--pretrained=/m is a U-Net for 8x8x1 images"
+  )
+  assert run_py.as_flags("not supported with config.pretrained (only 'float32')") == (
+    "not supported with --pretrained (only 'float32')"
+  )
+
+
+def test_a_short_fine_tune_draws_a_grid_scaled_to_it():
+  """ddpm_cifar fine-tuned for 2 steps of 128 examples: before, the experiment's 64 samples of 1000-step DDPM
+  (64,000 network calls for 256 training examples, over 10 minutes at 64x64 on a CPU)."""
+  from gen_jax.train import from_pretrained
+
+  config = runs.config("ddpm_cifar", {"train.num_steps": 2})
+  said = []
+  scaled = from_pretrained.scale_sample_grid(config, report=said.append)
+  sample = scaled.sample
+  assert (sample.sampler, sample.num_steps, sample.num_samples) == ("ddim", 10, 25)
+  assert sample.num_samples * sample.num_steps <= 2 * 128
+  assert said and "25 samples of 10-step DDIM" in said[0] and "config.sample.*" in said[0]
+  # A grid chosen on the command line, or one the run can afford, stays.
+  assert from_pretrained.scale_sample_grid(config, keep={"sample.sampler"}) is config
+  assert from_pretrained.scale_sample_grid(runs.config("ddpm_cifar")) is not None
+  long = runs.config("ddpm_cifar", {"train.num_steps": 10_000})
+  assert from_pretrained.scale_sample_grid(long) is long
+  # Guidance doubles the calls per step.
+  guided = runs.config("ddpm_cifar", {"train.num_steps": 100, "sample.guidance_scale": 2.0})
+  sample = from_pretrained.scale_sample_grid(guided).sample
+  assert 2 * sample.num_samples * sample.num_steps <= 100 * 128
+
+
+def test_a_class_conditional_folder_without_a_null_class_samples_with_labels(tmp_path):
+  """docs/pretrained.md: such a network samples with labels (no guidance) and fine-tunes with
+  cond_drop_prob=0. Before, check_sampler traced model.sample without labels, so its training was refused."""
+  from gen_jax.train import from_pretrained, run_setup
+
+  folder = _folder(tmp_path, num_class_embeds=10)
+  config = from_pretrained.use_pretrained(
+    runs.config("ddpm_digits", {"model.cond_drop_prob": 0.0}), folder
+  )
+  model = models.make_unet_diffusion(config, (8, 8, 1))
+  assert model.num_classes == 10
+  params = diffusers_unet.abstract_params(model.net.spec, None)
+  state = type("State", (), {"ema_params": params})
+  run_setup.check_sampler(model, state, "ddim", 2, None)
+  with pytest.raises(
+    ConfigError, match=r"config\.sample\.guidance_scale=1\.5: .*without a null class.*set it to 0"
+  ):
+    run_setup.check_sampler(model, state, "ddim", 2, None, guidance_scale=1.5)
+
+
+def test_export_writes_the_diffusers_version_and_the_source_inference_grid(
+  tmp_path, monkeypatch, capsys
+):
+  """Before: "_diffusers_version": "0.42.1" whatever was installed, and the source folder's timestep_spacing /
+  steps_offset dropped."""
+  from importlib import metadata
+
+  spec = UNet2DSpec.from_config(TINY)
+  params = _random_params(diffusers_unet.abstract_params(spec))
+  diffusion = dict(models.diffusion_config(num_timesteps=20))
+  real_version = metadata.version
+
+  def version(name):
+    if name == "diffusers":
+      return "9.8.7"
+    return real_version(name)
+
+  monkeypatch.setattr(metadata, "version", version)
+  folder = pretrained.save(
+    str(tmp_path / "a"),
+    spec,
+    params,
+    diffusion=diffusion,
+    scheduler_extras={"timestep_spacing": "trailing", "steps_offset": 1, "beta_start": 0.5},
+  )
+  with open(os.path.join(folder, "scheduler", "scheduler_config.json")) as f:
+    scheduler = json.load(f)
+  assert (scheduler["timestep_spacing"], scheduler["steps_offset"]) == ("trailing", 1)
+  assert scheduler["beta_start"] == pytest.approx(0.005)  # only the inference-grid keys are carried
+  for name in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
+    with open(os.path.join(folder, name)) as f:
+      assert json.load(f)["_diffusers_version"] == "9.8.7", name
+
+  def missing(name):
+    raise metadata.PackageNotFoundError(name)
+
+  monkeypatch.setattr(metadata, "version", missing)
+  assert pretrained.diffusers_version() == (pretrained.DIFFUSERS_FORMAT_VERSION, False)
+  folder = pretrained.save(str(tmp_path / "b"), spec, params, diffusion=diffusion)
+  with open(os.path.join(folder, "model_index.json")) as f:
+    assert json.load(f)["_diffusers_version"] == "0.42.1"
+
+
+def test_the_inference_grid_of_the_source_is_kept_in_the_config(tmp_path):
+  from gen_jax.train import from_pretrained
+
+  folder = _folder(tmp_path)
+  path = os.path.join(folder, "scheduler", "scheduler_config.json")
+  with open(path) as f:
+    scheduler = json.load(f)
+  with open(path, "w") as f:
+    json.dump({**scheduler, "timestep_spacing": "trailing", "steps_offset": 1}, f)
+  config = from_pretrained.use_pretrained(runs.config("ddpm_digits"), folder)
+  assert config.pretrained_scheduler.to_dict() == {
+    "timestep_spacing": "trailing",
+    "steps_offset": 1,
+  }
+
+
+@pytest.mark.slow
+def test_run_py_fine_tunes_and_samples_a_class_conditional_folder_without_a_null_class(
+  env, tmp_path
+):
+  """What docs/pretrained.md promises: it fine-tunes with cond_drop_prob=0 and samples with --class_label;
+  evaluation, which needs the unconditional model, is refused in one line before anything is imported.
+  Before: the fine-tune was refused at start-up (check_sampler traced the sampler without labels)."""
+  folder = _folder(tmp_path, num_class_embeds=10)  # the digits' 10 classes, no null row
+  cwd, workdir = str(tmp_path), str(tmp_path / "finetuned")
+  flags = [*DIGITS_FLAGS, f"--pretrained={folder}", "--config.model.cond_drop_prob=0"]
+  runs.run_py(env, cwd, *flags, f"--workdir={workdir}")
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
+  runs.run_py(env, cwd, *DIGITS_FLAGS, f"--workdir={workdir}", "--mode=sample", "--class_label=3")
+  with np.load(os.path.join(workdir, "samples.npz")) as f:
+    assert f["images"].shape == (4, 8, 8, 1) and set(f["labels"]) == {3}
+  imported = tmp_path / "imported"
+  result = runs.run_py(env, cwd, *flags, f"--workdir={imported}", "--mode=eval", check=False)
+  assert result.returncode == 1 and not imported.exists(), result.stdout + result.stderr
+  assert result.stderr.strip() == (
+    f"error: --mode=eval: --pretrained={folder} is class-conditional without a null class, so it has no "
+    "unconditional model for the likelihoods; it can sample with labels (--mode=sample) and fine-tune"
+  )
