@@ -70,12 +70,20 @@ def test_experiment_has_build_or_run(name):
 FROZEN_CONFIGS = os.path.join(os.path.dirname(__file__), "support", "experiment_configs.json")
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+with open(FROZEN_CONFIGS) as f:
+  FROZEN = sorted(json.load(f))
+
+
+@pytest.mark.parametrize("name", FROZEN)
 def test_config_values_are_those_before_the_shared_helpers(name):
   """configs.unet_config and config.sample.options changed where the values come from, not
   the values: every field is the frozen copy's, sample.eta (0.0) now sample.options.eta (None,
-  which is DDIM's 0.0)."""
+  which is DDIM's 0.0), and config.diffusion's continuous-time fields (added since) at the
+  defaults that keep DDPM's discrete process."""
+  import ml_collections
+
   from gen_jax import configs
+  from gen_jax.models import process_model
 
   with open(FROZEN_CONFIGS) as f:
     before = json.load(f)[name]
@@ -83,6 +91,11 @@ def test_config_values_are_those_before_the_shared_helpers(name):
   if "sample" in before:
     assert before["sample"].pop("eta") == 0.0
     assert now["sample"].pop("options") == configs.sampler_options().to_dict()
+  if "diffusion" in before:
+    added = json.loads(ml_collections.ConfigDict(process_model.process_fields()).to_json())
+    for field, default in added.items():
+      if field not in before["diffusion"]:
+        assert now["diffusion"].pop(field) == default, field
   assert now == before
 
 

@@ -168,7 +168,7 @@ def _bisect_log_snr(process: GaussianProcess, log_snr, iterations: int = 60) -> 
   return 0.5 * (lo + hi)
 
 
-def _vp_from_log_snr(log_snr) -> tuple[Array, Array]:
+def vp_alpha_sigma(log_snr) -> tuple[Array, Array]:
   """(alpha, sigma) of a variance-preserving process at log-SNR lambda, stable in both tails:
   exp(log_sigmoid(+-lambda) / 2), whose derivative alpha (1 - alpha^2) lambda' / 2 is 0 where
   alpha underflows (sqrt(sigmoid) differentiates to 0 / 0 = nan there: a zero-terminal-SNR
@@ -195,7 +195,7 @@ def _discrete_alpha_sigma(p, t):
   # 1e4) and real t stays below T - 1 there (t_max).
   lower = jnp.clip(jnp.floor(t), 0, num_timesteps - 2).astype(jnp.int32)
   frac = t - grid[lower]
-  return _vp_from_log_snr(-(neg[lower] + frac * (neg[lower + 1] - neg[lower])))
+  return vp_alpha_sigma(-(neg[lower] + frac * (neg[lower + 1] - neg[lower])))
 
 
 def _discrete_inverse(p, log_snr):
@@ -366,7 +366,7 @@ class _GammaAlphaSigma:
   gamma_fn: Callable
 
   def __call__(self, p, t):
-    return _vp_from_log_snr(-self.gamma_fn(p, t))
+    return vp_alpha_sigma(-self.gamma_fn(p, t))
 
 
 def _check_range(name, t_min, t_max, lo, hi):

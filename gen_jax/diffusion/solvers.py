@@ -299,7 +299,7 @@ class _Plan:
 
 
 def _default_spacing(process) -> str:
-  """"uniform" where alpha(t_max) = 0 (rectified flow to t = 1: the karras grid's sigma/alpha is
+  """ "uniform" where alpha(t_max) = 0 (rectified flow to t = 1: the karras grid's sigma/alpha is
   infinite there), else "karras". Read at trace time: t_max is static, and a process without
   traced parameters (rectified flow) gives a concrete alpha even inside jit."""
   with jax.ensure_compile_time_eval():

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gen_jax.diffusion import process
 from gen_jax.diffusion._helpers import sum_data_dims
 from gen_jax.diffusion.losses import _check_grid, _on_grid
 
@@ -47,8 +48,10 @@ NUM_LEVELS = 256  # 8-bit data
 
 
 def alpha_sigma(gamma) -> tuple[Array, Array]:
-  """(alpha, sigma) = (sqrt(sigmoid(-gamma)), sqrt(sigmoid(gamma))), elementwise."""
-  return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
+  """(alpha, sigma) = (sqrt(sigmoid(-gamma)), sqrt(sigmoid(gamma))), elementwise: the variance-
+  preserving process at log-SNR -gamma, computed as gen_jax.diffusion.process computes every VP
+  process (so `process.log_snr_process` of a VDM schedule gives these numbers bit for bit)."""
+  return process.vp_alpha_sigma(-gamma)
 
 
 # ----------------------------------------------------------------------------

@@ -65,6 +65,7 @@ def load_k_diffusion():
   if "k_diffusion" not in sys.modules:
     package = types.ModuleType("k_diffusion")
     package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec  # so importlib.util.find_spec("k_diffusion") still answers afterwards
     sys.modules["k_diffusion"] = package
   stubbed = []
   if importlib.util.find_spec("torchvision") is None:
