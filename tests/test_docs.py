@@ -110,6 +110,25 @@ def test_the_checker_catches_a_wrong_name():
         "variance_tap",
       ],
     ),
+    (
+      "gen_jax/diffusion/process.py",
+      [
+        "GaussianProcess",
+        "discrete_process",
+        "q_sample",
+        "to_x0_eps",
+        "from_x0_eps",
+        "ode_velocity",
+        "rectified_flow",
+      ],
+    ),
+    (
+      "gen_jax/diffusion/denoising.py",
+      ["weighting_fn", "weighted_error", "implied_weighting", "elbo_terms"],
+    ),
+    ("gen_jax/diffusion/preconditioning.py", ["edm_preconditioning"]),
+    ("gen_jax/diffusion/solvers.py", ["euler_sample", "ddim_sample", "euler_maruyama_sample"]),
+    ("gen_jax/diffusion/process_ode.py", ["ode_log_likelihood"]),
   ],
 )
 def test_covers_every_equation(path, names):
