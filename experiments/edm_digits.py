@@ -11,7 +11,7 @@ U-Net inside EDM's preconditioning D(x; sigma) = c_skip x + c_out F(c_in x, c_no
 (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 at ln sigma ~ N(-1.2, 1.2^2), sampled by EDM's
 Heun sampler on its rho = 7 grid (18 steps, 35 network calls). Network, data, optimizer and steps
 are ddpm_digits' (a step costs the same). Variants: --config.sample.num_steps=N,
---config.sample.sampler=euler (or dpmpp_2m, ddim).
+--config.sample.sampler=euler (or dpm++2m, ddim).
 """
 
 import ml_collections
