@@ -6,26 +6,33 @@ end-to-end tests (run.py in a subprocess, tiny configs) live in tests/support/.
 """
 
 import os
-import pathlib
+import re
 
 import jax
 import pytest
 
-# A test module that imports one of these needs the `peers` extra; without it the module skips
-# (pytest.importorskip) with the reason, and .ci/run's second step reruns exactly these (-m peers).
-_PEER_MARKS = ('importorskip("torch")', 'importorskip("diffusers")', 'importorskip("k_diffusion")')
+# The optional peers (the `peers` extra and CI's no-deps installs). A test that needs one skips
+# without it, saying which; with GEN_JAX_RECORD_PEER_SKIPS=FILE set, each such skip's test id is
+# appended to FILE, and .ci/run's second step runs exactly those once the peers are installed.
+_PEERS = ("torch", "diffusers", "k_diffusion", "flow_matching", "safetensors")
 
 
-def pytest_collection_modifyitems(config, items):
-  """Marks every test of a module that needs a peer with `peers`."""
-  needs_peers = {}
-  for item in items:
-    path = pathlib.Path(str(item.fspath))
-    if path not in needs_peers:
-      source = path.read_text(encoding="utf-8") if path.suffix == ".py" else ""
-      needs_peers[path] = any(mark in source for mark in _PEER_MARKS)
-    if needs_peers[path]:
-      item.add_marker(pytest.mark.peers)
+def _record_peer_skip(report):
+  record = os.environ.get("GEN_JAX_RECORD_PEER_SKIPS")
+  if not record or not report.skipped:
+    return
+  reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+  if any(re.search(rf"\b{peer}\b", reason) for peer in _PEERS):
+    with open(record, "a", encoding="utf-8") as f:
+      f.write(report.nodeid + "\n")
+
+
+def pytest_runtest_logreport(report):
+  _record_peer_skip(report)  # a test that skipped itself
+
+
+def pytest_collectreport(report):
+  _record_peer_skip(report)  # a module that skipped at import
 
 
 def pytest_configure(config):
