@@ -305,7 +305,7 @@ def test_linear_betas_out_of_order_are_refused_naming_the_field():
   [
     ("vdm_digits", "vdm.gamma_max", -20.0),
     ("vdm_digits", "model.ch", 0),
-    ("vdm_digits", "sample.sampler", "ddim"),
+    ("vdm_digits", "sample.sampler", "respaced"),  # ddim: its process view
     ("vdm_digits", "sample.options.variance", "large"),
     ("hvae_digits", "model.layers_per_resolution", (1, 0, 2)),
     ("hvae_digits", "model.min_scale", 0.0),
