@@ -110,7 +110,9 @@ class VDMModel:
     """The schedule as a process (`diffusion.log_snr_process`): alpha^2 = sigmoid(-gamma(t)),
     sigma^2 = sigmoid(gamma(t)) on t in [0, 1], vdm's alpha_sigma; a learned schedule's
     parameters are its leaves."""
-    return process_lib.log_snr_process(self.schedule, params.get("gamma", {}), name="vdm")
+    return process_lib.log_snr_process(
+      _AnyShapeGamma(self.schedule), params.get("gamma", {}), name="vdm"
+    )
 
   def model_fn(self, params):
     """The eps-network at the process's time: model_fn(z_t, t) = eps_hat(z_t, gamma(t))."""
@@ -198,7 +200,7 @@ class VDMModel:
       # Only the process's name and range are read: no gamma parameters needed.
       return process_model.describe_on_process(
         name,
-        process=process_lib.log_snr_process(self.schedule, {}, name="vdm"),
+        process=process_lib.log_snr_process(_AnyShapeGamma(self.schedule), {}, name="vdm"),
         num_steps=num_steps,
         guidance_scale=guidance_scale,
         prediction="eps",
@@ -235,6 +237,19 @@ class VDMModel:
       "prior": f"KL(q(z_1 | x) || N(0, I)), analytic; {unit}",
       "reconstruction": f"{decoder}; {unit}",
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _AnyShapeGamma:
+  """schedule(params, t) for t of any shape, a scalar included (the samplers' grids read
+  lambda at scalar ends; the learned schedule's monotone net takes a vector of times). Frozen
+  and compared by value, as log_snr_process wants: two views of one schedule share jit caches."""
+
+  schedule: Any
+
+  def __call__(self, params, t):
+    t = jnp.asarray(t)
+    return self.schedule(params, t.reshape(-1)).reshape(t.shape)
 
 
 def vdm_config(
