@@ -312,7 +312,7 @@ def test_process_samplers_run_jitted_then_eagerly():
   sched = diffusion.make_schedule(diffusion.linear_betas(20))
   model = models.DiffusionModel(net=Zeros(), schedule=sched, example_shape=(2,), clip=False)
   params, key = model.init(jax.random.key(0)), jax.random.key(1)
-  draw = lambda p, k: model.sample(p, k, 3, sampler="process_heun", num_steps=4)
+  draw = lambda p, k: model.sample(p, k, 3, sampler="euler", num_steps=4)
   jitted = jax.jit(draw)(params, key)
   np.testing.assert_allclose(jitted, draw(params, key), rtol=1e-5, atol=1e-6)
   assert bool(jnp.all(jnp.isfinite(jitted)))
@@ -393,7 +393,14 @@ def toy_workdir(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("sampler", ["euler", "process_heun", "euler_maruyama"])
+@pytest.mark.parametrize(
+  "sampler",
+  [
+    "process_heun",
+    pytest.param("euler", marks=pytest.mark.slow),
+    pytest.param("euler_maruyama", marks=pytest.mark.slow),
+  ],
+)
 def test_trained_ddpm_samples_with_process_samplers_in_sample_mode(toy_workdir, tmp_path, sampler):
   """run.py --mode=sample --sampler=<process sampler> on a DDPM workdir (train.sample, the saved
   config's options included) draws what the process sampler draws on discrete_process of the
