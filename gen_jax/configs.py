@@ -185,10 +185,17 @@ def unset_options_not_taken(sample, keep=frozenset()) -> None:
   """Sets each of sample.options that sample.sampler does not take to None (its default),
   except the paths in keep ("sample.options.eta": set on the command line). For a workdir's
   saved options when the command line asks for another sampler (workdir.with_saved_config):
-  ddim's eta does not follow to --config.sample.sampler=heun, where validate would refuse it."""
-  from gen_jax.diffusion import samplers
+  ddim's eta does not follow to --config.sample.sampler=heun, where validate would refuse it;
+  nor to a process sampler's name (euler, process_heun: diffusion.solvers.PROCESS_SAMPLERS)."""
+  from gen_jax.diffusion import samplers, solvers
 
   spec = samplers.SAMPLERS.get(sample.sampler)
+  if spec is None:
+    try:
+      name = solvers.process_sampler_name(sample.sampler, own=samplers.SAMPLERS)
+    except ValueError:  # unknown: validate names it
+      name = None
+    spec = solvers.PROCESS_SAMPLERS.get(name)
   for name in sample.get("options", {}):
     if spec is not None and name not in spec.options and f"sample.options.{name}" not in keep:
       sample.options[name] = None
