@@ -159,15 +159,16 @@ def define_command_flags() -> None:
   # Continuous-time processes (config.diffusion.process) sample with diffusion.solvers' own.
   from gen_jax.diffusion import solvers
 
-  continuous = {k: v for k, v in solvers.PROCESS_SAMPLERS.items() if k not in diffusion.SAMPLERS}
   flags.DEFINE_enum(
     "sampler",
     None,
-    list(diffusion.SAMPLERS) + list(continuous),
+    list(solvers.sampler_names(own=diffusion.SAMPLERS)),
     "--mode=sample|eval, diffusion models: "
     + " | ".join(f"{name} ({spec.summary})" for name, spec in diffusion.SAMPLERS.items())
     + "; continuous processes: "
     + " | ".join(solvers.PROCESS_SAMPLERS)
+    + " (a DDPM or VDM samples with these through its process view, at real t: euler, "
+    + "euler_maruyama, or process_<name>, e.g. process_heun, unsnapped)"
     + "; default: the config's sample.sampler.",
   )
   flags.DEFINE_integer(

@@ -185,10 +185,17 @@ def unset_options_not_taken(sample, keep=frozenset()) -> None:
   """Sets each of sample.options that sample.sampler does not take to None (its default),
   except the paths in keep ("sample.options.eta": set on the command line). For a workdir's
   saved options when the command line asks for another sampler (workdir.with_saved_config):
-  ddim's eta does not follow to --config.sample.sampler=heun, where validate would refuse it."""
-  from gen_jax.diffusion import samplers
+  ddim's eta does not follow to --config.sample.sampler=heun, where validate would refuse it;
+  nor to a process sampler's name (euler, process_heun: diffusion.solvers.PROCESS_SAMPLERS)."""
+  from gen_jax.diffusion import samplers, solvers
 
   spec = samplers.SAMPLERS.get(sample.sampler)
+  if spec is None:
+    try:
+      name = solvers.process_sampler_name(sample.sampler, own=samplers.SAMPLERS)
+    except ValueError:  # unknown: validate names it
+      name = None
+    spec = solvers.PROCESS_SAMPLERS.get(name)
   for name in sample.get("options", {}):
     if spec is not None and name not in spec.options and f"sample.options.{name}" not in keep:
       sample.options[name] = None
@@ -253,7 +260,7 @@ def validate(config) -> None:
     check_real(config, path, low, high, open_high=open_high)
   _check_optim(config.optim)
   _check_counts(config)
-  _check_sample_options(config.sample)
+  _check_sample_options(config)
   if any(section in config for section in ("model", "diffusion", "vdm")):
     from gen_jax import models  # Flax: only for configs that have a model
 
@@ -282,30 +289,48 @@ def _check_counts(config) -> None:
     fail("eval.num_examples", "0 (the whole split) or positive", config.eval.num_examples)
 
 
-def _check_sample_options(sample) -> None:
+def _check_sample_options(config) -> None:
   """Each set (not None) config.sample.options.<name> must be an option of config.sample.sampler
-  and one of the values its registry row allows (samplers.SamplerSpec.domains)."""
-  from gen_jax.diffusion import samplers
+  and one of the values its registry row allows (`domains`), in the registry the config's model
+  samples with: a continuous config.diffusion.process, diffusion.solvers.PROCESS_SAMPLERS; a
+  DDPM, samplers.SAMPLERS, or PROCESS_SAMPLERS for a name only that has (euler,
+  "process_heun": `solvers.process_sampler_name`); a VDM, PROCESS_SAMPLERS for those names (its
+  ancestral "ddpm" takes no option: models.vdm_model checks it)."""
+  from gen_jax.diffusion import samplers, solvers
 
+  sample = config.sample
   for old, new in RENAMED.items():
     if old.startswith("sample.") and old.split(".", 1)[1] in sample:
       raise ConfigError(f"config.{old} is now config.{new} (renamed in gen_jax 0.2); set that")
-  spec = samplers.SAMPLERS.get(sample.sampler)
-  if spec is None:  # an unknown sampler: refused where a model samples (models.check_config)
+  if "diffusion" in config and config.diffusion.get("process", "discrete") != "discrete":
+    own = ()
+  elif "vdm" in config and "diffusion" not in config:
+    own = ("ddpm",)
+  else:
+    own = samplers.SAMPLERS
+  try:
+    name = solvers.process_sampler_name(sample.sampler, own=own)
+  except ValueError:  # an unknown sampler: refused where a model samples (models.check_config)
     return
-  for name, value in sample.get("options", {}).items():
+  if name is not None:
+    spec = solvers.PROCESS_SAMPLERS[name]
+  elif sample.sampler in samplers.SAMPLERS and "vdm" not in config:
+    spec = samplers.SAMPLERS[sample.sampler]
+  else:
+    return
+  for option, value in sample.get("options", {}).items():
     if value is None:
       continue
-    if name not in spec.options:
+    if option not in spec.options:
       takes = ", ".join(spec.options) or "none"
       fail(
-        f"sample.options.{name}",
+        f"sample.options.{option}",
         f"None: config.sample.sampler={sample.sampler!r} does not take it (its options: {takes})",
         value,
       )
-    want, allows = spec.domains.get(name, ("", lambda _: True))
+    want, allows = spec.domains.get(option, ("", lambda _: True))
     if not allows(value):
-      fail(f"sample.options.{name}", want, value)
+      fail(f"sample.options.{option}", want, value)
 
 
 def check_real(node, path, low=None, high=None, *, open_high=False, prefix="") -> None:

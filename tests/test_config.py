@@ -305,7 +305,7 @@ def test_linear_betas_out_of_order_are_refused_naming_the_field():
   [
     ("vdm_digits", "vdm.gamma_max", -20.0),
     ("vdm_digits", "model.ch", 0),
-    ("vdm_digits", "sample.sampler", "ddim"),
+    ("vdm_digits", "sample.sampler", "respaced"),  # ddim: its process view
     ("vdm_digits", "sample.options.variance", "large"),
     ("hvae_digits", "model.layers_per_resolution", (1, 0, 2)),
     ("hvae_digits", "model.min_scale", 0.0),
@@ -397,3 +397,10 @@ def test_another_sampler_on_the_command_line_leaves_the_saved_sampler_s_options(
   configs.validate(merged)
   same = workdir_lib.with_saved_config(ddpm_digits.get_config(), str(tmp_path))
   assert same.sample.sampler == "ddim" and same.sample.options.eta == 0.5
+  # A process sampler's name (the DDPM's process view) sheds eta too; a churn it takes stays.
+  config = ddpm_digits.get_config()
+  config.sample.sampler = "process_heun"
+  config.sample.options.s_churn = 1.0
+  merged = workdir_lib.with_saved_config(config, str(tmp_path), keep=keep)
+  assert merged.sample.options.eta is None and merged.sample.options.s_churn == 1.0
+  configs.validate(merged)

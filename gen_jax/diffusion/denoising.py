@@ -34,6 +34,17 @@ Time distributions (`TIME_DISTRIBUTIONS`, `sample_time`, `time_density`), all on
                    t = t_from_log_snr(-2 ln s) (on `ve`, t = s); truncated to the range
   logit_normal     SD3's: t = t_min + (t_max - t_min) sigmoid(z), z ~ N(mean=0, std=1)
   log_snr_uniform  lambda ~ U[lambda(t_max), lambda(t_min)] (both finite), t = t_from_log_snr(lambda)
+  importance       score_sde's likelihood importance sampling (Song et al. 2021, "Maximum
+                   likelihood training of score-based diffusion models", sec. 5; score_flow's
+                   `importance_weighting`): p(t) proportional to g(t)^2 / sigma(t)^2, g the SDE's
+                   diffusion coefficient, so that the likelihood-weighted score loss
+                   g^2 ||score - score_hat||^2 = (g^2 / sigma^2) ||eps - eps_hat||^2 has a constant
+                   weight. On every Gaussian process g^2 / sigma^2 = -lambda'(t)
+                   (g^2 = 2 sigma^2 (sigma'/sigma - alpha'/alpha) = -lambda'(t) sigma^2), so its
+                   normaliser is lambda(t_min) - lambda(t_max) (score_flow's
+                   `likelihood_importance_cum_weight(T)` on VP) and it is the same law as
+                   log_snr_uniform, named for score_sde's users: under it the ELBO's diffusion
+                   term is (lambda(t_min) - lambda(t_max)) / 2 ||eps - eps_hat||^2 at every draw.
 Each is the inverse CDF of a uniform u (`time_from_uniform`), so draws can be antithetic.
 The log-normal is truncated to the range rather than clipped: clipping would put point masses
 at the ends, where there is no density for the 1/p(t) re-weighting (the truncated mass is
@@ -73,7 +84,7 @@ from gen_jax.diffusion.process import (
 
 Array = jax.Array
 
-TIME_DISTRIBUTIONS = ("uniform", "log_normal", "logit_normal", "log_snr_uniform")
+TIME_DISTRIBUTIONS = ("uniform", "log_normal", "logit_normal", "log_snr_uniform", "importance")
 WEIGHTINGS = ("eps_mse", "v_mse", "x0_mse", "velocity_mse", "edm", "elbo")
 DATA_KINDS = ("8bit", "continuous")
 
@@ -82,6 +93,7 @@ _TIME_DEFAULTS = {
   "log_normal": {"mean": -1.2, "std": 1.2},  # EDM's P_mean, P_std
   "logit_normal": {"mean": 0.0, "std": 1.0},  # SD3's m, s
   "log_snr_uniform": {},
+  "importance": {},
 }
 _WEIGHTING_DEFAULTS = {
   "eps_mse": {},
@@ -182,7 +194,7 @@ def time_from_uniform(process: GaussianProcess, u, *, distribution: str = "unifo
   if distribution == "logit_normal":
     z = params["mean"] + params["std"] * special.ndtri(u)
     return t_min + (t_max - t_min) * jax.nn.sigmoid(z)
-  if distribution == "log_snr_uniform":
+  if distribution in ("log_snr_uniform", "importance"):
     lam_hi, lam_lo = _log_snr_ends(process, distribution)
     return process.t_from_log_snr(lam_hi - u * (lam_hi - lam_lo))
   # log_normal: ln s = mean + std z, z ~ N(0, 1) truncated to the range (inverse CDF).
@@ -201,8 +213,8 @@ def sample_time(process: GaussianProcess, key, shape, *, distribution: str = "un
   u ~ U[tiny, 1) (never 0: no infinite lambda at t_min = 0).
 
   Params: uniform: integer (None: integers on a discrete process); log_normal: mean (-1.2),
-  std (1.2) of ln(sigma / alpha); logit_normal: mean (0), std (1) of logit(t); log_snr_uniform:
-  none. Returns t of `shape` (int for discrete uniform, else float).
+  std (1.2) of ln(sigma / alpha); logit_normal: mean (0), std (1) of logit(t); log_snr_uniform,
+  importance: none. Returns t of `shape` (int for discrete uniform, else float).
   """
   shape = (shape,) if isinstance(shape, int) else tuple(shape)
   checked = _time_params(distribution, params)
@@ -223,6 +235,7 @@ def time_density(process: GaussianProcess, t, *, distribution: str, **params) ->
   logit_normal     N(logit r; mean, std^2) / (r (1 - r) (t_max - t_min)), r = (t - t_min) /
                    (t_max - t_min)
   log_snr_uniform  -lambda'(t) / (lambda(t_min) - lambda(t_max))
+  importance       g(t)^2 / sigma(t)^2 / Z = the same (module docstring)
   """
   params = _time_params(distribution, params)
   t = jnp.asarray(t)
@@ -242,7 +255,7 @@ def time_density(process: GaussianProcess, t, *, distribution: str, **params) ->
     z = (jnp.log(r) - jnp.log1p(-r) - params["mean"]) / params["std"]
     density = _std_normal_pdf(z) / (params["std"] * r * (1.0 - r) * width)
     density = jnp.where(interior, density, 0.0)
-  elif distribution == "log_snr_uniform":
+  elif distribution in ("log_snr_uniform", "importance"):
     lam_hi, lam_lo = _log_snr_ends(process, distribution)
     density = -process.d_log_snr(t) / (lam_hi - lam_lo)
   else:  # log_normal

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -706,6 +706,8 @@ class ProcessSamplerSpec:
     takes_num_steps: always True here (every sampler runs on a grid of N steps).
     network_calls: N -> model evaluations per sample on a grid ending at the data.
     stochastic: whether it draws noise after the start (then it needs a key).
+    domains: for each option, the values it accepts, (description, allows(value) -> bool), as
+      samplers.SamplerSpec's: config.sample.options are checked against it at start-up.
   """
 
   fn: Callable[..., Any]
@@ -715,6 +717,16 @@ class ProcessSamplerSpec:
   takes_num_steps: bool = True
   network_calls: Callable[[int], int] = lambda num_steps: num_steps
   stochastic: bool = False
+  domains: Mapping[str, tuple[str, Callable[[Any], bool]]] = dataclasses.field(default_factory=dict)
+
+
+# What an option accepts, for errors such as "config.sample.options.eta must be a number >= 0,
+# got -0.5" (the wording of samplers.SAMPLERS' domains).
+_NON_NEGATIVE = ("a number >= 0", lambda v: checks.is_real(v) and v >= 0)
+_NON_NEGATIVE_OR_INF = (
+  "a number >= 0 or inf",
+  lambda v: (checks.is_real(v) and v >= 0) or v == math.inf,
+)
 
 
 # Options every process sampler takes (see the module docstring).
@@ -728,13 +740,56 @@ PROCESS_SAMPLERS: dict[str, ProcessSamplerSpec] = {
     18,
     {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0},
     network_calls=lambda num_steps: 2 * num_steps - 1,
+    domains={
+      "s_churn": _NON_NEGATIVE,
+      "s_tmin": _NON_NEGATIVE,
+      "s_tmax": _NON_NEGATIVE_OR_INF,
+      "s_noise": _NON_NEGATIVE,
+    },
   ),
-  "ddim": ProcessSamplerSpec(ddim_sample, "DDIM (eta = 0: Euler in x / alpha)", 50, {"eta": 0.0}),
+  "ddim": ProcessSamplerSpec(
+    ddim_sample,
+    "DDIM (eta = 0: Euler in x / alpha)",
+    50,
+    {"eta": 0.0},
+    domains={"eta": _NON_NEGATIVE},
+  ),
   "dpm++2m": ProcessSamplerSpec(dpmpp_2m_sample, "DPM-Solver++(2M) in log-SNR", 20, {}),
   "euler_maruyama": ProcessSamplerSpec(
     euler_maruyama_sample, "Euler-Maruyama on the reverse SDE", 500, {}, stochastic=True
   ),
 }
+
+
+# A model with samplers of its own besides the process view (DDPM's samplers.SAMPLERS, VDM's
+# ancestral "ddpm") names these "process_<name>" (process_heun: EDM's Heun at real t, where
+# DDPM's heun snaps sigma to its T levels), or by the bare name where it has no sampler of that
+# name (euler, euler_maruyama beside DDPM's).
+PROCESS_PREFIX = "process_"
+
+
+def process_sampler_name(name: str, *, own: Collection[str] = ()) -> str | None:
+  """The PROCESS_SAMPLERS name that sampler `name` selects on a model whose own samplers are
+  `own`: name less PROCESS_PREFIX, or name itself where `own` has no sampler of that name;
+  None where `own` serves it (a bare name in `own`).
+
+  Raises:
+    ValueError naming the accepted names (`sampler_names(own=own)`) for any other name.
+  """
+  if name.startswith(PROCESS_PREFIX) and name[len(PROCESS_PREFIX) :] in PROCESS_SAMPLERS:
+    return name[len(PROCESS_PREFIX) :]
+  if name in own:
+    return None
+  if name in PROCESS_SAMPLERS:
+    return name
+  raise ValueError(f"sampler must be one of {sampler_names(own=own)}, got {name!r}")
+
+
+def sampler_names(*, own: Collection[str] = ()) -> tuple[str, ...]:
+  """Every sampler name a model whose own samplers are `own` accepts: those, the process
+  samplers it has no name for, and every process sampler as "process_<name>"."""
+  bare = [name for name in PROCESS_SAMPLERS if name not in own]
+  return (*own, *bare, *(PROCESS_PREFIX + name for name in PROCESS_SAMPLERS))
 
 
 def process_sampler_spec(name: str) -> ProcessSamplerSpec:

@@ -2,6 +2,7 @@
 config builders that make it, for gen_jax's own U-Net/MLP or a diffusers UNet2DModel folder."""
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -11,6 +12,7 @@ import ml_collections
 
 from gen_jax import checks, configs, diffusion, nets
 from gen_jax.configs import ConfigError
+from gen_jax.diffusion import solvers
 from gen_jax.models import _common, process_model
 from gen_jax.models._common import _mean
 from gen_jax.pretrained import diffusers_unet
@@ -52,6 +54,16 @@ class DiffusionModel:
 
   def __eq__(self, other):
     return self is other
+
+  @functools.cached_property
+  def process_view(self) -> "diffusion.GaussianProcess":
+    """The schedule as a process in continuous time (`diffusion.discrete_process`): t in
+    [0, T - 1], the schedule's own tables at the levels, log-SNR linear in t between them. The
+    process samplers call the network at these real t (gen_jax's U-Net and MLP and the diffusers
+    mirror embed any real t, as diffusers' UNet2DModel does). Built eagerly, also when first
+    asked for inside jit: its tables are constants, and a traced copy cached here would leak."""
+    with jax.ensure_compile_time_eval():
+      return diffusion.discrete_process(self.schedule)
 
   def init(self, key) -> Any:
     x = jnp.zeros((1,) + tuple(self.example_shape), jnp.float32)
@@ -133,13 +145,20 @@ class DiffusionModel:
     **options,
   ) -> Array:
     """Draws num_samples examples with the sampler registered as `sampler`
-    in `diffusion.SAMPLERS` (which holds each one's default step count).
+    in `diffusion.SAMPLERS` (which holds each one's default step count), or with a process
+    sampler on the schedule's process view.
 
     ddpm: ancestral, all T steps (num_steps is ignored); ddim: num_steps
     (default T) DDIM steps with `eta`; respaced: ancestral on num_steps
     (default T) respaced timesteps; dpm++2m: DPM-Solver++(2M), num_steps
     (default 20) network calls; heun: EDM's Heun sampler, num_steps
-    (default 18) sigmas, 2 num_steps - 1 calls, stochastic with s_churn > 0.
+    (default 18) sigmas snapped to the T levels, 2 num_steps - 1 calls, stochastic with
+    s_churn > 0.
+    The process samplers (`diffusion.solvers.PROCESS_SAMPLERS`) run on `process_view` at real
+    t, nothing snapped: euler, euler_maruyama by name, and every one as "process_<name>"
+    (process_heun: EDM's Heun at real t; process_ddim, process_dpm++2m on real grids), num_steps
+    (default the registry's) steps from t = T - 1 to the data on EDM's grid in sigma / alpha
+    ("karras"; uniform in t where alphas_cumprod[T-1] = 0), num_steps free of T.
     options: the samplers' own (config.sample.options: eta, variance, s_churn,
     ...); None, or one another sampler takes, leaves the sampler's default.
     variance defaults to the model's (config.diffusion.variance).
@@ -151,10 +170,25 @@ class DiffusionModel:
     v-predictor samples a zero-terminal-SNR schedule exactly.
     """
     shape = (num_samples,) + tuple(self.example_shape)
+    model_fn = self.guided_model_fn(params, labels, guidance_scale)
+    name = solvers.process_sampler_name(sampler, own=diffusion.SAMPLERS)
+    if name is not None:
+      return process_model.sample_on_process(
+        name,
+        model_fn=model_fn,
+        process=self.process_view,
+        key=key,
+        shape=shape,
+        num_steps=num_steps,
+        prediction=self.prediction,
+        clip=self.clip,
+        spacing=process_model.default_spacing(self.process_view),
+        options=options,
+      )
     return diffusion.run_sampler(
       sampler,
       key,
-      self.guided_model_fn(params, labels, guidance_scale),
+      model_fn,
       self.schedule,
       shape,
       num_steps,
@@ -213,7 +247,20 @@ class DiffusionModel:
     the sampler, the steps and network calls per sample that actually run,
     and only the options that apply to it, given or default (variance: ddpm and
     respaced; eta: ddim; s_churn, s_tmin, s_tmax, s_noise, rho: heun). guidance_scale w != 0 (sampling with labels) is
-    recorded and doubles the calls."""
+    recorded and doubles the calls. A process sampler: `process_model.describe_on_process`
+    (the process, its grid's spacing)."""
+    name = solvers.process_sampler_name(sampler, own=diffusion.SAMPLERS)
+    if name is not None:
+      return process_model.describe_on_process(
+        name,
+        process=self.process_view,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        prediction=self.prediction,
+        spacing=process_model.default_spacing(self.process_view),
+        options=options,
+        requested=sampler,
+      )
     return diffusion.describe_sampler(
       sampler,
       num_steps,
@@ -300,7 +347,9 @@ def check_config(config) -> None:
   field (configs.validate calls it, before anything is written): config.model (gen_jax's U-Net,
   configs.unet_config; or the MLP denoiser's width and num_blocks; num_classes and
   cond_drop_prob), config.diffusion (`check_diffusion_section`), and config.sample against T:
-  a registered sampler whose steps, given or its default, are at most T."""
+  a registered sampler whose steps, given or its default, are at most T; or a process sampler
+  (`solvers.sampler_names(own=SAMPLERS)`: euler, euler_maruyama, process_<name>), whose real-t
+  grid takes any number of steps."""
   from gen_jax.diffusion import samplers
 
   model = config.get("model", {})
@@ -312,8 +361,13 @@ def check_config(config) -> None:
     configs.check_real(model, "cond_drop_prob", 0.0, 1.0, open_high=True, prefix="model.")
   check_diffusion_section(config.diffusion)
   sample, num_timesteps = config.sample, config.diffusion.num_timesteps
-  if sample.sampler not in samplers.SAMPLERS:
-    configs.fail("sample.sampler", f"one of {tuple(samplers.SAMPLERS)}", sample.sampler)
+  try:
+    if solvers.process_sampler_name(sample.sampler, own=samplers.SAMPLERS) is not None:
+      return
+  except ValueError:
+    configs.fail(
+      "sample.sampler", f"one of {solvers.sampler_names(own=samplers.SAMPLERS)}", sample.sampler
+    )
   spec, steps = samplers.SAMPLERS[sample.sampler], sample.num_steps
   if steps is not None and steps > num_timesteps:
     configs.fail(

@@ -18,7 +18,10 @@ process (gen_jax.diffusion.process), a weighted denoising loss and the process s
                     loss weight's)
   eval_time_samples times per example of the continuous ELBO in --mode=eval
 The samplers are `solvers.PROCESS_SAMPLERS` (config.sample.sampler: euler, heun, ddim, dpm++2m,
-euler_maruyama); check_config refuses unknown names and combinations that cannot run.
+euler_maruyama, each also as "process_<name>"); check_config refuses unknown names and
+combinations that cannot run. `sample_on_process` is how every diffusion model samples through its
+process view: this family, DDPM's DiffusionModel (discrete_process of its schedule at real t) and
+VDMModel (log_snr_process of its gamma).
 
 The network's time input. gen_jax's U-Net and MLP embed t sinusoidally with DDPM's max period
 10^4, made for t in 0..999, so a continuous time is mapped to that scale:
@@ -206,33 +209,28 @@ class ProcessDiffusionModel:
     guidance_scale: float = 0.0,
     **options,
   ) -> Array:
-    """Draws num_samples examples with `solvers.PROCESS_SAMPLERS[sampler]` from the process's
-    prior at t_max to t_min, num_steps steps (None: the sampler's default). options: the
-    samplers' own (eta: ddim, s_churn: heun, ...); those another sampler takes are ignored, so
-    one call site can pass them all. labels / guidance_scale: classifier-free guidance."""
-    spec = _sampler_spec(sampler)
-    kwargs = _applying_options(spec, options)
-    fn = _spec_fn(spec)
-    return fn(
-      self.guided_model_fn(params, labels, guidance_scale),
-      self.process,
-      key,
-      spacing=self.grid_spacing(),
+    """Draws num_samples examples with `solvers.PROCESS_SAMPLERS[sampler]` (or
+    "process_<name>", the same) from the process's prior at t_max to t_min, num_steps steps
+    (None: the sampler's default). options: the samplers' own (eta: ddim, s_churn: heun, ...);
+    those another sampler takes, and those given as None, are ignored, so one call site can pass
+    them all (config.sample.options). labels / guidance_scale: classifier-free guidance."""
+    return sample_on_process(
+      solvers.process_sampler_name(sampler),
+      model_fn=self.guided_model_fn(params, labels, guidance_scale),
+      process=self.process,
+      key=key,
       shape=(num_samples,) + tuple(self.example_shape),
-      num_steps=num_steps or _default_steps(spec),
+      num_steps=num_steps,
       prediction=self.prediction,
       clip=self.clip,
-      **kwargs,
+      spacing=self.grid_spacing(),
+      options=options,
     )
 
   def grid_spacing(self) -> str:
-    """The samplers' time grid: solvers' default, decided here on concrete values ("uniform"
-    where alpha(t_max) = 0, rectified flow; else EDM's "karras"). solvers reads alpha(t_max)
-    itself, but inside jit it sees a tracer and takes "karras", whose sigma / alpha is infinite
-    at rectified flow's t = 1: every sample NaN."""
-    with jax.ensure_compile_time_eval():
-      alpha_max = float(self.process.alpha_sigma(self.process.t_max)[0])
-    return "uniform" if alpha_max == 0.0 else "karras"
+    """The samplers' time grid (`default_spacing`): "uniform" where alpha(t_max) = 0
+    (rectified flow), else EDM's "karras"."""
+    return default_spacing(self.process)
 
   def evaluate(self, params, batch, key, ode_steps: int = 0) -> dict[str, Array]:
     """Per-example training loss (denoising_loss) and, for 8-bit images, the continuous-time ELBO in bits/dim
@@ -295,26 +293,16 @@ class ProcessDiffusionModel:
   ) -> dict:
     """What `sample` runs: the sampler, its steps, network calls per sample and the options that
     apply to it (their given value, else the default)."""
-    spec = _sampler_spec(sampler)
-    steps = num_steps or _default_steps(spec)
-    calls = _network_calls(spec, steps)
-    out = {
-      "sampler": f"{sampler}: {_spec_description(spec)} on process {self.process.name} "
-      f"(t from {self.process.t_max:g} to {self.process.t_min:g})",
-      "num_steps": steps,
-      "network_calls": calls,
-      "spacing": self.grid_spacing(),
-      "prediction": self.prediction,
-    }
-    for option, default in _spec_options(spec).items():
-      value = options.get(option, default)
-      # eval.json stays strict JSON: Heun's s_tmax defaults to inf.
-      is_inf = isinstance(value, float) and not math.isfinite(value)
-      out[option] = str(value) if is_inf else value
-    if guidance_scale:
-      out["guidance_scale"] = guidance_scale
-      out["network_calls"] = 2 * calls
-    return out
+    return describe_on_process(
+      solvers.process_sampler_name(sampler),
+      process=self.process,
+      num_steps=num_steps,
+      guidance_scale=guidance_scale,
+      prediction=self.prediction,
+      spacing=self.grid_spacing(),
+      options=options,
+      requested=sampler,
+    )
 
   def describe_evaluate(self, ode_steps: int = 0) -> dict[str, str]:
     """How each figure of `evaluate` is computed."""
@@ -344,7 +332,88 @@ class ProcessDiffusionModel:
 
 
 # ---------------------------------------------------------------------------------------------
-# The samplers' registry, read through one place (solvers.PROCESS_SAMPLERS).
+# Sampling on a process: what ProcessDiffusionModel, DDPM's DiffusionModel (its schedule's
+# discrete_process at real t) and VDMModel (log_snr_process of its gamma) share.
+
+
+def default_spacing(process: process_lib.GaussianProcess) -> str:
+  """The samplers' time grid, decided on concrete values: "uniform" where alpha(t_max) = 0
+  (rectified flow's t = 1, a zero-terminal-SNR DDPM schedule's last level: sigma / alpha is
+  infinite there), else EDM's "karras". solvers reads alpha(t_max) itself, but inside jit it
+  sees a tracer and takes "karras": every rectified-flow sample NaN. A process whose
+  parameters are traced (a learned log-SNR under jit) must be given its spacing."""
+  with jax.ensure_compile_time_eval():
+    alpha_max = float(process.alpha_sigma(process.t_max)[0])
+  return "uniform" if alpha_max == 0.0 else "karras"
+
+
+def sample_on_process(
+  name: str,
+  *,
+  model_fn,
+  process: process_lib.GaussianProcess,
+  key,
+  shape,
+  num_steps: int | None,
+  prediction: str,
+  clip: bool,
+  spacing: str,
+  options,
+) -> Array:
+  """Samples of `shape` from `solvers.PROCESS_SAMPLERS[name]` on `process` with model_fn(x_t, t)
+  predicting `prediction` at the process's time t (B,): num_steps steps (None: the sampler's
+  default) on `solvers.time_grid(process, num_steps, spacing=spacing)`, t_max to the data.
+  options: sampler options by name (`_applying_options`)."""
+  spec = _sampler_spec(name)
+  return spec.fn(
+    model_fn,
+    process,
+    key,
+    spacing=spacing,
+    shape=tuple(shape),
+    num_steps=num_steps or spec.default_steps,
+    prediction=prediction,
+    clip=clip,
+    **_applying_options(spec, options),
+  )
+
+
+def describe_on_process(
+  name: str,
+  *,
+  process: process_lib.GaussianProcess,
+  num_steps: int | None,
+  guidance_scale: float,
+  prediction: str,
+  spacing: str,
+  options,
+  requested: str | None = None,
+) -> dict:
+  """What `sample_on_process(name, ...)` runs, for eval.json: the sampler (as `requested`, e.g.
+  "process_heun", default name) and process, its steps, network calls per sample (doubled by
+  guidance), the grid's spacing, the prediction and the options that apply to it (given and not
+  None, else the default)."""
+  spec = _sampler_spec(name)
+  steps = num_steps or spec.default_steps
+  calls = spec.network_calls(steps)
+  out = {
+    "sampler": f"{requested or name}: {spec.summary} on process {process.name} "
+    f"(t from {process.t_max:g} to {process.t_min:g})",
+    "num_steps": steps,
+    "network_calls": calls,
+    "spacing": spacing,
+    "prediction": prediction,
+  }
+  for option, default in spec.options.items():
+    value = options.get(option)
+    value = default if value is None else value
+    # eval.json stays strict JSON: Heun's s_tmax defaults to inf.
+    is_inf = isinstance(value, float) and not math.isfinite(value)
+    out[option] = str(value) if is_inf else value
+  if guidance_scale:
+    out["guidance_scale"] = guidance_scale
+    out["network_calls"] = 2 * calls
+  return out
 
 
 def _sampler_spec(name: str):
@@ -356,34 +425,18 @@ def _sampler_spec(name: str):
   return solvers.PROCESS_SAMPLERS[name]
 
 
-def _spec_fn(spec):
-  return spec.fn
-
-
-def _spec_description(spec) -> str:
-  return spec.summary
-
-
-def _default_steps(spec) -> int:
-  return spec.default_steps
-
-
-def _spec_options(spec) -> dict:
-  return dict(spec.options)
-
-
-def _network_calls(spec, num_steps: int) -> int:
-  return spec.network_calls(num_steps)
-
-
 def _applying_options(spec, options) -> dict:
-  """The options `spec`'s sampler takes; ValueError for a name no sampler takes."""
-  known = {option for other in solvers.PROCESS_SAMPLERS.values() for option in other.options}
-  known.update(("eta", "s_churn"))  # what the trainer passes every diffusion model
+  """The options `spec`'s sampler takes, less those given as None (the sampler's default:
+  config.sample.options holds every option of both registries, None unless set); ValueError for
+  a name no sampler takes."""
+  from gen_jax.diffusion import samplers
+
+  registries = (solvers.PROCESS_SAMPLERS, samplers.SAMPLERS)
+  known = {option for registry in registries for row in registry.values() for option in row.options}
   unknown = sorted(set(options) - known)
   if unknown:
     raise ValueError(f"unknown sampler options {unknown}; the samplers take {sorted(known)}")
-  return {k: v for k, v in options.items() if k in _spec_options(spec)}
+  return {k: v for k, v in options.items() if k in spec.options and v is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,11 +588,13 @@ def check_config(config) -> None:
 
 
 def _check_sampler(sample) -> None:
-  if sample.sampler not in solvers.PROCESS_SAMPLERS:
+  try:
+    solvers.process_sampler_name(sample.sampler)
+  except ValueError:
     raise ConfigError(
-      f"config.sample.sampler must be one of {tuple(solvers.PROCESS_SAMPLERS)} with a "
+      f"config.sample.sampler must be one of {solvers.sampler_names()} with a "
       f"continuous config.diffusion.process, got {sample.sampler!r}"
-    )
+    ) from None
 
 
 def _weighting(section) -> str:

@@ -12,7 +12,9 @@ import ml_collections
 
 from gen_jax import checks, configs, diffusion, nets
 from gen_jax.configs import ConfigError
-from gen_jax.models import _common
+from gen_jax.diffusion import process as process_lib
+from gen_jax.diffusion import solvers
+from gen_jax.models import _common, process_model
 from gen_jax.models._common import _mean
 
 Array = jax.Array
@@ -104,6 +106,20 @@ class VDMModel:
     }
     return loss, metrics
 
+  def process_view(self, params) -> process_lib.GaussianProcess:
+    """The schedule as a process (`diffusion.log_snr_process`): alpha^2 = sigmoid(-gamma(t)),
+    sigma^2 = sigmoid(gamma(t)) on t in [0, 1], vdm's alpha_sigma; a learned schedule's
+    parameters are its leaves."""
+    return process_lib.log_snr_process(
+      _AnyShapeGamma(self.schedule), params.get("gamma", {}), name="vdm"
+    )
+
+  def model_fn(self, params):
+    """The eps-network at the process's time: model_fn(z_t, t) = eps_hat(z_t, gamma(t))."""
+    eps_fn = self.eps_fn(params)
+    gamma = params.get("gamma", {})
+    return lambda z, t: eps_fn(z, self.schedule(gamma, t))
+
   def sample(
     self,
     params,
@@ -113,26 +129,51 @@ class VDMModel:
     num_steps: int | None = None,
     labels=None,
     guidance_scale: float = 0.0,
-    **unused,
+    **options,
   ) -> Array:
-    """Ancestral sampling on the learned (or fixed) schedule with num_steps steps (default
-    sample_steps), `diffusion.vdm.sample`; sampler must be "ddpm" (ancestral)."""
-    del unused  # the options of DDPM's samplers (config.sample.options)
-    if sampler != "ddpm":
-      raise ValueError(
-        f"a VDM samples ancestrally on its own schedule: sampler must be 'ddpm', got {sampler!r}"
-      )
+    """Draws num_samples examples.
+
+    sampler "ddpm": ancestral sampling on the learned (or fixed) schedule with num_steps steps
+    (default sample_steps), `diffusion.vdm.sample`, then its decoder. Any process sampler
+    (`diffusion.solvers.PROCESS_SAMPLERS`: euler, heun, ddim, dpm++2m, euler_maruyama, or
+    "process_<name>"): on `process_view` from t = 1 to the data, num_steps steps (default the
+    registry's) on EDM's grid in sigma / alpha, options its own (eta, s_churn, ...; others and
+    None ignored); the last step returns x0_hat at t = 0, which the "discretized" decoder rounds
+    to the nearest of the 256 levels (as vdm.decode's most probable level), "gaussian" keeps.
+    With sampler ddim and eta = 1 on the uniform grid it is the ancestral sampler (the same
+    step; tests/models/test_vdm_model.py)."""
     if labels is not None or guidance_scale:
       raise ValueError("a VDM is unconditional: no labels or guidance_scale")
-    return diffusion.vdm.sample(
-      key,
-      self.eps_fn(params),
-      self.schedule,
-      params.get("gamma", {}),
-      (num_samples,) + tuple(self.example_shape),
-      num_steps=num_steps or self.sample_steps,
-      decoder=self.decoder,
+    name = solvers.process_sampler_name(sampler, own=("ddpm",))
+    shape = (num_samples,) + tuple(self.example_shape)
+    if name is None:
+      return diffusion.vdm.sample(
+        key,
+        self.eps_fn(params),
+        self.schedule,
+        params.get("gamma", {}),
+        shape,
+        num_steps=num_steps or self.sample_steps,
+        decoder=self.decoder,
+      )
+    x0 = process_model.sample_on_process(
+      name,
+      model_fn=self.model_fn(params),
+      process=self.process_view(params),
+      key=key,
+      shape=shape,
+      num_steps=num_steps,
+      prediction="eps",
+      clip=False,  # as vdm.sample: the decoder maps to the data
+      # sigma / alpha = exp(gamma / 2) is finite on [0, 1]; a learned gamma is traced under jit,
+      # where default_spacing could not read it.
+      spacing="karras",
+      options=options,
     )
+    if self.decoder == "gaussian":
+      return x0
+    levels = diffusion.vdm.NUM_LEVELS - 1
+    return jnp.clip(jnp.round((x0 + 1.0) * (levels / 2)), 0, levels) / (levels / 2) - 1.0
 
   def evaluate(self, params, batch, key, **unused) -> dict[str, Array]:
     """The bound per example with eval_time_samples stratified times: bits_per_dim (or
@@ -147,8 +188,26 @@ class VDMModel:
       "reconstruction": self._per_dim(terms.reconstruction),
     }
 
-  def describe_sample(self, sampler: str = "ddpm", num_steps: int | None = None, **unused) -> dict:
-    del unused
+  def describe_sample(
+    self,
+    sampler: str = "ddpm",
+    num_steps: int | None = None,
+    guidance_scale: float = 0.0,
+    **options,
+  ) -> dict:
+    name = solvers.process_sampler_name(sampler, own=("ddpm",))
+    if name is not None:
+      # Only the process's name and range are read: no gamma parameters needed.
+      return process_model.describe_on_process(
+        name,
+        process=process_lib.log_snr_process(_AnyShapeGamma(self.schedule), {}, name="vdm"),
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        prediction="eps",
+        spacing="karras",
+        options=options,
+        requested=sampler,
+      )
     steps = num_steps or self.sample_steps
     return {
       "sampler": f"{sampler}: ancestral p(z_s | z_t) on the model's gamma at t = i / {steps}",
@@ -178,6 +237,19 @@ class VDMModel:
       "prior": f"KL(q(z_1 | x) || N(0, I)), analytic; {unit}",
       "reconstruction": f"{decoder}; {unit}",
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _AnyShapeGamma:
+  """schedule(params, t) for t of any shape, a scalar included (the samplers' grids read
+  lambda at scalar ends; the learned schedule's monotone net takes a vector of times). Frozen
+  and compared by value, as log_snr_process wants: two views of one schedule share jit caches."""
+
+  schedule: Any
+
+  def __call__(self, params, t):
+    t = jnp.asarray(t)
+    return self.schedule(params, t.reshape(-1)).reshape(t.shape)
 
 
 def vdm_config(
@@ -211,7 +283,8 @@ def vdm_config(
 def check_config(config) -> None:
   """Checks what a VDM experiment adds to base_config(), raising ConfigError naming the field
   (configs.validate calls it): config.model (the U-Net, configs.unet_config), config.vdm
-  (`vdm_config`), and config.sample: ancestral ("ddpm"), which takes no options."""
+  (`vdm_config`), and config.sample: ancestral ("ddpm"), which takes no options, or a process
+  sampler (`VDMModel.sample`), whose options configs.validate checks."""
   _common.check_unet_section(config.model)
   section = config.vdm
   if section.schedule not in diffusion.vdm.SCHEDULES:
@@ -242,12 +315,17 @@ def check_config(config) -> None:
   for name in ("num_features", "eval_time_samples", "sample_steps"):
     if not checks.is_integer(section[name]) or section[name] <= 0:
       configs.fail(f"vdm.{name}", "a positive integer", section[name])
-  if config.sample.sampler != "ddpm":
+  try:
+    ancestral = solvers.process_sampler_name(config.sample.sampler, own=("ddpm",)) is None
+  except ValueError:
     configs.fail(
       "sample.sampler",
-      "'ddpm' (a VDM samples ancestrally on its own schedule)",
+      f"one of {solvers.sampler_names(own=('ddpm',))} ('ddpm': ancestral on the VDM's own "
+      "schedule; the others on its log-SNR process)",
       config.sample.sampler,
     )
+  if not ancestral:  # the process sampler's options: configs._check_sample_options
+    return
   for name, value in config.sample.get("options", {}).items():
     if value is not None:
       configs.fail(

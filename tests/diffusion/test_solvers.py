@@ -594,6 +594,40 @@ def test_registry():
     solvers.process_sampler_spec("euler_a")
 
 
+def test_registry_domains_and_names():
+  """Each row's domains cover only its options, allow its defaults and refuse -1, in the words
+  of samplers.SAMPLERS' rows for the same option (configs.validate reports them alike); the
+  names a model with samplers of its own gives the process samplers."""
+  for name, spec in solvers.PROCESS_SAMPLERS.items():
+    assert set(spec.domains) <= set(spec.options), name
+    for option, (_, allows) in spec.domains.items():
+      assert allows(spec.options[option]) and not allows(-1.0), (name, option)
+  for name in ("ddim", "heun"):
+    for option, (want, _) in solvers.PROCESS_SAMPLERS[name].domains.items():
+      assert want == diffusion.SAMPLERS[name].domains[option][0], (name, option)
+  own = diffusion.SAMPLERS
+  resolved = {
+    "ddpm": None,
+    "heun": None,  # DDPM's own, snapped to its levels
+    "ddim": None,
+    "euler": "euler",
+    "euler_maruyama": "euler_maruyama",
+    "process_heun": "heun",
+    "process_dpm++2m": "dpm++2m",
+    "process_euler": "euler",
+  }
+  for given, want in resolved.items():
+    assert solvers.process_sampler_name(given, own=own) == want, given
+  assert solvers.process_sampler_name("heun") == solvers.process_sampler_name("process_heun")
+  for bad in ("process_ddpm", "process_", "euler_a"):
+    with pytest.raises(ValueError, match="sampler must be one of"):
+      solvers.process_sampler_name(bad, own=own)
+  names = solvers.sampler_names(own=own)
+  assert len(names) == len(set(names))
+  expected = {*own, "euler", "euler_maruyama", *(f"process_{n}" for n in solvers.PROCESS_SAMPLERS)}
+  assert set(names) == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Zero terminal SNR (Lin et al. 2024): alpha = 0 at the top level
 

@@ -331,6 +331,29 @@ def test_describe_sample_counts_network_calls():
     model.describe_sample(sampler="ddpm")
 
 
+def test_sample_takes_the_configs_options_section():
+  """The trainer and --mode=sample pass every config.sample.options field, None unless set,
+  DDPM's variance and rho among them: ignored, not refused (run.py fm_toy2d failed at start-up
+  with "unknown sampler options ['rho', 'variance']"). A set option of another sampler is
+  ignored too; the record shows the defaults for None."""
+  config = _config("fm_toy2d", runs.TOY2D)
+  model = models.make_mlp_diffusion(config, (2,))
+  params = model.init(jax.random.key(0))
+  options = dict(config.sample.options)
+  assert set(options) >= {"variance", "rho", "eta", "s_churn"}
+  plain = model.sample(params, jax.random.key(1), 3, sampler="heun", num_steps=3)
+  given = model.sample(params, jax.random.key(1), 3, sampler="heun", num_steps=3, **options)
+  np.testing.assert_array_equal(plain, given)
+  churned = model.sample(
+    params, jax.random.key(1), 3, sampler="heun", num_steps=3, **{**options, "s_churn": 5.0}
+  )
+  assert not np.allclose(plain, churned)  # a set option of the sampler applies
+  record = model.describe_sample(sampler="process_heun", num_steps=3, **options)
+  assert record["s_churn"] == 0.0 and record["sampler"].startswith("process_heun: EDM's Heun")
+  with pytest.raises(ValueError, match="unknown sampler options"):
+    model.sample(params, jax.random.key(1), 3, sampler="euler", num_steps=3, eta_=0.5)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # run.py: train, resume, sample (subprocesses).
 

@@ -806,3 +806,32 @@ def test_run_py_fine_tunes_and_samples_a_class_conditional_folder_without_a_null
     f"error: --mode=eval: --pretrained={folder} is class-conditional without a null class, so it has no "
     "unconditional model for the likelihoods; it can sample with labels (--mode=sample) and fine-tune"
   )
+
+
+@pytest.mark.slow  # a torch model and a compile: 14 s
+def test_real_timesteps_match_diffusers():
+  """A DDPM from a diffusers folder samples with the process samplers (euler, process_heun, ...)
+  at real t between the levels: the mirror embeds a real t as UNet2DModel does (its sinusoidal
+  features take any float; diffusers' Heun and k-diffusion call it so)."""
+  torch = pytest.importorskip("torch")
+  model = _peer_model(TINY_VARIANTS["heads_scale_shift_padding"])
+  with torch.no_grad():  # the random weights barely read t: make the time embedding count
+    for name, p in model.named_parameters():
+      if name.startswith("time_embedding."):
+        p.mul_(30.0)
+  spec = UNet2DSpec.from_config(dict(model.config))
+  params = diffusers_unet.params_from_state_dict(
+    spec, {k: v.numpy() for k, v in model.state_dict().items()}
+  )
+  t = np.array([0.25, 36.7, 998.5], np.float32)
+  x = _inputs(spec, len(t))
+  with torch.no_grad():
+    ref = model(
+      torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(t)
+    )
+  ref = ref.sample.numpy().transpose(0, 2, 3, 1)
+  out = np.asarray(jax.jit(DiffusersUNet(spec).apply)(params, x, t))
+  assert _relative_error(out, ref) < 1e-5
+  # Real t is not rounded: the output moves between the levels.
+  at_level = np.asarray(jax.jit(DiffusersUNet(spec).apply)(params, x, np.round(t)))
+  assert _relative_error(out, at_level) > 1e-3
