@@ -157,8 +157,8 @@ class DiffusionModel:
       self.guided_model_fn(params, labels, guidance_scale),
       self.schedule,
       shape,
-      num_steps,
-      self.clip,
+      num_steps=num_steps,
+      clip=self.clip,
       prediction=self.prediction,
       **self._sampler_options(options),
     )

@@ -204,7 +204,11 @@ def test_ancestral_step_is_the_posterior_at_x_hat(x64):
   mean = a_ts * s_s**2 / s_t**2 * z_t + a_s * s_ts_sq / s_t**2 * x_hat
   std = math.sqrt(s_ts_sq * s_s**2 / s_t**2)
   step = lambda noise: vdm.ancestral_step(
-    jnp.asarray(eps_hat), jnp.asarray(z_t), noise, gamma_t=gamma_t, gamma_s=gamma_s
+    eps_hat=jnp.asarray(eps_hat),
+    z_t=jnp.asarray(z_t),
+    noise=noise,
+    gamma_t=gamma_t,
+    gamma_s=gamma_s,
   )
   np.testing.assert_allclose(step(jnp.zeros((1, 2))), mean, rtol=1e-12)
   np.testing.assert_allclose(step(jnp.ones((1, 2))) - step(jnp.zeros((1, 2))), std, rtol=1e-10)
