@@ -72,7 +72,9 @@ from gen_jax.diffusion.schedules import Schedule, schedule_sigmas, sigma_to_time
 from gen_jax.diffusion.timesteps import (
   check_timesteps,
   ddim_timesteps,
+  edm_sigma_range,
   edm_timesteps,
+  karras_sigmas,
   log_sigma_timesteps,
   snap_sigmas,
 )
@@ -505,6 +507,8 @@ def respaced_ddpm_sample(
     _ddim_grid(schedule),
     "respaced_ddpm_sample",
   )
+  if shape is not None:
+    shape = _check_shape(shape, "respaced_ddpm_sample")
   return ddpm_sample(
     key,
     model_fn,
@@ -641,8 +645,9 @@ def _edm_timesteps_from_top(schedule, num_steps, rho, sigma_min) -> Array:
   finite = edm_timesteps(schedule, num_steps, rho, sigma_min, jnp.where(zero_snr, below, top))
   if num_steps == 1:
     return jnp.full((1,), num_timesteps - 1, jnp.int32)
-  rest = edm_timesteps(schedule, num_steps - 1, rho, sigma_min, below)
-  from_inf = jnp.concatenate([jnp.full((1,), num_timesteps - 1, jnp.int32), rest])
+  low, _ = edm_sigma_range(schedule, sigma_min, None)
+  rest = karras_sigmas(low, below, num_steps - 1, rho)
+  from_inf = snap_sigmas(schedule, jnp.concatenate([jnp.full((1,), jnp.inf, rest.dtype), rest]))
   return jnp.where(zero_snr, from_inf, finite)
 
 

@@ -163,9 +163,12 @@ class LogSNRSchedule:
   def init(self, key) -> dict:
     if self.kind != "learned":
       return {}
+    # The default float, as the fixed schedules' endpoints and the net's parameters: float32
+    # endpoints under jax_enable_x64 would round gamma_min (-13.3 -> -13.300000190734863).
+    dtype = jnp.result_type(float)
     return {
-      "gamma_0": jnp.asarray(self.gamma_min, jnp.float32),
-      "gamma_1": jnp.asarray(self.gamma_max, jnp.float32),
+      "gamma_0": jnp.asarray(self.gamma_min, dtype),
+      "gamma_1": jnp.asarray(self.gamma_max, dtype),
       "net": init_monotone_net(key, self.num_features),
     }
 
