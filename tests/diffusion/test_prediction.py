@@ -186,3 +186,44 @@ def test_as_eps_fn_of_oracle_x0_and_v_predictors(sched):
     eps = jax.jit(diffusion.as_eps_fn(fn, sched, prediction))(*args)
     np.testing.assert_allclose(eps, ref, rtol=2e-3, atol=2e-3, err_msg=prediction)
   assert diffusion.as_eps_fn(x0_fn, sched, "eps") is x0_fn
+
+
+def test_array_arguments_are_keyword_only(sched):
+  """Issue 26: swapped positional arrays ran silently (predict_x0_from_eps with x_t and eps
+  swapped: RMS error 0.65; v_target with x0 and noise swapped: 1.9). Every function whose
+  arrays share a shape now takes them by keyword only: a positional call is a TypeError."""
+  x = jnp.zeros((2, 3))
+  t = jnp.array([1, 2])
+  q_sample = diffusion.make_q_sample(sched)
+  positional = {
+    "predict_x0_from_eps": lambda: diffusion.predict_x0_from_eps(sched, x, t, x),
+    "predict_eps_from_x0": lambda: diffusion.predict_eps_from_x0(sched, x, t, x),
+    "predict_v_from_eps": lambda: diffusion.predict_v_from_eps(sched, x, t, x),
+    "predict_eps_from_v": lambda: diffusion.predict_eps_from_v(sched, x, t, x),
+    "score_from_eps": lambda: diffusion.score_from_eps(sched, x, t, x),
+    "predict_eps_from_score": lambda: diffusion.predict_eps_from_score(sched, x, t, x),
+    "v_target": lambda: diffusion.v_target(sched, x, t, x),
+    "eps_from_prediction": lambda: diffusion.eps_from_prediction(sched, x, t, x, "v"),
+    "prediction_from_eps": lambda: diffusion.prediction_from_eps(sched, x, t, x, "v"),
+    "q_sample": lambda: q_sample(x, t, x),
+    "q_step": lambda: diffusion.q_step(sched, x, t, x),
+    "vdm.ancestral_step": lambda: diffusion.vdm.ancestral_step(
+      x, x, x, gamma_t=jnp.float32(1.0), gamma_s=jnp.float32(0.0)
+    ),
+    "run_sampler num_steps": lambda: diffusion.run_sampler(
+      "ddim", jax.random.key(0), lambda x, t: x, sched, (2, 3), 5
+    ),
+    "run_sampler clip": lambda: diffusion.run_sampler(
+      "ddim", jax.random.key(0), lambda x, t: x, sched, (2, 3), None, True
+    ),
+  }
+  for name, call in positional.items():
+    with pytest.raises(TypeError, match="positional argument"):
+      call()
+      pytest.fail(f"{name} ran with positional arrays")
+  # By keyword, the swap is visible at the call site and the values are right.
+  eps = jnp.ones((2, 3))
+  x_t = q_sample(x0=x, t=t, noise=eps)
+  np.testing.assert_allclose(
+    diffusion.predict_x0_from_eps(sched, x_t=x_t, t=t, eps=eps), x, atol=1e-5
+  )
