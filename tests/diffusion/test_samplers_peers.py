@@ -9,6 +9,9 @@ same level t, the same x_t) and in the final sample:
   ddpm_sample                  diffusers DDPMScheduler (fixed_small / fixed_large)
   respaced_ddpm_sample         DDPMScheduler on custom timesteps
   ddim_sample (eta 0, 1)       DDIMScheduler ("leading", "trailing", "linspace")
+  ddim_sample, t_end=0         DDIMScheduler as Stable Diffusion configures it (leading,
+                               steps_offset 1, set_alpha_to_one False)
+  img2img_timesteps            StableDiffusionImg2ImgPipeline.get_timesteps
   dpmpp_2m_sample              DPMSolverMultistepScheduler (dpmsolver++, order 2;
                                float32 inside its step(): a float32 reference)
                                k-diffusion sample_dpmpp_2m
@@ -295,6 +298,43 @@ def test_ddim_matches_a_stable_diffusion_ddim_config(eta, record_property):
     set_alpha_to_one=False,
   )
   assert_agree(run, trajectory, peer, TOL64, record_property)
+
+
+@pytest.mark.parametrize("steps_offset", [0, 1])
+def test_img2img_timesteps_is_diffusers_get_timesteps(steps_offset):
+  """img2img_timesteps(T, n, strength) is StableDiffusionImg2ImgPipeline.get_timesteps on a
+  DDIMScheduler ("leading") set to n steps, for strengths where int(n * strength) rounds
+  down (0.55 * 30 = 16.5) and up to all steps; the docs' former recipe
+  spaced_timesteps(601, 30) is not strength 0.6 at 50 steps."""
+  import ast
+  import types
+
+  import diffusers
+
+  # The pipeline's module imports transformers (not a peer dependency): its get_timesteps
+  # is read from diffusers' source and run as it is.
+  path = Path(diffusers.__file__).parent / "pipelines" / "stable_diffusion"
+  tree = ast.parse((path / "pipeline_stable_diffusion_img2img.py").read_text())
+  (source,) = [
+    node
+    for node in ast.walk(tree)
+    if isinstance(node, ast.FunctionDef) and node.name == "get_timesteps"
+  ]
+  namespace = {}
+  exec(compile(ast.Module([source], []), "get_timesteps", "exec"), namespace)
+  get_timesteps = namespace["get_timesteps"]
+  for num_steps, strength in ((50, 0.6), (30, 0.55), (30, 1.0), (25, 0.3), (7, 0.99)):
+    scheduler = diffusers.DDIMScheduler(
+      num_train_timesteps=1000, timestep_spacing="leading", steps_offset=steps_offset
+    )
+    scheduler.set_timesteps(num_steps)
+    pipeline = types.SimpleNamespace(scheduler=scheduler)
+    theirs, count = get_timesteps(pipeline, num_steps, strength, "cpu")
+    ours = diffusion.img2img_timesteps(1000, num_steps, strength, steps_offset=steps_offset)
+    np.testing.assert_array_equal(ours, theirs.numpy())
+    assert count == len(ours)
+  old_recipe = diffusion.spaced_timesteps(601, 30)
+  assert not np.array_equal(old_recipe, diffusion.img2img_timesteps(1000, 50, 0.6))
 
 
 def stock_ddim_linspace_error(num_steps) -> float:
