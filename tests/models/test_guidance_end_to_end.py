@@ -17,7 +17,9 @@ import pytest
 from experiments import ddpm_digits
 from gen_jax import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # tests/models/..
 
 
 # Each test builds a U-Net and most train or run run.py: 4-70 s each, so all are slow.
