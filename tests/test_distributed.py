@@ -308,7 +308,8 @@ def test_a_process_with_another_config_is_refused_at_start_up(env, tmp_path):
   for r in results:
     assert r.returncode == 1, r.output
     assert f"Distributed: process {r.index} of 2, 1 local / 2 global devices" in r.stdout
-    peer, there, here = (1, 0.02, 0.01) if r.index == 0 else (0, 0.01, 0.02)
+    rate = TOY2D["optim.learning_rate"]
+    peer, there, here = (1, 0.02, rate) if r.index == 0 else (0, rate, 0.02)
     assert (
       f"error: process {r.index} of 2 was started differently from process {peer}: "
       f"--config.optim.learning_rate is {there} there, {here} here" in r.stderr

@@ -1,7 +1,8 @@
 """The multi-process mismatch message docs/scaling.md quotes is the one
 gen_jax.runtime.distributed.check_same_config raises (issue 26: the docs quoted another
 wording and another format of the differing value). Two processes are stood in for by
-a fake key-value store, so the real message is built in one process."""
+a fake key-value store, so the real message is built in one process, then written as
+run.py writes it (as_flags: config.x -> --config.x)."""
 
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ import jax
 import ml_collections
 import pytest
 
+import run
 from gen_jax.configs import ConfigError
 from gen_jax.runtime import distributed
 
@@ -46,7 +48,7 @@ def test_docs_quote_the_mismatch_message(monkeypatch):
   monkeypatch.setattr(distributed, "_client", lambda: store)
   with pytest.raises(ConfigError) as raised:
     distributed.check_same_config(mine, job)
-  message = f"error: {raised.value}"  # run.py's one line on stderr
+  message = f"error: {run.as_flags(str(raised.value))}"  # run.py's one line on stderr
   quoted = _quoted()
   head, tail = quoted.split("...")
   assert message.startswith(head), (quoted, message)
