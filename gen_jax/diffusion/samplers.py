@@ -19,9 +19,9 @@ Options every sampler takes (keyword-only):
     (ValueError); traced ones (built inside jit) cannot be, and are the
     caller's to get right: ascending levels give NaN, levels outside [0, T)
     are clamped by JAX's indexing to a finite wrong result.
-  x_init: x_T, the state at the grid's first level, in VP coordinates
-    (default N(0, I) from split(key)[0]). The rule, for every sampler: the
-    default grids start at T - 1 whenever x_init is given (Heun's EDM grid
+  x_init: the state at the grid's first level, in VP coordinates (default
+    N(0, I) from split(key)[0]). The rule, for every sampler: x_init is x_T,
+    the default grids start at T - 1 whenever x_init is given (Heun's EDM grid
     then starts at sigma_{T-1}, not at its cap sigma_max = 80, which is level
     930 of linear T = 1000); with `timesteps=` (Heun: also `sigmas=` or
     `sigma_max=`) x_init is the state at that grid's first level,
