@@ -794,7 +794,7 @@ def heun_sample(
 
 
 # What an option accepts: (description, allows(value) -> bool), for errors such as
-# "config.sample.options.eta must be a number >= 0, got -0.5".
+# "config.sample.options.eta must be a number in [0, 1], got -0.5".
 _NON_NEGATIVE = ("a number >= 0", lambda v: checks.is_real(v) and v >= 0)
 _NON_NEGATIVE_OR_INF = (
   "a number >= 0 or inf",
