@@ -113,7 +113,7 @@ def test_a_library_config_error_is_one_line_with_the_flag(tmp_path):
     ),
     (  # the old name, forwarded to the new one
       ["--config.sample.eta=-1"],
-      "error: --config.sample.options.eta must be a number >= 0, got -1.0",
+      "error: --config.sample.options.eta must be a number in [0, 1], got -1.0",
     ),
   ],
 )

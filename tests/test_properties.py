@@ -346,7 +346,7 @@ def test_q_sample_and_q_posterior_match_float64(dtype, data, batch, example):
   with precision(dtype) as (dt, eps):
     schedule = diffusion.make_schedule(betas)
     (x0, noise), (x0_64, noise64) = as_dtype(dt, x0, noise)
-    x_t = diffusion.make_q_sample(schedule)(x0, t, noise)
+    x_t = diffusion.make_q_sample(schedule)(x0=x0, t=t, noise=noise)
     expected = np.sqrt(expand(ac)) * x0_64 + np.sqrt(1 - expand(ac)) * noise64
     check_close(x_t, expected, 8 * eps * (np.abs(x0_64) + np.abs(noise64)), dt)
 
@@ -374,6 +374,6 @@ def test_q_sample_refuses_a_time_batch_of_another_size():
   schedule = diffusion.make_schedule(diffusion.linear_betas(10))
   x, t = jnp.zeros((4, 2)), jnp.zeros((3,), jnp.int32)
   with pytest.raises((ValueError, TypeError)):
-    diffusion.make_q_sample(schedule)(x, t, x)
+    diffusion.make_q_sample(schedule)(x0=x, t=t, noise=x)
   with pytest.raises((ValueError, TypeError)):
     diffusion.q_posterior(schedule, x0=x, x_t=x, t=t)

@@ -12,7 +12,7 @@ the grids the samplers build internally) stays in its module, e.g.
   reverse     the model's step p(x_{t-1} | x_t), `p_mean_variance`
   losses      L_simple and the variational bound (terms, prior KL, bits/dim, continuous nats/dim)
   ode         the exact likelihood of the probability-flow ODE
-  timesteps   the time grids (DDIM's, uniform in log-sigma, Karras et al.'s rho-grid)
+  timesteps   the time grids (DDIM's, uniform in log-sigma, Karras et al.'s rho-grid, img2img's)
   samplers    ddpm, ddim, respaced, dpm++2m, heun, `ddim_invert`, and `SAMPLERS`, their one registry
   vdm         the continuous-time variational bound (Kingma et al. 2021), its log-SNR schedules
               and ancestral sampler: a module of its own, `diffusion.vdm.vdm_terms(...)`
@@ -118,6 +118,7 @@ from gen_jax.diffusion.timesteps import (
   SPACINGS,
   ddim_timesteps,
   edm_timesteps,
+  img2img_timesteps,
   karras_sigmas,
   log_sigma_timesteps,
   spaced_timesteps,
@@ -151,6 +152,7 @@ __all__ = [
   "eps_from_prediction",
   "guided_eps_fn",
   "heun_sample",
+  "img2img_timesteps",
   "karras_sigmas",
   "linear_betas",
   "log_sigma_timesteps",

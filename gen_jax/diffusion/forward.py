@@ -8,7 +8,9 @@ With a_t = sqrt(ac_t), s_t = sqrt(1 - ac_t) and x_t = a_t x0 + s_t eps:
   eps   = a_t v + s_t x_t                        predict_eps_from_v
   score = grad log q(x_t) = -eps / s_t           score_from_eps
 Each takes x_t (B, ...) or one example, t (B,) or a scalar, and returns an
-array of the shape of x_t.
+array of the shape of x_t. Their array arguments are keyword-only
+(`predict_x0_from_eps(schedule, x_t=..., t=..., eps=...)`): x_t, x0, eps and v
+have the same shape, so a swap would run silently.
 
 A model (`ModelFn`) is any batched function `model_fn(x_t, t) -> output`
 with x_t of shape (B, ...) and t int32 of shape (B,): a Flax model's `apply`
@@ -47,18 +49,19 @@ def check_prediction(prediction: str) -> None:
 # ----------------------------------------------------------------------------
 
 
-def make_q_sample(schedule: Schedule) -> Callable[[Array, Array, Array], Array]:
-  """Returns q_sample(x0, t, noise) -> x_t, a draw from q(x_t | x_0).
+def make_q_sample(schedule: Schedule) -> Callable[..., Array]:
+  """Returns q_sample(*, x0, t, noise) -> x_t, a draw from q(x_t | x_0).
 
   Formula: x_t = sqrt(ac_t) x_0 + sqrt(1 - ac_t) noise, noise ~ N(0, I),
   the closed form of the forward process (Ho et al. 2020, eq. 4).
 
   The closure is written for one example (x0 of any shape, t a scalar) and
   also accepts a batch (x0 (B, ...), t (B,)); `jax.vmap(q_sample)` over a
-  batch gives the same values.
+  batch gives the same values. Keyword-only: x0 and noise have the same
+  shape, so a swap would run silently.
   """
 
-  def q_sample(x0, t, noise):
+  def q_sample(*, x0, t, noise):
     check_integer_timesteps(t, "q_sample")
     return (
       at(schedule.sqrt_alphas_cumprod, t, x0) * x0
@@ -68,11 +71,12 @@ def make_q_sample(schedule: Schedule) -> Callable[[Array, Array, Array], Array]:
   return q_sample
 
 
-def q_step(schedule: Schedule, x_prev, t, noise) -> Array:
+def q_step(schedule: Schedule, *, x_prev, t, noise) -> Array:
   """One forward step: a draw from q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I).
 
   With t = 0, x_prev is the data x_0. Chaining q_step for t = 0..k gives a
-  draw from q(x_k | x_0) (`make_q_sample`).
+  draw from q(x_k | x_0) (`make_q_sample`). Keyword-only (x_prev and noise
+  have the same shape).
 
   Args:
     x_prev: (B, ...) or one example; t: (B,) or scalar; noise: like x_prev.
@@ -111,7 +115,7 @@ def q_posterior(schedule: Schedule, *, x0, x_t, t) -> tuple[Array, Array, Array]
 # ----------------------------------------------------------------------------
 
 
-def predict_x0_from_eps(schedule: Schedule, x_t, t, eps) -> Array:
+def predict_x0_from_eps(schedule: Schedule, *, x_t, t, eps) -> Array:
   """x_0 implied by x_t and a noise estimate: (x_t - sqrt(1 - ac_t) eps) / sqrt(ac_t)."""
   check_integer_timesteps(t, "predict_x0_from_eps")
   return (x_t - at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / at(
@@ -119,7 +123,7 @@ def predict_x0_from_eps(schedule: Schedule, x_t, t, eps) -> Array:
   )
 
 
-def predict_eps_from_x0(schedule: Schedule, x_t, t, x0) -> Array:
+def predict_eps_from_x0(schedule: Schedule, *, x_t, t, x0) -> Array:
   """The inverse of `predict_x0_from_eps`: (x_t - sqrt(ac_t) x_0) / sqrt(1 - ac_t)."""
   check_integer_timesteps(t, "predict_eps_from_x0")
   return (x_t - at(schedule.sqrt_alphas_cumprod, t, x_t) * x0) / at(
@@ -127,7 +131,7 @@ def predict_eps_from_x0(schedule: Schedule, x_t, t, x0) -> Array:
   )
 
 
-def v_target(schedule: Schedule, x0, t, noise) -> Array:
+def v_target(schedule: Schedule, *, x0, t, noise) -> Array:
   """The v-prediction target of x_t = q_sample(x0, t, noise):
   v = sqrt(ac_t) noise - sqrt(1 - ac_t) x0 (Salimans & Ho 2022, sec. 4)."""
   check_integer_timesteps(t, "v_target")
@@ -137,7 +141,7 @@ def v_target(schedule: Schedule, x0, t, noise) -> Array:
   )
 
 
-def predict_eps_from_v(schedule: Schedule, x_t, t, v) -> Array:
+def predict_eps_from_v(schedule: Schedule, *, x_t, t, v) -> Array:
   """eps = sqrt(ac_t) v + sqrt(1 - ac_t) x_t, the inverse of `predict_v_from_eps`."""
   check_integer_timesteps(t, "predict_eps_from_v")
   return (
@@ -146,7 +150,7 @@ def predict_eps_from_v(schedule: Schedule, x_t, t, v) -> Array:
   )
 
 
-def predict_v_from_eps(schedule: Schedule, x_t, t, eps) -> Array:
+def predict_v_from_eps(schedule: Schedule, *, x_t, t, eps) -> Array:
   """v = (eps - sqrt(1 - ac_t) x_t) / sqrt(ac_t), i.e. sqrt(ac_t) eps - sqrt(1 - ac_t) x0."""
   check_integer_timesteps(t, "predict_v_from_eps")
   return (eps - at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t) / at(
@@ -154,35 +158,35 @@ def predict_v_from_eps(schedule: Schedule, x_t, t, eps) -> Array:
   )
 
 
-def score_from_eps(schedule: Schedule, x_t, t, eps) -> Array:
+def score_from_eps(schedule: Schedule, *, x_t, t, eps) -> Array:
   """The score grad_x log q(x_t) implied by eps: -eps / sqrt(1 - ac_t)."""
   check_integer_timesteps(t, "score_from_eps")
   return -eps / at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
 
 
-def predict_eps_from_score(schedule: Schedule, x_t, t, score) -> Array:
+def predict_eps_from_score(schedule: Schedule, *, x_t, t, score) -> Array:
   """The inverse of `score_from_eps`: eps = -sqrt(1 - ac_t) score."""
   check_integer_timesteps(t, "predict_eps_from_score")
   return -at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * score
 
 
-def eps_from_prediction(schedule: Schedule, x_t, t, pred, prediction: str) -> Array:
-  """eps from a model output `pred` that predicts `prediction` (eps | x0 | v)."""
+def eps_from_prediction(schedule: Schedule, *, x_t, t, output, prediction: str) -> Array:
+  """eps from a model output that predicts `prediction` (eps | x0 | v)."""
   check_prediction(prediction)
   if prediction == "x0":
-    return predict_eps_from_x0(schedule, x_t, t, pred)
+    return predict_eps_from_x0(schedule, x_t=x_t, t=t, x0=output)
   if prediction == "v":
-    return predict_eps_from_v(schedule, x_t, t, pred)
-  return pred
+    return predict_eps_from_v(schedule, x_t=x_t, t=t, v=output)
+  return output
 
 
-def prediction_from_eps(schedule: Schedule, x_t, t, eps, prediction: str) -> Array:
+def prediction_from_eps(schedule: Schedule, *, x_t, t, eps, prediction: str) -> Array:
   """The inverse of `eps_from_prediction`: eps -> eps | x0 | v."""
   check_prediction(prediction)
   if prediction == "x0":
-    return predict_x0_from_eps(schedule, x_t, t, eps)
+    return predict_x0_from_eps(schedule, x_t=x_t, t=t, eps=eps)
   if prediction == "v":
-    return predict_v_from_eps(schedule, x_t, t, eps)
+    return predict_v_from_eps(schedule, x_t=x_t, t=t, eps=eps)
   return eps
 
 
@@ -243,11 +247,13 @@ def as_eps_fn(
 ) -> EpsFn:
   """Turns a batched predictor of eps, x0 or v into an eps_fn(x_t, t).
 
-  eps_fn(x_t, t) = eps_from_prediction(schedule, x_t, t, model_fn(x_t, t),
-  prediction), so every sampler, `vlb_term` and `vlb_terms` run on a model
+  eps_fn(x_t, t) = eps_from_prediction(schedule, x_t=x_t, t=t,
+  output=model_fn(x_t, t), prediction=prediction), so every sampler, `vlb_term` and `vlb_terms` run on a model
   trained for any target. prediction = "eps" returns model_fn itself.
   """
   check_prediction(prediction)
   if prediction == "eps":
     return model_fn
-  return lambda x_t, t: eps_from_prediction(schedule, x_t, t, model_fn(x_t, t), prediction)
+  return lambda x_t, t: eps_from_prediction(
+    schedule, x_t=x_t, t=t, output=model_fn(x_t, t), prediction=prediction
+  )

@@ -57,13 +57,13 @@ def simple_loss(key, model_fn, schedule: Schedule, x0, prediction: str = "eps") 
   batch = x0.shape[0]
   t = jax.random.randint(t_key, (batch,), 0, schedule.num_timesteps)
   noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
-  x_t = make_q_sample(schedule)(x0, t, noise)
+  x_t = make_q_sample(schedule)(x0=x0, t=t, noise=noise)
   if prediction == "eps":
     target = noise
   elif prediction == "x0":
     target = x0
   else:
-    target = v_target(schedule, x0, t, noise)
+    target = v_target(schedule, x0=x0, t=t, noise=noise)
   return mean_data_dims(jnp.square(target - model_fn(x_t, t)), 1)
 
 
@@ -242,7 +242,7 @@ def vlb_terms(
   def body(_, t):
     noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape, x0.dtype)
     t_batch = jnp.full((batch,), t, jnp.int32)
-    x_t = q_sample(x0, t_batch, noise)
+    x_t = q_sample(x0=x0, t=t_batch, noise=noise)
     term = vlb_term(
       schedule,
       x0=x0,

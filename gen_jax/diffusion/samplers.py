@@ -13,20 +13,39 @@ Options every sampler takes (keyword-only):
   timesteps: the strictly decreasing int levels in [0, T) it visits (network
     calls there), replacing the default grid of num_steps (not both). The
     last step always goes to the data (to the x0 prediction at the last
-    level), wherever the grid ends. `spaced_timesteps` gives diffusers'
-    spacings ("linspace", "leading", "trailing").
-  x_init: the state x_t at the grid's first level, VP coordinates (default
-    N(0, I) from split(key)[0]; Heun: sigma_0 N(0, I) in its VE coordinates,
-    i.e. x_t = sqrt(1 - ac_t) N(0, I), EDM's convention). With a grid that
-    starts below T - 1 and x_init = q_sample(x0, timesteps[0], noise) this is
-    SDEdit / img2img (Meng et al. 2022):
-      t_start = 600
-      x_t = diffusion.make_q_sample(schedule)(images, jnp.full((B,), t_start), noise)
-      grid = diffusion.spaced_timesteps(t_start + 1, 30)  # 30 levels from 600 to 0
+    level), wherever the grid ends (ddpm, respaced, ddim: unless t_end).
+    `spaced_timesteps` gives diffusers' spacings ("linspace", "leading",
+    "trailing", and diffusers' steps_offset). Concrete timesteps are checked
+    (ValueError); traced ones (built inside jit) cannot be, and are the
+    caller's to get right: ascending levels give NaN, levels outside [0, T)
+    are clamped by JAX's indexing to a finite wrong result.
+  x_init: the state at the grid's first level, in VP coordinates (default
+    N(0, I) from split(key)[0]). The rule, for every sampler: x_init is x_T,
+    the default grids start at T - 1 whenever x_init is given (Heun's EDM grid
+    then starts at sigma_{T-1}, not at its cap sigma_max = 80, which is level
+    930 of linear T = 1000); with `timesteps=` (Heun: also `sigmas=` or
+    `sigma_max=`) x_init is the state at that grid's first level,
+    `Trajectory.timesteps[0]`. x_init is cast to the dtype the steps compute
+    in, its own promoted with the schedule's (float32 under jax_enable_x64
+    runs in float64, bfloat16 in the schedule's float32). A grid that starts
+    below T - 1 with x_init = q_sample(x0=..., t=timesteps[0], noise=...) is
+    SDEdit / img2img (Meng et al. 2022); `img2img_timesteps` gives diffusers'
+    img2img grid for a strength:
+      grid = diffusion.img2img_timesteps(1000, 50, 0.6)  # diffusers' get_timesteps
+      t_start = jnp.full((B,), grid[0])
+      x_t = diffusion.make_q_sample(schedule)(x0=images, t=t_start, noise=noise)
       edited = diffusion.ddim_sample(key, model_fn, schedule, timesteps=grid, x_init=x_t)
+  t_end (ddpm, respaced, ddim): stop at level t_end instead of the data: the
+    last step goes from the grid's last level to t_end (in [0, that level])
+    and the sampler returns x_{t_end}, noise included (eta > 0, ddpm). t_end =
+    0 is diffusers' set_alpha_to_one=False (final_alpha_cumprod =
+    alphas_cumprod[0]); with `spaced_timesteps(T, K, "leading", steps_offset=1)`
+    ddim_sample is DDIMScheduler of a Stable-Diffusion config step for step.
   return_trajectory: also return a `Trajectory` (the timesteps of the network
     calls, the state x_t there and the predicted x0 there), the outputs of the
-    same scan.
+    same scan; without it the scan stacks nothing, with or without jit.
+  num_steps (all but ddpm) must be a static Python int: it fixes the scan's
+    length (a traced one is refused by name).
 Per-step noise comes from fold_in(split(key)[1], step).
 `run_sampler` calls one by name; `describe_sampler` says what that call runs
 (steps, network calls, the options that apply) without running it.
@@ -37,6 +56,7 @@ that names them stay in one file, so adding a sampler is one edit in one place.
 
 import dataclasses
 import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -52,7 +72,9 @@ from gen_jax.diffusion.schedules import Schedule, schedule_sigmas, sigma_to_time
 from gen_jax.diffusion.timesteps import (
   check_timesteps,
   ddim_timesteps,
+  edm_sigma_range,
   edm_timesteps,
+  karras_sigmas,
   log_sigma_timesteps,
   snap_sigmas,
 )
@@ -80,12 +102,23 @@ class Trajectory(NamedTuple):
 # ----------------------------------------------------------------------------
 
 
+def _check_static(num_steps, name) -> None:
+  """ValueError naming `name` for a traced num_steps: it fixes the grid's length (the scan's)."""
+  if num_steps is not None and concrete_or_none(num_steps) is None:
+    raise ValueError(
+      f"{name}: num_steps must be static (a Python int: it fixes the number of steps), got a "
+      "traced value; under jax.jit close over it or mark it static (static_argnames), or "
+      "pass timesteps="
+    )
+
+
 def _grid(schedule, num_steps, timesteps, default, name) -> Array:
   """The levels a sampler visits: `timesteps` checked, or default(num_steps)."""
   if timesteps is not None:
     if num_steps is not None:
       raise ValueError(f"{name}: pass num_steps or timesteps, not both")
     return check_timesteps(timesteps, schedule.num_timesteps, name)
+  _check_static(num_steps, name)
   return jnp.asarray(default(num_steps), jnp.int32)
 
 
@@ -98,18 +131,62 @@ def _ddim_grid(schedule):
   )
 
 
-def _start(key, shape, x_init, name):
-  """(x at the first level, the per-step noise key, shape)."""
+def _state_dtype(schedule, x) -> Any:
+  """The dtype a sampler's steps compute in: x's promoted with the schedule's (a float)."""
+  dtype = jnp.promote_types(jnp.result_type(x), schedule.alphas_cumprod.dtype)
+  return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+
+
+def _check_shape(shape, name) -> tuple[int, ...]:
+  """shape as a tuple of ints; ValueError naming `name` for anything else, such as a start
+  state passed positionally where shape is expected."""
+  try:
+    return tuple(operator.index(d) for d in shape)
+  except TypeError:
+    got = f"an array of shape {jnp.shape(shape)}" if hasattr(shape, "shape") else repr(shape)
+    raise ValueError(
+      f"{name}: shape must be a tuple of ints (B, ...), got {got}; pass a start state as "
+      "x_init= (keyword-only)"
+    ) from None
+
+
+def _start(key, shape, x_init, name, schedule):
+  """(x at the first level, the per-step noise key, shape). x_init is cast to the dtype the
+  steps compute in (`_state_dtype`), so that the scan's carry keeps one type."""
   init_key, step_key = jax.random.split(key)
+  if shape is not None:
+    shape = _check_shape(shape, name)
   if x_init is None:
     if shape is None:
       raise ValueError(f"{name}: give shape or x_init")
-    shape = tuple(shape)
-    return jax.random.normal(init_key, shape, jnp.result_type(float)), step_key, shape
+    dtype = _state_dtype(schedule, jnp.zeros((), jnp.result_type(float)))
+    return jax.random.normal(init_key, shape, dtype), step_key, shape
   x_init = jnp.asarray(x_init)
-  if shape is not None and tuple(shape) != x_init.shape:
-    raise ValueError(f"{name}: shape {tuple(shape)} differs from x_init's {x_init.shape}")
+  x_init = x_init.astype(_state_dtype(schedule, x_init))
+  if shape is not None and shape != x_init.shape:
+    raise ValueError(f"{name}: shape {shape} differs from x_init's {x_init.shape}")
   return x_init, step_key, x_init.shape
+
+
+def _steps_out(return_trajectory, x, x0):
+  """A scan body's per-step output: (x, x0) for the trajectory, else nothing, so that a
+  sampler called without jit does not build (K, B, ...) stacks nobody asked for."""
+  return (x, x0) if return_trajectory else None
+
+
+def _check_t_end(t_end, grid, name):
+  """t_end as an int32 scalar; ValueError unless in [0, the grid's last level] (concrete)."""
+  if t_end is None:
+    return None
+  if isinstance(t_end, bool) or not jnp.issubdtype(jnp.result_type(t_end), jnp.integer):
+    raise ValueError(f"{name}: t_end must be an integer level or None, got {t_end!r}")
+  value, last = concrete_or_none(t_end), concrete_or_none(grid[-1])
+  if value is not None and last is not None and not 0 <= int(value) <= int(last):
+    raise ValueError(
+      f"{name}: t_end must be a level in [0, {int(last)}] (at most the grid's last level, "
+      f"the last step goes from there to t_end), got {int(value)}"
+    )
+  return jnp.asarray(t_end, jnp.int32)
 
 
 def _predict(model_fn, schedule, x, t, prediction, clip):
@@ -127,15 +204,26 @@ def _predict(model_fn, schedule, x, t, prediction, clip):
   return eps, x0
 
 
+def _check_eta(eta, name) -> None:
+  """ValueError naming `name` unless eta (when concrete) is in [0, 1]."""
+  value = concrete_or_none(eta)
+  if value is not None and (np.ndim(value) != 0 or not 0.0 <= float(value) <= 1.0):
+    raise ValueError(
+      f"{name}: eta must be a number in [0, 1] (0: deterministic DDIM, 1: the ancestral "
+      f"sampler's noise), got {eta!r}"
+    )
+
+
 def _finish(x, grid, states, return_trajectory):
   if not return_trajectory:
     return x
   return x, Trajectory(grid, *states)
 
 
-def _next_levels(grid):
-  """alphas_cumprod index of the step after each level: the next level, -1 (the data) last."""
-  return jnp.append(grid[1:], -1)
+def _next_levels(grid, t_end=None):
+  """alphas_cumprod index of the step after each level: the next level, last t_end (None:
+  -1, the data)."""
+  return jnp.append(grid[1:], -1 if t_end is None else t_end)
 
 
 def _ac_at(schedule, levels):
@@ -148,7 +236,7 @@ def _ac_at(schedule, levels):
 # ----------------------------------------------------------------------------
 
 
-def _ancestral_coefficients(schedule, grid, variance):
+def _ancestral_coefficients(schedule, grid, variance, t_end=None):
   """Per step from level t to the next level s (ac_s = 1 after the last):
   the posterior q(x_s | x_t, x0) = N(c1 x0 + c2 x_t, v) of the respaced
   chain, beta' = 1 - ac_t / ac_s (Nichol & Dhariwal 2021, sec. 4):
@@ -156,8 +244,9 @@ def _ancestral_coefficients(schedule, grid, variance):
     v = beta' (1 - ac_s) / (1 - ac_t) ("small") or beta' ("large").
   Between consecutive levels the schedule's own float64-precomputed values
   are used (beta' = beta_t), so all T steps are DDPM to the last digit; the
-  last step's noise is 0. Finite at a zero-SNR level (ac_t = 0, beta' = 1)."""
-  nxt = _next_levels(grid)
+  last step's noise is 0 when it goes to the data (t_end None). Finite at a
+  zero-SNR level (ac_t = 0, beta' = 1)."""
+  nxt = _next_levels(grid, t_end)
   ac_t = schedule.alphas_cumprod[grid]
   ac_s = _ac_at(schedule, nxt)
   consecutive = nxt == grid - 1
@@ -190,6 +279,7 @@ def ddpm_sample(
   variance: str = "small",
   clip: bool = False,
   timesteps=None,
+  t_end=None,
   x_init=None,
   return_trajectory: bool = False,
 ):
@@ -207,10 +297,11 @@ def ddpm_sample(
     shape: (B, ...), the shape of the samples (or None with x_init).
     prediction: "eps" | "x0" | "v". variance: "small" | "large".
     clip: clip the predicted x_0 to [-1, 1] at every step.
-    timesteps, x_init, return_trajectory: see the module docstring.
+    timesteps, t_end, x_init, return_trajectory: see the module docstring.
 
   Returns:
-    Samples of `shape`; with return_trajectory, (samples, Trajectory).
+    Samples of `shape` (x_{t_end} with t_end); with return_trajectory,
+    (samples, Trajectory).
   """
   name = "ddpm_sample"
   check_variance(variance)
@@ -218,15 +309,16 @@ def ddpm_sample(
     schedule, None, timesteps, lambda _: jnp.arange(schedule.num_timesteps - 1, -1, -1), name
   )
   check_prediction_for_schedule(schedule, prediction, grid, name)
-  x, step_key, shape = _start(key, shape, x_init, name)
-  c1, c2, std = _ancestral_coefficients(schedule, grid, variance)
+  t_end = _check_t_end(t_end, grid, name)
+  x, step_key, shape = _start(key, shape, x_init, name, schedule)
+  c1, c2, std = _ancestral_coefficients(schedule, grid, variance, t_end)
   num = grid.shape[0]
 
   def body(x, inputs):
     i, t, coef1, coef2, sigma = inputs
     _, x0 = _predict(model_fn, schedule, x, t, prediction, clip)
     noise = jax.random.normal(jax.random.fold_in(step_key, num - 1 - i), shape, x.dtype)
-    return coef1 * x0 + coef2 * x + sigma * noise, (x, x0)
+    return coef1 * x0 + coef2 * x + sigma * noise, _steps_out(return_trajectory, x, x0)
 
   x_data, states = jax.lax.scan(body, x, (jnp.arange(num), grid, c1, c2, std))
   return _finish(x_data, grid, states, return_trajectory)
@@ -243,6 +335,7 @@ def ddim_sample(
   eta: float = 0.0,
   prediction: str = "eps",
   clip: bool = False,
+  t_end=None,
   x_init=None,
   return_trajectory: bool = False,
 ):
@@ -255,18 +348,21 @@ def ddim_sample(
     x_s = sqrt(ac_s) x0 + sqrt(1 - ac_s - sigma^2) eps + sigma z,
   z from fold_in(split(key)[1], i) at step i. eta = 0 is the deterministic
   sampler (the probability-flow ODE's discretisation; `ddim_invert` runs it
-  backwards); eta = 1 matches ancestral sampling's marginals.
+  backwards); eta = 1 matches ancestral sampling's marginals (respaced DDPM,
+  "small" variance). eta outside [0, 1] is refused when concrete (eta > 1
+  would clip the square root; traced, it is not checked).
 
   Args:
-    shape: (B, ...) (or None with x_init). num_steps: in [1, T]. eta >= 0.
-    prediction: "eps" | "x0" | "v".
-    timesteps, x_init, return_trajectory: see the module docstring.
+    shape: (B, ...) (or None with x_init). num_steps: in [1, T], static.
+    eta: in [0, 1]. prediction: "eps" | "x0" | "v".
+    timesteps, t_end, x_init, return_trajectory: see the module docstring.
 
   Returns:
-    Samples of `shape` (the final x0 prediction); with return_trajectory,
-    (samples, Trajectory).
+    Samples of `shape` (the final x0 prediction; x_{t_end} with t_end); with
+    return_trajectory, (samples, Trajectory).
   """
   name = "ddim_sample"
+  _check_eta(eta, name)
   grid = _grid(
     schedule,
     num_steps,
@@ -275,9 +371,10 @@ def ddim_sample(
     name,
   )
   check_prediction_for_schedule(schedule, prediction, grid, name)
-  x, step_key, shape = _start(key, shape, x_init, name)
+  t_end = _check_t_end(t_end, grid, name)
+  x, step_key, shape = _start(key, shape, x_init, name, schedule)
   ac = schedule.alphas_cumprod
-  ac_next = _ac_at(schedule, _next_levels(grid))
+  ac_next = _ac_at(schedule, _next_levels(grid, t_end))
 
   def body(x, inputs):
     i, t, a_next = inputs
@@ -290,7 +387,7 @@ def ddim_sample(
       + jnp.sqrt(jnp.maximum(1 - a_next - sigma**2, 0.0)) * eps
       + sigma * noise
     )
-    return x_next, (x, x0)
+    return x_next, _steps_out(return_trajectory, x, x0)
 
   x_data, states = jax.lax.scan(body, x, (jnp.arange(grid.shape[0]), grid, ac_next))
   return _finish(x_data, grid, states, return_trajectory)
@@ -304,7 +401,8 @@ def ddim_invert(
   num_steps: int | None = None,
   timesteps=None,
   prediction: str = "eps",
-) -> Array:
+  return_trajectory: bool = False,
+):
   """Deterministic DDIM inversion: data -> the state at the grid's top level.
 
   The grid is `ddim_sample`'s (`ddim_timesteps(T, num_steps)`, or
@@ -318,13 +416,20 @@ def ddim_invert(
   `ddim_sample(..., timesteps=grid, x_init=ddim_invert(...))` then returns
   to the data up to that approximation's error, which shrinks as the steps
   grow. ac_s > 0 at every source level, so nothing divides by 0 (a
-  zero-SNR top level gives x_T = eps).
+  zero-SNR top level gives x_T = eps). x0 is cast to the dtype the steps
+  compute in (its own promoted with the schedule's).
 
   Args:
-    x0: (B, ...) data. num_steps: in [1, T] (default T).
+    x0: (B, ...) data. num_steps: in [1, T] (default T), static.
+    return_trajectory: also return a `Trajectory` in the inversion's order,
+      levels ascending: timesteps = the grid reversed, x[k] = the state
+      reached at level timesteps[k] (x[-1] is the result), x0[k] = x0_hat
+      of that step. `trajectory.x[::-1]` are the latents a DDIM sampler
+      visits from the result on the same grid (null-text inversion's targets).
 
   Returns:
-    x at level timesteps[0], of x0's shape.
+    x at level timesteps[0], of x0's shape; with return_trajectory,
+    (x, Trajectory).
   """
   name = "ddim_invert"
   grid = _grid(
@@ -338,6 +443,7 @@ def ddim_invert(
   up = grid[::-1]
   ac_from = jnp.append(1.0, schedule.alphas_cumprod[up[:-1]])
   x0 = jnp.asarray(x0)
+  x0 = x0.astype(_state_dtype(schedule, x0))
 
   def body(x, inputs):
     t, a_from = inputs
@@ -349,10 +455,11 @@ def ddim_invert(
       eps, _ = eps_and_x0(schedule, x_t=x, t=t_batch, output=output, prediction=prediction)
     x0_hat = (x - jnp.sqrt(1 - a_from) * eps) / jnp.sqrt(a_from)
     a_t = schedule.alphas_cumprod[t]
-    return jnp.sqrt(a_t) * x0_hat + jnp.sqrt(1 - a_t) * eps, None
+    x_t = jnp.sqrt(a_t) * x0_hat + jnp.sqrt(1 - a_t) * eps
+    return x_t, _steps_out(return_trajectory, x_t, x0_hat)
 
-  x_top, _ = jax.lax.scan(body, x0, (up, ac_from))
-  return x_top
+  x_top, states = jax.lax.scan(body, x0, (up, ac_from))
+  return _finish(x_top, up, states, return_trajectory)
 
 
 # ----------------------------------------------------------------------------
@@ -371,6 +478,7 @@ def respaced_ddpm_sample(
   prediction: str = "eps",
   variance: str = "small",
   clip: bool = False,
+  t_end=None,
   x_init=None,
   return_trajectory: bool = False,
 ):
@@ -387,6 +495,7 @@ def respaced_ddpm_sample(
   Args:
     shape: (B, ...). num_steps: in [1, T] (default T). variance: "small" | "large".
     clip: clip the predicted x_0 to [-1, 1] at every step.
+    timesteps, t_end, x_init, return_trajectory: see the module docstring.
 
   Returns:
     Samples of `shape`; with return_trajectory, (samples, Trajectory).
@@ -398,6 +507,8 @@ def respaced_ddpm_sample(
     _ddim_grid(schedule),
     "respaced_ddpm_sample",
   )
+  if shape is not None:
+    shape = _check_shape(shape, "respaced_ddpm_sample")
   return ddpm_sample(
     key,
     model_fn,
@@ -407,6 +518,7 @@ def respaced_ddpm_sample(
     variance=variance,
     clip=clip,
     timesteps=grid,
+    t_end=t_end,
     x_init=x_init,
     return_trajectory=return_trajectory,
   )
@@ -473,7 +585,7 @@ def dpmpp_2m_sample(
 
   grid = _grid(schedule, num_steps, timesteps, default, name)
   check_prediction_for_schedule(schedule, prediction, grid, name)
-  x, _, shape = _start(key, shape, x_init, name)
+  x, _, shape = _start(key, shape, x_init, name, schedule)
   alpha = schedule.sqrt_alphas_cumprod[grid]
   sigma = schedule.sqrt_one_minus_alphas_cumprod[grid]
   log_snr = jnp.log(alpha) - jnp.log(sigma)  # -inf at a zero-SNR level
@@ -493,7 +605,7 @@ def dpmpp_2m_sample(
     t, c_x, c_d, c_corr = inputs
     _, x0 = _predict(model_fn, schedule, x, t, prediction, clip)
     d = x0 + c_corr * (x0 - x0_prev)
-    return (c_x * x + c_d * d, x0), (x, x0)
+    return (c_x * x + c_d * d, x0), _steps_out(return_trajectory, x, x0)
 
   (x_data, _), states = jax.lax.scan(
     body, (x, jnp.zeros_like(x)), (grid, coef_x, coef_d, correction)
@@ -519,6 +631,24 @@ def _check_sigmas(sigmas, name) -> Array:
   ):
     raise ValueError(f"{name}: sigmas must be positive and strictly decreasing, got {values}")
   return jnp.asarray(sigmas, jnp.result_type(float))
+
+
+def _edm_timesteps_from_top(schedule, num_steps, rho, sigma_min) -> Array:
+  """Heun's grid for a given x_T: EDM's rho-grid from sigma_{T-1} (not EDM's cap at 80), so
+  that its first level is T - 1; at zero terminal SNR (sigma_{T-1} = inf) the level T - 1,
+  then the rho-grid of num_steps - 1 levels from sigma_{T-2}."""
+  num_timesteps = schedule.num_timesteps
+  checks.check_integer(num_steps, "num_steps", 1, num_timesteps)
+  sigmas = schedule_sigmas(schedule)
+  top, below = sigmas[-1], sigmas[max(num_timesteps - 2, 0)]
+  zero_snr = jnp.isinf(top)
+  finite = edm_timesteps(schedule, num_steps, rho, sigma_min, jnp.where(zero_snr, below, top))
+  if num_steps == 1:
+    return jnp.full((1,), num_timesteps - 1, jnp.int32)
+  low, _ = edm_sigma_range(schedule, sigma_min, None)
+  rest = karras_sigmas(low, below, num_steps - 1, rho)
+  from_inf = snap_sigmas(schedule, jnp.concatenate([jnp.full((1,), jnp.inf, rest.dtype), rest]))
+  return jnp.where(zero_snr, from_inf, finite)
 
 
 def heun_sample(
@@ -549,7 +679,9 @@ def heun_sample(
   sigmas sigma_0 > ... > sigma_{N-1} at discrete levels and sigma_N = 0:
   the levels are `edm_timesteps(schedule, N, rho, sigma_min, sigma_max)`
   (defaults sigma_max = min(80, sigma_{T-1}), sigma_min = max(0.002,
-  sigma_0): EDM's values clamped to the schedule), or `sigmas` (a
+  sigma_0): EDM's values clamped to the schedule; with x_init and no
+  sigma_max, sigmas or timesteps, sigma_max = sigma_{T-1}, so that x_init
+  is x_T as for every sampler), or `sigmas` (a
   decreasing grid, snapped to the nearest levels, `snap_sigmas`), or
   `timesteps`. x_0 = sigma_0 z (z from split(key)[0]; or x_init / sqrt(ac)),
   then for i = 0..N-1:
@@ -575,7 +707,7 @@ def heun_sample(
   (x_init, default N(0, I)); no Heun correction on that step.
 
   Args:
-    shape: (B, ...) (or None with x_init). num_steps: N in [1, T], default 18.
+    shape: (B, ...) (or None with x_init). num_steps: N in [1, T], default 18, static.
     rho: the sigma-schedule's exponent. s_churn, s_tmin, s_tmax, s_noise:
       the stochastic sampler's parameters (Karras et al. 2022, Table 5).
     timesteps, sigmas, num_steps: at most one of them.
@@ -596,9 +728,12 @@ def heun_sample(
   elif sigmas is not None:
     grid = snap_sigmas(schedule, _check_sigmas(sigmas, name))
   else:
-    grid = edm_timesteps(
-      schedule, 18 if num_steps is None else num_steps, rho, sigma_min, sigma_max
-    )
+    _check_static(num_steps, name)
+    num = 18 if num_steps is None else num_steps
+    if x_init is not None and sigma_max is None:
+      grid = _edm_timesteps_from_top(schedule, num, rho, sigma_min)
+    else:
+      grid = edm_timesteps(schedule, num, rho, sigma_min, sigma_max)
   check_prediction_for_schedule(schedule, prediction, grid, name)
   num = grid.shape[0]
   all_sigmas = schedule_sigmas(schedule)
@@ -616,7 +751,7 @@ def heun_sample(
   churn_std = s_noise * jnp.where(
     sig_hat > sig, jnp.sqrt(jnp.maximum((sig_hat - sig) * (sig_hat + sig), 0.0)), 0.0
   )
-  x_vp, step_key, shape = _start(key, shape, x_init, name)
+  x_vp, step_key, shape = _start(key, shape, x_init, name, schedule)
   if x_init is None:
     x = jnp.where(top[0], x_vp, sig[0] * x_vp)
   else:
@@ -646,7 +781,7 @@ def heun_sample(
       return x_hat + (sig_n - sig_h) * 0.5 * (d + d_next)
 
     x_new = jax.lax.cond((sig_n > 0) & ~is_top, heun, lambda _: x_euler, None)
-    return x_new, (x_t, x0)
+    return x_new, _steps_out(return_trajectory, x_t, x0)
 
   steps = (jnp.arange(num), t_hat, sig_hat, churn_std, t_next, sig_next, top)
   x_data, states = jax.lax.scan(body, x, steps)
@@ -659,13 +794,14 @@ def heun_sample(
 
 
 # What an option accepts: (description, allows(value) -> bool), for errors such as
-# "config.sample.options.eta must be a number >= 0, got -0.5".
+# "config.sample.options.eta must be a number in [0, 1], got -0.5".
 _NON_NEGATIVE = ("a number >= 0", lambda v: checks.is_real(v) and v >= 0)
 _NON_NEGATIVE_OR_INF = (
   "a number >= 0 or inf",
   lambda v: (checks.is_real(v) and v >= 0) or v == math.inf,
 )
 _POSITIVE = ("a number > 0", lambda v: checks.is_real(v) and v > 0)
+_UNIT_INTERVAL = ("a number in [0, 1]", lambda v: checks.is_real(v) and 0 <= v <= 1)
 _VARIANCE = (f"one of {VARIANCES}", lambda v: v in VARIANCES)
 
 
@@ -710,7 +846,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     takes_num_steps=False,
     domains={"variance": _VARIANCE},
   ),
-  "ddim": SamplerSpec(ddim_sample, "DDIM", None, {"eta": 0.0}, domains={"eta": _NON_NEGATIVE}),
+  "ddim": SamplerSpec(ddim_sample, "DDIM", None, {"eta": 0.0}, domains={"eta": _UNIT_INTERVAL}),
   "respaced": SamplerSpec(
     respaced_ddpm_sample,
     "ancestral on fewer steps",
@@ -778,9 +914,9 @@ def run_sampler(
   model_fn: ModelFn,
   schedule: Schedule,
   shape=None,
+  *,
   num_steps: int | None = None,
   clip: bool = False,
-  *,
   prediction: str = "eps",
   **options,
 ):
@@ -806,7 +942,7 @@ def run_sampler(
 def describe_sampler(
   name: str, num_steps: int | None, num_timesteps: int, guidance_scale: float = 0.0, **options
 ) -> dict:
-  """What `run_sampler(name, ..., num_steps, **options)` runs, for records such as eval.json.
+  """What `run_sampler(name, ..., num_steps=num_steps, **options)` runs, for records such as eval.json.
 
   Returns:
     {"sampler": name, "num_steps": the steps it runs, "network_calls": model

@@ -20,17 +20,22 @@ Array = jax.Array
 SPACINGS = ("linspace", "leading", "trailing")
 
 
-def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "linspace") -> np.ndarray:
+def spaced_timesteps(
+  num_timesteps: int, num_steps: int, spacing: str = "linspace", *, steps_offset: int = 0
+) -> np.ndarray:
   """num_steps distinct timesteps in [0, T), decreasing: diffusers' `timestep_spacing`.
 
     linspace: round(linspace(0, T - 1, n))[::-1]      (T-1 ... 0; n = 1: [T - 1])
-    leading:  arange(n) * (T // n), reversed           (0 ... ; starts below T - 1)
+    leading:  arange(n) * (T // n) + steps_offset, reversed   (steps_offset ... ;
+              starts below T - 1)
     trailing: round(arange(T, 0, -T / n)) - 1          (T - 1 ... T/n - 1; Lin et al. 2024
               recommend it with zero terminal SNR: it starts at the last level)
-  Rounding is numpy's (half to even), as in diffusers' DDIMScheduler.set_timesteps
-  (steps_offset = 0); the one difference: diffusers' linspace gives [0] for n = 1,
-  a sampler that never sees noise, so here n = 1 is [T - 1]. A sampler steps
-  from the last of them straight to the data.
+  Rounding is numpy's (half to even), as in diffusers' DDIMScheduler.set_timesteps;
+  steps_offset is diffusers' (Stable Diffusion's configs: 1), which DDIMScheduler
+  adds to the "leading" grid only, so it is refused with the other spacings. The
+  one difference: diffusers' linspace gives [0] for n = 1, a sampler that never
+  sees noise, so here n = 1 is [T - 1]. A sampler steps from the last of them
+  straight to the data (or to `t_end`).
 
   Returns:
     int32 numpy array (num_steps,), strictly decreasing.
@@ -39,15 +44,70 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "linspac
   checks.check_integer(num_steps, "num_steps", 1, num_timesteps)
   if spacing not in SPACINGS:
     raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+  if spacing == "leading":
+    stride = num_timesteps // num_steps
+    checks.check_integer(
+      steps_offset,
+      "spaced_timesteps: steps_offset",
+      0,
+      num_timesteps - 1 - (num_steps - 1) * stride,
+    )
+  elif steps_offset != 0:
+    raise ValueError(
+      f"spaced_timesteps: steps_offset applies to spacing='leading' only (as in diffusers' "
+      f"DDIMScheduler), got steps_offset={steps_offset!r} with spacing={spacing!r}"
+    )
   if spacing == "linspace":
     if num_steps == 1:
       return np.array([num_timesteps - 1], dtype=np.int32)
     grid = np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
   elif spacing == "leading":
-    grid = (np.arange(num_steps) * (num_timesteps // num_steps)).round()[::-1]
+    grid = (np.arange(num_steps) * stride).round()[::-1] + steps_offset
   else:
     grid = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
   return np.ascontiguousarray(grid).astype(np.int32)
+
+
+def img2img_timesteps(
+  num_timesteps: int,
+  num_steps: int,
+  strength: float,
+  *,
+  spacing: str = "leading",
+  steps_offset: int = 0,
+) -> np.ndarray:
+  """The levels an img2img / SDEdit edit of `strength` visits: diffusers'
+  StableDiffusionImg2ImgPipeline.get_timesteps on DDIMScheduler's grid,
+
+    grid = spaced_timesteps(T, n, spacing, steps_offset=steps_offset)
+    grid[n - min(int(n * strength), n):]      (int() truncates, as diffusers does)
+
+  i.e. the last int(n * strength) of the n levels; noise the data to the first
+  of them (x_init = q_sample(x0=..., t=grid[0], noise=...)) and sample on them.
+  The defaults are DDIMScheduler's (spacing "leading", steps_offset 0;
+  Stable Diffusion's configs set steps_offset=1). It is not the grid of
+  round(strength * T) levels from the top: strength 0.6 at n = 50 on T = 1000
+  is 30 levels from 580 down to 0, not `spaced_timesteps(601, 30)`.
+
+  Args:
+    num_timesteps: T. num_steps: n in [1, T], the steps of the full grid.
+    strength: in (0, 1], with int(n * strength) >= 1.
+
+  Returns:
+    int32 numpy array (int(n * strength),), strictly decreasing.
+  """
+  name = "img2img_timesteps"
+  checks.check_integer(num_steps, f"{name}: num_steps", 1, num_timesteps)
+  if not checks.is_real(strength) or not 0.0 < strength <= 1.0:
+    raise ValueError(f"{name}: strength must be a number in (0, 1], got {strength!r}")
+  kept = min(int(num_steps * strength), num_steps)
+  if kept < 1:
+    raise ValueError(
+      f"{name}: strength {strength} keeps int({num_steps} * {strength}) = 0 of the {num_steps} "
+      "steps; raise strength or num_steps"
+    )
+  grid = spaced_timesteps(num_timesteps, num_steps, spacing, steps_offset=steps_offset)
+  return grid[num_steps - kept :]
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:

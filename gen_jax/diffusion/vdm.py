@@ -166,9 +166,12 @@ class LogSNRSchedule:
   def init(self, key) -> dict:
     if self.kind != "learned":
       return {}
+    # The default float, as the fixed schedules' endpoints and the net's parameters: float32
+    # endpoints under jax_enable_x64 would round gamma_min (-13.3 -> -13.300000190734863).
+    dtype = jnp.result_type(float)
     return {
-      "gamma_0": jnp.asarray(self.gamma_min, jnp.float32),
-      "gamma_1": jnp.asarray(self.gamma_max, jnp.float32),
+      "gamma_0": jnp.asarray(self.gamma_min, dtype),
+      "gamma_1": jnp.asarray(self.gamma_max, dtype),
       "net": init_monotone_net(key, self.num_features),
     }
 
@@ -419,12 +422,13 @@ def bits_per_dim(total, num_dims: int) -> Array:
 # ----------------------------------------------------------------------------
 
 
-def ancestral_step(eps_hat, z_t, noise, *, gamma_t, gamma_s) -> Array:
+def ancestral_step(*, eps_hat, z_t, noise, gamma_t, gamma_s) -> Array:
   """One step z_t -> z_s ~ p(z_s | z_t) = q(z_s | z_t, x = x_hat(z_t)), s < t (vdm's sample):
     c = -expm1(gamma_s - gamma_t) = 1 - SNR_t / SNR_s,
     z_s = alpha_s / alpha_t (z_t - sigma_t c eps_hat) + sqrt(sigma_s^2 c) noise.
 
   eps_hat, z_t, noise: (B, ...); gamma_t, gamma_s: scalars. Returns (B, ...).
+  Keyword-only: eps_hat, z_t and noise have the same shape, so a swap would run silently.
   """
   alpha_t, sigma_t = alpha_sigma(gamma_t)
   alpha_s, sigma_s = alpha_sigma(gamma_s)
@@ -472,7 +476,7 @@ def sample(
     gamma_t, gamma_s = gammas[index], gammas[index - 1]
     eps_hat = eps_fn(z, jnp.full((batch,), gamma_t))
     noise = jax.random.normal(jax.random.fold_in(step_key, i), shape, z.dtype)
-    return ancestral_step(eps_hat, z, noise, gamma_t=gamma_t, gamma_s=gamma_s)
+    return ancestral_step(eps_hat=eps_hat, z_t=z, noise=noise, gamma_t=gamma_t, gamma_s=gamma_s)
 
   z_0 = jax.lax.fori_loop(0, num_steps, body, z)
   return decode(z_0, gammas[0], decoder)

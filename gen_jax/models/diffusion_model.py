@@ -191,8 +191,8 @@ class DiffusionModel:
       model_fn,
       self.schedule,
       shape,
-      num_steps,
-      self.clip,
+      num_steps=num_steps,
+      clip=self.clip,
       prediction=self.prediction,
       **self._sampler_options(options),
     )

@@ -30,16 +30,18 @@ Encoder = Callable[[Array], tuple[Array, Array]]
 LogLikelihood = Callable[[Array, Array], Array]
 
 
-def reparameterize(key, mean, logvar) -> Array:
+def reparameterize(key, mean, logvar, *, noise=None) -> Array:
   """Draws z ~ N(mean, exp(logvar)) as z = mean + exp(logvar / 2) * eps.
 
-  eps ~ N(0, I) comes from `key`, so z is a differentiable function of
-  (mean, logvar) (Kingma & Welling 2014, sec. 2.4).
+  eps ~ N(0, I) comes from `key`, or is the given `noise`, so z is a
+  differentiable function of (mean, logvar) (Kingma & Welling 2014, sec. 2.4).
 
   Args:
-    key: a PRNG key.
+    key: a PRNG key (unused, may be None, when noise is given).
     mean, logvar: arrays of the same shape (logvar may also be a scalar or
       anything else that broadcasts to mean's shape without enlarging it).
+    noise: eps itself, of mean's shape (keyword-only): exact expectations and
+      common random numbers without recovering the noise afterwards.
 
   Returns:
     z, of the shape of `mean`.
@@ -50,8 +52,22 @@ def reparameterize(key, mean, logvar) -> Array:
       f"reparameterize: logvar of shape {jnp.shape(logvar)} does not fit mean of "
       f"shape {mean.shape}; give them the same shape"
     )
-  eps = jax.random.normal(key, jnp.shape(mean), dtype=mean.dtype)
+  eps = _noise("reparameterize", key, noise, mean)
   return mean + jnp.exp(0.5 * logvar) * eps
+
+
+def _noise(name, key, noise, like) -> Array:
+  """N(0, I) of like's shape and dtype from key, or the given noise (checked: like's shape)."""
+  if noise is None:
+    if key is None:
+      raise ValueError(f"{name}: give a key or noise=")
+    return jax.random.normal(key, jnp.shape(like), dtype=like.dtype)
+  noise = jnp.asarray(noise)
+  if noise.shape != jnp.shape(like):
+    raise ValueError(
+      f"{name}: noise must have the latent's shape {jnp.shape(like)}, got {noise.shape}"
+    )
+  return noise
 
 
 class ELBO(NamedTuple):
@@ -65,7 +81,7 @@ class ELBO(NamedTuple):
   kl: Array  # (...,)  analytic KL(q(z|x) || N(0, I))
 
 
-def elbo(key, x, encode: Encoder, log_likelihood: LogLikelihood) -> ELBO:
+def elbo(key, x, encode: Encoder, log_likelihood: LogLikelihood, *, noise=None) -> ELBO:
   """The ELBO with one reparameterized sample and the analytic KL.
 
   Formula: ELBO(x) = E_{q(z|x)}[log p(x|z)] - KL(q(z|x) || N(0, I)),
@@ -77,12 +93,14 @@ def elbo(key, x, encode: Encoder, log_likelihood: LogLikelihood) -> ELBO:
     x: data, (..., *data_shape).
     encode: x -> (mean, logvar), each (..., latent_dim).
     log_likelihood: (x, z) -> log p(x|z), (...,).
+    noise: the eps of z = mean + sigma eps, (..., latent_dim), instead of
+      one drawn from key (keyword-only; key may then be None).
 
   Returns:
     ELBO record of per-example arrays of shape (...,).
   """
   mean, logvar = _encoding(encode, x)
-  z = reparameterize(key, mean, logvar)
+  z = reparameterize(key, mean, logvar, noise=noise)
   rec = _check_per_example(log_likelihood(x, z), mean.shape[:-1])
   kl = jnp.sum(distributions.standard_normal_kl(mean, logvar), axis=-1)
   return ELBO(elbo=rec - kl, log_likelihood=rec, kl=kl)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_jax import distributions
-from gen_jax.vae.elbo import log_mean_exp_chunked, reparameterize
+from gen_jax.vae.elbo import _noise, log_mean_exp_chunked, reparameterize
 
 Array = jax.Array
 
@@ -53,6 +53,7 @@ def stochastic_layer(
   posterior_mean=None,
   posterior_logvar=None,
   temperature: float = 1.0,
+  noise=None,
 ) -> LayerSample:
   """Draws z_l and scores it: from the posterior when it is given, else from the prior.
 
@@ -60,6 +61,8 @@ def stochastic_layer(
   z's above). Without: z = mu_p + temperature sigma_p eps (generation; temperature < 1 gives
   the reduced-temperature samples of NVAE / VDVAE), kl = log_q = 0. All arguments but the key
   are keyword-only (a swapped prior and posterior would run silently) and of one shape (B, ...).
+  eps ~ N(0, I) is drawn from key, or is the given `noise` (then key may be None): exact
+  expectations and common random numbers without recovering the noise from z.
   """
   prior_mean, prior_logvar = jnp.asarray(prior_mean), jnp.asarray(prior_logvar)
   if prior_logvar.shape != prior_mean.shape:
@@ -70,9 +73,8 @@ def stochastic_layer(
   if posterior_mean is None:
     if posterior_logvar is not None:
       raise ValueError("stochastic_layer: posterior_logvar given without posterior_mean")
-    z = prior_mean + temperature * jnp.exp(0.5 * prior_logvar) * jax.random.normal(
-      key, prior_mean.shape, prior_mean.dtype
-    )
+    eps = _noise("stochastic_layer", key, noise, prior_mean)
+    z = prior_mean + temperature * jnp.exp(0.5 * prior_logvar) * eps
     zero = jnp.zeros(prior_mean.shape[:1], prior_mean.dtype)
     log_p = _sum_per_example(distributions.normal_log_prob(z, prior_mean, prior_logvar))
     return LayerSample(z=z, kl=zero, log_p=log_p, log_q=zero)
@@ -82,7 +84,8 @@ def stochastic_layer(
       "stochastic_layer: posterior_mean, posterior_logvar, prior_mean must have one shape, got "
       f"{posterior_mean.shape}, {posterior_logvar.shape}, {prior_mean.shape}"
     )
-  z = reparameterize(key, posterior_mean, posterior_logvar)
+  eps = _noise("stochastic_layer", key, noise, posterior_mean)
+  z = reparameterize(key, posterior_mean, posterior_logvar, noise=eps)
   return LayerSample(
     z=z,
     kl=_sum_per_example(

@@ -31,7 +31,7 @@ def test_q_sample_formula_and_moments(sched1000):
   # Exact formula, per element.
   noise = jax.random.normal(jax.random.key(0), (5, 3))
   t = jnp.array([0, 1, 250, 700, 999])
-  got = q_sample(jnp.broadcast_to(x0, (5, 3)), t, noise)
+  got = q_sample(x0=jnp.broadcast_to(x0, (5, 3)), t=t, noise=noise)
   ref = np.sqrt(abar[t])[:, None] * np.asarray(x0, np.float64) + np.sqrt(1 - abar[t])[
     :, None
   ] * np.asarray(noise, np.float64)
@@ -40,7 +40,8 @@ def test_q_sample_formula_and_moments(sched1000):
   n = 40000
   for ti in (3, 400, 999):
     noise = jax.random.normal(jax.random.fold_in(jax.random.key(1), ti), (n, 3))
-    x = np.asarray(q_sample(jnp.broadcast_to(x0, (n, 3)), jnp.full((n,), ti), noise), np.float64)
+    x = q_sample(x0=jnp.broadcast_to(x0, (n, 3)), t=jnp.full((n,), ti), noise=noise)
+    x = np.asarray(x, np.float64)
     v = 1 - abar[ti]
     mean_se = math.sqrt(v / n)
     np.testing.assert_array_less(
@@ -56,11 +57,11 @@ def test_make_q_sample_vmap_matches_batch(sched20):
   x0 = jax.random.normal(jax.random.key(0), (6, 4, 4, 2))
   noise = jax.random.normal(jax.random.key(1), (6, 4, 4, 2))
   t = jnp.array([0, 3, 7, 11, 19, 5])
-  batched = q_sample(x0, t, noise)
-  mapped = jax.jit(jax.vmap(q_sample))(x0, t, noise)
+  batched = q_sample(x0=x0, t=t, noise=noise)
+  mapped = jax.jit(jax.vmap(q_sample))(x0=x0, t=t, noise=noise)
   np.testing.assert_allclose(mapped, batched, rtol=1e-6, atol=1e-7)
   # One example with a scalar t.
-  one = q_sample(x0[2], jnp.int32(7), noise[2])
+  one = q_sample(x0=x0[2], t=jnp.int32(7), noise=noise[2])
   np.testing.assert_allclose(one, batched[2], rtol=1e-6, atol=1e-7)
 
 
@@ -73,7 +74,7 @@ def test_q_step_chain_matches_q_sample(sched20):
   def chain(key):
     def body(x, s):
       noise = jax.random.normal(jax.random.fold_in(key, s), x.shape)
-      return diffusion.q_step(sched20, x, jnp.full((n,), s), noise), None
+      return diffusion.q_step(sched20, x_prev=x, t=jnp.full((n,), s), noise=noise), None
 
     x, _ = jax.lax.scan(body, x0, jnp.arange(t_final + 1))
     return x
@@ -81,7 +82,7 @@ def test_q_step_chain_matches_q_sample(sched20):
   x_chain = np.asarray(chain(jax.random.key(2)), np.float64)
   noise = jax.random.normal(jax.random.key(3), (n, dims))
   x_direct = np.asarray(
-    diffusion.make_q_sample(sched20)(x0, jnp.full((n,), t_final), noise), np.float64
+    diffusion.make_q_sample(sched20)(x0=x0, t=jnp.full((n,), t_final), noise=noise), np.float64
   )
   mean_ref = math.sqrt(abar[t_final]) * np.array([0.8, -0.5])
   var_ref = 1 - abar[t_final]
@@ -89,7 +90,9 @@ def test_q_step_chain_matches_q_sample(sched20):
     np.testing.assert_array_less(np.abs(x.mean(0) - mean_ref), 5 * math.sqrt(var_ref / n))
     np.testing.assert_array_less(np.abs(x.var(0) - var_ref), 5 * var_ref * math.sqrt(2 / n))
   # q_step at one example with a scalar t is the paper's kernel.
-  got = diffusion.q_step(sched20, jnp.array([0.5, 1.0]), jnp.int32(4), jnp.array([1.0, -2.0]))
+  got = diffusion.q_step(
+    sched20, x_prev=jnp.array([0.5, 1.0]), t=jnp.int32(4), noise=jnp.array([1.0, -2.0])
+  )
   ref = math.sqrt(1 - BETAS20[4]) * np.array([0.5, 1.0]) + math.sqrt(BETAS20[4]) * np.array(
     [1.0, -2.0]
   )
@@ -118,15 +121,15 @@ def test_predict_x0_inverts_q_sample(sched1000):
   x0 = jax.random.uniform(jax.random.key(0), (6, 5), minval=-1, maxval=1)
   noise = jax.random.normal(jax.random.key(1), (6, 5))
   t = jnp.array([0, 1, 10, 300, 700, 999])
-  x_t = diffusion.make_q_sample(sched1000)(x0, t, noise)
-  x0_back = jax.jit(diffusion.predict_x0_from_eps)(sched1000, x_t, t, noise)
+  x_t = diffusion.make_q_sample(sched1000)(x0=x0, t=t, noise=noise)
+  x0_back = jax.jit(diffusion.predict_x0_from_eps)(sched1000, x_t=x_t, t=t, eps=noise)
   # float32: the error is amplified by 1/sqrt(ab) (~160 at t = 999).
   np.testing.assert_allclose(x0_back, x0, atol=5e-5)
-  eps_back = jax.jit(diffusion.predict_eps_from_x0)(sched1000, x_t, t, x0)
+  eps_back = jax.jit(diffusion.predict_eps_from_x0)(sched1000, x_t=x_t, t=t, x0=x0)
   np.testing.assert_allclose(eps_back[:4], noise[:4], atol=5e-3)
   np.testing.assert_allclose(eps_back[4:], noise[4:], atol=2e-5)
   # A wrong noise does not invert.
-  wrong = diffusion.predict_x0_from_eps(sched1000, x_t, t, noise + 0.1)
+  wrong = diffusion.predict_x0_from_eps(sched1000, x_t=x_t, t=t, eps=noise + 0.1)
   assert np.max(np.abs(wrong - x0)) > 1e-2
 
 
@@ -146,5 +149,6 @@ def test_float64(x64):
   np.testing.assert_allclose(var, ref_var, rtol=1e-12, atol=1e-15)
   # predict_x0_from_eps inverts q_sample to float64 precision.
   noise = rng.standard_normal((30, 3))
-  xt = diffusion.make_q_sample(sched)(jnp.asarray(x0), t, noise)
-  np.testing.assert_allclose(diffusion.predict_x0_from_eps(sched, xt, t, noise), x0, atol=1e-12)
+  xt = diffusion.make_q_sample(sched)(x0=jnp.asarray(x0), t=t, noise=noise)
+  back = diffusion.predict_x0_from_eps(sched, x_t=xt, t=t, eps=noise)
+  np.testing.assert_allclose(back, x0, atol=1e-12)

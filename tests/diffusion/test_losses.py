@@ -279,7 +279,7 @@ def test_loss_weighting_relations(sched):
   losses, t = {}, None
   for prediction in ("eps", "x0", "v"):
     model_fn = lambda x, tt, p=prediction: diffusion.prediction_from_eps(
-      sched, x, tt, eps_hat(x, tt), p
+      sched, x_t=x, t=tt, eps=eps_hat(x, tt), prediction=p
     )
     losses[prediction] = np.asarray(
       diffusion.simple_loss(key, model_fn, sched, x0, prediction), np.float64

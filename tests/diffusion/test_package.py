@@ -22,7 +22,7 @@ guided_eps_fn
 VARIANCES p_mean_variance
 DECODERS VLBTerms simple_loss vlb_term prior_kl vlb_terms vlb_bits_per_dim vlb_nats_per_dim
 ode_log_likelihood ode_bits_per_dim
-SPACINGS spaced_timesteps ddim_timesteps log_sigma_timesteps karras_sigmas edm_timesteps
+SPACINGS spaced_timesteps img2img_timesteps ddim_timesteps log_sigma_timesteps karras_sigmas edm_timesteps
 SAMPLERS Trajectory ddpm_sample ddim_sample ddim_invert respaced_ddpm_sample dpmpp_2m_sample
 heun_sample run_sampler describe_sampler
 vdm

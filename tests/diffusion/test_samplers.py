@@ -162,14 +162,20 @@ def test_jit_matches_eager(sched20):
   eps_fn = lambda x, t: 0.5 * x + 0.01 * t[:, None]
   q_sample = diffusion.make_q_sample(sched20)
   cases = {
-    "q_sample": (q_sample, (x0, t, eps)),
-    "q_step": (lambda *a: diffusion.q_step(sched20, *a), (x_t, t, eps)),
+    "q_sample": (lambda a, b, c: q_sample(x0=a, t=b, noise=c), (x0, t, eps)),
+    "q_step": (lambda a, b, c: diffusion.q_step(sched20, x_prev=a, t=b, noise=c), (x_t, t, eps)),
     "q_posterior": (
       lambda a, b, c: diffusion.q_posterior(sched20, x0=a, x_t=b, t=c),
       (x0, x_t, t),
     ),
-    "predict_x0_from_eps": (lambda *a: diffusion.predict_x0_from_eps(sched20, *a), (x_t, t, eps)),
-    "predict_eps_from_x0": (lambda *a: diffusion.predict_eps_from_x0(sched20, *a), (x_t, t, x0)),
+    "predict_x0_from_eps": (
+      lambda a, b, c: diffusion.predict_x0_from_eps(sched20, x_t=a, t=b, eps=c),
+      (x_t, t, eps),
+    ),
+    "predict_eps_from_x0": (
+      lambda a, b, c: diffusion.predict_eps_from_x0(sched20, x_t=a, t=b, x0=c),
+      (x_t, t, x0),
+    ),
     "p_mean_variance": (
       lambda a, b, c: diffusion.p_mean_variance(
         sched20, x_t=a, t=b, eps=c, variance="large", clip=True

@@ -91,7 +91,8 @@ def test_sdedit_returns_the_data_law(sampler):
   n, t_start = 20000, 600
   key = jax.random.key(3)
   x0 = MU + S * jax.random.normal(jax.random.key(4), (n, 1))
-  x_t = diffusion.make_q_sample(sched)(x0, jnp.full((n,), t_start), jax.random.normal(key, (n, 1)))
+  noise = jax.random.normal(key, (n, 1))
+  x_t = diffusion.make_q_sample(sched)(x0=x0, t=jnp.full((n,), t_start), noise=noise)
   grid = {
     "ddim": diffusion.spaced_timesteps(t_start + 1, 100),
     "ddpm": np.arange(t_start, -1, -1),
@@ -121,7 +122,7 @@ def test_sdedit_from_level_zero_returns_the_input(sched100):
   model = gaussian_model_fn(sched100, MU, S, "eps")
   x0 = MU + S * jax.random.normal(jax.random.key(0), (500, 1))
   noise = jax.random.normal(jax.random.key(1), (500, 1))
-  x_t = diffusion.make_q_sample(sched100)(x0, jnp.zeros((500,), jnp.int32), noise)
+  x_t = diffusion.make_q_sample(sched100)(x0=x0, t=jnp.zeros((500,), jnp.int32), noise=noise)
   out = jax.jit(lambda k: diffusion.ddim_sample(k, model, sched100, timesteps=[0], x_init=x_t))(
     jax.random.key(2)
   )
@@ -236,13 +237,13 @@ def test_float_t_names_the_public_function(sched100):
   x = jnp.zeros((2, 3))
   t = jnp.array([3.0, 7.0])
   calls = {
-    "q_sample": lambda: diffusion.make_q_sample(sched100)(x, t, x),
-    "q_step": lambda: diffusion.q_step(sched100, x, t, x),
+    "q_sample": lambda: diffusion.make_q_sample(sched100)(x0=x, t=t, noise=x),
+    "q_step": lambda: diffusion.q_step(sched100, x_prev=x, t=t, noise=x),
     "q_posterior": lambda: diffusion.q_posterior(sched100, x0=x, x_t=x, t=t),
     "p_mean_variance": lambda: diffusion.p_mean_variance(sched100, x_t=x, t=t, eps=x),
     "eps_and_x0": lambda: diffusion.eps_and_x0(sched100, x_t=x, t=t, output=x, prediction="v"),
-    "predict_x0_from_eps": lambda: diffusion.predict_x0_from_eps(sched100, x, t, x),
-    "v_target": lambda: diffusion.v_target(sched100, x, t, x),
+    "predict_x0_from_eps": lambda: diffusion.predict_x0_from_eps(sched100, x_t=x, t=t, eps=x),
+    "v_target": lambda: diffusion.v_target(sched100, x0=x, t=t, noise=x),
   }
   for name, call in calls.items():
     with pytest.raises(TypeError, match=f"{name}: t must hold integer timesteps .*float32"):

@@ -93,7 +93,9 @@ def test_network_calls_as_registered(name, num_steps):
   sched = diffusion.make_schedule(diffusion.linear_betas(20, 1e-3, 0.2))
   counter = []
   eps_fn = counting(testing.gmm_eps_fn(sched, **GMM2), counter)
-  run = jax.jit(lambda k: diffusion.run_sampler(name, k, eps_fn, sched, (4, 2), num_steps))
+  run = jax.jit(
+    lambda k: diffusion.run_sampler(name, k, eps_fn, sched, (4, 2), num_steps=num_steps)
+  )
   jax.block_until_ready(run(jax.random.key(0)))
   jax.effects_barrier()
   steps = diffusion.samplers.sampler_num_steps(name, num_steps, 20)
@@ -106,7 +108,7 @@ def test_run_sampler_passes_only_the_options_that_apply():
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
   key = jax.random.key(1)
   run = lambda name, **kw: np.asarray(
-    jax.jit(lambda k: diffusion.run_sampler(name, k, eps_fn, sched, (8, 2), 5, **kw))(key)
+    jax.jit(lambda k: diffusion.run_sampler(name, k, eps_fn, sched, (8, 2), num_steps=5, **kw))(key)
   )
   # eta does not apply to DPM-Solver++: the same samples with or without it.
   np.testing.assert_array_equal(run("dpm++2m", eta=1.0, variance="large"), run("dpm++2m"))

@@ -204,7 +204,11 @@ def test_ancestral_step_is_the_posterior_at_x_hat(x64):
   mean = a_ts * s_s**2 / s_t**2 * z_t + a_s * s_ts_sq / s_t**2 * x_hat
   std = math.sqrt(s_ts_sq * s_s**2 / s_t**2)
   step = lambda noise: vdm.ancestral_step(
-    jnp.asarray(eps_hat), jnp.asarray(z_t), noise, gamma_t=gamma_t, gamma_s=gamma_s
+    eps_hat=jnp.asarray(eps_hat),
+    z_t=jnp.asarray(z_t),
+    noise=noise,
+    gamma_t=gamma_t,
+    gamma_s=gamma_s,
   )
   np.testing.assert_allclose(step(jnp.zeros((1, 2))), mean, rtol=1e-12)
   np.testing.assert_allclose(step(jnp.ones((1, 2))) - step(jnp.zeros((1, 2))), std, rtol=1e-10)
@@ -496,3 +500,15 @@ def test_vdm_refuses_a_pretrained_folder():
   config.pretrained = "some/diffusers/folder"
   with pytest.raises(ConfigError, match="config.pretrained"):
     vdm_digits.build(config, (8, 8, 1))
+
+
+def test_learned_schedule_init_follows_the_default_dtype(x64):
+  """Issue 26: under jax_enable_x64 the learned schedule's endpoints were float32
+  (-13.3 became -13.300000190734863, a float64 finite-difference check off by 2.7e-2),
+  while the fixed schedules follow the default dtype."""
+  params = vdm.LogSNRSchedule("learned", -13.3, 5.0, num_features=8).init(jax.random.key(0))
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float64)}
+  assert float(params["gamma_0"]) == -13.3 and float(params["gamma_1"]) == 5.0
+  gamma_0, _ = vdm.LogSNRSchedule("learned", -13.3, 5.0).endpoints(params)
+  fixed_0, _ = vdm.LogSNRSchedule("linear", -13.3, 5.0).endpoints({})
+  assert gamma_0.dtype == fixed_0.dtype and float(gamma_0) == float(fixed_0)

@@ -358,9 +358,19 @@ def diffusers_ddim_grid(num_train_timesteps: int, num_steps: int, spacing: str) 
 
 
 def diffusers_ddim(
-  oracle: Oracle, betas, x_init, noise, *, timesteps, eta, prediction_type, step_to_next=False
+  oracle: Oracle,
+  betas,
+  x_init,
+  noise,
+  *,
+  timesteps,
+  eta,
+  prediction_type,
+  step_to_next=False,
+  set_alpha_to_one=True,
 ) -> Run:
-  """diffusers' DDIMScheduler (set_alpha_to_one, clip_sample False) on `timesteps`.
+  """diffusers' DDIMScheduler (clip_sample False; set_alpha_to_one by default, False: the
+  last step goes to alphas_cumprod[0], Stable Diffusion's configs) on `timesteps`.
 
   The grid is set as diffusers' set_timesteps would (its attribute), with
   num_inference_steps = len(timesteps); step() then goes from t to
@@ -375,7 +385,7 @@ def diffusers_ddim(
     diffusers.DDIMScheduler(
       num_train_timesteps=num_train,
       clip_sample=False,
-      set_alpha_to_one=True,
+      set_alpha_to_one=set_alpha_to_one,
       steps_offset=0,
       prediction_type=prediction_type,
     ),

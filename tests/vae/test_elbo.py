@@ -464,3 +464,25 @@ def test_vae_model_reports_bits_per_dim_of_its_iwae_nll_on_8bit_data():
   assert samples.shape == (5, 8, 8, 1) and float(jnp.max(jnp.abs(samples))) <= 1.0
   with pytest.raises(ValueError, match="config.model.likelihood"):
     vae_digits.build(runs.config("vae_digits", {"model.likelihood": "poisson"}), (8, 8, 1))
+
+
+def test_reparameterize_and_elbo_take_a_given_noise(x64):
+  """Issue 26: the one-layer VAE's reparameterize / elbo drew eps from the key only; with
+  noise= (keyword-only) z = mean + sigma noise exactly, and the ELBO at noise = 0 is the
+  likelihood at the posterior mean minus the analytic KL (common random numbers)."""
+  mean, logvar = jnp.array([[0.3, -0.2]]), jnp.array([[-0.5, 0.1]])
+  noise = jnp.array([[0.7, -1.2]])
+  z = vae.reparameterize(None, mean, logvar, noise=noise)
+  np.testing.assert_allclose(z, mean + jnp.exp(0.5 * logvar) * noise, rtol=1e-15)
+  key = jax.random.key(2)
+  np.testing.assert_array_equal(
+    vae.reparameterize(key, mean, logvar),
+    vae.reparameterize(None, mean, logvar, noise=jax.random.normal(key, mean.shape)),
+  )
+  encode = lambda x: (mean, logvar)
+  log_lik = lambda x, z: -jnp.sum((x - z) ** 2, axis=-1)
+  x = jnp.array([[1.0, 0.5]])
+  at_mean = vae.elbo(None, x, encode, log_lik, noise=jnp.zeros_like(mean))
+  np.testing.assert_allclose(at_mean.log_likelihood, log_lik(x, mean), rtol=1e-15)
+  with pytest.raises(ValueError, match="reparameterize: noise must have the latent's shape"):
+    vae.reparameterize(None, mean, logvar, noise=noise[:, :1])
