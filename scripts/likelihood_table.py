@@ -239,7 +239,7 @@ def _refuse_non_images(experiment: str) -> None:
 
 
 # The run.py child running now, and the signal that stopped this script while it ran.
-_child = {"proc": None, "command": "", "signal": None}
+_child = {"proc": None, "starting": False, "signal": None}
 
 
 def _on_signal(signum, frame=None):
@@ -247,6 +247,9 @@ def _on_signal(signum, frame=None):
   script then exits 128 + signum in one line. Without a child: interrupts.handle (one line, the
   temporary file being written removed, exit at once)."""
   proc = _child["proc"]
+  if _child["starting"]:  # between fork and `proc` being known: handed over by run_py
+    _child["signal"] = _child["signal"] or signum
+    return
   if proc is None or proc.poll() is not None:
     interrupts.handle(signum)
   _child["signal"] = _child["signal"] or signum
@@ -278,8 +281,14 @@ def run_py(experiment, workdir, mode, flags) -> float:
   ]
   print(f"\n$ {' '.join(command[1:])}", flush=True)
   start = time.time()
-  _child.update(proc=subprocess.Popen(command, start_new_session=True), command=command[1:5])
+  _child["starting"] = True
   try:
+    _child["proc"] = subprocess.Popen(command, start_new_session=True)
+  finally:
+    _child["starting"] = False
+  try:
+    if _child["signal"] is not None:  # it came while the child started
+      _child["proc"].send_signal(_child["signal"])
     status = _child["proc"].wait()
   finally:
     proc = _child["proc"]
