@@ -25,6 +25,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 
@@ -32,9 +34,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare_vae_diffusion import _grayscale, read_json, run_py, side_by_side
+from compare_vae_diffusion import RUN_PY, _grayscale, read_json, side_by_side
 
-from gen_jax.runtime import fileio
+from gen_jax.runtime import fileio, interrupts
 
 EXPERIMENTS_DIR = os.path.join(REPO, "experiments")
 DEFAULT_EXPERIMENTS = ("vae_digits", "hvae_digits", "ddpm_digits", "vdm_digits")
@@ -95,6 +97,9 @@ def parse_args(argv):
   for experiment in args.experiments:
     if experiment not in known:
       parser.error(f"--experiments: unknown experiment {experiment!r}; known: {', '.join(known)}")
+    _refuse_non_images(experiment)
+  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    _refuse(f"--workdir={args.workdir} is a file, not a folder; choose a folder")
   args.trained = {}
   for item in args.run:
     experiment, _, path = item.partition("=")
@@ -102,6 +107,8 @@ def parse_args(argv):
       parser.error(f"--run must be EXPERIMENT=PATH with EXPERIMENT in --experiments, got {item!r}")
     if not os.path.isdir(os.path.join(path, "checkpoints")):
       parser.error(f"--run={item}: {path} holds no checkpoints/; train it first")
+    if _newest_grid(path) is None:  # said now, not after the evaluations
+      print(f"note: --run={item}: {path} has no samples/step_*.png; it is left out of samples.png")
     args.trained[experiment] = path
   if not args.budget_seconds > 0 or math.isinf(args.budget_seconds):
     parser.error(f"--budget_seconds must be a positive number, got {args.budget_seconds}")
@@ -211,8 +218,113 @@ def markdown(rows: list[dict], command: str) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def _refuse(message: str):
+  """One line on stderr and exit status 2, as argparse's errors (without its usage lines)."""
+  print(f"error: {message}", file=sys.stderr)
+  raise SystemExit(2)
+
+
+def _refuse_non_images(experiment: str) -> None:
+  """The table is of image models: an experiment of 2-D points (or no data) would give an empty
+  table that exits 0."""
+  import importlib
+
+  data = importlib.import_module(f"experiments.{experiment}").get_config().get("data")
+  if data is None or data.get("source") == "toy2d":
+    kind = "2-D points" if data is not None else "no image data"
+    _refuse(
+      f"--experiments: {experiment} trains on {kind}, not images; this table compares image "
+      f"models' bits/dim (e.g. {', '.join(DEFAULT_EXPERIMENTS)})"
+    )
+
+
+# The run.py child running now, and the signal that stopped this script while it ran.
+_child = {"proc": None, "starting": False, "signal": None}
+
+
+def _on_signal(signum, frame=None):
+  """SIGINT/SIGTERM: handed to the run.py child, which finishes its step, saves and exits; this
+  script then exits 128 + signum in one line. Without a child: interrupts.handle (one line, the
+  temporary file being written removed, exit at once)."""
+  proc = _child["proc"]
+  if _child["starting"]:  # between fork and `proc` being known: handed over by run_py
+    _child["signal"] = _child["signal"] or signum
+    return
+  if proc is None or proc.poll() is not None:
+    interrupts.handle(signum)
+  _child["signal"] = _child["signal"] or signum
+  proc.send_signal(signum)  # a second signal ends run.py at once, as it does run.py alone
+
+
+def install_signals() -> None:
+  """Run as a command: signals end the run.py child first (it is in its own session, so a
+  Ctrl-C at the terminal reaches it once, through this handler, not twice)."""
+  interrupts.set_message(
+    "likelihood_table: {name} received: stopped; what was written is whole (finished runs keep "
+    "their checkpoints and eval.json)"
+  )
+  for signum in interrupts.SIGNALS:
+    if signal.getsignal(signum) != signal.SIG_IGN:
+      signal.signal(signum, _on_signal)
+
+
+def run_py(experiment, workdir, mode, flags) -> float:
+  """run.py in a child process (its output goes to ours); its wall time in seconds. A signal
+  stops it (see _on_signal) and then this script, with exit status 128 + the signal."""
+  command = [
+    sys.executable,
+    RUN_PY,
+    f"--experiment={experiment}",
+    f"--workdir={workdir}",
+    f"--mode={mode}",
+    *flags,
+  ]
+  print(f"\n$ {' '.join(command[1:])}", flush=True)
+  start = time.time()
+  _child["starting"] = True
+  try:
+    _child["proc"] = subprocess.Popen(command, start_new_session=True)
+  finally:
+    _child["starting"] = False
+  try:
+    if _child["signal"] is not None:  # it came while the child started
+      _child["proc"].send_signal(_child["signal"])
+    status = _child["proc"].wait()
+  finally:
+    proc = _child["proc"]
+    if proc.poll() is None:  # an exception here: never leave run.py training on its own
+      proc.kill()
+      proc.wait()
+    _child["proc"] = None
+  if _child["signal"] is not None:
+    name = signal.Signals(_child["signal"]).name
+    print(
+      f"likelihood_table: {name} received: run.py --experiment={experiment} --mode={mode} "
+      f"stopped (exit status {status}); {workdir} keeps what it saved"
+      + (f"; evaluate it with --run={experiment}={workdir}" if mode == "train" else ""),
+      file=sys.stderr,
+    )
+    raise SystemExit(128 + _child["signal"])
+  if status != 0:
+    sys.exit(
+      f"error: run.py --experiment={experiment} --mode={mode} failed with exit status {status}"
+    )
+  return time.time() - start
+
+
+def _copy_folder(source: str, target: str) -> None:
+  """shutil.copytree under a temporary name, then renamed: a kill leaves no half-copied target
+  (which the next run would take as copied)."""
+  partial = target + ".partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  shutil.copytree(source, partial)
+  os.replace(partial, target)
+
+
 def _newest_grid(workdir):
   folder = os.path.join(workdir, "samples")
+  if not os.path.isdir(folder):  # e.g. a run imported with --pretrained and never sampled
+    return None
   grids = sorted(f for f in os.listdir(folder) if f.startswith("step_") and f.endswith(".png"))
   return os.path.join(folder, grids[-1]) if grids else None
 
@@ -220,7 +332,10 @@ def _newest_grid(workdir):
 def main(argv=None) -> list[dict]:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
-  os.makedirs(args.workdir, exist_ok=True)
+  try:
+    os.makedirs(args.workdir, exist_ok=True)
+  except OSError as e:
+    _refuse(f"--workdir={args.workdir} cannot be created ({e.strerror or e}); choose another")
   workdirs, train_info = {}, {}
   for experiment in args.experiments:
     if experiment in args.trained:
@@ -251,7 +366,7 @@ def main(argv=None) -> list[dict]:
     workdir = workdirs[experiment]
     target = os.path.join(workdir, "eval_classifier")
     if first is not None and not os.path.exists(target):  # one feature space for every row
-      shutil.copytree(os.path.join(first, "eval_classifier"), target)
+      _copy_folder(os.path.join(first, "eval_classifier"), target)
     start = time.time()
     run_py(experiment, workdir, "eval", [*eval_flags, *args.overrides[experiment]])
     train_info[experiment]["eval_seconds"] = time.time() - start
@@ -278,4 +393,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  install_signals()
   main()

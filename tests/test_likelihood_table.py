@@ -2,9 +2,14 @@
 (the end-to-end run of the new experiment); the orchestration over several experiments (one evaluation classifier,
 given workdirs, the picture) with run.py stubbed; the rows of a DDPM eval.json (bound and ODE)."""
 
+import fcntl
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -175,3 +180,137 @@ def test_rows_of_a_diffusion_eval_json_and_refused_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
       script.main(argv)
     assert text in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 27, item 8: refusals in one line before any work, and signals that end the run.py child too.
+
+
+def _stub_run_py(calls):
+  def fake_run_py(experiment, workdir, mode, flags):
+    calls.append((experiment, mode))
+    os.makedirs(os.path.join(workdir, "eval_classifier"), exist_ok=True)
+    results = {
+      "checkpoint_step": 3,
+      "num_parameters": 10,
+      "likelihood": {"bits_per_dim": 3.0, "num_examples": 8, "data": "digits/test"},
+    }
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(results, f)
+    return 1.0
+
+  return fake_run_py
+
+
+def test_workdir_that_is_a_file_and_point_experiments_are_refused_in_one_line(
+  tmp_path, monkeypatch, capsys
+):
+  """Before: a FileExistsError traceback (7 lines); ddpm_toy2d exited 0 with an empty table."""
+  script = load_script()
+  calls = []
+  monkeypatch.setattr(script, "run_py", _stub_run_py(calls))
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  for argv, words in [
+    ([f"--workdir={a_file}", "--experiments=vae_digits"], [f"--workdir={a_file}", "is a file"]),
+    ([f"--workdir={tmp_path / 'out'}", "--experiments=ddpm_toy2d"], ["ddpm_toy2d", "2-D points"]),
+  ]:
+    with pytest.raises(SystemExit) as e:
+      script.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+  assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_given_run_without_samples_is_noted_first_and_evaluated(tmp_path, monkeypatch, capsys):
+  """An imported --pretrained run has no samples/: before, a FileNotFoundError traceback after
+  every evaluation; now a note before the work, and the table without its picture."""
+  script = load_script()
+  calls = []
+  monkeypatch.setattr(script, "run_py", _stub_run_py(calls))
+  given = tmp_path / "given"
+  os.makedirs(given / "checkpoints" / "3")
+  rows = script.main(
+    [f"--workdir={tmp_path / 'out'}", "--experiments=ddpm_digits", f"--run=ddpm_digits={given}"]
+  )
+  out = capsys.readouterr().out
+  assert out.index("no samples/step_*.png") < out.index("| DDPM")
+  assert calls == [("ddpm_digits", "eval")] and len(rows) == 1
+  assert (tmp_path / "out" / "table.md").exists() and not (
+    tmp_path / "out" / "samples.png"
+  ).exists()
+
+
+def _pid_exists(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_py_child_and_the_script_in_one_line(tmp_path, signum):
+  """SIGTERM to the script (as `timeout` sends it) or SIGINT to its process group (Ctrl-C). Before:
+  SIGTERM left run.py training as an orphan holding the workdir lock; Ctrl-C a traceback."""
+  workdir = tmp_path / "out"
+  overrides = [f"--override={p}={v}" for p, v in support.UNET.items()]
+  overrides += [
+    f"--override={o}" for o in ("data.batch_size=4", "sample.num_samples=4", "train.log_every=1")
+  ]
+  env = support.subprocess_env(cache_dir=str(tmp_path / "jax"))
+  with open(tmp_path / "err.txt", "w") as err:
+    proc = subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(support.REPO, "scripts", "likelihood_table.py"),
+        "--experiments=ddpm_digits",
+        "--budget_seconds=600",
+        f"--workdir={workdir}",
+        *overrides,
+      ],
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=err,
+      start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+  owner = workdir / "ddpm_digits" / "lock.json"
+  metrics = workdir / "ddpm_digits" / "metrics.jsonl"
+  child = None
+  try:
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+      time.sleep(0.5)
+      try:
+        child = child or json.loads(owner.read_text())["pid"]
+      except (OSError, ValueError, KeyError):
+        pass
+      if child and metrics.exists() and metrics.stat().st_size:  # training
+        break
+    assert child is not None and metrics.exists(), (tmp_path / "err.txt").read_text()
+    start = time.time()
+    if signum == signal.SIGINT:
+      os.killpg(proc.pid, signum)
+    else:
+      proc.send_signal(signum)
+    status = proc.wait(timeout=120)
+    seconds = time.time() - start
+  finally:
+    for pid in (proc.pid, child):
+      if pid is not None and _pid_exists(pid):
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+  err = (tmp_path / "err.txt").read_text()
+  assert status == 128 + signum, err[-2000:]
+  # run.py finished its step, saved and released the workdir lock
+  assert not _pid_exists(child) and not owner.exists()
+  with open(workdir / "ddpm_digits" / ".lock") as f:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  assert os.listdir(workdir / "ddpm_digits" / "checkpoints")
+  assert "Traceback" not in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith(f"likelihood_table: {signal.Signals(signum).name} received"), last
+  assert f"--run=ddpm_digits={workdir / 'ddpm_digits'}" in last
+  assert seconds < 60

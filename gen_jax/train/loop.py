@@ -12,6 +12,7 @@ the keys are rng.stream's.
 import jax
 
 from gen_jax import data
+from gen_jax.runtime import cpu_flags
 from gen_jax.train import checkpoint, faults, resume, rng, sampling, sharding, summary, workdir_lock
 from gen_jax.train import step as step_lib
 from gen_jax.train.run_setup import BuildFn, Run, open_run
@@ -118,6 +119,7 @@ def _train(run: Run, lock, experiment: str | None, build: BuildFn) -> step_lib.T
   grid = sampling.SampleGrid(run, log.writer)
   stopper = faults.Stopper(tc.num_steps, tc.max_seconds, tc.log_every, announce=run.is_writer)
   sync = _Sync(run, log, grid, saved=start_step)
+  one_at_a_time = cpu_flags.steps_must_not_overlap()  # simulated devices: else a deadlock
   step = start_step
   try:
     with stopper:
@@ -131,6 +133,8 @@ def _train(run: Run, lock, experiment: str | None, build: BuildFn) -> step_lib.T
           raise
         batch = sharding.shard_batch(host_batch, run.mesh)
         state, metrics = train_step(state, batch, train_key)
+        if one_at_a_time:
+          jax.block_until_ready((state, metrics))
         log.append(step, metrics)
         if stopper.should_stop(step, metrics):  # the last step, the time budget, a signal...
           break

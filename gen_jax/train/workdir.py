@@ -73,6 +73,14 @@ def check_writable(
   file; `what` names the argument that chose it (e.g. "workdir=runs/x"), `hint` the way out."""
   # One probe per process: the processes of a job (several hosts) probe a shared folder at once.
   probe = os.path.join(directory, f".write_test.{platform.node()}.{os.getpid()}")
+  # os.makedirs says only "File exists" for these two: name what is there instead.
+  if os.path.islink(directory) and not os.path.exists(directory):
+    raise ConfigError(
+      f"{what} is a symbolic link to {os.readlink(directory)}, which does not exist; create "
+      "that folder or point the link at one"
+    )
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise ConfigError(f"{what} is a file, not a folder; choose a folder")
   try:
     os.makedirs(directory, exist_ok=True)
     fileio.write_atomically(probe, "ok")

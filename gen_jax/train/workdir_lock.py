@@ -103,8 +103,21 @@ class WorkdirLock:
       return {}
 
   def acquire(self) -> "WorkdirLock":
-    """Takes the lock or raises WorkdirLockedError naming its holder. Returns self."""
-    fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Takes the lock or raises WorkdirLockedError naming its holder. Returns self.
+    ConfigError naming the file if .lock or lock.json cannot be used (a folder, unreadable)."""
+    for path in (self.lock_path, self.owner_path):
+      if os.path.isdir(path):  # else an IsADirectoryError traceback from open or the rename
+        raise ConfigError(
+          f"{path} is a folder, not the workdir lock file gen_jax writes there; move it out of "
+          f"workdir={self.workdir} and run again"
+        )
+    try:
+      fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise ConfigError(
+        f"the workdir lock {self.lock_path} cannot be opened ({e.strerror or e}); make it a "
+        "writable file (or remove it) and run again"
+      ) from None
     try:
       kernel_lock = _flock(fd)
       if kernel_lock is False:
@@ -119,7 +132,13 @@ class WorkdirLock:
         "pid_start_ticks": process_start_ticks(os.getpid()),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
       }
-      fileio.write_atomically(self.owner_path, json.dumps(this, indent=2))
+      try:
+        fileio.write_atomically(self.owner_path, json.dumps(this, indent=2))
+      except OSError as e:
+        raise ConfigError(
+          f"the workdir lock's {self.owner_path} cannot be written ({e.strerror or e}); make "
+          f"workdir={self.workdir} writable and run again"
+        ) from None
     except BaseException:
       os.close(fd)
       raise
