@@ -21,6 +21,9 @@ too: docs/scaling.md);
 training was stopped by a signal after saving a checkpoint: run the printed
 command to resume; the same, with one line, for a signal at any other moment
 (start-up, sampling, evaluation), which ends the process at once.
+
+Longer than the house's ~400 lines: the flags, their help and the one-line error mapping of every
+mode; the multi-process start-up is the next piece to move into gen_jax.runtime.
 """
 
 import os

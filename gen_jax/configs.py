@@ -25,6 +25,9 @@ Sections and the fields an experiment may add:
 
 validate checks the sections of base_config() here and hands model, diffusion and vdm to
 the model family that owns them (gen_jax.models.check_config: each family's check_config).
+
+Longer than the house's ~400 lines: the schema and its one validate() read best together; the
+model sections' checks already live with their families (gen_jax.models.*.check_config).
 """
 
 import copy

@@ -60,6 +60,9 @@ Public: TIME_DISTRIBUTIONS, WEIGHTINGS, DATA_KINDS, sample_time, time_from_unifo
 weighting_fn, implied_weighting, weighted_error, denoising_loss_at, denoising_loss, ELBOTerms,
 elbo_prior_kl, elbo_terms, elbo_bits_per_dim. Shapes: x0, noise, x_t (B, ...); t (B,);
 per-example results (B,). Data dimensions D are the axes after the batch axis.
+
+Longer than the house's ~400 lines on purpose: the time laws, the weightings and the ELBO are the
+one loss family of Kingma & Gao (2023), and each weighting's identity is stated beside the others.
 """
 
 from __future__ import annotations

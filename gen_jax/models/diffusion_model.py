@@ -1,5 +1,9 @@
 """DDPM-family diffusion behind the model interface (gen_jax.models): DiffusionModel and the
-config builders that make it, for gen_jax's own U-Net/MLP or a diffusers UNet2DModel folder."""
+config builders that make it, for gen_jax's own U-Net/MLP or a diffusers UNet2DModel folder.
+
+Longer than the house's ~400 lines: the model, its check_config and its builders; the sampler
+dispatch (discrete samplers and the process view) is the next piece to move out.
+"""
 
 import dataclasses
 import functools

@@ -36,6 +36,9 @@ Likelihoods (--mode=eval, images): the continuous-time ELBO and the probability-
 bits/dim on the 8-bit data, from log-SNR LIKELIHOOD_LOG_SNR where t_min has no noise (rectified
 flow's t = 0); the ELBO's times are uniform in log-SNR (its noise end moved in likewise where
 alpha(t_max) = 0), the ODE runs to t_max itself.
+
+Longer than the house's ~400 lines: the model, its config fields and their one check_config;
+the check is the next piece to move to a module of its own.
 """
 
 import dataclasses

@@ -27,6 +27,9 @@ set_alpha_to_one, ...) do not change gen_jax's samplers, which take their
 grids as arguments; `inference_fields` keeps them, so an export writes them
 back. diffusers builds its betas in float32 (torch.linspace), gen_jax
 in float64: the schedules agree to float32 rounding (about 1e-7 relative).
+
+Longer than the house's ~400 lines: reading, checking and writing a diffusers folder (weights,
+scheduler config, gen_jax.json) in one place, so each refusal names the file it concerns.
 """
 
 import dataclasses

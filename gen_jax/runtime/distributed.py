@@ -27,6 +27,9 @@ closes at once; measured: the survivor ends 0.2-0.3 s after a kill -9). The
 heartbeat stays the safety net for a host that goes silent.
 `shutdown_timeout_seconds` bounds how long a finishing process waits at exit
 for its peers to finish as well.
+
+Longer than the house's ~400 lines: start-up, the waiting and lost-peer watch (its own TCP
+connections) and the config agreement are one concern, a job of several processes.
 """
 
 import atexit
