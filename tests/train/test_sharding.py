@@ -73,7 +73,7 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, env):
   """Six steps on 1 and on 8 devices. (Restoring across device counts, 1 -> 4 and 4 -> 1 devices
-  in 1 and 2 processes, is tests/test_distributed.py's.)"""
+  in 1 and 2 processes, is tests/runtime/test_distributed.py's.)"""
   root = tmp_path_factory.mktemp("sharding")
   out = {}
   for name, devices in (("one", 1), ("eight", 8)):
