@@ -61,6 +61,14 @@ import numpy as np
 from gen_jax import checks
 from gen_jax.diffusion._helpers import concrete_or_none
 from gen_jax.diffusion.process import GaussianProcess, _expand, check_prediction, to_x0_eps
+
+# What an option accepts: the same domains, in the same words, as samplers.SAMPLERS' rows.
+from gen_jax.diffusion.samplers import (
+  _NON_NEGATIVE,
+  _NON_NEGATIVE_OR_INF,
+  _UNIT_INTERVAL,
+  _check_eta,
+)
 from gen_jax.diffusion.timesteps import spaced_timesteps
 
 Array = jax.Array
@@ -563,12 +571,13 @@ def ddim_sample(
   draws from the posterior q(x_s | x_t, x0_hat) (c^2 = its variance, for any alpha, sigma:
   sigma_s^2 (1 - alpha_t^2 sigma_s^2 / (alpha_s^2 sigma_t^2))), DDPM's ancestral step on a
   respaced grid. On a discrete process with an integer grid it is
-  gen_jax.diffusion.ddim_sample. N network calls (default N = 50); eta >= 0.
+  gen_jax.diffusion.ddim_sample. N network calls (default N = 50); eta in [0, 1].
 
   Returns:
     x at the grid's last time; with return_trajectory, (x, SolverTrajectory).
   """
   eta = checks.check_real(eta, "eta", 0.0)
+  _check_eta(eta, "ddim_sample")
   plan = _prepare(
     "ddim_sample", process, key, shape, x_init, t, num_steps, spacing, prediction, 50, eta > 0
   )
@@ -723,15 +732,6 @@ class ProcessSamplerSpec:
   domains: Mapping[str, tuple[str, Callable[[Any], bool]]] = dataclasses.field(default_factory=dict)
 
 
-# What an option accepts, for errors such as "config.sample.options.eta must be a number >= 0,
-# got -0.5" (the wording of samplers.SAMPLERS' domains).
-_NON_NEGATIVE = ("a number >= 0", lambda v: checks.is_real(v) and v >= 0)
-_NON_NEGATIVE_OR_INF = (
-  "a number >= 0 or inf",
-  lambda v: (checks.is_real(v) and v >= 0) or v == math.inf,
-)
-
-
 # Options every process sampler takes (see the module docstring).
 PROCESS_COMMON_OPTIONS = ("t", "spacing", "x_init", "return_trajectory")
 
@@ -755,7 +755,7 @@ PROCESS_SAMPLERS: dict[str, ProcessSamplerSpec] = {
     "DDIM (eta = 0: Euler in x / alpha)",
     50,
     {"eta": 0.0},
-    domains={"eta": _NON_NEGATIVE},
+    domains={"eta": _UNIT_INTERVAL},
   ),
   "dpm++2m": ProcessSamplerSpec(dpmpp_2m_sample, "DPM-Solver++(2M) in log-SNR", 20, {}),
   "euler_maruyama": ProcessSamplerSpec(
