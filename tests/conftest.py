@@ -27,6 +27,32 @@ def _record_peer_skip(report):
       f.write(report.nodeid + "\n")
 
 
+# Modules whose parametrized grids run whole only in the full suite: in the fast tier each of their
+# parametrized tests keeps its first case (every question still asked once, its grid later).
+_FIRST_CASE_IN_FAST_TIER = {
+  "test_denoising.py",
+  "test_process_ode.py",
+  "test_process.py",
+  "test_solvers.py",
+  "test_preconditioning.py",
+  "test_samplers_controls.py",
+  "test_process_model.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+  seen = set()
+  for item in items:
+    if os.path.basename(str(item.fspath)) not in _FIRST_CASE_IN_FAST_TIER:
+      continue
+    if getattr(item, "callspec", None) is None:
+      continue
+    key = (str(item.fspath), item.originalname)
+    if key in seen:
+      item.add_marker(pytest.mark.slow)
+    seen.add(key)
+
+
 def pytest_runtest_logreport(report):
   _record_peer_skip(report)  # a test that skipped itself
 
