@@ -114,6 +114,28 @@ def parse_args(argv):
   return args
 
 
+def experiment_overrides(parser, overrides, experiments, managed, managed_by="") -> dict:
+  """{experiment: [--config.PATH=VALUE, ...]} from --override=[EXPERIMENT:]PATH=VALUE flags (every
+  experiment, or the one named); parser.error for a malformed one, a PATH in `managed` (set by the
+  script itself: `managed_by` names its flag) or an experiment not in `experiments`. The
+  multi-experiment scripts (likelihood_table.py, nfe_table.py) share it."""
+  out = {e: [] for e in experiments}
+  for override in overrides:
+    target, sep, rest = override.partition(":")
+    if not sep or "=" in target:
+      target, rest = None, override
+    path = rest.split("=", 1)[0]
+    if "=" not in rest or not path or path.startswith("-"):
+      parser.error(f"an override is [EXPERIMENT:]PATH=VALUE, got {override!r}")
+    if path in managed:
+      parser.error(f"{path} is set by this script{managed_by}; got {override!r}")
+    if target is not None and target not in experiments:
+      parser.error(f"--override={override}: {target} is not in --experiments")
+    for experiment in [target] if target else experiments:
+      out[experiment].append(f"--config.{rest}")
+  return out
+
+
 def run_py(experiment, workdir, mode, flags) -> float:
   """Runs run.py in a child process (its output goes to ours); returns its wall time in seconds."""
   command = [

@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare_vae_diffusion import RUN_PY, _grayscale, read_json, side_by_side
+from compare_vae_diffusion import RUN_PY, _grayscale, experiment_overrides, read_json, side_by_side
 
 from gen_jax.runtime import fileio, interrupts
 
@@ -114,20 +114,9 @@ def parse_args(argv):
     parser.error(f"--budget_seconds must be a positive number, got {args.budget_seconds}")
   if args.num_samples < 2 or args.num_examples < 0 or args.classifier_steps < 1:
     parser.error("--num_samples must be >= 2, --num_examples >= 0, --classifier_steps >= 1")
-  args.overrides = {e: [] for e in args.experiments}
-  for override in args.override:
-    target, sep, rest = override.partition(":")
-    if not sep or "=" in target:
-      target, rest = None, override
-    path = rest.split("=", 1)[0]
-    if "=" not in rest or not path or path.startswith("-"):
-      parser.error(f"an override is [EXPERIMENT:]PATH=VALUE, got {override!r}")
-    if path in MANAGED:
-      parser.error(f"{path} is set by this script (--budget_seconds); got {override!r}")
-    if target is not None and target not in args.experiments:
-      parser.error(f"--override={override}: {target} is not in --experiments")
-    for experiment in [target] if target else args.experiments:
-      args.overrides[experiment].append(f"--config.{rest}")
+  args.overrides = experiment_overrides(
+    parser, args.override, args.experiments, MANAGED, " (--budget_seconds)"
+  )
   return args
 
 
