@@ -1,11 +1,14 @@
 """Fréchet distance against network calls per sample (NFE) for DDPM, EDM and flow matching on the 8-bit digits.
 
+  python scripts/nfe_table.py --num_steps=2400 --workdir=runs/nfe
   python scripts/nfe_table.py --budget_seconds=600 --workdir=runs/nfe
   python scripts/nfe_table.py --workdir=runs/nfe --run=ddpm_digits=runs/digits --run=fm_digits=runs/fm
 
 Each experiment (--experiments, default ddpm_digits, edm_digits, fm_digits: one U-Net, one data set, one
-optimizer) trains through run.py for the same wall-clock budget (--config.train.max_seconds and a step count the
-budget cannot reach) into WORKDIR/<experiment>, or, given --run=EXPERIMENT=PATH, is taken as trained. Then:
+optimizer) trains through run.py for the same number of steps (--num_steps) or the same wall-clock budget
+(--budget_seconds: --config.train.max_seconds and a step count the budget cannot reach; fair only on an idle
+machine) into WORKDIR/<experiment>, or, given --run=EXPERIMENT=PATH, is taken as trained. The table says the
+steps each model trained. Then:
 
   1. `run.py --mode=eval` on each, as shipped: the likelihoods in bits/dim on the 8-bit test digits (DDPM: its
      bound and the ODE; EDM and flow matching: the continuous-time ELBO and the ODE) and sample quality with its
@@ -67,11 +70,15 @@ def parse_args(argv):
     default=",".join(DEFAULT_EXPERIMENTS),
     help="comma-separated experiments",
   )
-  parser.add_argument(
+  budget = parser.add_mutually_exclusive_group()
+  budget.add_argument(
+    "--num_steps", type=int, default=None, help="training steps of each (train.num_steps)"
+  )
+  budget.add_argument(
     "--budget_seconds",
     type=float,
-    default=600.0,
-    help="training budget of each (train.max_seconds)",
+    default=None,
+    help="training budget of each in seconds (train.max_seconds; default 600 without --num_steps)",
   )
   parser.add_argument("--nfe", default="5,10,20,50,100", help="comma-separated network calls")
   parser.add_argument(
@@ -99,7 +106,13 @@ def parse_args(argv):
     if not os.path.isdir(os.path.join(path, "checkpoints")):
       parser.error(f"--run={item}: {path} holds no checkpoints/; train it first")
     args.trained[experiment] = path
-  if not args.budget_seconds > 0 or math.isinf(args.budget_seconds):
+  if args.num_steps is None and args.budget_seconds is None:
+    args.budget_seconds = 600.0
+  if args.num_steps is not None and args.num_steps < 1:
+    parser.error(f"--num_steps must be a positive integer, got {args.num_steps}")
+  if args.budget_seconds is not None and (
+    not args.budget_seconds > 0 or math.isinf(args.budget_seconds)
+  ):
     parser.error(f"--budget_seconds must be a positive number, got {args.budget_seconds}")
   if args.num_samples < 2 or args.classifier_steps < 1:
     parser.error("--num_samples must be >= 2 and --classifier_steps >= 1")
@@ -131,6 +144,15 @@ def steps_for(calls_fn, nfe: int) -> int | None:
   return best
 
 
+def latest_step(workdir: str) -> int | None:
+  """The newest checkpoint step in workdir/checkpoints (orbax's step folders are named by the step)."""
+  folder = os.path.join(workdir, "checkpoints")
+  steps = (
+    [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
+  )
+  return max(steps, default=None)
+
+
 def _config(experiment: str):
   import importlib
 
@@ -141,15 +163,24 @@ def _config(experiment: str):
 # The table
 
 
-def markdown(cells: list[dict], likelihoods: dict, nfes: list[int], command: str) -> str:
-  """One row per (experiment, sampler): FD at each NFE (the calls that ran when fewer), then bits/dim."""
+def markdown(
+  cells: list[dict],
+  likelihoods: dict,
+  nfes: list[int],
+  command: str,
+  *,
+  num_samples: int,
+  trained_steps: dict,
+) -> str:
+  """One row per (experiment, sampler): steps trained, FD at each NFE (the calls that ran when fewer), bits/dim."""
   rows = sorted({(c["experiment"], c["sampler"]) for c in cells}, key=lambda r: (r[0], r[1]))
   head = " | ".join(f"NFE {n}" for n in nfes)
   lines = [
-    f"Fréchet distance of 1000-sample sets to the test digits against network calls per sample (`{command}`):",
+    f"Fréchet distance of {num_samples}-sample sets to the test digits against network calls per sample "
+    f"(`{command}`):",
     "",
-    f"| experiment | sampler | {head} | bits/dim: bound | bits/dim: ODE |",
-    "|---|---|" + "---:|" * len(nfes) + "---:|---:|",
+    f"| experiment | sampler | steps trained | {head} | bits/dim: bound | bits/dim: ODE |",
+    "|---|---|---:|" + "---:|" * len(nfes) + "---:|---:|",
   ]
   for experiment, sampler in rows:
     found = {c["nfe"]: c for c in cells if (c["experiment"], c["sampler"]) == (experiment, sampler)}
@@ -165,7 +196,7 @@ def markdown(cells: list[dict], likelihoods: dict, nfes: list[int], command: str
     like = likelihoods.get(experiment, {})
     bound, ode = like.get("bits_per_dim"), like.get("ode_bits_per_dim")
     lines.append(
-      f"| {experiment} | {sampler} | {' | '.join(row)} | "
+      f"| {experiment} | {sampler} | {trained_steps.get(experiment, '—')} | {' | '.join(row)} | "
       f"{'—' if bound is None else f'{bound:.3f}'} | {'—' if ode is None else f'{ode:.3f}'} |"
     )
   lines += [
@@ -194,9 +225,10 @@ def main(argv=None) -> list[dict]:
         f"error: {workdir} already holds a run; pass --run={experiment}={workdir} to evaluate it, or "
         "choose a new --workdir"
       )
+    steps = args.num_steps or NUM_STEPS
     flags = [
-      f"--config.train.num_steps={NUM_STEPS}",
-      f"--config.train.max_seconds={args.budget_seconds}",
+      f"--config.train.num_steps={steps}",
+      f"--config.train.max_seconds={args.budget_seconds or 0}",
       f"--config.train.sample_every={NUM_STEPS}",
       *args.overrides[experiment],
     ]
@@ -260,11 +292,21 @@ def main(argv=None) -> list[dict]:
         )
 
   command = " ".join(["python scripts/nfe_table.py", *argv])
-  table = markdown(cells, likelihoods, args.nfe, command)
+  trained_steps = {e: latest_step(w) for e, w in workdirs.items()}
+  table = markdown(
+    cells,
+    likelihoods,
+    args.nfe,
+    command,
+    num_samples=args.num_samples,
+    trained_steps=trained_steps,
+  )
   fileio.write_atomically(os.path.join(args.workdir, "nfe_table.md"), table)
   fileio.write_atomically(
     os.path.join(args.workdir, "nfe_table.json"),
-    json.dumps({"cells": cells, "likelihood": likelihoods}, indent=2),
+    json.dumps(
+      {"cells": cells, "likelihood": likelihoods, "trained_steps": trained_steps}, indent=2
+    ),
   )
   print("\n" + table)
   print(f"Wrote {os.path.join(args.workdir, 'nfe_table.md')} and nfe_table.json")

@@ -21,9 +21,33 @@ def test_table_marks_calls_that_differ_from_the_nfe():
     dict(experiment="edm_digits", sampler="heun", nfe=5, network_calls=5, fd=3.25),
   ]
   table = nfe_table.markdown(
-    cells, {"edm_digits": {"bits_per_dim": 4.0, "ode_bits_per_dim": 3.5}}, [5, 10, 20], "cmd"
+    cells,
+    {"edm_digits": {"bits_per_dim": 4.0, "ode_bits_per_dim": 3.5}},
+    [5, 10, 20],
+    "cmd",
+    num_samples=500,
+    trained_steps={"edm_digits": 2400},
   )
-  assert "| edm_digits | heun | 3.25 | 1.50 (9) | — | 4.000 | 3.500 |" in table
+  assert "| edm_digits | heun | 2400 | 3.25 | 1.50 (9) | — | 4.000 | 3.500 |" in table
+  assert "500-sample sets" in table
+
+
+def test_steps_and_seconds_budgets_are_exclusive_and_checked(capsys):
+  import pytest
+
+  assert nfe_table.parse_args(["--num_steps=2400"]).budget_seconds is None
+  assert nfe_table.parse_args([]).budget_seconds == 600.0
+  for argv in (["--num_steps=10", "--budget_seconds=5"], ["--num_steps=0"]):
+    with pytest.raises(SystemExit):
+      nfe_table.parse_args(argv)
+  assert "--num_steps" in capsys.readouterr().err
+
+
+def test_latest_step_reads_the_checkpoint_folders(tmp_path):
+  assert nfe_table.latest_step(str(tmp_path)) is None
+  for name in ("883", "1250", "tmp_ignored"):
+    (tmp_path / "checkpoints" / name).mkdir(parents=True)
+  assert nfe_table.latest_step(str(tmp_path)) == 1250
 
 
 def test_overrides_of_managed_fields_are_refused(capsys):

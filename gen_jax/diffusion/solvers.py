@@ -31,8 +31,10 @@ Options every sampler takes (keyword-only):
   key: per-step noise from fold_in(split(key)[1], i) at step i (churn, eta > 0, Euler-Maruyama);
     None is allowed for a deterministic sampler given x_init.
   t / num_steps / spacing: the grid (t), or time_grid(process, num_steps, spacing=spacing);
-    spacing None is "karras" (EDM's grid in sigma / alpha), or "uniform" where the process has
-    zero SNR at t_max (rectified flow at t = 1: sigma / alpha is infinite there).
+    spacing None is "karras" (EDM's grid in sigma / alpha; "log_snr" for DPM-Solver++(2M), the
+    spacing its authors recommend and the one that measures best for it on every process here),
+    or "uniform" where the process has zero SNR at t_max (rectified flow at t = 1: sigma / alpha
+    and lambda are infinite there).
   clip: clip x0_hat to [-1, 1] at every call (eps_hat re-derived: (x - alpha x0) / sigma).
   return_trajectory: also return a `SolverTrajectory` (the grid, the state at every grid time,
     x0_hat at every step). Without it the scan stacks nothing.
@@ -309,17 +311,29 @@ class _Plan:
   to_data: Array  # (N,) bool: step i goes to the data
 
 
-def _default_spacing(process) -> str:
-  """ "uniform" where alpha(t_max) = 0 (rectified flow to t = 1: the karras grid's sigma/alpha is
-  infinite there), else "karras". Read at trace time: t_max is static, and a process without
-  traced parameters (rectified flow) gives a concrete alpha even inside jit."""
+def _default_spacing(process, preferred: str = "karras") -> str:
+  """ "uniform" where alpha(t_max) = 0 (rectified flow to t = 1: the karras grid's sigma/alpha and
+  the log_snr grid's lambda are infinite there), else the sampler's `preferred` spacing. Read at
+  trace time: t_max is static, and a process without traced parameters (rectified flow) gives a
+  concrete alpha even inside jit."""
   with jax.ensure_compile_time_eval():
     alpha_top = concrete_or_none(process.alpha_sigma(process.t_max)[0])
-  return "uniform" if alpha_top is not None and float(alpha_top) == 0.0 else "karras"
+  return "uniform" if alpha_top is not None and float(alpha_top) == 0.0 else preferred
 
 
 def _prepare(
-  name, process, key, shape, x_init, t, num_steps, spacing, prediction, default_steps, noisy
+  name,
+  process,
+  key,
+  shape,
+  x_init,
+  t,
+  num_steps,
+  spacing,
+  prediction,
+  default_steps,
+  noisy,
+  preferred_spacing="karras",
 ):
   """The grid, the start and the per-time coefficients; ValueError for what cannot run."""
   check_prediction(prediction)
@@ -329,7 +343,8 @@ def _prepare(
     grid = check_grid(process, t)
   else:
     steps = default_steps if num_steps is None else num_steps
-    grid = time_grid(process, steps, spacing=spacing or _default_spacing(process))
+    spacing = spacing or _default_spacing(process, preferred_spacing)
+    grid = time_grid(process, steps, spacing=spacing)
   if key is None and (x_init is None or noisy):
     raise ValueError(
       f"{name}: key is None; a key is needed to draw "
@@ -622,13 +637,26 @@ def dpmpp_2m_sample(
   limits at zero SNR (h_0 = inf: x_1 = (sigma_1 / sigma_0) x_0 + alpha_1 D_0, the next
   correction 0). On ve it is k-diffusion's sample_dpmpp_2m; on a discrete process with an
   integer grid gen_jax.diffusion.dpmpp_2m_sample on the same levels. N network calls (default
-  N = 20); deterministic (key only for the start).
+  N = 20); deterministic (key only for the start). Default grid: uniform in lambda (Lu et al.'s
+  "logSNR" steps): on N(0.2, 0.3^2) with the exact model at 20 steps its std is off by 1.3%
+  (vp_linear), 3.0% (vp_cosine), 1.7% (ve), against 5.2%, 15.9%, 5.7% on the karras grid.
 
   Returns:
     x at the grid's last time; with return_trajectory, (x, SolverTrajectory).
   """
   plan = _prepare(
-    "dpmpp_2m_sample", process, key, shape, x_init, t, num_steps, spacing, prediction, 20, False
+    "dpmpp_2m_sample",
+    process,
+    key,
+    shape,
+    x_init,
+    t,
+    num_steps,
+    spacing,
+    prediction,
+    20,
+    False,
+    preferred_spacing="log_snr",
   )
   half = 0.5 * plan.log_snr
   h = half[1:] - half[:-1]
