@@ -186,6 +186,7 @@ def _ref_log_softmax(logits, axis=-1):
   return logits - special.logsumexp(logits, axis=axis, keepdims=True)
 
 
+@pytest.mark.slow
 def test_categorical_integer_and_one_hot():
   rng = np.random.default_rng(2)
   logits = f32(rng.normal(size=(4, 6, 10)) * 3)
@@ -206,6 +207,7 @@ def test_categorical_integer_and_one_hot():
   )
 
 
+@pytest.mark.slow
 def test_categorical_other_axis():
   rng = np.random.default_rng(3)
   logits = f32(rng.normal(size=(7, 3, 5)))  # class axis 0
@@ -221,6 +223,7 @@ def test_categorical_other_axis():
   )
 
 
+@pytest.mark.slow
 def test_categorical_extreme_logits_finite():
   logits = jnp.array([[1000.0, -1000.0, 0.0]], jnp.float32)
   out = D.categorical_log_prob(jnp.array([1]), logits)
@@ -285,6 +288,7 @@ def test_bce_is_bernoulli_nll():
   )
 
 
+@pytest.mark.slow
 def test_categorical_ce_is_categorical_nll():
   rng = np.random.default_rng(6)
   logits = f32(rng.normal(size=(16, 12)) * 4)
@@ -304,6 +308,7 @@ def test_categorical_ce_is_categorical_nll():
   )
 
 
+@pytest.mark.slow
 def test_categorical_masked_classes_and_bad_labels():
   # a class with logit -inf has probability 0: one-hot targets that do not
   # use it give the finite answer (0 * -inf must not become NaN) ...
@@ -366,6 +371,7 @@ def _mix_params(weights, means, stds):
   return (f32(np.log(weights) + 1.7), f32(means), f32(2 * np.log(stds)))
 
 
+@pytest.mark.slow
 def test_gaussian_mixture_log_prob_vs_scipy():
   rng = np.random.default_rng(20)
   # the bulk and far tails, where every component's density underflows float32
@@ -390,6 +396,7 @@ def test_gaussian_mixture_log_prob_vs_scipy():
   )
 
 
+@pytest.mark.slow
 def test_gaussian_mixture_log_prob_broadcasts_and_jits():
   rng = np.random.default_rng(21)
   x = f32(rng.normal(size=(5, 3)))
@@ -492,6 +499,7 @@ def test_normal_kl_monte_carlo():
     assert abs(kl - terms.mean()) < 5 * se + 1e-4, (kl, terms.mean(), se)
 
 
+@pytest.mark.slow
 def test_normal_kl_nonnegative_and_zero_on_equal():
   rng = np.random.default_rng(9)
   m1, m2 = f32(rng.normal(size=(2, 2000)) * 10)
@@ -522,6 +530,7 @@ def test_normal_kl_near_equal(base_lv, ratio):
   np.testing.assert_allclose(float(D.normal_kl(dm, lv1, 0.0, lv1)), ref_m, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_standard_normal_kl():
   rng = np.random.default_rng(10)
   m = f32(rng.normal(size=(300,)) * 2)
@@ -593,6 +602,7 @@ def test_discretized_end_bins():
     (-4.0, 0.5),
   ],
 )
+@pytest.mark.slow
 def test_discretized_sums_to_one(mean, log_scale):
   # bins much narrower and much wider than the scale (bin width 2/255 ~ 7.8e-3)
   x = f32(grid())
@@ -620,6 +630,7 @@ def test_discretized_sums_to_one(mean, log_scale):
   np.testing.assert_allclose(g_ls[ok], r_ls[ok], rtol=2e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_discretized_tails_float32():
   """x - mean = +-k scales for every bin (end bins included), many k, scales."""
   xs, means, lss = [], [], []
@@ -645,6 +656,7 @@ def test_discretized_tails_float32():
   np.testing.assert_allclose(g_ls, r_ls, rtol=2e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_discretized_gradient_vs_reference_realistic():
   rng = np.random.default_rng(12)
   n = 1000
@@ -688,6 +700,7 @@ def _all_calls(rng, dtype):
   ]
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   for fn, args in _all_calls(np.random.default_rng(13), np.float32):
     eager, jitted = fn(*args), jax.jit(fn)(*args)
@@ -695,6 +708,7 @@ def test_jit_equals_eager():
     np.testing.assert_allclose(f64(jitted), f64(eager), rtol=1e-6, atol=1e-6, err_msg=str(fn))
 
 
+@pytest.mark.slow
 def test_broadcasting():
   rng = np.random.default_rng(14)
   m = f32(rng.normal(size=(3, 1)) * 0.3)
@@ -718,6 +732,7 @@ def test_broadcasting():
     np.testing.assert_allclose(f64(out), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_float64_matches_reference(x64):
   rng = np.random.default_rng(15)
   n = 2000
@@ -793,6 +808,7 @@ def test_float64_discretized_tails(x64):
   assert abs(special.logsumexp(f64(lp))) < 1e-13
 
 
+@pytest.mark.slow
 def test_swappable_arguments_are_keyword_only():
   """bernoulli_log_prob(x, logits) swapped (optax's order) ran silently and
   returned a positive "log-probability"; discretized_gaussian_log_prob's
@@ -854,6 +870,7 @@ def test_discretized_logistic_sums_to_one_and_matches_mpmath(mean, log_scale):
   np.testing.assert_allclose(lp, ref, rtol=2e-6, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_discretized_logistic_float32_far_tails_and_gradients():
   """100 and 3000 scales from the mean, on both sides: float32 keeps the relative precision (no clamp at
   log(1e-12)), and the gradients are finite and match float64 autodiff of the same formula."""
@@ -878,6 +895,7 @@ def test_discretized_logistic_float32_far_tails_and_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_discretized_logistic_mixture_vs_direct_sum():
   """The mixture equals log sum_k w_k P_k from the mpmath components, and sums to 1 over all 256 bins for every
   element; parameters broadcast over a batch and a component axis."""

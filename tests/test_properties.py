@@ -87,6 +87,7 @@ def check_close(actual, expected, tolerance, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
 @hypothesis.given(data=st.data(), shape=SHAPES, scalar_logvar=st.booleans())
+@pytest.mark.slow
 def test_normal_log_prob(dtype, data, shape, scalar_logvar):
   x = data.draw(arrays(shape, -1e3, 1e3))
   mean = data.draw(arrays(shape, -1e3, 1e3))
@@ -108,6 +109,7 @@ def bernoulli_grad(x, logits):
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
 @hypothesis.given(data=st.data(), shape=SHAPES, soft=st.booleans())
+@pytest.mark.slow
 def test_bernoulli_log_prob_value_and_gradient_at_huge_logits(dtype, data, shape, soft):
   anchors = hnp.arrays(np.float64, shape, elements=st.sampled_from([-90.0, 89.5, 90.0, 1e4]))
   logits = data.draw(arrays(shape, -1e4, 1e4) | anchors)
@@ -132,6 +134,7 @@ def test_bernoulli_log_prob_value_and_gradient_at_huge_logits(dtype, data, shape
   batch=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3),
   classes=st.integers(2, 6),
 )
+@pytest.mark.slow
 def test_categorical_log_prob_is_normalised_at_huge_logits(dtype, data, batch, classes):
   logits = data.draw(arrays(batch + (classes,), -1e4, 1e4))
   labels = data.draw(hnp.arrays(np.int32, batch, elements=st.integers(0, classes - 1)))
@@ -156,6 +159,7 @@ def test_categorical_log_prob_is_normalised_at_huge_logits(dtype, data, batch, c
     )
 
 
+@pytest.mark.slow
 def test_categorical_log_prob_refuses_labels_of_another_batch_shape():
   logits = jnp.zeros((4, 5))
   int_one_hot = jnp.eye(5, dtype=jnp.int32)[:4]
@@ -185,6 +189,7 @@ def _kl_tolerance(eps, d, sq, logvar2):
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
 @hypothesis.given(data=st.data(), shape=SHAPES, near=st.booleans())
+@pytest.mark.slow
 def test_normal_kl_nonnegative_and_accurate_for_tiny_and_huge_variances(dtype, data, shape, near):
   mean1, mean2 = data.draw(arrays(shape, -1e3, 1e3)), data.draw(arrays(shape, -1e3, 1e3))
   logvar1 = data.draw(arrays(shape, -20, 20))  # variances 2e-9 .. 5e8
@@ -253,6 +258,7 @@ def vae_bounds(x, mean, logvar):
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
 @hypothesis.given(data=st.data(), batch=st.sampled_from([(), (2,), (2, 3)]))
+@pytest.mark.slow
 def test_elbo_and_iwae_are_finite_for_extreme_encoder_outputs(dtype, data, batch):
   mean = data.draw(arrays(batch + (LATENT,), -100, 100))
   logvar = data.draw(arrays(batch + (LATENT,), -30, 10))  # posterior std 3e-7 .. 150
@@ -267,6 +273,7 @@ def test_elbo_and_iwae_are_finite_for_extreme_encoder_outputs(dtype, data, batch
 
 
 @pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.slow
 def test_vae_refuses_mismatched_shapes(jit):
   """The checks run while tracing: eagerly and under jax.jit alike."""
   key, x = jax.random.key(0), jnp.zeros((4, OBS))
@@ -334,6 +341,7 @@ def test_schedules_are_finite_and_ordered(dtype, num_timesteps, beta_start, spre
   batch=st.integers(1, 3),
   example=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3),
 )
+@pytest.mark.slow
 def test_q_sample_and_q_posterior_match_float64(dtype, data, batch, example):
   num_timesteps = 50
   t = data.draw(hnp.arrays(np.int32, (batch,), elements=st.integers(0, num_timesteps - 1)))

@@ -98,6 +98,7 @@ def problems(command, flags, configs):
   return found
 
 
+@pytest.mark.slow
 def test_commands_use_known_experiments_flags_and_config_fields(run_py_flags, experiment_configs):
   commands = [command for text in _texts() for command in _commands(text)]
   assert len(commands) > 20, commands  # the pages' commands were found

@@ -303,6 +303,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE) + ["nan state"])
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
   tmp_path, damage, caplog
 ):

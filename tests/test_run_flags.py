@@ -22,6 +22,7 @@ env = runs.env_fixture()
     ),
   ],
 )
+@pytest.mark.slow
 def test_a_flag_the_mode_does_not_use_is_refused(env, tmp_path, args, want):
   workdir = tmp_path / "run"
   result = runs.run_py(

@@ -23,6 +23,7 @@ from tests.support.diffusion import (
 F32 = jnp.float32
 
 
+@pytest.mark.slow
 def test_q_sample_formula_and_moments(sched1000):
   betas = np_linear_betas(1000)
   abar = np_abar(betas)
@@ -65,6 +66,7 @@ def test_make_q_sample_vmap_matches_batch(sched20):
   np.testing.assert_allclose(one, batched[2], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_q_step_chain_matches_q_sample(sched20):
   abar = np_abar(BETAS20)
   n, dims, t_final = 40000, 2, 12

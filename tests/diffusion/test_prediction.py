@@ -79,6 +79,7 @@ def test_conversions_match_definitions(x64):
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.slow
 def test_round_trip_float32(sched, prediction):
   """eps -> target -> eps in float32, jitted and vmapped per example.
   x0 round trips lose digits where sqrt(ac) is small (t near T), v where

@@ -34,6 +34,7 @@ def sched100():
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.slow
 def test_eps_and_x0_float64(x64, prediction):
   """Against the closed forms in float64, on a zero-SNR schedule (x0 and v:
   at every level, the top one included; eps below the top)."""
@@ -63,6 +64,7 @@ def test_eps_and_x0_float64(x64, prediction):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_heun_without_churn_ignores_the_key(sched100):
   """s_churn = 0: the noise term is exactly 0, so two keys give bitwise-equal
   samples from the same x_init, in float32. Written as sqrt(sigma_hat^2 -
@@ -115,6 +117,7 @@ def test_sdedit_returns_the_data_law(sampler):
   assert abs(x.std() - S) < 5 * S / math.sqrt(2 * n) + 0.01 * S
 
 
+@pytest.mark.slow
 def test_sdedit_from_level_zero_returns_the_input(sched100):
   """t_start = 0: one step, the x0 prediction at the lowest level, which for
   the exact model is the input up to the noise at that level (sqrt(1 - ac_0)
@@ -160,6 +163,7 @@ def test_ddim_inversion_round_trip():
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++2m", "heun"])
+@pytest.mark.slow
 def test_trajectory_final_x0_is_the_sample(sampler, sched100):
   model = gaussian_model_fn(sched100, MU, S, "v")
   fn = {
@@ -185,6 +189,7 @@ def test_trajectory_final_x0_is_the_sample(sampler, sched100):
   np.testing.assert_array_equal(plain, samples)
 
 
+@pytest.mark.slow
 def test_trajectory_states_match_a_manual_loop(x64):
   """DDIM (eta = 0) and DPM-Solver++(2M): the states at each network call are
   those of a float64 loop written from the papers."""

@@ -258,6 +258,7 @@ def test_ddim_agrees_with_diffusers(spacing, eta, guidance, prediction, record_p
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.slow
 def test_ddim_matches_a_stable_diffusion_ddim_config(eta, record_property):
   """Issue 26: DDIMScheduler as Stable Diffusion configures it ("leading", steps_offset = 1,
   set_alpha_to_one = False, 50 steps) is ddim_sample on spaced_timesteps(T, 50,
@@ -300,6 +301,7 @@ def test_ddim_matches_a_stable_diffusion_ddim_config(eta, record_property):
   assert_agree(run, trajectory, peer, TOL64, record_property)
 
 
+@pytest.mark.slow
 def test_ddpm_grid_ending_above_zero_is_quoted():
   """Issue 26: docs/samplers.md's DDPMScheduler figure (1.1e-13) holds only for grids that
   end at t = 0: from t = 5 diffusers' fixed_large step still draws noise (std 0.030) and
@@ -400,6 +402,7 @@ def stock_ddim_linspace_error(num_steps) -> float:
   return max(peers.compare(run, peer).values())
 
 
+@pytest.mark.slow
 def test_docs_quote_the_stock_ddim_figure():
   """Issue 26: docs/samplers.md quoted 4.4e-15 against DDIMScheduler with "linspace"
   spacing without saying that the test steps the peer to the next listed level; the

@@ -47,6 +47,7 @@ def test_karras_sigmas_formula():
   np.testing.assert_allclose(diffusion.karras_sigmas(0.1, 10.0, 1), [10.0])
 
 
+@pytest.mark.slow
 def test_edm_timesteps(sched):
   grid = jax.jit(diffusion.edm_timesteps, static_argnums=1)
   got = np.asarray(grid(sched, 18))

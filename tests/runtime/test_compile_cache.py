@@ -202,6 +202,7 @@ def test_a_damaged_entry_is_rewritten_without_a_warning(tmp_path):
   assert "Error reading" not in third.stderr
 
 
+@pytest.mark.slow
 def test_the_metric_writer_does_not_import_torch(tmp_path):
   """tensorboardX imports torch when it is installed (seconds of start-up); summary.py blocks that import,
   and only for that moment: torch stays importable."""

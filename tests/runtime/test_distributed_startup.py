@@ -96,6 +96,7 @@ def one_line(stderr: str) -> str:
 # No job, and experiments that run themselves
 
 
+@pytest.mark.slow
 def test_distributed_without_a_job_to_join_is_one_line(env, tmp_path):
   """Before: a 22-line traceback ending in JAX's `ValueError: coordinator_address should be
   defined.`"""
@@ -107,6 +108,7 @@ def test_distributed_without_a_job_to_join_is_one_line(env, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_an_experiment_that_runs_itself_refuses_distributed(env, tmp_path):
   """mle_toy's run() is one process. Before: started as 2 processes with a coordinator (even a
   closed port) each trained alone and exited 0, both writing the same workdir."""
@@ -279,6 +281,7 @@ def test_the_private_jax_apis_gen_jax_uses_are_still_there():
     assert argument in parameters, argument
 
 
+@pytest.mark.slow
 def test_a_one_process_job_reads_and_writes_the_key_value_store(tmp_path):
   """The store through distributed._client(), in a real (one-process) job."""
   port = multiprocess.free_port()

@@ -48,6 +48,7 @@ def _one_line(proc):
   return lines[0]
 
 
+@pytest.mark.slow
 def test_out_that_cannot_be_written_is_refused_in_one_line(trained, tmp_path):
   workdir, env = trained
   a_file = tmp_path / "a_file"
@@ -64,6 +65,7 @@ def test_out_that_cannot_be_written_is_refused_in_one_line(trained, tmp_path):
     assert proc.returncode == 1 and all(w in line for w in words), line
 
 
+@pytest.mark.slow
 def test_a_workdir_of_another_experiment_is_named_by_its_experiment_txt(trained, tmp_path):
   workdir, env = trained
   proc = _export(env, "--experiment=ddpm_cifar", f"--workdir={workdir}", f"--out={tmp_path / 'o'}")

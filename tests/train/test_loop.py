@@ -260,6 +260,7 @@ def optim(**fields):
   return o
 
 
+@pytest.mark.slow
 def test_learning_rate_schedule():
   lr = 1e-3
   cosine = train.learning_rate_schedule(
@@ -300,6 +301,7 @@ def toy_model_and_batch():
 
 
 @pytest.mark.parametrize("ema_warmup", [True, False])
+@pytest.mark.slow
 def test_ema_follows_the_documented_formula(toy_model_and_batch, ema_warmup):
   model, batch = toy_model_and_batch
   o = optim(learning_rate=1e-2, warmup_steps=0, schedule="constant")

@@ -61,6 +61,7 @@ def test_plumbing_is_importable_from_its_module_and_not_reexported():
     train.no_such_name  # noqa: B018
 
 
+@pytest.mark.slow
 def test_importing_train_and_load_trained_loads_no_inception():
   code = (
     "import sys; from gen_jax import train; train.load_trained; train.train; "

@@ -57,6 +57,7 @@ def test_sample_refuses_a_workdir_of_images_a_png_cannot_hold(tmp_path):
     run_setup.open_run(config, str(workdir), models.make_unet_diffusion, "sample")
 
 
+@pytest.mark.slow
 def test_images_the_unet_cannot_halve_are_refused_by_size(tmp_path):
   """7x7 images for a U-Net of two levels: before, a 34-line concatenate traceback from tracing the model."""
   config = _digits_on(_npz(tmp_path, (16, 7, 7, 1)))

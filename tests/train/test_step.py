@@ -57,6 +57,7 @@ def test_train_runs_the_public_guarded_step(tmp_path, steps_made):
   assert len(made) == 1 and jitted == made  # the step train() jits is make_train_step's
 
 
+@pytest.mark.slow
 def test_the_evaluation_classifier_trains_through_the_same_step(steps_made):
   made, jitted = steps_made
   dataset = data.load_dataset(ddpm_digits.get_config().data, "train")
@@ -117,6 +118,7 @@ def test_the_guard_flags_a_nonfinite_step(toy_model, skip_nonfinite):
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.params)))
 
 
+@pytest.mark.slow
 def test_skip_grad_norm_skips_large_gradients_and_counts_them():
   """optim.skip_grad_norm: an update whose gradient norm reaches the threshold leaves the parameters and Adam's
   moments as they were and is counted; a smaller one is the plain optimizer's update."""

@@ -48,6 +48,7 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
     workdir_lib.prepare_workdir(str(path))
 
 
+@pytest.mark.slow
 def test_run_py_says_one_line_when_lock_json_is_a_folder(tmp_path):
   workdir = tmp_path / "wd"
   (workdir / workdir_lock.OWNER_FILE).mkdir(parents=True)

@@ -143,6 +143,7 @@ def test_oracle_is_consistent():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reparameterize_moments():
   mean = jnp.array([0.5, -2.0, 3.0], jnp.float32)
   logvar = jnp.array([0.0, -3.0, 1.5], jnp.float32)
@@ -164,6 +165,7 @@ def test_reparameterize_moments():
   assert not np.allclose(z[0], z[1])
 
 
+@pytest.mark.slow
 def test_reparameterize_batch_shape_and_dtype():
   mean = jnp.zeros((4, 6), jnp.float32)
   z = vae.reparameterize(jax.random.key(0), mean, jnp.zeros((4, 6)))
@@ -171,6 +173,7 @@ def test_reparameterize_batch_shape_and_dtype():
   assert len(np.unique(to64(z))) == 24
 
 
+@pytest.mark.slow
 def test_reparameterize_gradients():
   mean = jnp.array([0.5, -2.0, 3.0], jnp.float32)
   logvar = jnp.array([0.0, -3.0, 1.5], jnp.float32)
@@ -191,6 +194,7 @@ def test_reparameterize_gradients():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_elbo_fields():
   x = sample_x(8, 5)
   params = wrong_params()
@@ -215,6 +219,7 @@ def test_elbo_fields():
 
 
 @pytest.mark.parametrize("which", ["exact", "wrong"])
+@pytest.mark.slow
 def test_elbo_mean_is_analytic_elbo(which):
   params = exact_params() if which == "exact" else wrong_params()
   x = sample_x(64, 7)
@@ -230,6 +235,7 @@ def test_elbo_mean_is_analytic_elbo(which):
     assert np.all(target < exact_log_px(x) - 0.1)
 
 
+@pytest.mark.slow
 def test_elbo_per_draw_identity_at_exact_posterior():
   """With q = p(z|x): elbo = log p(x) + log q(z|x) - log p(z) - KL(q||p)."""
   x = sample_x(16, 9)
@@ -252,6 +258,7 @@ def test_elbo_per_draw_identity_at_exact_posterior():
 
 
 @pytest.mark.parametrize("num_samples,chunk_size", [(1, None), (10, None), (10, 2), (1000, 100)])
+@pytest.mark.slow
 def test_iwae_exact_posterior_is_log_px(num_samples, chunk_size):
   """With the exact posterior the importance weight is the constant p(x)."""
   x = sample_x(64, 10)
@@ -263,6 +270,7 @@ def test_iwae_exact_posterior_is_log_px(num_samples, chunk_size):
   )
 
 
+@pytest.mark.slow
 def test_iwae_ordering_with_wrong_encoder():
   """E[elbo] < E[L_10] < E[L_1000] <= log p(x), L_1000 within 0.05 nats."""
   x = sample_x(64, 12)
@@ -296,6 +304,7 @@ def test_iwae_ordering_with_wrong_encoder():
   assert gap10 < -0.1
 
 
+@pytest.mark.slow
 def test_iwae_chunked_matches_unchunked_in_distribution():
   x = sample_x(64, 17)
   params = wrong_params(shift=1.0, var_factor=0.5)  # a poor proposal
@@ -317,6 +326,7 @@ def test_iwae_chunked_matches_unchunked_in_distribution():
   )
 
 
+@pytest.mark.slow
 def test_iwae_chunked_gradient_finite():
   x = sample_x(4, 21)
 
@@ -352,6 +362,7 @@ def test_iwae_bad_arguments_raise(num_samples, chunk_size):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   x = sample_x(8, 24)
   params = wrong_params()
@@ -383,6 +394,7 @@ def _both_vmapped(key, x, params):
   return jax.vmap(jax.vmap(one))(x)
 
 
+@pytest.mark.slow
 def test_vmap_equals_batched():
   x = sample_x(6, 26).reshape(2, 3, D_OBS)  # batch shape (2, 3)
   key = jax.random.key(27)
@@ -415,6 +427,7 @@ def test_vmap_equals_batched():
 
 
 @pytest.mark.parametrize("likelihood", ["discretized_gaussian", "logistic_mixture"])
+@pytest.mark.slow
 def test_decoder_likelihoods_are_distributions_on_the_8bit_grid(likelihood):
   """For any raw outputs, the 256 values of a pixel have probabilities summing to 1; the raw numbers are read in
   the documented order (mixture: K logits, K means, K log-scales) with the soft floor on log-scales."""
@@ -466,6 +479,7 @@ def test_vae_model_reports_bits_per_dim_of_its_iwae_nll_on_8bit_data():
     vae_digits.build(runs.config("vae_digits", {"model.likelihood": "poisson"}), (8, 8, 1))
 
 
+@pytest.mark.slow
 def test_reparameterize_and_elbo_take_a_given_noise(x64):
   """Issue 26: the one-layer VAE's reparameterize / elbo drew eps from the key only; with
   noise= (keyword-only) z = mean + sigma noise exactly, and the ELBO at noise = 0 is the

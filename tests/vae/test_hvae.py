@@ -169,6 +169,7 @@ def test_oracle_is_consistent():
   assert gaussian_kl(*q_joint(posterior_params(0.5, 2.0), x), m, s) > 0.1
 
 
+@pytest.mark.slow
 def test_exact_posterior_weight_is_log_px_at_every_draw_and_elbo_equals_it():
   """With the exact posterior every log-weight is log p(x) (no variance), the analytic-KL ELBO averages to
   log p(x), and the KL per layer is non-negative."""
@@ -219,6 +220,7 @@ def test_wrong_posterior_gap_is_the_joint_kl_and_iwae_closes_it():
   assert np.all(np.abs(gaps[-1]) < 0.03) and np.mean(np.abs(gaps[-1])) < np.mean(gaps[0]), gaps
 
 
+@pytest.mark.slow
 def test_old_iwae_bound_name_warns_and_gives_the_same_bound():
   """hvae.iwae_bound was renamed (gen_jax.vae.iwae_bound is the one-layer VAE's, another function):
   the old name stays for one release, warns, and returns the new function's value."""
@@ -250,6 +252,7 @@ def test_training_loss_warmup_and_free_bits():
   assert float(hvae.kl_warmup_weight(0, 0)) == 1.0
 
 
+@pytest.mark.slow
 def test_stochastic_layer_prior_draw_and_bounded_scale():
   mean, logvar = jnp.full((20000, 2), 0.5), jnp.full((20000, 2), math.log(0.09))
   layer = hvae.stochastic_layer(
