@@ -151,6 +151,7 @@ def test_ddim_eta1_smoke(sched1000):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile")  # small programs: compilation is the cost
 def test_jit_matches_eager(sched20):
   key = jax.random.key(0)
   x0 = testing.quantize(np.random.default_rng(0).uniform(-1, 1, (4, 3)))

@@ -15,6 +15,9 @@ import pytest
 from gen_jax import diffusion
 from tests.support.diffusion import gaussian_model_fn, np_linear_betas
 
+# Skips XLA's optimisation passes: these tests compile many small scans (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 MU, S = 0.2, 0.3
 SAMPLERS = {
   "ddpm": diffusion.ddpm_sample,
@@ -68,6 +71,7 @@ def test_heun_from_a_given_x_T_converges_to_the_ode_solution(x64):
   assert int(default.timesteps[0]) == 930
 
 
+@pytest.mark.slow  # over 2 s (per-test durations, fast tier)
 def test_heun_from_x_T_on_a_zero_snr_schedule(x64):
   """At zero terminal SNR the grid from x_T is level T - 1 (sigma = inf), then EDM's grid."""
   sched = diffusion.make_schedule(
@@ -90,6 +94,7 @@ def test_heun_from_x_T_on_a_zero_snr_schedule(x64):
   assert abs(float(out.mean()) - MU) < 0.02 and abs(float(out.std()) - S) < 0.02
 
 
+@pytest.mark.slow  # over 2 s (per-test durations, fast tier)
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_x_init_of_another_float_dtype_is_cast(name, x64):
   """Issue 26: a float32 x_init under jax_enable_x64 failed in ddpm, ddim, respaced and
@@ -108,6 +113,7 @@ def test_x_init_of_another_float_dtype_is_cast(name, x64):
   assert inverted.dtype == jnp.float64
 
 
+@pytest.mark.slow  # over 2 s (per-test durations, fast tier)
 def test_bfloat16_x_init_runs_in_the_schedules_float32(sched20):
   model = gaussian_model_fn(sched20, MU, S, "eps")
   x_T = jax.random.normal(jax.random.key(0), (8, 2)).astype(jnp.bfloat16)
@@ -205,6 +211,7 @@ def test_ddim_invert_stacks_nothing_without_return_trajectory():
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 2 s (per-test durations, fast tier)
 def test_ddim_t_end_stops_at_that_level(x64):
   """ddim_sample(t_end=s) returns x_s: continuing from there on the rest of the grid is the
   run on the whole grid (eta = 0, deterministic), to float64 precision."""

@@ -133,6 +133,7 @@ def test_heun_matches_numpy(x64, churn):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile")  # small programs: compilation is the cost
 def test_heun_churn_gating(sched):
   """Churn outside [s_tmin, s_tmax] is no churn; inside it changes the output."""
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
@@ -154,6 +155,7 @@ def test_heun_churn_gating(sched):
 @pytest.mark.parametrize(
   "name,steps,calls", [("respaced", 50, 50), ("dpm++2m", 20, 20), ("heun", 18, 35), ("heun", 1, 1)]
 )
+@pytest.mark.usefixtures("fast_compile")  # small programs: compilation is the cost
 def test_network_calls(sched, name, steps, calls):
   counter = []
   eps_fn = counting(testing.gmm_eps_fn(sched, **GMM2), counter)
@@ -225,6 +227,7 @@ def test_one_scan_and_size_independent_of_steps(sched, name):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile")  # small programs: compilation is the cost
 def test_jit_matches_eager():
   sched = diffusion.make_schedule(diffusion.linear_betas(20, 1e-3, 0.2))
   key = jax.random.key(0)

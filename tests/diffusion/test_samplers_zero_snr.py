@@ -171,6 +171,7 @@ def test_every_sampler_on_every_schedule(schedule):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile")  # 27 compilations of two-point runs
 @pytest.mark.parametrize("schedule", ["cosine1000", "zero_snr_v", "linear100_scaled"])
 def test_deterministic_samplers_converge(schedule):
   """The exact (affine) law's std error shrinks as the steps grow."""
@@ -284,6 +285,7 @@ def test_zero_snr_eps_prediction_is_refused(zero_snr100):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile")  # four compilations of a 64-sample run
 def test_zero_snr_guidance_any_prediction(zero_snr100):
   """Guidance combines v-outputs: w = 0 is the conditional model bit for bit,
   and cond == uncond leaves the samples unchanged for any w."""

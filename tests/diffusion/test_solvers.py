@@ -4,7 +4,8 @@ Every sampler on every process (discrete linear T = 1000, vp_linear, vp_cosine, 
 rectified_flow), driven by the exact model of a Gaussian and of a Gaussian mixture
 (tests/support/solvers.py, written from the closed forms):
   * the law: sample mean and std within Monte Carlo error of the data's at generous step counts
-    (4 standard errors; the numbers are in the assertion messages);
+    (4 standard errors; the numbers are in the assertion messages); the deterministic samplers
+    on the Gaussian exactly (affine in x_T), their bias below one of those standard errors;
   * the deterministic samplers converge to the exact ODE endpoint with their order (Euler and
     DDIM 1, Heun and DPM-Solver++(2M) 2), measured by halving the step;
   * identities in float64: DDIM and DPM-Solver++(2M) on a discrete process with integer grids
@@ -16,6 +17,7 @@ The full process x sampler grid is in the slow tier; the fast tier keeps one cas
 The peers (k-diffusion, diffusers) are in test_solvers_peers.py.
 """
 
+import functools
 import inspect
 import math
 
@@ -28,7 +30,13 @@ from gen_jax import diffusion, testing
 from gen_jax.diffusion import process as proc
 from gen_jax.diffusion import solvers
 from tests.support.diffusion import GMM2, np_karras_sigmas
-from tests.support.solvers import gaussian, mixture_eps_x0, mixture_model_fn, processes
+from tests.support.solvers import (
+  gaussian,
+  jit_sample,
+  mixture_eps_x0,
+  mixture_model_fn,
+  processes,
+)
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -45,12 +53,9 @@ SAMPLERS = tuple(solvers.PROCESS_SAMPLERS)
 # A target every process can use at its first time (eps says nothing at rectified flow's t = 1).
 PREDICTION = {"rectified_flow": "velocity"}
 # Generous step counts: the discretisation bias is then below one Monte Carlo standard error
-# of the tests' 4000 x 2 draws (measured in test_law; first-order samplers need more).
+# of the tests' 4000 x 2 draws (asserted exactly for Euler and DPM-Solver++(2M) on the Gaussian in
+# test_law; first-order samplers need more).
 LAW_STEPS = {"euler": 500, "heun": 100, "ddim": 500, "dpm++2m": 100, "euler_maruyama": 1000}
-
-
-def run(name, process, model_fn, key, **options):
-  return np.asarray(solvers.PROCESS_SAMPLERS[name].fn(model_fn, process, key, **options))
 
 
 def law_failures(samples, mean, std, fourth, label):
@@ -69,45 +74,75 @@ def law_failures(samples, mean, std, fourth, label):
   return ok, message
 
 
-def mixture_moments(params):
-  """(mean, std, 4th central moment) of one coordinate pooled over the dimensions, from 2e6
-  numpy draws (their own error is 30x below the tests')."""
-  x, _ = testing.gmm_sample(np.random.default_rng(7), 2_000_000, **params)
+@functools.cache
+def mixture_moments():
+  """(mean, std, 4th central moment) of one coordinate of GMM2 pooled over the dimensions, from
+  2e6 numpy draws (their own error is 30x below the tests'); drawn once per session."""
+  x, _ = testing.gmm_sample(np.random.default_rng(7), 2_000_000, **GMM2)
   x = x.ravel()
   centred = x - x.mean()
   return x.mean(), x.std(), np.mean(centred**4)
 
 
+# The stochastic variants (Heun with churn, DDIM with eta = 1); Euler and DPM-Solver++(2M) are
+# deterministic: on the Gaussian their output is affine in x_T.
+LAW_OPTIONS = {"ddim": {"eta": 1.0}, "heun": {"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0}}
+
+
+def affine_law(process, sampler, mu, std, **options):
+  """(mean, std) of a deterministic sampler's output for x_T ~ N(0, prior_std^2 I) with the
+  exact model of N(mu, std^2 I): the output is A x_T + B, so two runs (x_T = 0 and 1) give the
+  law N(B, (A prior_std)^2) without Monte Carlo error."""
+  ends = np.array([[0.0, 0.0], [1.0, 1.0]])
+  out = np.asarray(jit_sample(sampler, process, gaussian(mu, std, 2), x_init=ends, **options))
+  out = out.astype(np.float64)
+  slope = out[1] - out[0]
+  return out[0], np.abs(slope) * float(process.prior_std())
+
+
 def check_law(process_name, sampler, data, seed=0):
   process = make(process_name)
   prediction = PREDICTION.get(process_name, "eps")
+  label = f"{process_name}/{sampler}/{data}"
+  options = dict(num_steps=LAW_STEPS[sampler], prediction=prediction)
+  if (
+    data == "gaussian"
+    and not solvers.PROCESS_SAMPLERS[sampler].stochastic
+    and sampler not in (LAW_OPTIONS)
+  ):
+    # Exact: the bias itself below one standard error of the Monte Carlo checks' 4000 x 2 draws
+    # (their criterion, 4 SE, allows the bias and the draws' error together).
+    got_mean, got_std = affine_law(process, sampler, MU, STD, **options)
+    n = 8000
+    se_mean = STD / math.sqrt(n)
+    se_std = math.sqrt(3 * STD**4 - STD**4) / (2 * STD * math.sqrt(n))
+    message = (
+      f"{label} (exact): mean {got_mean} vs {MU} ({(got_mean - MU) / se_mean} SE), "
+      f"std {got_std} vs {STD} ({(got_std - STD) / se_std} SE)"
+    )
+    assert np.all(np.abs(got_mean - MU) < se_mean) and np.all(np.abs(got_std - STD) < se_std), (
+      message
+    )
+    return message
   if data == "gaussian":
     params = gaussian(MU, STD, 2)
     mean, std, fourth = MU, STD, 3 * STD**4
   else:
     params = GMM2
-    mean, std, fourth = mixture_moments(GMM2)
-  options = {"eta": 1.0} if sampler == "ddim" else {}
-  if sampler == "heun":
-    options = {"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0}
-  samples = run(
-    sampler,
-    process,
-    mixture_model_fn(process, params, prediction),
-    jax.random.key(seed),
-    shape=(4000, 2),
-    num_steps=LAW_STEPS[sampler],
-    prediction=prediction,
-    **options,
-  )
-  ok, message = law_failures(samples, mean, std, fourth, f"{process_name}/{sampler}/{data}")
+    mean, std, fourth = mixture_moments()
+  samples = jit_sample(
+    sampler, process, params, jax.random.key(seed), shape=(4000, 2),
+    **options, **LAW_OPTIONS.get(sampler, {}),
+  )  # fmt: skip
+  ok, message = law_failures(samples, mean, std, fourth, label)
   assert ok, message
   return message
 
 
 def test_law_fast():
-  """One case in the fast tier (EDM's stochastic Heun); the whole grid is test_law."""
-  check_law("ve", "heun", "gaussian")
+  """One case in the fast tier (DPM-Solver++(2M) on ve, the Gaussian's exact law: two runs of
+  two points); the whole grid, EDM's stochastic Heun included, is test_law."""
+  check_law("ve", "dpm++2m", "gaussian")
 
 
 @pytest.mark.slow
@@ -115,8 +150,10 @@ def test_law_fast():
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("process_name", list(PROCESS_NAMES))
 def test_law(process_name, sampler, data, record_property):
-  """Every sampler on every process reproduces the data's mean and std (Heun with churn, DDIM
-  with eta = 1: the stochastic variants; their deterministic ones are in the order tests)."""
+  """Every sampler on every process reproduces the data's mean and std: Heun with churn, DDIM
+  with eta = 1 and Euler-Maruyama (stochastic) and every sampler on the mixture by Monte Carlo
+  (4000 x 2 draws, 4 SE); Euler and DPM-Solver++(2M) on the Gaussian exactly (affine in x_T),
+  their bias below one SE of those draws. Their deterministic variants are in the order tests."""
   record_property("law", check_law(process_name, sampler, data, seed=1))
 
 
@@ -134,23 +171,38 @@ def flow_then_denoise(x_init, start, end):
   return MU + alpha1 * STD**2 * z / np.sqrt(alpha1**2 * STD**2 + sigma1**2)
 
 
+@functools.partial(jax.jit, static_argnames=("sampler", "n", "spacing", "prediction", "options"))
+def _order_run(sampler, process, noise, n, spacing, prediction, options):
+  """One compilation per (process, sampler, N) builds the grid, runs the sampler from
+  sigma(t_0) * noise, and returns (alpha, sigma) at t_0 and at t_{N-1} with x_init and the
+  sample (eagerly, each of time_grid's small ops compiled anew for every N)."""
+  grid = solvers.time_grid(process, n, spacing=spacing, **dict(options))
+  start, last = process.alpha_sigma(grid[0]), process.alpha_sigma(grid[-2])
+  x_init = start[1] * noise
+  model_fn = mixture_model_fn(process, gaussian(MU, STD, 2), prediction)
+  fn = solvers.PROCESS_SAMPLERS[sampler].fn
+  return (
+    start,
+    last,
+    x_init,
+    fn(model_fn, process, None, x_init=x_init, t=grid, prediction=prediction),
+  )
+
+
 def endpoint_errors(process_name, sampler, steps, spacing, x64=True, **grid_options):
   """Max |sample - exact| from the same x_init for each step count: the exact flow of the
   Gaussian from t_0 to the grid's last network time t_{N-1} (the same for every N), then
   E[x0 | x] there, as every sampler ends."""
   process = make(process_name)
   prediction = PREDICTION.get(process_name, "eps")
-  model_fn = mixture_model_fn(process, gaussian(MU, STD, 2), prediction)
+  noise = jax.random.normal(jax.random.key(3), (64, 2), jnp.float64)
+  options = tuple(sorted(grid_options.items()))
   errors = []
   for n in steps:
-    grid = solvers.time_grid(process, n, spacing=spacing, **grid_options)
-    t0, t_last = float(grid[0]), float(grid[-2])
-    prior = float(process.alpha_sigma(t0)[1])
-    x_init = prior * np.asarray(jax.random.normal(jax.random.key(3), (64, 2), jnp.float64))
-    alpha0, sigma0 = (float(v) for v in process.alpha_sigma(t0))
-    exact = flow_then_denoise(x_init, (alpha0, sigma0), process.alpha_sigma(t_last))
-    got = run(sampler, process, model_fn, None, x_init=x_init, t=grid, prediction=prediction)
-    errors.append(float(np.max(np.abs(got - exact))))
+    start, last, x_init, got = _order_run(sampler, process, noise, n, spacing, prediction, options)
+    start = tuple(float(v) for v in start)
+    exact = flow_then_denoise(np.asarray(x_init), start, last)
+    errors.append(float(np.max(np.abs(np.asarray(got) - exact))))
   errors = np.array(errors)
   return errors, np.log2(errors[:-1] / errors[1:])
 
@@ -360,6 +412,7 @@ def test_heun_churn_against_edm_general(x64):
 # Grids
 
 
+@pytest.mark.slow
 def test_time_grid_formulas(x64):
   """Each spacing against its formula in numpy."""
   ve = make("ve")
@@ -685,10 +738,18 @@ def test_zero_snr_samplers(x64):
     old = old_fn(key, model_fn, schedule, (64, 2), timesteps=np.asarray(grid[:-1]), prediction="v")
     new = new_fn(model_fn, process, key, shape=(64, 2), t=grid, prediction="v")
     assert rel(new, old) < 1e-12
-  for name, steps in (("euler", 200), ("heun", 100), ("euler_maruyama", 1000)):
-    samples = run(
-      name, process, model_fn, key, shape=(4000, 2), prediction="v",
-      t=solvers.time_grid(process, steps, spacing="trailing"),
+  # Euler and Heun (no churn) are affine in x_T: their law exactly, the bias below one SE of
+  # 4000 x 2 draws; Euler-Maruyama by Monte Carlo (4 SE).
+  se_mean, se_std = STD / math.sqrt(8000), math.sqrt(2 * STD**4) / (2 * STD * math.sqrt(8000))
+  for name, steps in (("euler", 200), ("heun", 100)):
+    grid = solvers.time_grid(process, steps, spacing="trailing")
+    mean, std = affine_law(process, name, MU, STD, t=grid, prediction="v")
+    assert np.all(np.abs(mean - MU) < se_mean) and np.all(np.abs(std - STD) < se_std), (
+      name, mean, std,
     )  # fmt: skip
-    ok, message = law_failures(samples, MU, STD, 3 * STD**4, f"zero SNR/{name}")
-    assert ok, message
+  samples = jit_sample(
+    "euler_maruyama", process, gaussian(MU, STD, 2), key, shape=(4000, 2), prediction="v",
+    t=solvers.time_grid(process, 1000, spacing="trailing"),
+  )  # fmt: skip
+  ok, message = law_failures(samples, MU, STD, 3 * STD**4, "zero SNR/euler_maruyama")
+  assert ok, message

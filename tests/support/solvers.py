@@ -8,11 +8,15 @@ var_k = alpha^2 s_k^2 + sigma^2, so with d_k = x_t - alpha mu_k and r_k the resp
 finite at alpha = 0 (zero SNR) and at sigma = 0 only for x0.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gen_jax import diffusion
 from gen_jax.diffusion import process as proc
+from gen_jax.diffusion import solvers
 
 
 def mixture_eps_x0(xp, x, alpha, sigma, weights, means, stds):
@@ -71,3 +75,39 @@ def processes():
     "ve": proc.ve(),
     "rectified_flow": proc.rectified_flow(),
   }
+
+
+def _as_arrays(params):
+  return {k: np.asarray(v, np.float64) for k, v in params.items()}
+
+
+@functools.partial(
+  jax.jit, static_argnames=("name", "shape", "num_steps", "spacing", "prediction", "options")
+)
+def _jit_sample(
+  name, process, params, key, x_init, t, shape, num_steps, spacing, prediction, options
+):
+  model_fn = mixture_model_fn(process, params, prediction)
+  fn = solvers.PROCESS_SAMPLERS[name].fn
+  return fn(
+    model_fn, process, key, shape=shape, x_init=x_init, t=t, num_steps=num_steps,
+    spacing=spacing, prediction=prediction, **dict(options),
+  )  # fmt: skip
+
+
+def jit_sample(
+  name, process, params, key=None, *, x_init=None, t=None, shape=None, num_steps=None,
+  spacing=None, prediction="eps", **options,
+):  # fmt: skip
+  """PROCESS_SAMPLERS[name] with the exact model of the mixture `params`, under one jit whose
+  traced arguments are the process, the mixture's parameters, the key, x_init and the grid t:
+  one compilation serves every process of the same kind, mixture size and grid length (a
+  closure per case would compile its scan anew each time)."""
+  if x_init is not None:
+    x_init = jnp.asarray(x_init)
+  if t is not None:
+    t = jnp.asarray(t)
+  return _jit_sample(
+    name, process, _as_arrays(params), key, x_init, t, None if shape is None else tuple(shape),
+    num_steps, spacing, prediction, tuple(sorted(options.items())),
+  )  # fmt: skip
