@@ -35,6 +35,7 @@ def load_npz(path):
 # End to end
 
 
+@pytest.mark.slow  # four run.py launches, ~12 s
 def test_toy2d_train_resume_sample_eval_with_default_workdir(env, tmp_path):
   cwd = str(tmp_path)
   run(env, cwd, *TOY2D, "--config.train.num_steps=2")
