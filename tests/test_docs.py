@@ -23,6 +23,10 @@ from tests.support import pages, runs
 REPO = pages.REPO
 DOC = os.path.join(REPO, "docs", "math.md")
 
+# The pages' blocks check values to the tolerances they print, which hold without XLA's optimisation
+# passes; compiling is most of their time on a CPU (docs/math.md's blocks: ~15% sooner).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _text():
   return pages.read(DOC)
@@ -195,20 +199,17 @@ def test_python_block_runs(page, index):
   _run_block(page, index)
 
 
-@pytest.mark.slow
-def test_load_trained_block_runs_on_a_trained_workdir(tmp_path, monkeypatch):
-  """library.md's loading block, as printed, on a tiny ddpm_digits run in runs/digits."""
-  from experiments import ddpm_digits
-  from gen_jax import train
+env = runs.env_fixture()
 
-  config = runs.config(
-    "ddpm_digits",
-    runs.DIGITS_UNET,
-    runs.TWO_STEPS,
-    {"train.num_steps": 2, "train.checkpoint_every": 2, "train.sample_every": 1000},
+
+@pytest.mark.slow
+def test_load_trained_block_runs_on_a_trained_workdir(env, tmp_path, tmp_path_factory, monkeypatch):
+  """library.md's loading block, as printed, on a tiny ddpm_digits run (2 steps) copied to runs/digits: the
+  session's shared run (tests/support/runs.py trained_digits_workdir), which tests/test_run.py resumes."""
+  runs.copy_workdir(
+    runs.trained_digits_workdir(env, tmp_path_factory), tmp_path / "runs" / "digits"
   )
   monkeypatch.chdir(tmp_path)
-  train.train(config, "runs/digits", ddpm_digits.build, experiment="ddpm_digits")
   (code,) = [
     block
     for path in pages.PAGES

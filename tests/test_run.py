@@ -20,13 +20,7 @@ TOY2D = runs.flags(
   runs.TOY2D,
   {"train.checkpoint_every": 2, "eval.batch_size": 100, "eval.num_examples": 100},
 )
-DIGITS = runs.flags(
-  "ddpm_digits",
-  runs.DIGITS_UNET,
-  {"diffusion.num_timesteps": 20},
-  {"data.batch_size": 4, "sample.num_samples": 4, "sample.num_steps": 2},
-  {"train.checkpoint_every": 2, "eval.batch_size": 8, "eval.num_examples": 8},
-)
+DIGITS = runs.DIGITS_RUN
 
 env = runs.env_fixture()
 run = runs.run_py
@@ -41,6 +35,7 @@ def load_npz(path):
 # End to end
 
 
+@pytest.mark.slow  # four run.py launches, ~12 s
 def test_toy2d_train_resume_sample_eval_with_default_workdir(env, tmp_path):
   cwd = str(tmp_path)
   run(env, cwd, *TOY2D, "--config.train.num_steps=2")
@@ -78,11 +73,12 @@ def test_toy2d_train_resume_sample_eval_with_default_workdir(env, tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_train_resume_sample_eval(env, tmp_path):
-  cwd, workdir = str(tmp_path), str(tmp_path / "wd")
-  run(env, cwd, *DIGITS, "--config.train.num_steps=2", f"--workdir={workdir}")
-  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
-  assert os.path.isfile(os.path.join(workdir, "samples", "step_0000002.png"))
+def test_digits_train_resume_sample_eval(env, tmp_path, tmp_path_factory):
+  """The 2-step run is the session's shared one (tests/test_docs.py loads it too); resumed on a copy."""
+  trained = runs.trained_digits_workdir(env, tmp_path_factory)
+  assert os.listdir(os.path.join(trained, "checkpoints")) == ["2"]
+  assert os.path.isfile(os.path.join(trained, "samples", "step_0000002.png"))
+  cwd, workdir = str(tmp_path), runs.copy_workdir(trained, tmp_path / "wd")
 
   result = run(env, cwd, *DIGITS, "--config.train.num_steps=3", f"--workdir={workdir}")
   assert "Resuming" in result.stdout
@@ -130,7 +126,7 @@ def test_digits_train_resume_sample_eval(env, tmp_path):
     and np.isfinite(likelihood["bits_per_dim"])
     and likelihood["bits_per_dim"] > 0
   )
-  assert "T=20" in likelihood["setup"]["bits_per_dim"] and "L_simple" in likelihood["setup"]["loss"]
+  assert "T=50" in likelihood["setup"]["bits_per_dim"] and "L_simple" in likelihood["setup"]["loss"]
   quality = results["sample_quality"]
   for key in ("fd_samples_vs_test", "fd_samples_vs_train", "fd_train_vs_test", "fd_test_halves"):
     assert np.isfinite(quality[key]) and quality[key] >= -1e-6, (key, quality[key])

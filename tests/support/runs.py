@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import shutil
 import subprocess
 import sys
 
@@ -110,6 +111,18 @@ def flags(experiment: str, *overrides: dict) -> list[str]:
   ]
 
 
+# run.py flags of a tiny ddpm_digits run (DIGITS_UNET, 4 samples of 2 DDIM steps, 8 evaluation examples;
+# T = 50, as docs/library.md's loading block draws with 50 DDIM steps): the run that trained_digits_workdir
+# trains once per session, tests/test_docs.py loads and tests/test_run.py resumes.
+DIGITS_RUN = flags(
+  "ddpm_digits",
+  DIGITS_UNET,
+  {"diffusion.num_timesteps": 50},
+  {"data.batch_size": 4, "sample.num_samples": 4, "sample.num_steps": 2},
+  {"train.checkpoint_every": 2, "eval.batch_size": 8, "eval.num_examples": 8},
+)
+
+
 def apply(config, *overrides: dict):
   """Sets each override on ConfigDict `config` in place and returns it."""
   for path, value in merged(*overrides).items():
@@ -206,7 +219,7 @@ def env_fixture(fast_compile: bool = True, cache: bool = True):
   """A module-scoped fixture giving `subprocess_env`, with a persistent compilation cache.
 
   The cache is the test session's (tests/conftest.py: in .pytest_cache, so the next run of the suite reuses
-  the programs), or one private to the module under `-p no:cacheprovider`. Bind the fixture to a name in a test
+  the programs), or one in the session's temporary folder under `-p no:cacheprovider`. Bind the fixture to a name in a test
   module, `env = runs.env_fixture()`, and tests take `env` as an argument.
   """
 
@@ -215,8 +228,9 @@ def env_fixture(fast_compile: bool = True, cache: bool = True):
     cache_dir = None
     if cache and getattr(request.config, "cache", None) is not None:
       cache_dir = request.config.cache.mkdir("jax_compilation_cache")
-    elif cache:
-      cache_dir = tmp_path_factory.mktemp("jax_cache")
+    elif cache:  # one per session, so that modules sharing a trained workdir share its programs too
+      cache_dir = tmp_path_factory.getbasetemp() / "jax_cache"
+      cache_dir.mkdir(exist_ok=True)
     return subprocess_env(cache_dir, fast_compile)
 
   return env
@@ -251,3 +265,32 @@ def run_py(
       f"run.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     )
   return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trained workdirs shared by the tests of a session
+
+_TRAINED: dict[tuple[str, ...], str] = {}
+
+
+def trained_workdir(env: dict, tmp_path_factory, *args: str) -> str:
+  """The workdir of `python run.py *args --workdir=...`, trained once per test session (whichever module
+  asks first) and shared by the tests that only read it. A test that writes into it (a resume, --mode=sample
+  or eval) works on a copy (`copy_workdir`)."""
+  if args not in _TRAINED:
+    base = tmp_path_factory.mktemp("trained")
+    workdir = str(base / "wd")
+    run_py(env, base, *args, f"--workdir={workdir}")
+    _TRAINED[args] = workdir
+  return _TRAINED[args]
+
+
+def trained_digits_workdir(env: dict, tmp_path_factory) -> str:
+  """`trained_workdir` of DIGITS_RUN trained 2 steps: a checkpoint and a sample grid at step 2."""
+  return trained_workdir(env, tmp_path_factory, *DIGITS_RUN, "--config.train.num_steps=2")
+
+
+def copy_workdir(workdir: str, destination) -> str:
+  """A copy of a (shared) workdir at `destination`, for a test to write into."""
+  shutil.copytree(workdir, destination)
+  return str(destination)

@@ -77,6 +77,7 @@ def test_params_are_those_sample_mode_restores(toy_workdir):
   assert_trees_equal(train.load_trained(toy_workdir).params, state.ema_params)
 
 
+@pytest.mark.slow  # compiles sample mode's sampler, ~2 s; the tests around it keep load_trained fast
 def test_model_fn_draws_what_sample_mode_draws(toy_workdir, tmp_path):
   trained = train.load_trained(toy_workdir)
   model, key = trained.model, jax.random.key(3)
