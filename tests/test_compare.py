@@ -41,7 +41,7 @@ def compared(tmp_path_factory):
     for name, value in wanted.items():
       patch.setenv(name, value)
     argv = [
-      "--budget_seconds=0.5",
+      "--budget_seconds=0.2",
       f"--workdir={workdir}",
       "--num_samples=32",
       "--num_examples=8",
@@ -75,7 +75,7 @@ def test_both_runs_stop_on_the_budget_and_share_the_classifier(compared):
     workdir = os.path.join(compared["workdir"], name)
     with open(os.path.join(workdir, "config.json")) as f:
       config = json.load(f)
-    assert config["train"]["max_seconds"] == 0.5 and config["train"]["num_steps"] == 10**7
+    assert config["train"]["max_seconds"] == 0.2 and config["train"]["num_steps"] == 10**7
     step = results["checkpoint_step"]
     assert 1 <= step < 10**7 and os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
     assert os.listdir(os.path.join(workdir, "samples")) == [f"step_{step:07d}.png"]

@@ -21,8 +21,8 @@ from tests.support import runs
 REPO = runs.REPO
 
 
-# Each test builds a U-Net and most train or run run.py: 4-70 s each, so all are slow.
-pytestmark = [pytest.mark.usefixtures("fast_compile"), pytest.mark.slow]
+# Each test but the label-dropout one (no network run) builds a U-Net, and most train or run run.py: slow.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def tiny_config(num_classes=10, num_steps=2):
@@ -44,49 +44,64 @@ def perturbed_params(model):
   return jax.tree.map(lambda p: p + 0.05, params)  # wake the zero-initialised output layer
 
 
+@pytest.mark.slow
 def test_guided_eps_is_the_guidance_formula_of_the_models_own_predictions():
   model = ddpm_digits.build(tiny_config(), (8, 8, 1))
-  params = perturbed_params(model)
   x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
   t = jnp.array([0, 7, 19])
   labels = jnp.array([2, 5, 9])
   w = 2.5
-  cond = model.net.apply(params, x, t, labels)
-  null = model.net.apply(params, x, t, jnp.full((3,), 10))
-  guided = model.eps_fn(params, labels=labels, guidance_scale=w)(x, t)
+
+  @jax.jit  # one compilation for the init and the five forward passes (op by op: 18 s on a busy machine)
+  def outputs():
+    params = perturbed_params(model)
+    return (
+      model.net.apply(params, x, t, labels),
+      model.net.apply(params, x, t, jnp.full((3,), 10)),
+      model.eps_fn(params, labels=labels, guidance_scale=w)(x, t),
+      model.eps_fn(params, labels=labels)(x, t),
+      model.eps_fn(params)(x, t),
+    )
+
+  cond, null, guided, conditional, unconditional = outputs()
   np.testing.assert_allclose(guided, (1 + w) * cond - w * null, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(model.eps_fn(params, labels=labels)(x, t), cond, rtol=1e-6)
-  np.testing.assert_allclose(model.eps_fn(params)(x, t), null, rtol=1e-6)
+  np.testing.assert_allclose(conditional, cond, rtol=1e-6)
+  np.testing.assert_allclose(unconditional, null, rtol=1e-6)
 
 
 def test_label_dropout_replaces_labels_by_the_null_class():
+  """The labels the loss hands the network: all kept without dropout, about half the null class at 0.5."""
   config = tiny_config()
   batch = {"x": jnp.zeros((64, 8, 8, 1)), "label": jnp.full((64,), 3, jnp.int32)}
   seen = []
 
   class Spy:
-    """Records the labels the network is called with."""
+    """Records the labels the network is called with; returns zeros (the labels are the question, so no
+    U-Net is run or initialised)."""
 
     def __getattr__(self, name):
       return getattr(model.net, name)
 
     def apply(self, params, x, t, labels, **kw):
       seen.append(labels)
-      return model.net.apply(params, x, t, labels, **kw)
+      return jnp.zeros_like(x)
 
+  labels_seen = []
   for drop_prob in (0.0, 0.5):
     config.model.cond_drop_prob = drop_prob
     model = ddpm_digits.build(config, (8, 8, 1))
-    params = model.init(jax.random.key(0))
     spy_model = model.__class__(**{**model.__dict__, "net": Spy()})
-    spy_model.loss(params, batch, jax.random.key(1))
-  no_drop, half_drop = np.asarray(seen[0]), np.asarray(seen[1])
+    # Under jit (one compilation; op by op took seconds): the labels the spy saw are an output.
+    loss_and_labels = jax.jit(lambda key: (spy_model.loss(None, batch, key)[0], seen[-1]))
+    labels_seen.append(np.asarray(loss_and_labels(jax.random.key(1))[1]))
+  no_drop, half_drop = labels_seen
   assert np.all(no_drop == 3)
   assert set(np.unique(half_drop)) == {3, 10} and 16 < np.sum(half_drop == 10) < 48
   with pytest.raises(ValueError, match="labelled data"):
-    spy_model.loss(params, {"x": batch["x"]}, jax.random.key(1))
+    spy_model.loss(None, {"x": batch["x"]}, jax.random.key(1))
 
 
+@pytest.mark.slow
 def test_conditional_training_and_sampling_end_to_end(tmp_path):
   config = tiny_config()
   workdir = str(tmp_path / "run")
@@ -141,6 +156,7 @@ def test_conditional_training_and_sampling_end_to_end(tmp_path):
   assert conditional["samples"]["guidance_scale"] == 1.0
 
 
+@pytest.mark.slow
 def test_guidance_needs_a_conditional_model_and_labelled_data(tmp_path):
   unconditional = tiny_config(num_classes=0)
   workdir = str(tmp_path / "uncond")
