@@ -225,6 +225,7 @@ def test_discrete_uniform_draws_integer_levels(x64):
   assert chi2 < scipy.stats.chi2.ppf(1 - 1e-6, 999)
 
 
+@pytest.mark.slow
 def test_time_densities_match_scipy_closed_forms(x64):
   """EDM's log-normal on ve (sigma = t) is scipy's lognorm(s=1.2, scale=e^{-1.2}) truncated to
   [0.002, 80]; SD3's logit-normal on rectified flow is N(logit t; 0, 1) / (t (1 - t));
@@ -297,6 +298,7 @@ C_CLOSED = {  # c(lambda) of the module docstring, for the processes where it is
 
 @pytest.mark.parametrize("name", ["vp_linear", "vp_cosine", "ve", "rectified_flow"])
 @pytest.mark.parametrize("weighting", dn.WEIGHTINGS)
+@pytest.mark.slow
 def test_weighted_error_matches_the_definitions(name, weighting, x64):
   """For every prediction: the output is read through the definitions of the targets (a 2x2
   solve in numpy), the error is taken in the weighting's target, and reduced as documented;
@@ -359,6 +361,7 @@ def test_score_and_eps_convert_at_the_noise_end_of_rectified_flow(x64):
   np.testing.assert_allclose(np.asarray(got), [0.1**2, 0.05**2], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_implied_weightings_are_kingma_and_gaos(x64):
   """Kingma & Gao (2023), their table of implied weightings (up to their constant factors):
   flow matching (rectified flow, velocity MSE, uniform t): w = e^{-lambda/2};
@@ -389,6 +392,7 @@ def test_implied_weightings_are_kingma_and_gaos(x64):
 
 
 @pytest.mark.parametrize("rf_prediction, vp_prediction", [("velocity", "v"), ("x0", "eps")])
+@pytest.mark.slow
 def test_rectified_flow_training_is_v_prediction_with_a_lambda_weighting(
   rf_prediction, vp_prediction, x64
 ):
@@ -444,6 +448,7 @@ def test_rectified_flow_training_is_v_prediction_with_a_lambda_weighting(
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.slow
 def test_discrete_mse_is_simple_loss_bit_for_bit(prediction, dtype, request):
   if dtype == "float64":
     request.getfixturevalue("x64")
@@ -480,6 +485,7 @@ def test_discrete_mse_is_simple_loss_bit_for_bit(prediction, dtype, request):
     ),
   ],
 )
+@pytest.mark.slow
 def test_elbo_weighting_is_vdms_diffusion_loss(kind, prediction, x64):
   """On VDM's process (log_snr_process of a LogSNRSchedule) with uniform t on [0, 1], weighting
   "elbo" is 1/2 gamma'(t) ||eps - eps_hat||^2 = vdm.diffusion_loss on the same draws."""
@@ -510,6 +516,7 @@ def test_elbo_weighting_is_vdms_diffusion_loss(kind, prediction, x64):
   np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-11)
 
 
+@pytest.mark.slow
 def test_denoising_loss_draws_t_and_noise_from_the_key(x64):
   process = proc.rectified_flow()
   x0 = jnp.asarray(np.random.default_rng(7).normal(size=(5, 2)))
@@ -535,6 +542,7 @@ def test_denoising_loss_draws_t_and_noise_from_the_key(x64):
   )
 
 
+@pytest.mark.slow
 def test_loss_errors():
   process = proc.vp_cosine()
   x0 = jnp.zeros((2, 3))
@@ -573,6 +581,7 @@ def test_loss_errors():
   assert loss.shape == (2,) and np.all(np.isfinite(np.asarray(loss)))
 
 
+@pytest.mark.slow
 def test_loss_jit_vmap_grad():
   """jit equals eager; vmap over keys equals one call per key; gradients reach the model's
   parameters and the process's own (vp_linear's betas) and are finite. (Under jit: eager
@@ -624,6 +633,7 @@ def test_loss_jit_vmap_grad():
   ],
   ids=["vp_linear", "vp_cosine", "ve", "rectified_flow_0.9", "rectified_flow_1"],
 )
+@pytest.mark.slow
 def test_prior_kl_is_the_textbook_kl(make_process, x64):
   """KL(N(a x, s^2) || N(0, p^2)) = log(p / s) + (s^2 + a^2 x^2) / (2 p^2) - 1/2, per dimension;
   alpha, sigma from the numpy closed forms; p = 1 (variance preserving) or sigma(t_max) (ve and
@@ -656,6 +666,7 @@ def _eight_bit(n, seed, mu=MU, std=STD):
     pytest.param("learned", 1, marks=pytest.mark.slow),
   ],
 )
+@pytest.mark.slow
 def test_elbo_terms_equal_vdm_terms_on_the_same_key(kind, num_time_samples, x64):
   """elbo_terms on log_snr_process(VDM's schedule), uniform t on [0, 1], uses its key as
   vdm.vdm_terms does: the three terms agree draw for draw (to 1e-10; lambda' through
@@ -667,15 +678,22 @@ def test_elbo_terms_equal_vdm_terms_on_the_same_key(kind, num_time_samples, x64)
   eps_fn = lambda z, gamma: 0.9 * jnp.tanh(z) * jax.nn.sigmoid(gamma)[:, None]
   model_fn = lambda x_t, t: eps_fn(x_t, schedule(params, t))
   key = jax.random.key(11)
-  ours = dn.elbo_terms(
-    process,
-    model_fn,
-    x0=x,
-    key=key,
-    prediction="eps",
-    num_time_samples=num_time_samples,
-  )  # the default time law here: uniform t (no closed-form lambda inverse), as VDM
-  theirs = vdm.vdm_terms(key, eps_fn, schedule, params, x, time_samples=num_time_samples)
+
+  # Both in one compilation: eagerly the learned schedule's jvp dispatches op by op (seconds).
+  @jax.jit
+  def both(x):
+    ours = dn.elbo_terms(
+      process,
+      model_fn,
+      x0=x,
+      key=key,
+      prediction="eps",
+      num_time_samples=num_time_samples,
+    )  # the default time law here: uniform t (no closed-form lambda inverse), as VDM
+    theirs = vdm.vdm_terms(key, eps_fn, schedule, params, x, time_samples=num_time_samples)
+    return ours, theirs
+
+  ours, theirs = both(x)
   np.testing.assert_allclose(np.asarray(ours.prior), np.asarray(theirs.prior), rtol=1e-10)
   np.testing.assert_allclose(
     np.asarray(ours.reconstruction), np.asarray(theirs.reconstruction), rtol=1e-10
@@ -785,6 +803,7 @@ def _score_flow_cum_weight(t, eps, beta_0, beta_1):
   )
 
 
+@pytest.mark.slow
 def test_importance_is_score_sdes_likelihood_importance_sampling(x64):
   """On vp_linear (score_sde's VP SDE, beta in [0.1, 20], t in [1e-3, 1]): the density is
   g^2 / sigma^2 / Z with score_sde's own g^2 = beta(t), sigma^2 = 1 - exp(-int beta) and
@@ -815,6 +834,7 @@ def test_importance_is_score_sdes_likelihood_importance_sampling(x64):
   np.testing.assert_allclose(ours[~late], theirs[~late], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_importance_elbo_is_unbiased_with_less_variance_than_uniform_t(x64):
   """The ELBO under "importance" times on vp_linear to t_min = 1e-5 (Gaussian data, exact
   eps-model): every term within 4 standard errors of the closed form (4096 x 8 draws). One
@@ -905,6 +925,7 @@ def _check_eight_bit(name, prediction, distribution):
   return total.mean() - entropy, standard_error
 
 
+@pytest.mark.slow
 def test_elbo_eight_bit_bounds_the_entropy_fast(x64):
   """On DDPM's discrete process the mean bound is 0.036 nats (0.026 bits/dim) above the data's
   entropy of 9.706 nats (D = 2; standard error 0.060)."""
@@ -925,6 +946,7 @@ def test_elbo_eight_bit_bounds_the_entropy_every_process(name, prediction, distr
   _check_eight_bit(name, prediction, distribution)
 
 
+@pytest.mark.slow
 def test_elbo_bits_per_dim_and_jit(x64):
   process = proc.vp_cosine()
   model_fn = gaussian_model(process, "eps", MU, np.array([0.2, 0.3]))

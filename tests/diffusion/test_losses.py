@@ -4,6 +4,7 @@ discretized decoder from their definitions, scipy's normal CDF) and the
 Gaussian-mixture oracle, whose exact eps and discrete NLL are known.
 """
 
+import functools
 import math
 import warnings
 
@@ -32,6 +33,9 @@ from tests.support.diffusion import (
   np_tilde_beta,
   np_vlb_term,
 )
+
+# XLA's optimisation passes cost more than they save on these small programs.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 F32 = jnp.float32
 
@@ -83,22 +87,20 @@ def test_vlb_term_clip_and_zero_kl(sched20):
   abar = np_abar(BETAS20)[t][:, None]
   x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * noise
   args = [jnp.asarray(a, F32) for a in (x0, x_t)]
+  eps = noise + 2.0 * rng.standard_normal((4, 5))
+
+  @jax.jit  # both terms in one compilation, not op by op
+  def terms(x0, x_t, t, noise, eps):
+    kl = diffusion.vlb_term(sched20, x0=x0, x_t=x_t, t=t, output=noise)
+    clipped = diffusion.vlb_term(
+      sched20, x0=x0, x_t=x_t, t=t, output=eps, variance="small", clip=True
+    )
+    return kl, clipped
+
+  kl, got = terms(*args, jnp.asarray(t), jnp.asarray(noise, F32), jnp.asarray(eps, F32))
   # With the true noise and the small variance, q and p coincide: KL = 0.
-  kl = diffusion.vlb_term(
-    sched20, x0=args[0], x_t=args[1], t=jnp.asarray(t), output=jnp.asarray(noise, F32)
-  )
   np.testing.assert_allclose(kl, 0.0, atol=1e-3)
   # clip=True matches the reference with the predicted x0 clipped.
-  eps = noise + 2.0 * rng.standard_normal((4, 5))
-  got = diffusion.vlb_term(
-    sched20,
-    x0=args[0],
-    x_t=args[1],
-    t=jnp.asarray(t),
-    output=jnp.asarray(eps, F32),
-    variance="small",
-    clip=True,
-  )
   ref = np_vlb_term(
     BETAS20,
     *(np.asarray(a) for a in args),
@@ -110,6 +112,7 @@ def test_vlb_term_clip_and_zero_kl(sched20):
   np.testing.assert_allclose(got, ref, rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_prior_kl_vs_numpy(sched20, sched1000):
   x0 = jax.random.uniform(jax.random.key(0), (5, 3, 2), minval=-1, maxval=1)
   for sched, betas in ((sched20, BETAS20), (sched1000, np_linear_betas(1000))):
@@ -132,10 +135,19 @@ def test_vlb_bits_per_dim_gmm_oracle(sched1000):
   x0_32 = jnp.asarray(x0, F32)
   eps_fn = testing.gmm_eps_fn(sched1000, **GMM4)
   key = jax.random.key(7)
-  terms = jax.jit(diffusion.vlb_terms, static_argnums=1)(key, eps_fn, sched1000, x0_32)
-  bpd = np.asarray(
-    jax.jit(diffusion.vlb_bits_per_dim, static_argnums=1)(key, eps_fn, sched1000, x0_32)
-  )
+  # A wrong predictor (shifted means), checked below.
+  wrong = testing.gmm_eps_fn(sched1000, GMM4["weights"], GMM4["means"] + 0.1, GMM4["stds"])
+
+  @jax.jit  # one compilation for the three bounds
+  def bounds(key, x0):
+    return (
+      diffusion.vlb_terms(key, eps_fn, sched1000, x0),
+      diffusion.vlb_bits_per_dim(key, eps_fn, sched1000, x0),
+      diffusion.vlb_bits_per_dim(key, wrong, sched1000, x0),
+    )
+
+  terms, bpd, bpd_wrong = bounds(key, x0_32)
+  bpd, bpd_wrong = np.asarray(bpd), np.asarray(bpd_wrong)
   assert terms.terms.shape == (b, 1000) and bpd.shape == (b,)
   assert np.all(np.isfinite(bpd))
   np.testing.assert_allclose(terms.total, terms.terms.sum(-1) + terms.prior, rtol=1e-5)
@@ -180,10 +192,6 @@ def test_vlb_bits_per_dim_gmm_oracle(sched1000):
   assert gap.mean() > -3 * se  # an upper bound, up to MC error
   assert gap.mean() < slack
   # A wrong predictor gives a clearly looser bound.
-  wrong = testing.gmm_eps_fn(sched1000, GMM4["weights"], GMM4["means"] + 0.1, GMM4["stds"])
-  bpd_wrong = np.asarray(
-    jax.jit(diffusion.vlb_bits_per_dim, static_argnums=1)(key, wrong, sched1000, x0_32)
-  )
   assert bpd_wrong.mean() - nll.mean() > slack
 
 
@@ -199,21 +207,27 @@ def test_simple_loss(sched1000):
   rng = np.random.default_rng(1)
   x0, _ = testing.gmm_sample(rng, b, **GMM4)
   x0 = jnp.asarray(x0, F32)
-  loss = jax.jit(diffusion.simple_loss, static_argnums=1)
   zero_eps = lambda x, t: jnp.zeros_like(x)
-  l_zero = np.asarray(loss(key, zero_eps, sched1000, x0))
+  oracle = testing.gmm_eps_fn(sched1000, **GMM4)
+  # A wrong mixture (shifted means).
+  wrong = testing.gmm_eps_fn(sched1000, GMM4["weights"], GMM4["means"] + 0.3, GMM4["stds"])
+  # One compilation for the three predictors.
+  losses = jax.jit(
+    lambda key, x0: [
+      diffusion.simple_loss(key, f, sched1000, x0) for f in (zero_eps, oracle, wrong)
+    ]
+  )
+  l_zero, l_oracle, l_wrong = (np.asarray(v) for v in losses(key, x0))
   assert l_zero.shape == (b,)
   # mean of noise^2 over D = 4 dims: E = 1, SE = sqrt(2 / (4 b)).
   assert abs(l_zero.mean() - 1.0) < 5 * math.sqrt(2 / (4 * b))
-  oracle = testing.gmm_eps_fn(sched1000, **GMM4)
-  l_oracle = np.asarray(loss(key, oracle, sched1000, x0))
   assert np.all(np.isfinite(l_oracle))
   assert l_oracle.mean() < 0.5 * l_zero.mean()
-  # A wrong mixture (shifted means) predicts worse than the exact one.
-  wrong = testing.gmm_eps_fn(sched1000, GMM4["weights"], GMM4["means"] + 0.3, GMM4["stds"])
-  assert np.asarray(loss(key, wrong, sched1000, x0)).mean() > l_oracle.mean()
+  # The wrong mixture predicts worse than the exact one.
+  assert l_wrong.mean() > l_oracle.mean()
 
 
+@pytest.mark.slow
 def test_simple_loss_uses_its_noise_and_t():
   """With x0 = 0, x_t = sqrt(1 - ab_t) noise, so x_t / sqrt(1 - ab_t) IS the
   noise: the loss is 0 iff the t passed to eps_fn is the t of q_sample; adding
@@ -257,15 +271,18 @@ def test_simple_loss_each_target_vs_numpy(sched, prediction):
   # A t-dependent predictor that is wrong by a known amount.
   model_fn = lambda x, t: 0.7 * x + 1e-3 * t.reshape((-1,) + (1,) * (x.ndim - 1))
   pred_np = lambda x, t: 0.7 * x + 1e-3 * t.reshape((-1,) + (1,) * (x.ndim - 1))
-  got = jax.jit(lambda k, x: diffusion.simple_loss(k, model_fn, sched, x, prediction=prediction))(
-    key, x0
-  )
+  # One compilation for the target's loss and the default's.
+  got, default = jax.jit(
+    lambda k, x: (
+      diffusion.simple_loss(k, model_fn, sched, x, prediction=prediction),
+      diffusion.simple_loss(k, model_fn, sched, x),
+    )
+  )(key, x0)
   ref, *_ = _np_loss(key, x0, prediction, pred_np)
   assert got.shape == (64,)
   np.testing.assert_allclose(got, ref, rtol=2e-5, atol=1e-6)
   if prediction == "eps":  # the default is the old L_simple
-    default = jax.jit(lambda k, x: diffusion.simple_loss(k, model_fn, sched, x))
-    np.testing.assert_allclose(default(key, x0), got, rtol=1e-6)
+    np.testing.assert_allclose(default, got, rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -276,14 +293,18 @@ def test_loss_weighting_relations(sched):
   x0 = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (256, 4)), F32)
   key = jax.random.key(7)
   eps_hat = lambda x, t: 0.5 * jnp.sin(3 * x)
-  losses, t = {}, None
-  for prediction in ("eps", "x0", "v"):
-    model_fn = lambda x, tt, p=prediction: diffusion.prediction_from_eps(
-      sched, x_t=x, t=tt, eps=eps_hat(x, tt), prediction=p
-    )
-    losses[prediction] = np.asarray(
-      diffusion.simple_loss(key, model_fn, sched, x0, prediction), np.float64
-    )
+
+  @jax.jit  # the three losses in one compilation, not op by op
+  def all_losses(key, x0):
+    losses = {}
+    for prediction in ("eps", "x0", "v"):
+      model_fn = lambda x, tt, p=prediction: diffusion.prediction_from_eps(
+        sched, x_t=x, t=tt, eps=eps_hat(x, tt), prediction=p
+      )
+      losses[prediction] = diffusion.simple_loss(key, model_fn, sched, x0, prediction)
+    return losses
+
+  losses = {k: np.asarray(v, np.float64) for k, v in all_losses(key, x0).items()}
   t = np.asarray(jax.random.randint(jax.random.split(key)[0], (256,), 0, 1000))
   snr = ABAR[t] / (1 - ABAR[t])
   keep = t < 900  # x0 from eps is ill-conditioned where sqrt(ac) ~ 0.01
@@ -305,6 +326,7 @@ OFF_GRID = {
 
 
 @pytest.mark.parametrize("case", sorted(OFF_GRID))
+@pytest.mark.slow
 def test_vlb_refuses_data_off_the_8bit_grid(case, sched20):
   x0 = jnp.asarray(OFF_GRID[case](np.random.default_rng(0)), F32)
   eps_fn = lambda x, t: jnp.zeros_like(x)
@@ -351,6 +373,19 @@ VLB_SCHEDULES = {
 }
 
 
+@functools.partial(jax.jit, static_argnames=("variance", "prediction"))
+def _gaussian_vlb(key, sched, x0, variance, prediction):
+  """vlb_terms (Gaussian decoder) and vlb_nats_per_dim of the exact model, one compilation per
+  schedule length, variance and prediction: the schedule is an argument (a pytree), so the
+  schedules of one length share it."""
+  model_fn = gaussian_model_fn(sched, GAUSS_MU, GAUSS_STD, prediction)
+  terms = diffusion.vlb_terms(
+    key, model_fn, sched, x0, variance, prediction=prediction, decoder="gaussian"
+  )
+  nats = diffusion.vlb_nats_per_dim(key, model_fn, sched, x0, variance, prediction=prediction)
+  return terms, nats
+
+
 @pytest.mark.parametrize(
   "name",
   [
@@ -358,7 +393,8 @@ VLB_SCHEDULES = {
     for n in VLB_SCHEDULES
   ],
 )
-@pytest.mark.parametrize("variance", ["small", "large"])
+# The fast tier keeps one case (zero-SNR, small variance): the module's bound against its oracle.
+@pytest.mark.parametrize("variance", ["small", pytest.param("large", marks=pytest.mark.slow)])
 def test_gaussian_vlb_oracle_every_schedule(name, variance):
   """Continuous data N(0.2, 0.3^2) in 2-D, its exact model, the Gaussian
   decoder: the bound's Monte Carlo estimate matches the float64 expected
@@ -373,25 +409,12 @@ def test_gaussian_vlb_oracle_every_schedule(name, variance):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     sched = diffusion.schedule_from_alphas_cumprod(ac)
-  model_fn = gaussian_model_fn(sched, GAUSS_MU, GAUSS_STD, prediction)
   b = 4096
   x0 = GAUSS_MU + GAUSS_STD * np.random.default_rng(0).standard_normal((b, 2))
-  fn = jax.jit(
-    lambda k, x: diffusion.vlb_terms(
-      k, model_fn, sched, x, variance, prediction=prediction, decoder="gaussian"
-    )
-  )
-  out = fn(jax.random.key(1), jnp.asarray(x0, F32))
+  out, per_dim = _gaussian_vlb(jax.random.key(1), sched, jnp.asarray(x0, F32), variance, prediction)
   nats = np.asarray(out.total, np.float64) / 2
   assert np.all(np.isfinite(nats))
-  np.testing.assert_allclose(
-    diffusion.vlb_nats_per_dim(
-      jax.random.key(1), model_fn, sched, jnp.asarray(x0, F32), variance, prediction=prediction
-    ),
-    nats,
-    rtol=1e-4,
-    atol=1e-5,
-  )
+  np.testing.assert_allclose(per_dim, nats, rtol=1e-4, atol=1e-5)
   terms, prior, total, exact = np_gaussian_vlb(ac, GAUSS_MU, GAUSS_STD, variance)
   se = nats.std() / math.sqrt(b)
   print(
@@ -406,6 +429,7 @@ def test_gaussian_vlb_oracle_every_schedule(name, variance):
   assert abs(dec.mean() - terms[0]) < 5 * dec.std() / math.sqrt(b) + 1e-3
 
 
+@pytest.mark.slow
 def test_gaussian_decoder_std():
   """decoder_std sets the decoder's scale: L_0 = -log N(x0; mean_0, std^2),
   mean_0 the exact posterior mean; checked in float64 against scipy."""
@@ -438,6 +462,7 @@ def test_gaussian_decoder_std():
     diffusion.vlb_term(sched, x0=x0, x_t=x_t, t=t, output=x_t, decoder="logistic")
 
 
+@pytest.mark.slow
 def test_vlb_term_checks_the_grid_only_where_it_decodes(sched20):
   """The KL terms (t > 0) are defined for any x0; the discretized decoder
   (t = 0) is not: a concrete off-grid x0 there raises."""

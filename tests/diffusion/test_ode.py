@@ -31,6 +31,9 @@ from tests.support.diffusion import (
   np_sigmoid_alphas_cumprod,
 )
 
+# XLA's optimisation passes cost more than they save on these small programs.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 F32 = jnp.float32
 
 
@@ -110,12 +113,16 @@ def test_hutchinson_agrees_with_exact_trace(sched, exact_gmm2):
   per-example spread falls like 1 / sqrt(num_probes)."""
   x, exact = exact_gmm2
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
+  # Both probe counts in one compilation; the key is an argument (called with keys 1 and 2).
+  fn = jax.jit(
+    lambda k, x: {
+      p: diffusion.ode_log_likelihood(k, eps_fn, sched, x, num_probes=p) for p in (1, 16)
+    }
+  )
+  runs = {key: fn(jax.random.key(key), jnp.asarray(x, F32)) for key in (1, 2)}
   spreads = {}
   for probes in (1, 16):
-    fn = jax.jit(
-      lambda k, x, p=probes: diffusion.ode_log_likelihood(k, eps_fn, sched, x, num_probes=p)
-    )
-    hutchinson = np.asarray(fn(jax.random.key(1), jnp.asarray(x, F32)), np.float64)
+    hutchinson = np.asarray(runs[1][probes], np.float64)
     diff = hutchinson - exact
     se = diff.std() / math.sqrt(len(diff))
     print(
@@ -125,7 +132,7 @@ def test_hutchinson_agrees_with_exact_trace(sched, exact_gmm2):
     spreads[probes] = diff.std()
     # Rademacher in 2-D: v^T J v misses the trace by 2 v_1 v_2 J_12-terms;
     # another key gives other values.
-    other = np.asarray(fn(jax.random.key(2), jnp.asarray(x, F32)))
+    other = np.asarray(runs[2][probes])
     assert np.max(np.abs(other - hutchinson)) > 1e-3
   assert spreads[1] > 1e-3
   assert spreads[16] < 0.4 * spreads[1]
@@ -137,12 +144,13 @@ def test_convergence_in_num_steps(sched):
   x = _points(n_data=48, n_spread=16, seed=2)
   ref = _smoothed_log_density(x, **GMM2)
   eps_fn = testing.gmm_eps_fn(sched, **GMM2)
-  errors = []
-  for steps in (32, 128):
-    log_p = jax.jit(
-      lambda k, x, s=steps: diffusion.ode_log_likelihood(k, eps_fn, sched, x, s, exact_trace=True)
-    )(jax.random.key(0), jnp.asarray(x, F32))
-    errors.append(np.mean(np.abs(np.asarray(log_p) - ref)))
+  # Both step counts in one compilation.
+  log_ps = jax.jit(
+    lambda k, x: [
+      diffusion.ode_log_likelihood(k, eps_fn, sched, x, s, exact_trace=True) for s in (32, 128)
+    ]
+  )(jax.random.key(0), jnp.asarray(x, F32))
+  errors = [np.mean(np.abs(np.asarray(log_p) - ref)) for log_p in log_ps]
   print("mean |error| at 32, 128 steps:", errors)
   assert errors[1] < errors[0] / 4
 
@@ -263,18 +271,28 @@ def test_eps_prediction_refused_at_zero_terminal_snr():
 def test_predictions_agree(sched):
   """The same exact model as an eps, x0 or v predictor gives one likelihood."""
   y = jnp.asarray(_gaussian_points(32), F32)
-  out = {}
-  for prediction in ("eps", "x0", "v"):
-    fn = gaussian_model_fn(sched, GAUSS_MU, GAUSS_STD, prediction)
-    out[prediction] = np.asarray(
-      diffusion.ode_log_likelihood(
-        jax.random.key(0), fn, sched, y, 64, exact_trace=True, prediction=prediction
+
+  @jax.jit  # the three likelihoods in one compilation
+  def likelihoods(key, y):
+    return {
+      prediction: diffusion.ode_log_likelihood(
+        key,
+        gaussian_model_fn(sched, GAUSS_MU, GAUSS_STD, prediction),
+        sched,
+        y,
+        64,
+        exact_trace=True,
+        prediction=prediction,
       )
-    )
+      for prediction in ("eps", "x0", "v")
+    }
+
+  out = {k: np.asarray(v) for k, v in likelihoods(jax.random.key(0), y).items()}
   np.testing.assert_allclose(out["x0"], out["eps"], atol=2e-3)
   np.testing.assert_allclose(out["v"], out["eps"], atol=2e-3)
 
 
+@pytest.mark.slow
 def test_traced_schedule_matches_closed_over(sched):
   """The grid and the integration are traceable: a schedule passed as a jit
   argument gives the closed-over result."""
@@ -305,6 +323,7 @@ def test_default_num_steps_valid_for_small_T():
     diffusion.ode_log_likelihood(jax.random.key(0), fn, sched, jnp.zeros((2, 2)), num_probes=0)
 
 
+@pytest.mark.slow
 def test_bits_per_dim_refuses_data_off_the_grid():
   """Images in [0, 1] or 0..255 are refused with a message naming x (before the fix they gave a
   number off by whole bits, silently); traced, those examples are NaN and the others are not."""

@@ -21,6 +21,9 @@ from gen_jax.diffusion import process as proc
 from gen_jax.diffusion.denoising import denoising_loss_at
 from gen_jax.diffusion.preconditioning import edm_preconditioning, edm_scalings
 
+# XLA's optimisation passes cost more than they save on these small programs.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 MU = np.array([0.3, -0.2, 0.1])
 STD = np.array([0.5, 0.8, 0.3])
 SIGMAS = np.array([0.002, 0.03, 0.5, 1.0, 7.0, 80.0])
@@ -91,6 +94,7 @@ def test_optimal_net_gives_the_posterior_mean(name, x64):
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_discrete_process_integer_t(x64):
   """On DDPM's schedule at integer t: x_t / sqrt(ac_t) and sigma = sqrt((1 - ac_t) / ac_t)."""
   schedule = diffusion.make_schedule(diffusion.linear_betas(1000))
@@ -108,6 +112,7 @@ def test_discrete_process_integer_t(x64):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_jit_and_vmap():
   net_fn = lambda x_in, c: jnp.tanh(x_in) + c[:, None]
   model_fn = edm_preconditioning(net_fn, process=proc.vp_cosine())
@@ -115,10 +120,11 @@ def test_jit_and_vmap():
   t = jnp.linspace(0.05, 0.95, 5)
   eager = model_fn(x, t)
   np.testing.assert_allclose(jax.jit(model_fn)(x, t), eager, rtol=1e-6)
-  # vmap over an outer axis of batches of one example each.
-  per_row = jax.vmap(lambda xi, ti: model_fn(xi[None], ti[None])[0])(x, t)
+  # vmap over an outer axis of batches of one example each; vmap and grad jitted (eagerly they
+  # dispatch op by op).
+  per_row = jax.jit(jax.vmap(lambda xi, ti: model_fn(xi[None], ti[None])[0]))(x, t)
   np.testing.assert_allclose(per_row, eager, rtol=1e-6)
-  grad = jax.grad(lambda x: jnp.sum(model_fn(x, t)))(x)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(model_fn(x, t))))(x)
   assert np.all(np.isfinite(np.asarray(grad)))
 
 

@@ -22,6 +22,9 @@ from tests.support.diffusion import (
   np_sigmoid_alphas_cumprod,
 )
 
+# XLA's optimisation passes cost more than they save on these small programs.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 # ----------------------------------------------------------------------------
 # float64 references
 # ----------------------------------------------------------------------------
@@ -123,6 +126,7 @@ DISCRETE_SCHEDULES = {
 
 
 @pytest.mark.parametrize("name", DISCRETE_SCHEDULES)
+@pytest.mark.slow
 def test_discrete_process_is_the_schedule_at_integer_t(name):
   """Integer t reads the schedule's own sqrt(ac) and sqrt(1 - ac), bit for bit (default dtype):
   every discrete sampler and bound sees the same numbers through the process; the real-t path
@@ -151,6 +155,7 @@ def test_discrete_process_is_the_schedule_at_integer_t(name):
     assert np.isfinite(float(process.d_log_snr(jnp.float32(num - 2.5))))
 
 
+@pytest.mark.slow
 def test_discrete_log_snr_is_linear_between_levels(f64):
   """Between levels lambda is the linear interpolation of the levels' log-SNRs (float64
   reference from an explicit running product), so d lambda / dt is constant on each interval;
@@ -305,6 +310,7 @@ def test_rectified_flow_velocity_is_eps_minus_x0(f64):
 
 
 @pytest.mark.parametrize("name", ["vp_cosine", "ve", "rectified_flow", "discrete_linear1000"])
+@pytest.mark.slow
 def test_q_sample_law(name):
   """x_t given x0 is N(alpha x0, sigma^2 I): the mean and std of 20000 draws within 5 standard
   errors (the std's standard error is sigma / sqrt(2 n))."""
@@ -326,6 +332,7 @@ def test_q_sample_law(name):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_process_is_a_jit_vmap_and_grad_argument(f64):
   """A process passes through jit as an argument (its parameters traced); a batch of processes
   (parameters with a leading axis, one treedef) vmaps; gradients reach its parameters (d alpha /
@@ -354,7 +361,7 @@ def test_process_is_a_jit_vmap_and_grad_argument(f64):
   alphas = jax.vmap(lambda p: p.alpha_sigma(t)[0])(batched)
   for i, b in enumerate((5.0, 10.0, 20.0)):
     np.testing.assert_allclose(alphas[i], np_vp_linear(UNIT, 0.1, b)[0], rtol=1e-13)
-  grad = jax.grad(lambda p: jnp.sum(p.alpha_sigma(t)[0]))(base)
+  grad = jax.jit(jax.grad(lambda p: jnp.sum(p.alpha_sigma(t)[0])))(base)  # not op by op
   h = 1e-6
   ref = (np_vp_linear(UNIT, 0.1, 20 + h)[0].sum() - np_vp_linear(UNIT, 0.1, 20 - h)[0].sum()) / (
     2 * h
@@ -379,7 +386,10 @@ def test_log_snr_process_is_vdm(kind, f64):
   np.testing.assert_allclose(process.d_log_snr(t), -slope, rtol=1e-10)
   np.testing.assert_allclose(process.t_from_log_snr(-gamma), UNIT, rtol=1e-9)
   if kind == "learned":
-    grads = jax.grad(lambda p: jnp.sum(proc.log_snr_process(schedule, p).log_snr(t)))(params)
+    # Jitted: an eager backward pass through the monotone net dispatches op by op (seconds).
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(proc.log_snr_process(schedule, p).log_snr(t))))(
+      params
+    )
     assert float(jnp.abs(grads["gamma_1"])) > 0 and float(jnp.abs(grads["gamma_0"])) > 0
 
 
@@ -445,6 +455,7 @@ def test_equal_processes_share_one_compilation():
   assert len(traces) == 6, traces
 
 
+@pytest.mark.slow
 def test_zero_terminal_snr_inverse_in_the_last_interval(f64):
   """At zero terminal SNR the last level's lambda = -inf is capped at -1e4 for real t, and
   lambda^{-1} interpolates the same last interval (it returned T - 2 for every lambda below the

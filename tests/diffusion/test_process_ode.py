@@ -36,6 +36,9 @@ from tests.support.diffusion import (
   np_rescale_zero_terminal_snr,
 )
 
+# XLA's optimisation passes cost more than they save on these small programs.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 F32 = jnp.float32
 ONE_GAUSSIAN = dict(weights=[1.0], means=np.full((1, 2), GAUSS_MU), stds=[GAUSS_STD])
 
@@ -259,17 +262,26 @@ def test_every_prediction_gives_one_likelihood(name):
   if name == "rectified_flow":
     options["t_end"] = 1 - 1e-4
   y = _gaussian_points(32)
-  out = {
-    prediction: _log_likelihood(
-      process,
-      mixture_model_fn(process, ONE_GAUSSIAN, prediction),
-      y,
-      prediction=prediction,
-      num_steps=32,
-      **options,
-    )
-    for prediction in proc.PREDICTIONS
-  }
+
+  # One compilation for the five likelihoods (one program), not one per prediction.
+  @jax.jit
+  def every_prediction(x, key):
+    return {
+      prediction: process_ode.ode_log_likelihood(
+        mixture_model_fn(process, ONE_GAUSSIAN, prediction),
+        process,
+        x=x,
+        key=key,
+        prediction=prediction,
+        num_steps=32,
+        **options,
+      )
+      for prediction in proc.PREDICTIONS
+    }
+
+  out = jax.tree.map(
+    lambda v: np.asarray(v, np.float64), every_prediction(jnp.asarray(y, F32), jax.random.key(0))
+  )
   for prediction in proc.PREDICTIONS:
     np.testing.assert_allclose(out[prediction], out["eps"], atol=2e-3, err_msg=prediction)
 
@@ -323,6 +335,7 @@ def test_mixture_every_process(name):
 
 
 @pytest.mark.parametrize("name", _params(["rectified_flow", "ve"], ["rectified_flow"]))
+@pytest.mark.slow
 def test_hutchinson_within_its_monte_carlo_error(name):
   """Rademacher probes, the same at every step, on the mixture (on one isotropic Gaussian the
   Jacobian is a multiple of I and v^T J v is its trace exactly): the estimate minus the exact
@@ -337,23 +350,20 @@ def test_hutchinson_within_its_monte_carlo_error(name):
   smoothed = dict(GMM2, stds=list(np.sqrt(np.square(GMM2["stds"]) + (sigma_0 / alpha_0) ** 2)))
   density = testing.gmm_log_density(x, **smoothed)
 
-  # One compilation per trace and num_probes; the key is an argument.
-  run = jax.jit(
-    lambda x, key, **extra: process_ode.ode_log_likelihood(
+  # One compilation for the exact trace and both probe counts; the key is an argument.
+  @jax.jit
+  def likelihoods(x, key):
+    run = lambda **extra: process_ode.ode_log_likelihood(
       model_fn, process, x=x, key=key, **options, **extra
-    ),
-    static_argnames=("trace", "num_probes"),
-  )
-  run_np = lambda key, **extra: np.asarray(run(jnp.asarray(x, F32), key, **extra), np.float64)
-  exact = np.asarray(
-    jax.jit(lambda x: process_ode.ode_log_likelihood(model_fn, process, x=x, **options))(
-      jnp.asarray(x, F32)
-    ),
-    np.float64,
-  )
+    )
+    return run(), {p: run(trace="hutchinson", num_probes=p) for p in (1, 16)}
+
+  as_np = lambda v: np.asarray(v, np.float64)
+  exact, estimates = jax.tree.map(as_np, likelihoods(jnp.asarray(x, F32), jax.random.key(1)))
+  _, others = jax.tree.map(as_np, likelihoods(jnp.asarray(x, F32), jax.random.key(2)))
   spreads = {}
   for probes in (1, 16):
-    estimate = run_np(jax.random.key(1), trace="hutchinson", num_probes=probes)
+    estimate = estimates[probes]
     diff = estimate - exact
     se = diff.std() / math.sqrt(len(diff))
     closed = estimate - density
@@ -364,7 +374,7 @@ def test_hutchinson_within_its_monte_carlo_error(name):
     assert abs(diff.mean()) < 4 * se
     assert abs(closed.mean()) < 4 * se + 2 * 0.01
     spreads[probes] = diff.std()
-    other = run_np(jax.random.key(2), trace="hutchinson", num_probes=probes)
+    other = others[probes]
     assert np.max(np.abs(other - estimate)) > 1e-3
   assert spreads[1] > 1e-2
   assert spreads[16] < 0.4 * spreads[1]
@@ -428,6 +438,7 @@ def test_continuous_bits_per_dim_is_the_density():
   np.testing.assert_allclose(bpd, -log_p / (2 * math.log(2)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bits_per_dim_refuses_data_off_the_grid():
   """Images in [0, 1] or 0..255 are refused with a message naming x; traced, those examples are
   NaN and the others are not."""
@@ -489,6 +500,7 @@ def test_refusals():
     call(fn, vp, x=jnp.zeros((2, 2), jnp.int32))
 
 
+@pytest.mark.slow
 def test_process_as_jit_argument_and_log_snr_process():
   """The process is an ordinary jit argument (its parameters traced: the grid and the checks
   follow), and a log-SNR process with VDM's cosine schedule (bisection inverse) gives
@@ -508,6 +520,7 @@ def test_process_as_jit_argument_and_log_snr_process():
   np.testing.assert_allclose(jax.jit(run)(vdm_process, y), closed, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_grid_uniform_in_log_snr():
   """num_steps + 1 times from t_start to t_end, uniform in lambda; at an end of infinite
   log-SNR (rectified flow's t = 1) uniform down to LOG_SNR_FLOOR, then t_end; one scan of
@@ -599,6 +612,7 @@ def test_rectified_flow_matches_flow_matching_package(x64):
   assert err.max() < 0.01
 
 
+@pytest.mark.slow
 def test_image_shaped_data():
   """x of any shape (B, H, W, C): the result is the flattened data's, with the exact trace and
   with Hutchinson (exact too here: the one-Gaussian Jacobian is a multiple of I, and

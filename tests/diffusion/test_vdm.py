@@ -24,6 +24,9 @@ import scipy.stats
 from gen_jax.configs import ConfigError
 from gen_jax.diffusion import vdm
 
+# XLA's optimisation passes cost more than they save on these small programs.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 MU = np.array([0.3, -0.2])
 STD = np.array([0.5, 0.8])
 GAMMA_MIN, GAMMA_MAX = -10.0, 6.0
@@ -115,6 +118,7 @@ def numpy_schedule(schedule, params):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_learned_schedule_is_monotone_with_exact_endpoints(x64):
   schedule, params = learned_params()
   t = jnp.linspace(0.0, 1.0, 2001)
@@ -171,6 +175,7 @@ def test_prior_kl_vs_textbook_formula(x64):
 
 
 @pytest.mark.parametrize("gamma_0", [-13.3, -7.0, -3.0])
+@pytest.mark.slow
 def test_discretized_reconstruction_vs_direct_sum(gamma_0, x64):
   """-log p(x | z_0) against a float64 sum over the 256 levels of q(z_0 | level)."""
   rng = np.random.default_rng(1)
@@ -192,6 +197,7 @@ def test_discretized_reconstruction_vs_direct_sum(gamma_0, x64):
   np.testing.assert_allclose(gaussian, density, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_ancestral_step_is_the_posterior_at_x_hat(x64):
   """z_s = E[z_s | z_t, x_hat] + sd * noise, with q(z_s | z_t, x) from Bayes in float64."""
   gamma_t, gamma_s = 1.5, -2.0
@@ -375,15 +381,18 @@ def test_variance_tap_gives_the_interior_the_second_moments_gradient(x64):
     )
 
   theta = jnp.asarray(0.9)
-  grads = jax.grad(lambda th, p: vdm.objective(terms(th, p, True)), argnums=(0, 1))(
-    theta, schedule_params
-  )
-  bound = jax.grad(lambda th, p: terms(th, p, False).total.mean(), argnums=(0, 1))(
-    theta, schedule_params
-  )
-  second_moment = jax.grad(lambda p: jnp.mean(terms(theta, p, False).diffusion ** 2))(
-    schedule_params
-  )
+
+  # One compilation for the four gradients (they share the forward pass), not op-by-op dispatch.
+  @jax.jit
+  def gradients(theta, params):
+    grads = jax.grad(lambda th, p: vdm.objective(terms(th, p, True)), argnums=(0, 1))(theta, params)
+    bound = jax.grad(lambda th, p: terms(th, p, False).total.mean(), argnums=(0, 1))(theta, params)
+    second_moment = jax.grad(lambda p: jnp.mean(terms(theta, p, False).diffusion ** 2))(params)
+    # and without the tap (interior on the bound)
+    plain = jax.grad(lambda p: vdm.objective(terms(theta, p, False)))(params)
+    return grads, bound, second_moment, plain
+
+  grads, bound, second_moment, plain = gradients(theta, schedule_params)
   np.testing.assert_allclose(grads[0], bound[0], rtol=1e-10)
   for end in ("gamma_0", "gamma_1"):
     np.testing.assert_allclose(grads[1][end], bound[1][end], rtol=1e-10)
@@ -393,7 +402,6 @@ def test_variance_tap_gives_the_interior_the_second_moments_gradient(x64):
   ):
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
   # and without the tap (interior on the bound) the interior gets the bound's gradient
-  plain = jax.grad(lambda p: vdm.objective(terms(theta, p, False)))(schedule_params)
   for got, want in zip(jax.tree.leaves(plain), jax.tree.leaves(bound[1]), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
 
@@ -471,14 +479,17 @@ def test_vdm_model_loss_sample_evaluate():
   params = model.init(jax.random.key(0))
   assert set(params) == {"net", "gamma"}
   x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 2, 2, 1)) / 127.5 - 1, jnp.float32)
-  loss, metrics = model.loss(params, {"x": x}, jax.random.key(1), train=False)
+  # Jitted, as the trainer and the evaluator call them (eager dispatch costs seconds here).
+  loss, metrics = jax.jit(lambda p, b, k: model.loss(p, b, k, train=False))(
+    params, {"x": x}, jax.random.key(1)
+  )
   parts = metrics["diffusion"] + metrics["prior"] + metrics["reconstruction"]
   np.testing.assert_allclose(loss, parts, rtol=1e-5)  # the bound in bits/dim, term by term
   np.testing.assert_allclose([metrics["gamma_0"], metrics["gamma_1"]], [-13.3, 5.0], rtol=1e-6)
-  out = model.evaluate(params, {"x": x}, jax.random.key(2))
+  out = jax.jit(model.evaluate)(params, {"x": x}, jax.random.key(2))
   assert set(out) == {"bits_per_dim", "diffusion", "prior", "reconstruction"}
   assert out["bits_per_dim"].shape == (3,)
-  samples = model.sample(params, jax.random.key(3), 5)
+  samples = jax.jit(lambda p, k: model.sample(p, k, 5))(params, jax.random.key(3))
   k = (np.asarray(samples) + 1) * 127.5
   assert samples.shape == (5, 2, 2, 1) and np.allclose(k, np.round(k), atol=1e-4)
 
@@ -504,6 +515,7 @@ def test_vdm_refuses_a_pretrained_folder():
     vdm_digits.build(config, (8, 8, 1))
 
 
+@pytest.mark.slow
 def test_learned_schedule_init_follows_the_default_dtype(x64):
   """Issue 26: under jax_enable_x64 the learned schedule's endpoints were float32
   (-13.3 became -13.300000190734863, a float64 finite-difference check off by 2.7e-2),

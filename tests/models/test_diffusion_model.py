@@ -306,6 +306,7 @@ def test_process_sampler_dispatch(monkeypatch):
     model.sample({}, key, 4, sampler="process_ddpm")
 
 
+@pytest.mark.slow
 def test_process_samplers_run_jitted_then_eagerly():
   """process_view, first built inside jit, holds concrete tables (a traced copy cached on the
   model would fail the next, eager call); the two draws agree."""
@@ -401,6 +402,7 @@ def toy_workdir(tmp_path_factory):
     pytest.param("euler_maruyama", marks=pytest.mark.slow),
   ],
 )
+@pytest.mark.slow
 def test_trained_ddpm_samples_with_process_samplers_in_sample_mode(toy_workdir, tmp_path, sampler):
   """run.py --mode=sample --sampler=<process sampler> on a DDPM workdir (train.sample, the saved
   config's options included) draws what the process sampler draws on discrete_process of the

@@ -208,12 +208,17 @@ def _train(model, params, batches, steps, lr=3e-3):
   return params
 
 
-def _held_out_loss(model, params, x):
-  """The loss on fixed data at 16 fixed keys: the same draws of (t, eps) before and after, so the
-  comparison sees the model change, not the draws."""
+def _held_out_loss(model, x):
+  """The loss on fixed data at 16 fixed keys, a jitted function of the parameters (one compilation
+  for before and after): the same draws of (t, eps) before and after, so the comparison sees the
+  model change, not the draws."""
   keys = jax.random.split(jax.random.key(7), 16)
-  losses = jax.vmap(lambda key: model.loss(params, {"x": x}, key, train=False)[0])(keys)
-  return float(jnp.mean(losses))
+
+  @jax.jit
+  def held_out(params):
+    return jnp.mean(jax.vmap(lambda key: model.loss(params, {"x": x}, key, train=False)[0])(keys))
+
+  return lambda params: float(held_out(params))
 
 
 @pytest.mark.parametrize(
@@ -244,6 +249,7 @@ def _held_out_loss(model, params, x):
     ),
   ],
 )
+@pytest.mark.slow
 def test_loss_decreases_on_toy2d(overrides):
   config = _config("fm_toy2d", {"model.width": 32, "model.num_blocks": 1}, overrides)
   dataset = data.load_dataset(config.data, "train")
@@ -251,9 +257,10 @@ def test_loss_decreases_on_toy2d(overrides):
   model = models.make_process_model(config.diffusion, net, tuple(dataset.example_shape))
   held_out = jnp.asarray(data.load_dataset(config.data, "test").get_batch(0, 0, 512)["x"])
   params = model.init(jax.random.key(0))
-  before = _held_out_loss(model, params, held_out)
+  held_out_loss = _held_out_loss(model, held_out)
+  before = held_out_loss(params)
   params = _train(model, params, lambda i: {"x": dataset.get_batch(i, 0, 256)["x"]}, 60)
-  after = _held_out_loss(model, params, held_out)
+  after = held_out_loss(params)
   assert after < 0.8 * before, (before, after)
   # Jitted, as the trainer draws: inside jit solvers cannot read alpha(t_max) to pick its grid.
   samples = jax.jit(lambda p, k: model.sample(p, k, 16, sampler="euler", num_steps=4))(
@@ -331,6 +338,7 @@ def test_describe_sample_counts_network_calls():
     model.describe_sample(sampler="ddpm")
 
 
+@pytest.mark.slow
 def test_sample_takes_the_configs_options_section():
   """The trainer and --mode=sample pass every config.sample.options field, None unless set,
   DDPM's variance and rho among them: ignored, not refused (run.py fm_toy2d failed at start-up

@@ -42,6 +42,7 @@ def mixture_eps_fn(z, gamma):
 
 
 @pytest.mark.parametrize("kind", ["linear", pytest.param("cosine", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_ancestral_sampling_is_ddim_eta_one_on_the_log_snr_process(x64, kind):
   """vdm.sample (T ancestral steps, gaussian decoder z_0 / alpha_0) and ddim_sample(eta=1) on
   log_snr_process over the same grid, the same key: the same samples (module docstring)."""
@@ -105,6 +106,7 @@ def _mlp_vdm(kind="linear", decoder="gaussian"):
     ),
   ],
 )
+@pytest.mark.slow
 def test_vdm_samples_with_the_process_samplers_under_jit(sampler):
   """A learned schedule (its gamma traced under jit: the grid is EDM's, fixed, no alpha read
   at trace time) samples with every process sampler: what the sampler draws on
@@ -115,14 +117,17 @@ def test_vdm_samples_with_the_process_samplers_under_jit(sampler):
   draw = jax.jit(lambda p, k: model.sample(p, k, 5, sampler=sampler, num_steps=4))
   samples = draw(params, key)
   assert samples.shape == (5, 2) and bool(jnp.all(jnp.isfinite(samples)))
-  expected = solvers.PROCESS_SAMPLERS[solvers.process_sampler_name(sampler)].fn(
-    model.model_fn(params),
-    model.process_view(params),
-    key,
-    shape=(5, 2),
-    num_steps=4,
-    spacing="karras",
-  )
+  # The sampler itself, jitted too: eagerly it dispatches op by op (seconds).
+  expected = jax.jit(
+    lambda p, k: solvers.PROCESS_SAMPLERS[solvers.process_sampler_name(sampler)].fn(
+      model.model_fn(p),
+      model.process_view(p),
+      k,
+      shape=(5, 2),
+      num_steps=4,
+      spacing="karras",
+    )
+  )(params, key)
   np.testing.assert_allclose(samples, expected, rtol=1e-5, atol=1e-6)
 
 
