@@ -367,7 +367,7 @@ class _StartupWatch:
         sys.stdout.flush()
       except Exception:  # a closed stdout: the line below still goes out
         pass
-      os.write(2, (message + "\n").encode())
+      os.write(2, (_fresh_line() + message + "\n").encode())
       os._exit(1)
 
 
@@ -588,8 +588,19 @@ class _Liveness:
         sys.stdout.flush()
       except Exception:  # a closed stdout: the line below still goes out
         pass
-      os.write(2, (message + "\n").encode())
+      os.write(2, (_fresh_line() + message + "\n").encode())
       os._exit(1)
+
+
+def _fresh_line() -> str:
+  """A newline when a progress bar is on stderr: its line has no end yet (tqdm redraws it with \\r), and
+  the error must not be glued to it."""
+  try:
+    import tqdm
+
+    return "\n" if getattr(tqdm.tqdm, "_instances", None) else ""
+  except Exception:  # no tqdm, or a tqdm without the set of live bars: no bar to end
+    return ""
 
 
 def _abandon() -> None:

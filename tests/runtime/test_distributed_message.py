@@ -53,3 +53,20 @@ def test_docs_quote_the_mismatch_message(monkeypatch):
   head, tail = quoted.split("...")
   assert message.startswith(head), (quoted, message)
   assert message.endswith(tail), (quoted, message)
+
+
+def test_a_peers_death_starts_its_line_after_an_open_progress_bar():
+  """The one-line error of a dead peer (or a start-up timeout) is written raw to stderr while training's
+  tqdm bar may be open, its line unended: it must start a line of its own. Before, it was glued to the bar
+  ("...loss=0.9408]error: process 2 of 3 ended without a word ...") whenever training had begun."""
+  import io
+
+  import tqdm
+
+  assert distributed._fresh_line() == ""
+  bar = tqdm.tqdm(total=3, file=io.StringIO())
+  try:
+    assert distributed._fresh_line() == "\n"
+  finally:
+    bar.close()
+  assert distributed._fresh_line() == ""
