@@ -9,6 +9,7 @@ end-to-end tests (run.py in a subprocess, tiny configs) live in tests/support/.
 
 import os
 import re
+import signal
 
 import jax
 import pytest
@@ -63,6 +64,15 @@ def pytest_collectreport(report):
   _record_peer_skip(report)  # a module that skipped at import
 
 
+def _sigint_for_children():
+  """A suite started as a background job (`python -m pytest -q &` from a script, or nohup) inherits SIGINT
+  ignored, and so would every run.py and script it starts; they rightly keep an ignored SIGINT, so the tests
+  that send them Ctrl-C would wait for an end that never comes. A Python handler here means the children
+  start with the default disposition (exec resets caught signals, not ignored ones)."""
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_configure(config):
   """Keeps XLA's compiled programs in pytest's cache folder (.pytest_cache), so a second run of the suite
   compiles only what changed: on a CPU, compiling the many tiny programs is most of the fast tier's time.
@@ -71,6 +81,7 @@ def pytest_configure(config):
   `-p no:cacheprovider` (for those processes too), and when JAX_COMPILATION_CACHE_DIR already names a cache;
   emptied with `--cache-clear` (it is never pruned: a size limit needs the `filelock` package).
   """
+  _sigint_for_children()
   cache = getattr(config, "cache", None)
   if jax.config.jax_compilation_cache_dir:
     return

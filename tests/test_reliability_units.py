@@ -298,3 +298,16 @@ def test_images_too_large_for_the_unet_are_refused_before_any_allocation(tmp_pat
   resume.check_attention_memory(
     config.model, (8, 8, 1), batch_size=128, num_devices=1
   )  # the digits: fine
+
+
+def test_the_suites_children_get_a_sigint_they_can_act_on():
+  """tests/conftest.py: started as a background job the suite inherits SIGINT ignored, and every run.py it
+  started kept it ignored, so the Ctrl-C tests (data workers, likelihood_table.py, export_diffusers.py) hung
+  in `python -m pytest -q &` and passed in a terminal. Here a child reports the disposition it started
+  with: the default one, whatever this process inherited."""
+  import subprocess
+  import sys
+
+  probe = "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"
+  out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"
