@@ -48,7 +48,6 @@ def _one_line(proc):
   return lines[0]
 
 
-@pytest.mark.slow
 def test_out_that_cannot_be_written_is_refused_in_one_line(trained, tmp_path):
   workdir, env = trained
   a_file = tmp_path / "a_file"
@@ -65,7 +64,6 @@ def test_out_that_cannot_be_written_is_refused_in_one_line(trained, tmp_path):
     assert proc.returncode == 1 and all(w in line for w in words), line
 
 
-@pytest.mark.slow
 def test_a_workdir_of_another_experiment_is_named_by_its_experiment_txt(trained, tmp_path):
   workdir, env = trained
   proc = _export(env, "--experiment=ddpm_cifar", f"--workdir={workdir}", f"--out={tmp_path / 'o'}")
@@ -77,34 +75,29 @@ def test_a_workdir_of_another_experiment_is_named_by_its_experiment_txt(trained,
 
 @pytest.mark.slow
 def test_a_signal_ends_the_export_in_one_line_leaving_nothing(trained, tmp_path):
-  """SIGINT (Ctrl-C, to the process group) and SIGTERM at several points of the export: at 20, 40, 60
-  and 80% of the time an export takes on this machine (measured first, unsignalled), so the signals land
-  inside it however fast start-up is (fixed delays of 0.5-2 s missed it once imports got faster)."""
+  """SIGINT (Ctrl-C, to the process group) and SIGTERM at several points of the export."""
   workdir, env = trained
-
-  def start(out, err):
-    command = [sys.executable, SCRIPT, "--experiment=ddpm_digits", f"--workdir={workdir}"]
-    return subprocess.Popen(
-      [*command, f"--out={out}"],
-      env=env,
-      stdout=subprocess.DEVNULL,
-      stderr=err,
-      start_new_session=True,
-    )
-
-  began = time.monotonic()
-  with open(tmp_path / "err.txt", "w") as err:
-    assert start(tmp_path / "whole", err).wait(timeout=120) == 0, (tmp_path / "err.txt").read_text()
-  duration = time.monotonic() - began
   stopped = 0
-  for i, (signum, fraction) in enumerate(
-    [(signal.SIGINT, 0.2), (signal.SIGTERM, 0.4), (signal.SIGINT, 0.6), (signal.SIGTERM, 0.8)]
+  for i, (signum, delay) in enumerate(
+    [(signal.SIGINT, 0.5), (signal.SIGTERM, 1.0), (signal.SIGINT, 1.5), (signal.SIGTERM, 2.0)]
   ):
     out = tmp_path / f"out{i}"
     with open(tmp_path / "err.txt", "w") as err:
-      proc = start(out, err)
+      proc = subprocess.Popen(
+        [
+          sys.executable,
+          SCRIPT,
+          "--experiment=ddpm_digits",
+          f"--workdir={workdir}",
+          f"--out={out}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        start_new_session=True,
+      )
     try:
-      time.sleep(fraction * duration)
+      time.sleep(delay)
       if proc.poll() is None:
         os.killpg(proc.pid, signum)
       status = proc.wait(timeout=60)
@@ -123,4 +116,4 @@ def test_a_signal_ends_the_export_in_one_line_leaving_nothing(trained, tmp_path)
     assert text.strip().splitlines()[-1] == (
       f"export_diffusers: {signal.Signals(signum).name} received: stopped; nothing was exported"
     )
-  assert stopped >= 2, f"an export took {duration:.1f} s; only {stopped} of 4 signals landed in one"
+  assert stopped >= 2  # an export takes about 3 s here: most signals land in it
