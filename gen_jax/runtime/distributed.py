@@ -363,12 +363,7 @@ class _StartupWatch:
         f"{situation}. Start all of them with the same {self.name('coordinator_address')} and "
         f"{self.name('num_processes')}, or wait longer with {self.name('startup_timeout_seconds')}"
       )
-      try:
-        sys.stdout.flush()
-      except Exception:  # a closed stdout: the line below still goes out
-        pass
-      os.write(2, (_fresh_line() + message + "\n").encode())
-      os._exit(1)
+      _say_and_exit(message)
 
 
 class _Liveness:
@@ -584,12 +579,17 @@ class _Liveness:
         f"job cannot go on; process {jax.process_index()} stops here. Start every process again "
         "with the same command (training resumes from the newest checkpoint)"
       )
-      try:
-        sys.stdout.flush()
-      except Exception:  # a closed stdout: the line below still goes out
-        pass
-      os.write(2, (_fresh_line() + message + "\n").encode())
-      os._exit(1)
+      _say_and_exit(message)
+
+
+def _say_and_exit(message: str) -> None:
+  """gen_jax's one line on stderr (on a line of its own), then os._exit(1): no exit handler runs."""
+  try:
+    sys.stdout.flush()
+  except Exception:  # a closed stdout: the line below still goes out
+    pass
+  os.write(2, (_fresh_line() + message + "\n").encode())
+  os._exit(1)
 
 
 def _fresh_line() -> str:
